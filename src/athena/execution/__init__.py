@@ -1,0 +1,1 @@
+"""Execution: strategies that run a recall's layer searches, and their aggregation."""

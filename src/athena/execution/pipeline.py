@@ -1,0 +1,95 @@
+"""The steps every recall shares, whatever the strategy: embed, search, fuse, build hits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from athena.embedding.protocol import Embedder
+from athena.execution.aggregate import fuse
+from athena.execution.runner import run_layer
+from athena.layers.protocol import LayerContext, LayerResult, MemoryLayer, SearchRequest
+from athena.records import Hit, RecallQuery
+
+
+@dataclass(frozen=True, slots=True)
+class Recall:
+    """The answer to a recall: hits best first, and, when asked, how it was produced."""
+
+    hits: tuple[Hit, ...]
+    explain: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hits": [hit.to_dict() for hit in self.hits]}
+        if self.explain is not None:
+            out["explain"] = dict(self.explain)
+        return out
+
+
+def candidate_depth(k: int) -> int:
+    """How many candidates each ranked list contributes: enough for fusion to matter."""
+    return max(50, 2 * k)
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """Per-process recall machinery shared by every strategy."""
+
+    layers: Mapping[str, MemoryLayer]
+    ctx: LayerContext
+    embedder: Embedder
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def request(self, query: RecallQuery, generations: dict[str, int]) -> SearchRequest:
+        vector = self.embedder.embed([query.text])[0]
+        return SearchRequest(
+            query=query,
+            vector=vector,
+            generations=generations,
+            depth=candidate_depth(query.k),
+            now=time.time(),
+        )
+
+    def run(self, name: str, request: SearchRequest, source: str) -> LayerResult:
+        return run_layer(self.layers, self.ctx, name, request, source)
+
+    def hits(self, query: RecallQuery, results: Mapping[str, LayerResult]) -> tuple[Hit, ...]:
+        """Fuse per-layer results and turn the top ``k`` ids into hits.
+
+        Ids whose rows are gone (deleted since an index was built) are skipped, and the
+        next ones take their place.
+        """
+        fused = fuse(results, query.layers)
+        hits: list[Hit] = []
+        start = 0
+        while len(hits) < query.k and start < len(fused):
+            window = fused[start : start + query.k * 2]
+            start += len(window)
+            rows = {r.id: r for r in self.ctx.store.get(query.tenant, [i for i, _ in window])}
+            for memory_id, score in window:
+                row = rows.get(memory_id)
+                if row is None:
+                    continue
+                hits.append(
+                    Hit(
+                        id=row.id,
+                        layer=row.layer,
+                        text=row.text,
+                        score=score,
+                        tenant=row.tenant,
+                        key=row.key,
+                        kind=row.kind,
+                        session=row.session,
+                        actor=row.actor,
+                        event_time=row.event_time,
+                        created_at=row.created_at,
+                        updated_at=row.updated_at,
+                        sources=row.sources,
+                        metadata={**row.metadata, **row.attributes},
+                    )
+                )
+                if len(hits) == query.k:
+                    break
+        return tuple(hits)

@@ -1,0 +1,25 @@
+"""The execution seam: the facade hands a validated query to a :class:`RecallEngine`."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from athena.execution.pipeline import Recall
+from athena.records import RecallQuery
+
+
+class RecallEngine(Protocol):
+    """Answers validated recalls. The sequential engine is the reference; the adaptive
+    engine plans, caches and parallelises, and must return the same hits."""
+
+    def recall(
+        self,
+        query: RecallQuery,
+        generations: dict[str, int],
+        *,
+        strategy: str = "adaptive",
+        explain: bool = False,
+        timeout: float | None = None,
+    ) -> Recall: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,57 @@
+"""Write generations per (tenant, layer), read cheaply and never stale.
+
+The store bumps a generation in the same transaction as every write. This tracker caches
+them per tenant and drops the cache when a write commits in this process (the store's
+commit listener) or in any other process (SQLite's ``PRAGMA data_version`` moves).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from athena.store.sqlite import SQLiteStore
+
+
+class GenerationTracker:
+    """Current generations of a tenant's layers.
+
+    >>> import tempfile, os
+    >>> store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "g.db"))
+    >>> GenerationTracker(store).get("t")
+    {}
+    >>> store.close()
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._cache: dict[str, dict[str, int]] = {}
+        self._epoch = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        store.on_commit(self._committed)
+
+    def _committed(self, touched: set[tuple[str, str]]) -> None:
+        with self._lock:
+            self._epoch += 1
+            for tenant, _ in touched:
+                self._cache.pop(tenant, None)
+
+    def get(self, tenant: str) -> dict[str, int]:
+        """The generation of each layer of ``tenant`` (absent layers were never written)."""
+        version = self._store.data_version()
+        if getattr(self._local, "version", None) != version:
+            # Another connection committed since this thread last looked: it may have been
+            # another process, whose writes our commit listener never heard of.
+            self._local.version = version
+            with self._lock:
+                self._epoch += 1
+                self._cache.clear()
+        cached = self._cache.get(tenant)
+        if cached is not None:
+            return cached
+        epoch = self._epoch
+        fresh = self._store.generations(tenant)
+        with self._lock:
+            if epoch == self._epoch:  # no commit landed while we read
+                self._cache[tenant] = fresh
+        return fresh

@@ -1,0 +1,48 @@
+"""Search shared by the text layers: lexical (FTS5 bm25) and vector, fused with RRF."""
+
+from __future__ import annotations
+
+from athena.layers.protocol import LayerContext, SearchRequest
+from athena.retrieval.fusion import rrf
+from athena.retrieval.lexical import match_expression
+
+LEXICAL_WEIGHT = 1.0
+VECTOR_WEIGHT = 1.0
+
+
+def lexical_ids(ctx: LayerContext, layer: str, request: SearchRequest, limit: int) -> list[int]:
+    match = match_expression(request.query.text)
+    if match is None:
+        return []
+    found = ctx.store.lexical(request.query.tenant, layer, match, limit, request.where)
+    return [memory_id for memory_id, _ in found]
+
+
+def vector_ids(ctx: LayerContext, layer: str, request: SearchRequest, limit: int) -> list[int]:
+    generation = request.generations.get(layer, 0)
+    if generation == 0:
+        return []  # nothing was ever written to this layer for this tenant
+    where = request.where
+    fetch = limit if where.empty else limit * 4
+    found = ctx.indexes.search(request.query.tenant, layer, generation, request.vector, fetch)
+    ids = [memory_id for memory_id, _ in found]
+    if not where.empty:
+        rows = ctx.store.get(request.query.tenant, ids)
+        ids = [row.id for row in rows if where.admits(row)]
+    return ids[:limit]
+
+
+def hybrid_search(
+    ctx: LayerContext,
+    layer: str,
+    request: SearchRequest,
+    extra: list[tuple[list[int], float]] | None = None,
+) -> list[tuple[int, float]]:
+    """Fuse the lexical and vector rankings of ``layer`` (plus any ``extra`` ranking)."""
+    depth = request.depth
+    rankings = [
+        (lexical_ids(ctx, layer, request, depth), LEXICAL_WEIGHT),
+        (vector_ids(ctx, layer, request, depth), VECTOR_WEIGHT),
+        *(extra or []),
+    ]
+    return rrf((ids, w) for ids, w in rankings if ids)[:depth]

@@ -1,0 +1,75 @@
+"""The layer seam: each memory layer is one module behind :class:`MemoryLayer`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from athena.records import MemoryInput, RecallQuery
+from athena.retrieval.vector import VectorIndexes
+from athena.store.protocol import RowFilter, Store
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """Everything a layer needs to answer one recall; picklable, so it can cross processes.
+
+    The query vector is computed once per recall and shared by every layer.
+    """
+
+    query: RecallQuery
+    vector: npt.NDArray[np.float32]
+    generations: dict[str, int]
+    depth: int
+    now: float
+
+    @property
+    def where(self) -> RowFilter:
+        q = self.query
+        return RowFilter(since=q.since, until=q.until, session=q.session, actor=q.actor)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerResult:
+    """One layer's ranked answer: memory ids best first, with the layer's own scores."""
+
+    layer: str
+    ids: tuple[int, ...]
+    scores: tuple[float, ...]
+    elapsed_ms: float = 0.0
+    generation: int = 0
+    source: str = "sequential"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a layer makes of a :class:`MemoryInput` before it is written."""
+
+    kind: str
+    text: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    relations: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class LayerContext:
+    """The per-process resources layers search with."""
+
+    store: Store
+    indexes: VectorIndexes
+
+
+class MemoryLayer(Protocol):
+    """One memory layer: its records, its write preparation and its search."""
+
+    name: str
+    default_kind: str
+
+    def prepare(self, item: MemoryInput) -> Prepared:
+        """Validate and normalise a memory for this layer (raise InvalidInput if wrong)."""
+
+    def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
+        """Ranked (memory id, score) for the query, best first, at most ``request.depth``."""

@@ -1,0 +1,268 @@
+"""The facade: remember, recall, forget, update and stats, with a sync and an async face.
+
+:class:`Memory` holds all the logic. :class:`AsyncMemory` is only an async face over the
+same core (each call runs on a worker thread), so there is no twin class to drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from athena.embedding import Embedder, load_embedder
+from athena.errors import InvalidInput, NotFound
+from athena.execution.pipeline import Pipeline, Recall
+from athena.execution.protocol import RecallEngine
+from athena.execution.sequential import SequentialEngine
+from athena.generations import GenerationTracker
+from athena.layers import LayerContext, MemoryLayer, default_layers
+from athena.records import MemoryInput, check_tenant, make_query
+from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF, VectorIndexes
+from athena.store.sqlite import SQLiteStore
+from athena.writing import check_mapping, check_timestamp, prepare
+
+P = ParamSpec("P")
+T = TypeVar("T")
+DEFAULT_PATH = "athena.db"
+BACKFILL_BATCH = 1024
+
+
+class Memory:
+    """An agent's memory in one SQLite file.
+
+    >>> import tempfile, os
+    >>> mem = Memory(os.path.join(tempfile.mkdtemp(), "m.db"))
+    >>> mid = mem.remember("Alice moved to Lisbon in May.", tenant="agent-1", layer="semantic")
+    >>> [h.id for h in mem.recall("Where does Alice live?", tenant="agent-1").hits] == [mid]
+    True
+    >>> mem.close()
+    """
+
+    def __init__(
+        self,
+        path: str | Path = DEFAULT_PATH,
+        *,
+        embedder: str | Embedder = "static",
+        engine: Callable[[Pipeline, SQLiteStore], RecallEngine] | None = None,
+        hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
+        layers: Mapping[str, MemoryLayer] | None = None,
+    ) -> None:
+        self.store = SQLiteStore(path)
+        try:
+            self.embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
+            self.layers = dict(layers or default_layers())
+            self.generations = GenerationTracker(self.store)
+            ctx = LayerContext(self.store, VectorIndexes(self.store, self.embedder.name, hnsw_cutoff))
+            self.pipeline = Pipeline(self.layers, ctx, self.embedder)
+            self.engine: RecallEngine = (
+                engine(self.pipeline, self.store) if engine else SequentialEngine(self.pipeline)
+            )
+            self._backfill_vectors()
+        except BaseException:
+            self.store.close()
+            raise
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def remember(
+        self,
+        text: str,
+        *,
+        tenant: str,
+        layer: str = "episodic",
+        key: str | None = None,
+        kind: str | None = None,
+        session: str | None = None,
+        actor: str | None = None,
+        timestamp: float | None = None,
+        sources: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Store one memory and return its id. Same (tenant, layer, key) updates in place.
+
+        >>> # mem.remember("Buy milk", tenant="t", layer="prospective", attributes={"priority": 8})
+        """
+        item = MemoryInput(
+            layer=layer, text=text, tenant=tenant, key=key, kind=kind, session=session,
+            actor=actor, event_time=timestamp, sources=tuple(sources),
+            metadata=metadata or {}, attributes=attributes or {},
+        )  # fmt: skip
+        return self.remember_many([item])[0]
+
+    def remember_many(self, items: Sequence[MemoryInput]) -> list[int]:
+        """Store many memories in one transaction (all or none); return their ids in order."""
+        if not items:
+            return []
+        return self.store.put(prepare(items, self.layers, self.embedder))
+
+    def update(
+        self,
+        memory_id: int,
+        *,
+        tenant: str,
+        text: str | None = None,
+        timestamp: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Change a memory of ``tenant``: new text is re-embedded and re-indexed.
+
+        Metadata and attributes are merged into what is stored. Raises NotFound when the id
+        is not one of ``tenant``'s memories.
+        """
+        check_tenant(tenant)
+        memory_id = _check_id(memory_id)
+        rows = self.store.get(tenant, [memory_id])
+        if not rows:
+            raise NotFound(f"no memory {memory_id} for tenant {tenant!r}")
+        row = rows[0]
+        changes: dict[str, Any] = {}
+        if timestamp is not None:
+            changes["event_time"] = check_timestamp(timestamp)
+        if metadata is not None:
+            changes["metadata"] = dict(check_mapping(metadata, "metadata"))
+        if attributes is not None:
+            changes["attributes"] = dict(check_mapping(attributes, "attributes"))
+        prepared = None
+        if text is not None:
+            merged = MemoryInput(
+                layer=row.layer, text=text, tenant=tenant, key=row.key, kind=row.kind,
+                session=row.session, actor=row.actor,
+                attributes={**row.attributes, **changes.get("attributes", {})},
+            )  # fmt: skip
+            prepared = prepare([merged], self.layers, self.embedder)[0]
+            changes["text"] = prepared.text
+            changes["attributes"] = dict(prepared.attributes)
+        if not changes:
+            raise InvalidInput("update needs text, timestamp, metadata or attributes")
+        self.store.update(tenant, memory_id, changes, prepared)
+        return memory_id
+
+    def forget(self, ids: int | Sequence[int], *, tenant: str) -> list[int]:
+        """Delete memories of ``tenant``; return the ids that were deleted.
+
+        Ids that do not exist or belong to another tenant raise NotFound, and nothing is
+        deleted.
+        """
+        check_tenant(tenant)
+        wanted = [_check_id(i) for i in ([ids] if isinstance(ids, int) else ids)]
+        if not wanted:
+            raise InvalidInput("forget needs at least one id")
+        present = {row.id for row in self.store.get(tenant, wanted)}
+        missing = [i for i in wanted if i not in present]
+        if missing:
+            raise NotFound(f"no memories {missing} for tenant {tenant!r}")
+        return self.store.delete(tenant, wanted)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def recall(
+        self,
+        query: str,
+        *,
+        tenant: str,
+        k: int = 10,
+        layers: Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        session: str | None = None,
+        actor: str | None = None,
+        strategy: str = "adaptive",
+        explain: bool = False,
+        timeout: float | None = None,
+    ) -> Recall:
+        """The ``k`` memories of ``tenant`` that best answer ``query``, across ``layers``.
+
+        >>> # mem.recall("when is the dentist?", tenant="t", k=5, layers=["prospective"])
+        """
+        request = make_query(query, tenant, k, layers, since, until, session, actor)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise InvalidInput("timeout must be a positive number of seconds")
+        generations = self.generations.get(request.tenant)
+        if not generations:
+            raise NotFound(f"unknown tenant {request.tenant!r}: it has no memories")
+        return self.engine.recall(
+            request, generations, strategy=strategy, explain=explain, timeout=timeout
+        )
+
+    def get(self, memory_id: int, *, tenant: str) -> dict[str, Any]:
+        """One memory of ``tenant`` as a dict; NotFound if it is not theirs."""
+        rows = self.store.get(check_tenant(tenant), [_check_id(memory_id)])
+        if not rows:
+            raise NotFound(f"no memory {memory_id} for tenant {tenant!r}")
+        row = rows[0]
+        return {name: getattr(row, name) for name in row.__dataclass_fields__}
+
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
+        """Counts per layer, tenants and entities, for one tenant or the whole store."""
+        if tenant is not None:
+            check_tenant(tenant)
+        out = self.store.stats(tenant)
+        out["embedder"] = self.embedder.name
+        out["path"] = str(self.store.path)
+        return out
+
+    def tenants(self) -> list[str]:
+        return self.store.tenants()
+
+    def _backfill_vectors(self) -> None:
+        # Memories written with another embedder have no vector for this one yet.
+        while rows := self.store.missing_vectors(self.embedder.name, BACKFILL_BATCH):
+            vectors = self.embedder.embed([row.text for row in rows])
+            self.store.put_vectors(list(zip(rows, vectors, strict=True)), self.embedder.name)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.store.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInput(f"memory id must be a positive integer, not {value!r}")
+    return value
+
+
+def _threaded(method: Callable[P, T]) -> Callable[P, Any]:
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.to_thread(method, *args, **kwargs)
+
+    return call
+
+
+class AsyncMemory:
+    """The async face of :class:`Memory`: the same core, each call on a worker thread.
+
+    >>> # async with AsyncMemory("m.db") as mem: await mem.recall("...", tenant="t")
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_PATH, **options: Any) -> None:
+        self.core = Memory(path, **options)
+        self.remember = _threaded(self.core.remember)
+        self.remember_many = _threaded(self.core.remember_many)
+        self.recall = _threaded(self.core.recall)
+        self.forget = _threaded(self.core.forget)
+        self.update = _threaded(self.core.update)
+        self.stats = _threaded(self.core.stats)
+        self.get = _threaded(self.core.get)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.core.close)
+
+    async def __aenter__(self) -> AsyncMemory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

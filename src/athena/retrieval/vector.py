@@ -1,0 +1,205 @@
+"""In-memory vector indexes over the vectors stored in SQLite.
+
+Vectors live in the database, so an index is only a cache of them: it is built from the
+rows on first use and catches up on rows with a newer ``seq`` when the scope's write
+generation moves. Nothing outside SQLite can disagree with it after a crash.
+
+Per (tenant, layer), search is exact (one matrix product) while the set is small; past
+``hnsw_cutoff`` vectors it switches to a faiss HNSW graph. A vector replaced by an update
+leaves its old position behind; such positions are skipped, and the index is rebuilt when
+they pile up.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from athena.store.protocol import Store, VectorBatch
+
+DEFAULT_HNSW_CUTOFF: Final = 20_000
+HNSW_M: Final = 16
+HNSW_EF_CONSTRUCTION: Final = 128
+HNSW_EF_SEARCH: Final = 128
+
+Floats = npt.NDArray[np.float32]
+
+
+class Backend(Protocol):
+    """Nearest-neighbour search over positions 0..n-1 by inner product."""
+
+    def add(self, matrix: Floats) -> None: ...
+
+    def search(self, query: Floats, limit: int) -> tuple[Floats, npt.NDArray[np.int64]]: ...
+
+    def __len__(self) -> int: ...
+
+
+class ExactBackend:
+    """Brute force: exact, and fastest while the set is small."""
+
+    def __init__(self, dim: int) -> None:
+        self._matrix = np.zeros((0, dim), np.float32)
+        self._size = 0
+
+    def add(self, matrix: Floats) -> None:
+        needed = self._size + len(matrix)
+        if needed > len(self._matrix):
+            grown = np.zeros((max(needed, 2 * len(self._matrix), 64), matrix.shape[1]), np.float32)
+            grown[: self._size] = self._matrix[: self._size]
+            self._matrix = grown
+        self._matrix[self._size : needed] = matrix
+        self._size = needed
+
+    def search(self, query: Floats, limit: int) -> tuple[Floats, npt.NDArray[np.int64]]:
+        scores = self._matrix[: self._size] @ query
+        limit = min(limit, self._size)
+        if limit <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        top = np.argpartition(-scores, limit - 1)[:limit]
+        # Stable order: score, then position, so equal scores rank the same every time.
+        order = np.lexsort((top, -scores[top]))
+        chosen = top[order]
+        return scores[chosen].astype(np.float32), chosen.astype(np.int64)
+
+    def __len__(self) -> int:
+        return self._size
+
+
+class HnswBackend:
+    """faiss HNSW over inner product (vectors are normalised, so it is cosine)."""
+
+    def __init__(self, dim: int) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        self._index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        self._index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        self._index.hnsw.efSearch = HNSW_EF_SEARCH
+
+    def add(self, matrix: Floats) -> None:
+        self._index.add(np.ascontiguousarray(matrix, np.float32))
+
+    def search(self, query: Floats, limit: int) -> tuple[Floats, npt.NDArray[np.int64]]:
+        scores, positions = self._index.search(query.reshape(1, -1).astype(np.float32), limit)
+        keep = positions[0] >= 0
+        return scores[0][keep].astype(np.float32), positions[0][keep].astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+
+@dataclass(slots=True)
+class _State:
+    backend: Backend | None
+    ids: list[int]
+    seqs: list[int]
+    latest: dict[int, int]  # memory id -> newest seq loaded
+    last_seq: int = 0
+    dead: int = 0
+
+
+class VectorIndex:
+    """The vectors of one (tenant, layer, model), searchable by cosine similarity."""
+
+    def __init__(
+        self, tenant: str, layer: str, model: str, hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF
+    ) -> None:
+        self.tenant, self.layer, self.model = tenant, layer, model
+        self.hnsw_cutoff = hnsw_cutoff
+        self._lock = threading.Lock()
+        self._state = _State(None, [], [], {})
+        self._synced_generation: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return type(self._state.backend).__name__
+
+    def sync(self, store: Store, generation: int) -> None:
+        """Load vectors written since the last sync (a no-op if ``generation`` is unchanged)."""
+        if generation == self._synced_generation:
+            return
+        with self._lock:
+            if generation == self._synced_generation:
+                return
+            state = self._state
+            batch = store.vectors_after(self.tenant, self.layer, self.model, state.last_seq)
+            if len(batch.ids):
+                if state.dead > 1_000 and state.dead > len(state.ids) // 3:
+                    batch = store.vectors_after(self.tenant, self.layer, self.model, 0)
+                    state = _State(None, [], [], {})
+                self._append(state, batch)
+                self._state = state
+            self._synced_generation = generation
+
+    def _append(self, state: _State, batch: VectorBatch) -> None:
+        size = len(state.ids) + len(batch.ids)
+        if state.backend is None or (
+            isinstance(state.backend, ExactBackend) and size > self.hnsw_cutoff
+        ):
+            # (Re)build in the backend that fits the new size, with everything loaded so far.
+            old = state.backend
+            state.backend = (
+                HnswBackend(batch.matrix.shape[1])
+                if size > self.hnsw_cutoff
+                else ExactBackend(batch.matrix.shape[1])
+            )
+            if old is not None and isinstance(old, ExactBackend) and len(old):
+                state.backend.add(old._matrix[: len(old)])
+        state.backend.add(batch.matrix)
+        for memory_id, seq in zip(batch.ids.tolist(), batch.seqs.tolist(), strict=True):
+            if memory_id in state.latest:
+                state.dead += 1
+            state.latest[memory_id] = seq
+            state.ids.append(memory_id)
+            state.seqs.append(seq)
+        state.last_seq = int(batch.seqs[-1])
+
+    def search(self, query: Floats, limit: int) -> list[tuple[int, float]]:
+        """Up to ``limit`` (memory id, cosine) pairs, best first."""
+        with self._lock:
+            state = self._state
+            if state.backend is None or limit <= 0:
+                return []
+            scores, positions = state.backend.search(query, limit + min(state.dead, limit))
+            found: list[tuple[int, float]] = []
+            for score, position in zip(scores.tolist(), positions.tolist(), strict=True):
+                memory_id = state.ids[position]
+                if state.latest.get(memory_id) != state.seqs[position]:
+                    continue  # an older vector of a memory that was updated since
+                found.append((memory_id, float(score)))
+                if len(found) == limit:
+                    break
+            return found
+
+    def __len__(self) -> int:
+        return len(self._state.latest)
+
+
+class VectorIndexes:
+    """The indexes of every (tenant, layer) for one embedding model."""
+
+    def __init__(self, store: Store, model: str, hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF) -> None:
+        self._store = store
+        self._model = model
+        self._cutoff = hnsw_cutoff
+        self._indexes: dict[tuple[str, str], VectorIndex] = {}
+        self._lock = threading.Lock()
+
+    def search(
+        self, tenant: str, layer: str, generation: int, query: Floats, limit: int
+    ) -> list[tuple[int, float]]:
+        """Sync the (tenant, layer) index to ``generation``, then search it."""
+        key = (tenant, layer)
+        index = self._indexes.get(key)
+        if index is None:
+            with self._lock:
+                index = self._indexes.setdefault(
+                    key, VectorIndex(tenant, layer, self._model, self._cutoff)
+                )
+        index.sync(self._store, generation)
+        return index.search(query, limit)

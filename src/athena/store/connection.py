@@ -1,0 +1,173 @@
+"""SQLite connections: per-thread readers and one writer thread (datasette's pattern).
+
+Reads run on a connection owned by the calling thread, so readers never wait on each other
+and WAL lets them run beside the writer. Writes are queued to one thread that wraps each in
+``BEGIN IMMEDIATE``: taking the write lock up front means a transaction never has to be
+retried half-way, and writers in other processes wait on ``busy_timeout`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from athena.errors import (
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreLocked,
+    StoreReadOnly,
+)
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000
+
+
+def translate(exc: sqlite3.Error) -> StoreError:
+    """Map a sqlite3 error to Athena's store errors (the one place this happens).
+
+    >>> type(translate(sqlite3.OperationalError("database is locked"))).__name__
+    'StoreLocked'
+    """
+    message = str(exc)
+    lowered = message.lower()
+    if "locked" in lowered or "busy" in lowered:
+        return StoreLocked(f"the database is locked by another process: {message}")
+    if "readonly" in lowered or "read-only" in lowered:
+        return StoreReadOnly(f"the database is read-only: {message}")
+    if "full" in lowered:
+        return StoreFull(f"the disk is full: {message}")
+    if "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
+        return StoreCorrupt(f"the database file is damaged: {message}")
+    return StoreError(f"storage failed: {message}")
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise sqlite3 errors as :class:`StoreError` subclasses."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
+
+
+def open_connection(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a tuned connection; readers open with ``mode=ro`` so they can never write."""
+    target = str(path)
+    with translated():
+        if target == ":memory:":
+            raise StoreError("SQLiteStore needs a file path (readers and writer share it)")
+        uri = f"file:{target}?mode=ro" if readonly else f"file:{target}"
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -65536")
+        conn.execute("PRAGMA mmap_size = 268435456")
+    return conn
+
+
+class Writer:
+    """One thread that owns the write connection and runs queued transactions in order."""
+
+    def __init__(self, path: Path, on_commit: Callable[[set[tuple[str, str]]], None]) -> None:
+        self._path = path
+        self._on_commit = on_commit
+        self._tasks: queue.Queue[tuple[Callable[..., Any], Future[Any]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def run(self, fn: Callable[[sqlite3.Connection, set[tuple[str, str]]], T]) -> T:
+        """Run ``fn(conn, touched)`` in one transaction on the writer thread; wait for it.
+
+        ``fn`` adds the (tenant, layer) scopes it changed to ``touched``; listeners hear of
+        them only after the commit succeeded.
+        """
+        self._ensure_started()
+        future: Future[T] = Future()
+        self._tasks.put((fn, future))
+        return future.result()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                return
+            self._tasks.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._conn = open_connection(self._path)
+                self._thread = threading.Thread(
+                    target=self._loop, name="athena-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            item = self._tasks.get()
+            if item is None:
+                conn.close()
+                return
+            fn, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            touched: set[tuple[str, str]] = set()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn, touched)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                future.set_exception(translate(exc))
+                continue
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                future.set_exception(exc)
+                continue
+            if touched:
+                self._on_commit(touched)
+            future.set_result(result)
+
+
+class Readers:
+    """Per-thread read-only connections to one database file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = open_connection(self._path, readonly=True)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()

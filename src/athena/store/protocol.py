@@ -1,0 +1,173 @@
+"""The store seam: what the layers need from storage, behind one Protocol.
+
+The SQLite store is the embedded default; a PostgreSQL store implements the same methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRow:
+    """A stored memory as the store returns it."""
+
+    id: int
+    tenant: str
+    layer: str
+    key: str
+    kind: str
+    session: str | None
+    actor: str | None
+    text: str
+    event_time: float | None
+    created_at: float
+    updated_at: float
+    sources: tuple[str, ...]
+    metadata: Mapping[str, Any]
+    attributes: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMemory:
+    """A memory ready to write: validated, keyed, embedded, its entities extracted."""
+
+    tenant: str
+    layer: str
+    key: str
+    kind: str
+    text: str
+    session: str | None
+    actor: str | None
+    event_time: float | None
+    sources: tuple[str, ...]
+    metadata: Mapping[str, Any]
+    attributes: Mapping[str, Any]
+    vector: npt.NDArray[np.float32] | None
+    model: str
+    entities: tuple[str, ...] = ()
+    relations: tuple[tuple[str, str, str], ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """Filters every search applies in storage."""
+
+    since: float | None = None
+    until: float | None = None
+    session: str | None = None
+    actor: str | None = None
+
+    def admits(self, row: MemoryRow) -> bool:
+        """Whether ``row`` passes (used on vector candidates).
+
+        >>> RowFilter(session="s1").admits(MemoryRow(1, "t", "episodic", "k", "turn", "s2",
+        ...     None, "x", None, 0.0, 0.0, (), {}, {}))
+        False
+        """
+        if self.session is not None and row.session != self.session:
+            return False
+        if self.actor is not None and row.actor != self.actor:
+            return False
+        if self.since is not None and (row.event_time is None or row.event_time < self.since):
+            return False
+        return not (
+            self.until is not None and (row.event_time is None or row.event_time > self.until)
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self.since is None and self.until is None and not self.session and not self.actor
+
+
+@dataclass(frozen=True, slots=True)
+class VectorBatch:
+    """Vectors of one (tenant, layer, model) newer than some seq."""
+
+    seqs: npt.NDArray[np.int64]
+    ids: npt.NDArray[np.int64]
+    matrix: npt.NDArray[np.float32]
+
+
+class Store(Protocol):
+    """Storage for every tenant's memories."""
+
+    def on_commit(self, listener: Callable[[set[tuple[str, str]]], None]) -> None:
+        """Call ``listener`` with the (tenant, layer) scopes of each committed write."""
+
+    def put(self, items: Sequence[PreparedMemory]) -> list[int]:
+        """Insert or (same tenant, layer, key) update, all in one transaction; return ids."""
+
+    def update(self, tenant: str, memory_id: int, changes: Mapping[str, Any],
+               prepared: PreparedMemory | None) -> MemoryRow:
+        """Change fields of one memory of ``tenant``; raise NotFound if it is not theirs."""
+
+    def delete(self, tenant: str, ids: Sequence[int]) -> list[int]:
+        """Delete memories of ``tenant``; return the ids that existed."""
+
+    def get(self, tenant: str, ids: Sequence[int]) -> list[MemoryRow]:
+        """Rows of ``tenant`` with these ids, in the order asked; others are skipped."""
+
+    def lexical(self, tenant: str, layer: str, match: str, limit: int,
+                where: RowFilter) -> list[tuple[int, float]]:
+        """FTS5 search: (id, bm25 score, lower is better) best first."""
+
+    def vectors_after(self, tenant: str, layer: str, model: str, after_seq: int) -> VectorBatch:
+        """Vectors written after ``after_seq``."""
+
+    def vector_seqs(self, ids: Sequence[int], model: str) -> dict[int, int]:
+        """The current vector seq of each id (missing if deleted)."""
+
+    def generations(self, tenant: str) -> dict[str, int]:
+        """The write generation of each layer of ``tenant``."""
+
+    def tasks(self, tenant: str, limit: int, where: RowFilter) -> list[MemoryRow]:
+        """Open prospective memories, most urgent first."""
+
+    def entities(self, tenant: str, norms: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """norm -> (entity id, number of memories mentioning it)."""
+
+    def neighbours(self, tenant: str, entity_ids: Sequence[int], limit: int) -> list[int]:
+        """Entities related to these by a typed relation."""
+
+    def mentioning(self, tenant: str, entity_ids: Sequence[int],
+                   limit: int) -> list[tuple[int, int]]:
+        """(memory id, entity id) pairs for memories that mention these entities."""
+
+    def entity_names(self, tenant: str) -> list[str]:
+        """Normalised names of every entity of ``tenant``."""
+
+    def stats(self, tenant: str | None) -> dict[str, Any]:
+        """Counts per layer (and tenants), for one tenant or all."""
+
+    def tenants(self) -> list[str]:
+        """Every tenant with at least one memory."""
+
+    def missing_vectors(self, model: str, limit: int) -> list[MemoryRow]:
+        """Memories that have no vector for ``model`` yet."""
+
+    def put_vectors(self, rows: Sequence[tuple[MemoryRow, npt.NDArray[np.float32]]],
+                    model: str) -> None:
+        """Store vectors for existing memories."""
+
+    def save_state(self, name: str, value: str) -> None:
+        """Persist a learned state blob (dependency graph, selector)."""
+
+    def load_state(self, name: str) -> str | None:
+        """Read a learned state blob."""
+
+    def append_telemetry(self, rows: Sequence[tuple[float, str, str, str, str]],
+                         keep: int) -> None:
+        """Append telemetry rows and keep only the newest ``keep``."""
+
+    def read_telemetry(self, limit: int) -> list[str]:
+        """The newest telemetry rows (JSON), oldest first."""
+
+    def close(self) -> None:
+        """Stop the writer and close connections."""

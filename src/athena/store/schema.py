@@ -1,0 +1,162 @@
+"""Versioned schema migrations for the SQLite store.
+
+Each migration runs once, in order, inside one transaction, and records its version in
+``PRAGMA user_version``; opening an older file upgrades it, opening a newer one is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from athena.errors import StoreError
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: memories of all layers, their lexical index, vectors, graph, generations.
+    """
+    CREATE TABLE memories (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        layer TEXT NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        session TEXT,
+        actor TEXT,
+        text TEXT NOT NULL,
+        event_time REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        sources TEXT NOT NULL DEFAULT '[]',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        attributes TEXT NOT NULL DEFAULT '{}',
+        scope TEXT NOT NULL,
+        due_at REAL GENERATED ALWAYS AS (json_extract(attributes, '$.due_at')) VIRTUAL,
+        status TEXT GENERATED ALWAYS AS (json_extract(attributes, '$.status')) VIRTUAL,
+        UNIQUE (tenant, layer, key)
+    );
+    CREATE INDEX memories_scope_time ON memories (tenant, layer, event_time);
+    CREATE INDEX memories_tasks ON memories (tenant, layer, status, due_at);
+
+    -- External-content FTS5: the text lives once, in memories. ``scope`` holds one token
+    -- per (tenant, layer) so a MATCH is intersected with the scope's doclist inside FTS5
+    -- instead of scoring every tenant's matches with bm25.
+    CREATE VIRTUAL TABLE memories_fts USING fts5 (
+        text, scope, content='memories', content_rowid='id',
+        tokenize='porter unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER memories_ai AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts (rowid, text, scope) VALUES (new.id, new.text, new.scope);
+    END;
+    CREATE TRIGGER memories_ad AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, text, scope)
+        VALUES ('delete', old.id, old.text, old.scope);
+    END;
+    CREATE TRIGGER memories_au AFTER UPDATE OF text, scope ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, text, scope)
+        VALUES ('delete', old.id, old.text, old.scope);
+        INSERT INTO memories_fts (rowid, text, scope) VALUES (new.id, new.text, new.scope);
+    END;
+
+    -- One vector per (memory, model). ``seq`` grows with every (re)write, so an in-memory
+    -- index can load what is new since the last seq it saw and spot replaced vectors.
+    CREATE TABLE vectors (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        memory_id INTEGER NOT NULL REFERENCES memories (id) ON DELETE CASCADE,
+        tenant TEXT NOT NULL,
+        layer TEXT NOT NULL,
+        model TEXT NOT NULL,
+        vector BLOB NOT NULL,
+        UNIQUE (memory_id, model)
+    );
+    CREATE INDEX vectors_scope ON vectors (tenant, layer, model, seq);
+
+    CREATE TABLE entities (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        norm TEXT NOT NULL,
+        name TEXT NOT NULL,
+        first_seen REAL,
+        last_seen REAL,
+        UNIQUE (tenant, norm)
+    );
+    CREATE TABLE mentions (
+        entity_id INTEGER NOT NULL REFERENCES entities (id) ON DELETE CASCADE,
+        memory_id INTEGER NOT NULL REFERENCES memories (id) ON DELETE CASCADE,
+        PRIMARY KEY (entity_id, memory_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX mentions_memory ON mentions (memory_id);
+    CREATE TABLE relations (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        subject_id INTEGER NOT NULL REFERENCES entities (id) ON DELETE CASCADE,
+        object_id INTEGER NOT NULL REFERENCES entities (id) ON DELETE CASCADE,
+        type TEXT NOT NULL,
+        memory_id INTEGER NOT NULL REFERENCES memories (id) ON DELETE CASCADE,
+        at REAL
+    );
+    CREATE INDEX relations_subject ON relations (subject_id);
+    CREATE INDEX relations_object ON relations (object_id);
+    CREATE INDEX relations_memory ON relations (memory_id);
+
+    -- Bumped in the same transaction as every write to (tenant, layer): a cached recall
+    -- that read an older generation is never served.
+    CREATE TABLE generations (
+        tenant TEXT NOT NULL,
+        layer TEXT NOT NULL,
+        gen INTEGER NOT NULL,
+        PRIMARY KEY (tenant, layer)
+    ) WITHOUT ROWID;
+    """,
+    # 2: execution telemetry, bounded and rotated by the writer.
+    """
+    CREATE TABLE telemetry (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        tenant TEXT NOT NULL,
+        query_type TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        row TEXT NOT NULL
+    );
+    CREATE TABLE learned_state (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring ``conn``'s database to :data:`SCHEMA_VERSION`; return the version it had.
+
+    The caller holds the write lock (``BEGIN IMMEDIATE``) so two processes opening a new
+    file at once cannot both run a migration.
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {version} is newer than this Athena ({SCHEMA_VERSION})"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        for statement in _split(MIGRATIONS[number]):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number + 1}")
+    return version
+
+
+def _split(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction; run statements one by one instead.
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements

