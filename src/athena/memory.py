@@ -55,7 +55,9 @@ class Memory:
             self.embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
             self.layers = dict(layers or default_layers())
             self.generations = GenerationTracker(self.store)
-            ctx = LayerContext(self.store, VectorIndexes(self.store, self.embedder.name, hnsw_cutoff))
+            ctx = LayerContext(
+                self.store, VectorIndexes(self.store, self.embedder.name, hnsw_cutoff)
+            )
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
             self.engine: RecallEngine = (
                 engine(self.pipeline, self.store) if engine else SequentialEngine(self.pipeline)
@@ -171,15 +173,20 @@ class Memory:
         until: float | None = None,
         session: str | None = None,
         actor: str | None = None,
+        kinds: Sequence[str] | None = None,
         strategy: str = "adaptive",
         explain: bool = False,
         timeout: float | None = None,
     ) -> Recall:
         """The ``k`` memories of ``tenant`` that best answer ``query``, across ``layers``.
 
+        Filters: ``since``/``until`` (event time, epoch seconds), ``session``, ``actor`` and
+        ``kinds`` (e.g. ``["turn", "fact"]``). ``strategy`` forces an execution strategy
+        (default: the planner chooses); ``explain`` attaches how the recall was run.
+
         >>> # mem.recall("when is the dentist?", tenant="t", k=5, layers=["prospective"])
         """
-        request = make_query(query, tenant, k, layers, since, until, session, actor)
+        request = make_query(query, tenant, k, layers, since, until, session, actor, kinds)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
         ):

@@ -42,7 +42,8 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict.
 
-        >>> Hit(1, "semantic", "x", 0.5, "t", "k", "fact", None, None, None, 0.0, 0.0, ()).to_dict()["id"]
+        >>> hit = Hit(1, "semantic", "x", 0.5, "t", "k", "fact", None, None, None, 0.0, 0.0, ())
+        >>> hit.to_dict()["id"]
         1
         """
         return {
@@ -67,7 +68,8 @@ class Hit:
 class MemoryInput:
     """A memory to store. Layer-specific fields go in ``attributes``:
 
-    - procedural: ``name``, ``trigger``, ``steps`` (list of str), ``success_count``, ``failure_count``
+    - procedural: ``name``, ``trigger``, ``steps`` (list of str), ``success_count``,
+      ``failure_count``
     - prospective: ``due_at`` (epoch seconds), ``status`` (open|done|cancelled), ``priority`` (0-10)
     - graph: ``relations``: list of ``[subject, relation, object]`` triples
 
@@ -100,6 +102,7 @@ class RecallQuery:
     until: float | None = None
     session: str | None = None
     actor: str | None = None
+    kinds: tuple[str, ...] | None = None
 
     def filters(self) -> tuple[tuple[str, Any], ...]:
         """The filter part of the query, in a stable order (used in cache keys)."""
@@ -108,6 +111,7 @@ class RecallQuery:
             ("until", self.until),
             ("session", self.session),
             ("actor", self.actor),
+            ("kinds", self.kinds),
         )
 
 
@@ -167,6 +171,7 @@ def make_query(
     until: float | None = None,
     session: str | None = None,
     actor: str | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> RecallQuery:
     """Validate the arguments of a recall into a :class:`RecallQuery`.
 
@@ -185,6 +190,13 @@ def make_query(
     for name, bound in (("since", since), ("until", until)):
         if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)):
             raise InvalidInput(f"{name} must be a number of seconds since the epoch")
+    for name, value in (("session", session), ("actor", actor)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InvalidInput(f"{name} must be a non-empty string")
+    if kinds is not None:
+        if isinstance(kinds, str) or not all(isinstance(x, str) and x for x in kinds):
+            raise InvalidInput("kinds must be a list of kind names")
+        kinds = tuple(sorted(set(kinds)))
     if since is not None and until is not None and since > until:
         raise InvalidInput("since must not be after until")
     return RecallQuery(
@@ -196,6 +208,7 @@ def make_query(
         until=None if until is None else float(until),
         session=session,
         actor=actor,
+        kinds=None if kinds is None else tuple(kinds),
     )
 
 

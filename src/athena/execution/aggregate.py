@@ -13,7 +13,7 @@ LAYER_WEIGHTS: Final[Mapping[str, float]] = {
     "semantic": 1.0,
     "procedural": 1.0,
     "prospective": 1.0,
-    "graph": 0.5,
+    "graph": 0.25,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from athena.embedding.protocol import Embedder
@@ -12,6 +12,7 @@ from athena.execution.aggregate import fuse
 from athena.execution.runner import run_layer
 from athena.layers.protocol import LayerContext, LayerResult, MemoryLayer, SearchRequest
 from athena.records import Hit, RecallQuery
+from athena.store.protocol import MemoryRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class Pipeline:
     layers: Mapping[str, MemoryLayer]
     ctx: LayerContext
     embedder: Embedder
-    stats: dict[str, float] = field(default_factory=dict)
+    diversify: bool = True
 
     def request(self, query: RecallQuery, generations: dict[str, int]) -> SearchRequest:
         vector = self.embedder.embed([query.text])[0]
@@ -58,38 +59,46 @@ class Pipeline:
     def hits(self, query: RecallQuery, results: Mapping[str, LayerResult]) -> tuple[Hit, ...]:
         """Fuse per-layer results and turn the top ``k`` ids into hits.
 
-        Ids whose rows are gone (deleted since an index was built) are skipped, and the
-        next ones take their place.
+        Ids whose rows are gone (deleted since an index was built) are skipped. A memory
+        whose sources are all cited by better-ranked hits (a fact restating a turn already
+        returned) moves behind the memories that bring new evidence, so the ``k`` slots
+        cover as many distinct episodes as the ranking allows.
         """
         fused = fuse(results, query.layers)
-        hits: list[Hit] = []
-        start = 0
-        while len(hits) < query.k and start < len(fused):
-            window = fused[start : start + query.k * 2]
-            start += len(window)
-            rows = {r.id: r for r in self.ctx.store.get(query.tenant, [i for i, _ in window])}
-            for memory_id, score in window:
-                row = rows.get(memory_id)
-                if row is None:
-                    continue
-                hits.append(
-                    Hit(
-                        id=row.id,
-                        layer=row.layer,
-                        text=row.text,
-                        score=score,
-                        tenant=row.tenant,
-                        key=row.key,
-                        kind=row.kind,
-                        session=row.session,
-                        actor=row.actor,
-                        event_time=row.event_time,
-                        created_at=row.created_at,
-                        updated_at=row.updated_at,
-                        sources=row.sources,
-                        metadata={**row.metadata, **row.attributes},
-                    )
-                )
-                if len(hits) == query.k:
-                    break
-        return tuple(hits)
+        window = fused[: max(query.k * 3, query.k + 20)]
+        rows = {r.id: r for r in self.ctx.store.get(query.tenant, [i for i, _ in window])}
+        fresh: list[Hit] = []
+        repeats: list[Hit] = []
+        covered: set[str] = set()
+        for memory_id, score in window:
+            row = rows.get(memory_id)
+            if row is None:
+                continue
+            hit = _hit(row, score)
+            if self.diversify and row.sources and covered.issuperset(row.sources):
+                repeats.append(hit)
+            else:
+                fresh.append(hit)
+                covered.update(row.sources)
+            if len(fresh) == query.k:
+                break
+        return tuple((fresh + repeats)[: query.k])
+
+
+def _hit(row: MemoryRow, score: float) -> Hit:
+    return Hit(
+        id=row.id,
+        layer=row.layer,
+        text=row.text,
+        score=score,
+        tenant=row.tenant,
+        key=row.key,
+        kind=row.kind,
+        session=row.session,
+        actor=row.actor,
+        event_time=row.event_time,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        sources=row.sources,
+        metadata={**row.metadata, **row.attributes},
+    )

@@ -18,6 +18,9 @@ from athena.records import MemoryInput
 
 NEIGHBOUR_WEIGHT: Final = 0.5
 MAX_NEIGHBOURS: Final = 10
+# An entity in more than this share of a tenant's memories (the agent's user, the speaker of
+# every turn) says nothing about which memory a query wants; it neither matches nor expands.
+UBIQUITY: Final = 0.05
 
 
 class GraphLayer:
@@ -29,7 +32,7 @@ class GraphLayer:
     default_kind = "relation"
 
     def __init__(self) -> None:
-        self._names: dict[tuple[int, str], frozenset[str]] = {}
+        self._names: dict[tuple[int, str], tuple[frozenset[str], int]] = {}
         self._lock = threading.Lock()
 
     def prepare(self, item: MemoryInput) -> Prepared:
@@ -53,24 +56,28 @@ class GraphLayer:
             relations=tuple(relations),
         )
 
-    def _known(self, ctx: LayerContext, tenant: str, generation: int) -> frozenset[str]:
+    def _known(self, ctx: LayerContext, tenant: str, generation: int) -> tuple[frozenset[str], int]:
+        """The tenant's entity names and its memory count, cached per graph generation."""
         key = (generation, tenant)
-        names = self._names.get(key)
-        if names is None:
+        known = self._names.get(key)
+        if known is None:
             names = frozenset(ctx.store.entity_names(tenant))
+            known = (names, int(ctx.store.stats(tenant)["memories"]))
             with self._lock:
                 for old in [k for k in self._names if k[1] == tenant]:
                     del self._names[old]
-                self._names[key] = names
-        return names
+                self._names[key] = known
+        return known
 
     def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
         tenant = request.query.tenant
         generation = request.generations.get(self.name, 0)
         if generation == 0:
             return []
-        named = query_entities(request.query.text, self._known(ctx, tenant, generation))
-        found = ctx.store.entities(tenant, named)
+        names, total = self._known(ctx, tenant, generation)
+        named = query_entities(request.query.text, names)
+        limit = max(10, UBIQUITY * total)
+        found = {n: v for n, v in ctx.store.entities(tenant, named).items() if v[1] <= limit}
         if not found:
             return []
         weights = {eid: 1.0 / math.log(2.0 + count) for eid, count in found.values()}
@@ -85,6 +92,6 @@ class GraphLayer:
             order.setdefault(memory_id, len(order))
         ranked = sorted(scores, key=lambda m: (-scores[m], order[m]))
         if not where.empty:
-            rows = {r.id: r for r in ctx.store.get(tenant, ranked[: request.depth * 4])}
-            ranked = [m for m in ranked if m in rows and where.admits(rows[m])]
+            passing = ctx.store.admitted(tenant, ranked[: request.depth * 4], where)
+            ranked = [m for m in ranked if m in passing]
         return [(m, scores[m]) for m in ranked[: request.depth]]

@@ -36,7 +36,9 @@ class ProceduralLayer:
         if trigger and trigger not in item.text:
             parts.append(f"When: {trigger}")
         parts.extend(step for step in steps if step not in item.text)
-        return Prepared(kind=item.kind or self.default_kind, text="\n".join(parts), attributes=attrs)
+        return Prepared(
+            kind=item.kind or self.default_kind, text="\n".join(parts), attributes=attrs
+        )
 
     def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
         return hybrid_search(ctx, self.name, request)

@@ -29,7 +29,9 @@ class SearchRequest:
     @property
     def where(self) -> RowFilter:
         q = self.query
-        return RowFilter(since=q.since, until=q.until, session=q.session, actor=q.actor)
+        return RowFilter(
+            since=q.since, until=q.until, session=q.session, actor=q.actor, kinds=q.kinds
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,7 @@ class RowFilter:
     until: float | None = None
     session: str | None = None
     actor: str | None = None
+    kinds: tuple[str, ...] | None = None
 
     def admits(self, row: MemoryRow) -> bool:
         """Whether ``row`` passes (used on vector candidates).
@@ -75,6 +76,8 @@ class RowFilter:
             return False
         if self.actor is not None and row.actor != self.actor:
             return False
+        if self.kinds is not None and row.kind not in self.kinds:
+            return False
         if self.since is not None and (row.event_time is None or row.event_time < self.since):
             return False
         return not (
@@ -83,7 +86,13 @@ class RowFilter:
 
     @property
     def empty(self) -> bool:
-        return self.since is None and self.until is None and not self.session and not self.actor
+        return (
+            self.since is None
+            and self.until is None
+            and not self.session
+            and not self.actor
+            and self.kinds is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +113,13 @@ class Store(Protocol):
     def put(self, items: Sequence[PreparedMemory]) -> list[int]:
         """Insert or (same tenant, layer, key) update, all in one transaction; return ids."""
 
-    def update(self, tenant: str, memory_id: int, changes: Mapping[str, Any],
-               prepared: PreparedMemory | None) -> MemoryRow:
+    def update(
+        self,
+        tenant: str,
+        memory_id: int,
+        changes: Mapping[str, Any],
+        prepared: PreparedMemory | None,
+    ) -> MemoryRow:
         """Change fields of one memory of ``tenant``; raise NotFound if it is not theirs."""
 
     def delete(self, tenant: str, ids: Sequence[int]) -> list[int]:
@@ -114,9 +128,13 @@ class Store(Protocol):
     def get(self, tenant: str, ids: Sequence[int]) -> list[MemoryRow]:
         """Rows of ``tenant`` with these ids, in the order asked; others are skipped."""
 
-    def lexical(self, tenant: str, layer: str, match: str, limit: int,
-                where: RowFilter) -> list[tuple[int, float]]:
+    def lexical(
+        self, tenant: str, layer: str, match: str, limit: int, where: RowFilter
+    ) -> list[tuple[int, float]]:
         """FTS5 search: (id, bm25 score, lower is better) best first."""
+
+    def admitted(self, tenant: str, ids: Sequence[int], where: RowFilter) -> set[int]:
+        """Those of ``ids`` that belong to ``tenant`` and pass ``where``."""
 
     def vectors_after(self, tenant: str, layer: str, model: str, after_seq: int) -> VectorBatch:
         """Vectors written after ``after_seq``."""
@@ -136,8 +154,9 @@ class Store(Protocol):
     def neighbours(self, tenant: str, entity_ids: Sequence[int], limit: int) -> list[int]:
         """Entities related to these by a typed relation."""
 
-    def mentioning(self, tenant: str, entity_ids: Sequence[int],
-                   limit: int) -> list[tuple[int, int]]:
+    def mentioning(
+        self, tenant: str, entity_ids: Sequence[int], limit: int
+    ) -> list[tuple[int, int]]:
         """(memory id, entity id) pairs for memories that mention these entities."""
 
     def entity_names(self, tenant: str) -> list[str]:
@@ -152,8 +171,9 @@ class Store(Protocol):
     def missing_vectors(self, model: str, limit: int) -> list[MemoryRow]:
         """Memories that have no vector for ``model`` yet."""
 
-    def put_vectors(self, rows: Sequence[tuple[MemoryRow, npt.NDArray[np.float32]]],
-                    model: str) -> None:
+    def put_vectors(
+        self, rows: Sequence[tuple[MemoryRow, npt.NDArray[np.float32]]], model: str
+    ) -> None:
         """Store vectors for existing memories."""
 
     def save_state(self, name: str, value: str) -> None:
@@ -162,8 +182,7 @@ class Store(Protocol):
     def load_state(self, name: str) -> str | None:
         """Read a learned state blob."""
 
-    def append_telemetry(self, rows: Sequence[tuple[float, str, str, str, str]],
-                         keep: int) -> None:
+    def append_telemetry(self, rows: Sequence[tuple[float, str, str, str, str]], keep: int) -> None:
         """Append telemetry rows and keep only the newest ``keep``."""
 
     def read_telemetry(self, limit: int) -> list[str]:

@@ -62,6 +62,9 @@ def _where(where: RowFilter, prefix: str = "m.") -> tuple[str, list[Any]]:
     if where.actor:
         clauses.append(f"{prefix}actor = ?")
         params.append(where.actor)
+    if where.kinds is not None:
+        clauses.append(f"{prefix}kind IN ({','.join('?' * len(where.kinds))})")
+        params.extend(where.kinds)
     return "".join(f" AND {c}" for c in clauses), params
 
 
@@ -70,7 +73,7 @@ def get(conn: sqlite3.Connection, tenant: str, ids: Sequence[int]) -> list[Memor
         return []
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM memories WHERE tenant = ? AND id IN ({marks})",  # noqa: S608
+        f"SELECT {_COLUMNS} FROM memories WHERE tenant = ? AND id IN ({marks})",
         (tenant, *ids),
     ).fetchall()
     by_id = {int(r[0]): row_from_sql(r) for r in rows}
@@ -85,10 +88,24 @@ def lexical(
     rows = conn.execute(
         "SELECT m.id, bm25(memories_fts, 1.0, 0.0) AS rank FROM memories_fts"
         " JOIN memories m ON m.id = memories_fts.rowid"
-        f" WHERE memories_fts MATCH ?{extra} ORDER BY rank, m.id LIMIT ?",  # noqa: S608
+        f" WHERE memories_fts MATCH ?{extra} ORDER BY rank, m.id LIMIT ?",
         (expression, *params, limit),
     ).fetchall()
     return [(int(r[0]), float(r[1])) for r in rows]
+
+
+def admitted(
+    conn: sqlite3.Connection, tenant: str, ids: Sequence[int], where: RowFilter
+) -> set[int]:
+    if not ids:
+        return set()
+    extra, params = _where(where)
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT m.id FROM memories m WHERE m.tenant = ? AND m.id IN ({marks}){extra}",
+        (tenant, *ids, *params),
+    )
+    return {int(r[0]) for r in rows}
 
 
 def vectors_after(
@@ -114,7 +131,7 @@ def vector_seqs(conn: sqlite3.Connection, ids: Sequence[int], model: str) -> dic
         return {}
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
-        f"SELECT memory_id, seq FROM vectors WHERE model = ? AND memory_id IN ({marks})",  # noqa: S608
+        f"SELECT memory_id, seq FROM vectors WHERE model = ? AND memory_id IN ({marks})",
         (model, *ids),
     ).fetchall()
     return {int(r[0]): int(r[1]) for r in rows}
@@ -128,7 +145,7 @@ def generations(conn: sqlite3.Connection, tenant: str) -> dict[str, int]:
 def tasks(conn: sqlite3.Connection, tenant: str, limit: int, where: RowFilter) -> list[MemoryRow]:
     extra, params = _where(where, prefix="")
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM memories WHERE tenant = ? AND layer = 'prospective'"  # noqa: S608
+        f"SELECT {_COLUMNS} FROM memories WHERE tenant = ? AND layer = 'prospective'"
         f" AND coalesce(status, 'open') NOT IN ('done', 'cancelled'){extra}"
         " ORDER BY due_at IS NULL, due_at, json_extract(attributes, '$.priority') DESC, id"
         " LIMIT ?",
@@ -137,13 +154,15 @@ def tasks(conn: sqlite3.Connection, tenant: str, limit: int, where: RowFilter) -
     return [row_from_sql(r) for r in rows]
 
 
-def entities(conn: sqlite3.Connection, tenant: str, norms: Sequence[str]) -> dict[str, tuple[int, int]]:
+def entities(
+    conn: sqlite3.Connection, tenant: str, norms: Sequence[str]
+) -> dict[str, tuple[int, int]]:
     if not norms:
         return {}
     marks = ",".join("?" * len(norms))
     rows = conn.execute(
         "SELECT e.norm, e.id, (SELECT count(*) FROM mentions WHERE entity_id = e.id)"
-        f" FROM entities e WHERE e.tenant = ? AND e.norm IN ({marks})",  # noqa: S608
+        f" FROM entities e WHERE e.tenant = ? AND e.norm IN ({marks})",
         (tenant, *norms),
     ).fetchall()
     return {r[0]: (int(r[1]), int(r[2])) for r in rows}
@@ -160,7 +179,7 @@ def neighbours(
         f" SELECT object_id AS other FROM relations WHERE tenant = ? AND subject_id IN ({marks})"
         " UNION ALL"
         f" SELECT subject_id FROM relations WHERE tenant = ? AND object_id IN ({marks})"
-        ") GROUP BY other ORDER BY n DESC, other LIMIT ?",  # noqa: S608
+        ") GROUP BY other ORDER BY n DESC, other LIMIT ?",
         (tenant, *entity_ids, tenant, *entity_ids, limit),
     ).fetchall()
     found = set(entity_ids)
@@ -175,7 +194,7 @@ def mentioning(
     marks = ",".join("?" * len(entity_ids))
     rows = conn.execute(
         "SELECT n.memory_id, n.entity_id FROM mentions n JOIN memories m ON m.id = n.memory_id"
-        f" WHERE m.tenant = ? AND n.entity_id IN ({marks})"  # noqa: S608
+        f" WHERE m.tenant = ? AND n.entity_id IN ({marks})"
         " ORDER BY m.event_time DESC, n.memory_id DESC LIMIT ?",
         (tenant, *entity_ids, limit),
     ).fetchall()
@@ -214,7 +233,7 @@ def tenants(conn: sqlite3.Connection) -> list[str]:
 
 def missing_vectors(conn: sqlite3.Connection, model: str, limit: int) -> list[MemoryRow]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM memories m WHERE NOT EXISTS"  # noqa: S608
+        f"SELECT {_COLUMNS} FROM memories m WHERE NOT EXISTS"
         " (SELECT 1 FROM vectors v WHERE v.memory_id = m.id AND v.model = ?) LIMIT ?",
         (model, limit),
     ).fetchall()

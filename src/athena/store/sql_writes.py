@@ -152,7 +152,7 @@ def update(
         if name in changes:
             sets[name] = _dumps({**getattr(current, name), **changes[name]})
     conn.execute(
-        f"UPDATE memories SET {', '.join(f'{c} = ?' for c in sets)} WHERE id = ?",  # noqa: S608
+        f"UPDATE memories SET {', '.join(f'{c} = ?' for c in sets)} WHERE id = ?",
         (*sets.values(), memory_id),
     )
     if prepared is not None:
@@ -164,7 +164,9 @@ def update(
     return row_from_sql(new)
 
 
-def delete(conn: sqlite3.Connection, touched: Touched, tenant: str, ids: Sequence[int]) -> list[int]:
+def delete(
+    conn: sqlite3.Connection, touched: Touched, tenant: str, ids: Sequence[int]
+) -> list[int]:
     deleted: list[int] = []
     for memory_id in ids:
         row = conn.execute(
@@ -202,9 +204,7 @@ def append_telemetry(
         "INSERT INTO telemetry (at, tenant, query_type, strategy, row) VALUES (?, ?, ?, ?, ?)",
         rows,
     )
-    conn.execute(
-        "DELETE FROM telemetry WHERE id <= (SELECT max(id) FROM telemetry) - ?", (keep,)
-    )
+    conn.execute("DELETE FROM telemetry WHERE id <= (SELECT max(id) FROM telemetry) - ?", (keep,))
 
 
 def save_state(conn: sqlite3.Connection, name: str, value: str) -> None:

@@ -113,9 +113,7 @@ class SQLiteStore:
     def save_state(self, name: str, value: str) -> None:
         self._writer.run(lambda conn, touched: writes.save_state(conn, name, value))
 
-    def append_telemetry(
-        self, rows: Sequence[tuple[float, str, str, str, str]], keep: int
-    ) -> None:
+    def append_telemetry(self, rows: Sequence[tuple[float, str, str, str, str]], keep: int) -> None:
         self._writer.run(lambda conn, touched: writes.append_telemetry(conn, rows, keep))
 
     # -- reads ------------------------------------------------------------------------------
@@ -127,6 +125,9 @@ class SQLiteStore:
         self, tenant: str, layer: str, match: str, limit: int, where: RowFilter
     ) -> list[tuple[int, float]]:
         return self._read(reads.lexical, tenant, layer, match, limit, where)
+
+    def admitted(self, tenant: str, ids: Sequence[int], where: RowFilter) -> set[int]:
+        return self._read(reads.admitted, tenant, ids, where)
 
     def vectors_after(self, tenant: str, layer: str, model: str, after_seq: int) -> VectorBatch:
         return self._read(reads.vectors_after, tenant, layer, model, after_seq)

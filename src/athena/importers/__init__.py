@@ -1,0 +1,11 @@
+"""Importers of generic memory files (LoCoMo has its own package, :mod:`athena.locomo`)."""
+
+from athena.importers.jsonl import (
+    check_item,
+    import_jsonl,
+    parse_timestamp,
+    read_jsonl,
+    write_batches,
+)
+
+__all__ = ["check_item", "import_jsonl", "parse_timestamp", "read_jsonl", "write_batches"]
