@@ -45,7 +45,7 @@ def check_mapping(value: object, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidInput(f"{what} must be an object")
     try:
-        encoded = json.dumps(value, ensure_ascii=False, default=str)
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from exc
     if len(encoded.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:

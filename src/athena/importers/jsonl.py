@@ -83,8 +83,8 @@ def check_item(item: MemoryInput, layers: Mapping[str, MemoryLayer] | None = Non
         layers[layer].prepare(item)
 
 
-def _fail(path: str | Path, line: int, message: str) -> ImportFormatError:
-    return ImportFormatError(f"{path}, line {line}: {message}")
+def _fail(path: str | Path, line: int, message: str, unit: str = "line") -> ImportFormatError:
+    return ImportFormatError(f"{path}, {unit} {line}: {message}")
 
 
 def _parse_line(raw: Any, line: int, path: str | Path) -> MemoryInput:
@@ -155,14 +155,17 @@ def read_jsonl(path: str | Path) -> list[MemoryInput]:
 
 
 def check_items(
-    items: Iterable[tuple[int, MemoryInput]], layers: Mapping[str, MemoryLayer], path: str | Path
+    items: Iterable[tuple[int, MemoryInput]],
+    layers: Mapping[str, MemoryLayer],
+    path: str | Path,
+    unit: str = "line",
 ) -> None:
-    """Run the layer-specific rules over numbered items; ImportFormatError on the first bad one."""
+    """Run every write check over numbered items; ImportFormatError names the first bad one."""
     for number, item in items:
         try:
             check_item(item, layers)
         except InvalidInput as exc:
-            raise _fail(path, number, str(exc)) from exc
+            raise _fail(path, number, str(exc), unit) from exc
 
 
 def write_batches(

@@ -1,0 +1,159 @@
+"""The SQLite store: migrations, round trips, tenant scoping, error translation."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from athena.errors import NotFound, StoreError, StoreLocked
+from athena.store import PreparedMemory, RowFilter, SQLiteStore
+from athena.store.connection import translate
+from athena.store.schema import SCHEMA_VERSION
+
+
+def prepared(tenant: str = "t", key: str = "k", text: str = "hello world", **kw: object) -> PreparedMemory:
+    base: dict[str, object] = {
+        "tenant": tenant, "layer": "episodic", "key": key, "kind": "turn", "text": text,
+        "session": None, "actor": None, "event_time": None, "sources": (key,),
+        "metadata": {}, "attributes": {}, "vector": np.ones(4, np.float32) / 2, "model": "m",
+    }  # fmt: skip
+    base.update(kw)
+    return PreparedMemory(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "s.db")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_new_file_is_migrated_to_current_version(store: SQLiteStore) -> None:
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "s.db")
+    [mid] = s.put([prepared()])
+    s.close()
+    s2 = SQLiteStore(tmp_path / "s.db")
+    assert s2.get("t", [mid])[0].text == "hello world"
+    s2.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteStore(path)
+
+
+def test_same_key_updates_instead_of_duplicating(store: SQLiteStore) -> None:
+    a = store.put([prepared(text="one")])
+    b = store.put([prepared(text="two")])
+    assert a == b
+    assert store.stats("t")["memories"] == 1
+    assert store.get("t", a)[0].text == "two"
+
+
+def test_rows_are_scoped_by_tenant(store: SQLiteStore) -> None:
+    [mid] = store.put([prepared(tenant="alice")])
+    assert store.get("bob", [mid]) == []
+    assert store.delete("bob", [mid]) == []
+    with pytest.raises(NotFound):
+        store.update("bob", mid, {"text": "x"}, None)
+    assert store.get("alice", [mid])[0].tenant == "alice"
+
+
+def test_lexical_search_is_scoped_and_filtered(store: SQLiteStore) -> None:
+    store.put([prepared(tenant="a", key="1", text="red apple", event_time=10.0)])
+    store.put([prepared(tenant="a", key="2", text="red car", event_time=20.0)])
+    store.put([prepared(tenant="b", key="1", text="red apple")])
+    hits = store.lexical("a", "episodic", '"red"', 10, RowFilter())
+    assert len(hits) == 2
+    only_late = store.lexical("a", "episodic", '"red"', 10, RowFilter(since=15.0))
+    assert [store.get("a", [i])[0].text for i, _ in only_late] == ["red car"]
+
+
+def test_generation_moves_with_every_committed_write(store: SQLiteStore) -> None:
+    seen: list[set[tuple[str, str]]] = []
+    store.on_commit(seen.append)
+    [mid] = store.put([prepared()])
+    g1 = store.generations("t")["episodic"]
+    store.update("t", mid, {"text": "changed"}, None)
+    g2 = store.generations("t")["episodic"]
+    store.delete("t", [mid])
+    g3 = store.generations("t")["episodic"]
+    assert g1 < g2 < g3
+    assert all(("t", "episodic") in s for s in seen)
+
+
+def test_failed_write_changes_nothing(store: SQLiteStore) -> None:
+    store.put([prepared(key="keep")])
+    before = store.stats(None)
+    bad = prepared(key="bad")
+    object.__setattr__(bad, "layer", None)  # NOT NULL violation inside the transaction
+    with pytest.raises(StoreError):
+        store.put([prepared(key="first-of-batch"), bad])
+    assert store.stats(None) == before
+
+
+def test_sqlite_errors_are_translated() -> None:
+    assert isinstance(translate(sqlite3.OperationalError("database is locked")), StoreLocked)
+    assert type(translate(sqlite3.OperationalError("attempt to write a readonly database"))).__name__ == "StoreReadOnly"
+    assert type(translate(sqlite3.OperationalError("database or disk is full"))).__name__ == "StoreFull"
+    assert type(translate(sqlite3.DatabaseError("file is not a database"))).__name__ == "StoreCorrupt"
+
+
+def test_not_a_database_file_is_a_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError):
+        SQLiteStore(path)
+
+
+texts = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=300,
+).filter(lambda s: s.strip() != "")
+metadata = st.dictionaries(
+    st.text(min_size=1, max_size=10),
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=8,
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=texts,
+    tenant=st.text(min_size=1, max_size=20).filter(lambda s: s.strip() != "" and "\x00" not in s),
+    meta=metadata,
+    when=st.none() | st.floats(-1e10, 1e10, allow_nan=False),
+    sources=st.lists(st.text(min_size=1, max_size=12), max_size=4),
+)
+def test_round_trip(store: SQLiteStore, text: str, tenant: str, meta: dict[str, object],
+                    when: float | None, sources: list[str]) -> None:  # fmt: skip
+    try:
+        tenant.encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    [mid] = store.put([prepared(tenant=tenant, key=text[:50], text=text, metadata=meta,
+                                event_time=when, sources=tuple(sources))])  # fmt: skip
+    row = store.get(tenant, [mid])[0]
+    assert (row.text, row.tenant, row.event_time, row.sources) == (text, tenant, when, tuple(sources))
+    assert row.metadata == meta
