@@ -215,6 +215,10 @@ class Memory:
         out["path"] = str(self.store.path)
         return out
 
+    def execution_stats(self) -> dict[str, Any]:
+        """The execution layer's state: ``cache``, ``pool``, ``telemetry``, ``selector``."""
+        return self.engine.stats()
+
     def tenants(self) -> list[str]:
         return self.store.tenants()
 
@@ -264,6 +268,7 @@ class AsyncMemory:
         self.update = _threaded(self.core.update)
         self.stats = _threaded(self.core.stats)
         self.get = _threaded(self.core.get)
+        self.execution_stats = _threaded(self.core.execution_stats)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.core.close)

@@ -53,6 +53,9 @@ class Pipeline:
             now=time.time(),
         )
 
+    def request_depth(self, query: RecallQuery) -> int:
+        return candidate_depth(query.k)
+
     def run(self, name: str, request: SearchRequest, source: str) -> LayerResult:
         return run_layer(self.layers, self.ctx, name, request, source)
 

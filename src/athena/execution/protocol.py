@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from athena.execution.pipeline import Recall
 from athena.records import RecallQuery
@@ -21,5 +21,8 @@ class RecallEngine(Protocol):
         explain: bool = False,
         timeout: float | None = None,
     ) -> Recall: ...
+
+    def stats(self) -> dict[str, Any]:
+        """Execution state: ``cache``, ``pool``, ``telemetry`` and ``selector`` sections."""
 
     def close(self) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from athena.execution.pipeline import Pipeline, Recall
 from athena.layers.protocol import LayerResult
@@ -42,6 +43,9 @@ class SequentialEngine:
                 "layers": {name: r.elapsed_ms for name, r in results.items()},
             }
         return Recall(hits=hits, explain=details)
+
+    def stats(self) -> dict[str, Any]:
+        return {"cache": {}, "pool": {}, "telemetry": {}, "selector": {"strategy": "sequential"}}
 
     def close(self) -> None:
         return None

@@ -5,7 +5,15 @@ from athena.importers.jsonl import (
     import_jsonl,
     parse_timestamp,
     read_jsonl,
+    read_numbered,
     write_batches,
 )
 
-__all__ = ["check_item", "import_jsonl", "parse_timestamp", "read_jsonl", "write_batches"]
+__all__ = [
+    "check_item",
+    "import_jsonl",
+    "parse_timestamp",
+    "read_jsonl",
+    "read_numbered",
+    "write_batches",
+]

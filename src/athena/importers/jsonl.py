@@ -127,7 +127,8 @@ def _parse_line(raw: Any, line: int, path: str | Path) -> MemoryInput:
     return item
 
 
-def _read(path: str | Path) -> list[tuple[int, MemoryInput]]:
+def read_numbered(path: str | Path) -> list[tuple[int, MemoryInput]]:
+    """Like :func:`read_jsonl`, each memory with its line number."""
     try:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
@@ -151,7 +152,7 @@ def _read(path: str | Path) -> list[tuple[int, MemoryInput]]:
 
 def read_jsonl(path: str | Path) -> list[MemoryInput]:
     """Parse and validate a whole JSONL file; ImportFormatError names the first bad line."""
-    return [item for _, item in _read(path)]
+    return [item for _, item in read_numbered(path)]
 
 
 def check_items(
@@ -184,19 +185,12 @@ def write_batches(
 
 
 def import_jsonl(
-    memory: Memory,
-    path: str | Path,
-    progress: Callable[[int], None] | None = None,
-    *,
-    on_validated: Callable[[int], None] | None = None,
+    memory: Memory, path: str | Path, progress: Callable[[int], None] | None = None
 ) -> int:
     """Validate the whole file, then write it in batches of 500; returns the count.
 
-    Nothing is written when any line is invalid. ``on_validated`` gets the number of
-    memories once validation passed (e.g. to size a progress bar).
+    Nothing is written when any line is invalid. ``progress`` gets each batch's size.
     """
-    numbered = _read(path)
+    numbered = read_numbered(path)
     check_items(numbered, memory.layers, path)
-    if on_validated:
-        on_validated(len(numbered))
     return write_batches(memory, [item for _, item in numbered], progress)

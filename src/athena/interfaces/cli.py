@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from athena.errors import InvalidInput, NotFound
-from athena.importers.jsonl import check_item, check_items, import_jsonl, read_jsonl
+from athena.importers.jsonl import check_item, check_items, read_numbered, write_batches
 from athena.interfaces.cli_support import (
     DEFAULT_DB,
     STRATEGIES,
@@ -98,6 +98,11 @@ def _memory(ctx: typer.Context, *, create: bool = False) -> Memory:
     return get_state(ctx).memory(create=create)
 
 
+def _sources(sources: tuple[str, ...], shown: int = 5) -> str:
+    more = f" (+{len(sources) - shown})" if len(sources) > shown else ""
+    return ", ".join(sources[:shown]) + more
+
+
 @app.command()
 def remember(
     ctx: typer.Context,
@@ -122,7 +127,10 @@ def remember(
     )  # fmt: skip
     check_item(item)  # fail before the database is opened (or created)
     memory_id = _memory(ctx, create=True).remember_many([item])[0]
-    emit_json({"id": memory_id}) if json_out else typer.echo(memory_id)
+    if json_out:
+        emit_json({"id": memory_id})
+    else:
+        typer.echo(memory_id)
 
 
 @app.command()
@@ -158,7 +166,7 @@ def recall(
         emit_json(result.to_dict())
         return
     rows = [
-        [rank, hit.id, hit.layer, f"{hit.score:.4f}", hit.text, ", ".join(hit.sources[:5])]
+        [rank, hit.id, hit.layer, f"{hit.score:.4f}", hit.text, _sources(hit.sources)]
         for rank, hit in enumerate(result.hits, start=1)
     ]
     out = console()
@@ -204,7 +212,10 @@ def update(
     updated = _memory(ctx).update(
         memory_id, tenant=tenant, text=text, timestamp=stamp, metadata=meta, attributes=attrs
     )
-    emit_json({"id": updated}) if json_out else typer.echo(updated)
+    if json_out:
+        emit_json({"id": updated})
+    else:
+        typer.echo(updated)
 
 
 @app.command()
@@ -216,7 +227,10 @@ def get(
 ) -> None:
     """Show one memory."""
     row = _memory(ctx).get(memory_id, tenant=tenant)
-    emit_json(row) if json_out else console().print(pairs(f"memory {memory_id}", row))
+    if json_out:
+        emit_json(row)
+    else:
+        console().print(pairs(f"memory {memory_id}", row))
 
 
 @app.command()
@@ -235,7 +249,10 @@ def stats(ctx: typer.Context, tenant: OptTenant = None, json_out: Json = False) 
 def tenants(ctx: typer.Context, json_out: Json = False) -> None:
     """List the tenants that have memories."""
     names = _memory(ctx).tenants()
-    emit_json({"tenants": names}) if json_out else typer.echo("\n".join(names))
+    if json_out:
+        emit_json({"tenants": names})
+    else:
+        typer.echo("\n".join(names))
 
 
 # -- import -------------------------------------------------------------------------------
@@ -251,11 +268,12 @@ def import_jsonl_command(ctx: typer.Context, file: File, json_out: Json = False)
 
     The whole file is validated first; if any line is bad nothing is written.
     """
-    read_jsonl(file)  # validate before the database is opened (or created)
+    numbered = read_numbered(file)  # a bad line fails before the database is opened
     memory = _memory(ctx, create=True)
+    check_items(numbered, memory.layers, file)  # the layer-specific rules
     start = time.perf_counter()
-    with progress_bar("importing") as bar:
-        count = import_jsonl(memory, file, bar, on_validated=bar.total)
+    with progress_bar("memories", len(numbered)) as bar:
+        count = write_batches(memory, [item for _, item in numbered], bar)
     seconds = time.perf_counter() - start
     if json_out:
         emit_json(

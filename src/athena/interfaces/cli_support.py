@@ -187,9 +187,17 @@ def check_strategy(strategy: str) -> str:
 # -- output -------------------------------------------------------------------------------
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    return str(value)
+
+
 def emit_json(data: Any) -> None:
     """One JSON document on stdout."""
-    typer.echo(json.dumps(data, ensure_ascii=False, default=str))
+    typer.echo(json.dumps(data, ensure_ascii=False, default=_plain))
 
 
 def console() -> Console:
@@ -208,11 +216,13 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table
 
 def pairs(title: str | None, data: Mapping[str, Any]) -> Table:
     """A two-column key/value table; nested values are shown as JSON."""
-    rows = [
-        [key, json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value]
-        for key, value in data.items()
-    ]
-    return table(title, ["field", "value"], rows)
+    return table(title, ["field", "value"], [[key, _cell(value)] for key, value in data.items()])
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=_plain)
+    return value
 
 
 class Bar:
@@ -223,9 +233,6 @@ class Bar:
 
     def __call__(self, n: int) -> None:
         self._progress.advance(self._task, n)
-
-    def total(self, n: int) -> None:
-        self._progress.update(self._task, total=n)
 
 
 @contextmanager

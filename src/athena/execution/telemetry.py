@@ -1,0 +1,137 @@
+"""Execution telemetry: one row per recall, kept bounded in memory and in SQLite.
+
+Rows are buffered and written in batches by the store's writer (rotated to the newest
+``keep`` rows), and reloaded at start so the dependency graph and the selector resume
+learning where they left off.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from athena.store.protocol import Store
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryRow:
+    """What one recall did and cost."""
+
+    at: float
+    tenant: str
+    query_type: str
+    strategy: str
+    confidence: float
+    estimated_ms: float
+    actual_ms: float
+    cache: str  # "hit" | "partial" | "miss"
+    layers_ms: Mapping[str, float]
+    layers: tuple[str, ...]
+    contributed: tuple[str, ...]
+    speedup_estimated: float
+    speedup_actual: float
+    fallback: str | None
+    success: bool
+    features: tuple[float, ...] = field(default=())
+    forced: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TelemetryRow:
+        raw = json.loads(text)
+        raw["layers"] = tuple(raw["layers"])
+        raw["contributed"] = tuple(raw["contributed"])
+        raw["features"] = tuple(raw.get("features", ()))
+        return cls(**raw)
+
+
+class Telemetry:
+    """A bounded ring of recent rows, flushed to the store in batches.
+
+    >>> t = Telemetry(None, memory_rows=2)
+    >>> len(t.rows())
+    0
+    """
+
+    def __init__(self, store: Store | None, *, memory_rows: int = 10_000,
+                 keep: int = 100_000, flush_every: int = 64) -> None:  # fmt: skip
+        self._store = store
+        self._rows: deque[TelemetryRow] = deque(maxlen=memory_rows)
+        self._pending: list[TelemetryRow] = []
+        self._lock = threading.Lock()
+        self.keep = keep
+        self.flush_every = flush_every
+        self.recorded = 0
+
+    def load(self, limit: int = 10_000) -> list[TelemetryRow]:
+        """Reload the newest saved rows (oldest first) into memory and return them."""
+        if self._store is None:
+            return []
+        rows = [TelemetryRow.from_json(text) for text in self._store.read_telemetry(limit)]
+        with self._lock:
+            self._rows.extend(rows)
+        return rows
+
+    def record(self, row: TelemetryRow) -> None:
+        with self._lock:
+            self._rows.append(row)
+            self._pending.append(row)
+            self.recorded += 1
+            due = len(self._pending) >= self.flush_every
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if batch and self._store is not None:
+            self._store.append_telemetry(
+                [(r.at, r.tenant, r.query_type, r.strategy, r.to_json()) for r in batch],
+                self.keep,
+            )
+
+    def rows(self) -> list[TelemetryRow]:
+        with self._lock:
+            return list(self._rows)
+
+    def summary(self) -> dict[str, Any]:
+        """Per-strategy latency, estimation accuracy, cache hit rates and fallbacks."""
+        return summarise(self.rows())
+
+
+def summarise(rows: list[TelemetryRow]) -> dict[str, Any]:
+    by_strategy: dict[str, list[TelemetryRow]] = {}
+    for row in rows:
+        by_strategy.setdefault(row.strategy, []).append(row)
+    out: dict[str, Any] = {"recalls": len(rows), "strategies": {}}
+    for name, group in sorted(by_strategy.items()):
+        lat = sorted(r.actual_ms for r in group)
+        errors = [abs(r.estimated_ms - r.actual_ms) / max(r.actual_ms, 1e-3) for r in group]
+        out["strategies"][name] = {
+            "count": len(group),
+            "p50_ms": statistics.median(lat),
+            "p95_ms": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+            "estimate_error_median": statistics.median(errors),
+            "fallbacks": sum(1 for r in group if r.fallback),
+            "failures": sum(1 for r in group if not r.success),
+        }
+    if rows:
+        cache = [r.cache for r in rows]
+        out["cache"] = {
+            "hit_rate": cache.count("hit") / len(rows),
+            "partial_rate": cache.count("partial") / len(rows),
+            "miss_rate": cache.count("miss") / len(rows),
+        }
+        out["fallbacks"] = sum(1 for r in rows if r.fallback)
+        out["since"] = rows[0].at
+        out["until"] = rows[-1].at
+    out["generated_at"] = time.time()
+    return out

@@ -1,0 +1,154 @@
+"""The dependency graph between layers, learned from telemetry and saved across restarts.
+
+Per query type it counts how often layers are used together and which layers actually
+contributed hits to final results; per layer it keeps a moving average of measured
+latency. From these it answers: which layers to search for a query type (skipping layers
+that never help), how much parallel execution can gain, and how worth caching a query
+type is (the seed's hit rate × result size × query frequency / query cost).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+EWMA: Final = 0.1
+MIN_OBSERVATIONS: Final = 200  # a layer is skipped only after this many queries of a type
+DEFAULT_LAYER_MS: Final = 1.0
+
+
+@dataclass(slots=True)
+class _TypeStats:
+    queries: int = 0
+    used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    contributed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    together: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    cache_hits: int = 0
+    result_size: float = 0.0
+    cost_ms: float = 0.0
+
+
+class DependencyGraph:
+    """Learned layer relationships.
+
+    >>> g = DependencyGraph(cores=2)
+    >>> g.observe("factual", {"episodic": 2.0, "semantic": 1.0}, {"episodic"}, False, 10, 3.0)
+    >>> round(g.parallel_benefit(["episodic", "semantic"]), 2)
+    1.5
+    """
+
+    def __init__(self, cores: int = 2, skip_layers: bool = True) -> None:
+        self.cores = max(1, cores)
+        self.skip_layers = skip_layers
+        self._types: dict[str, _TypeStats] = defaultdict(_TypeStats)
+        self._latency: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def observe(
+        self,
+        query_type: str,
+        layer_ms: Mapping[str, float],
+        contributed: set[str],
+        cache_hit: bool,
+        result_size: int,
+        cost_ms: float,
+    ) -> None:
+        """Learn from one executed recall."""
+        with self._lock:
+            stats = self._types[query_type]
+            stats.queries += 1
+            stats.cache_hits += int(cache_hit)
+            stats.result_size += (result_size - stats.result_size) / stats.queries
+            stats.cost_ms += (cost_ms - stats.cost_ms) / stats.queries
+            names = sorted(layer_ms)
+            for i, name in enumerate(names):
+                stats.used[name] += 1
+                if name in contributed:
+                    stats.contributed[name] += 1
+                for other in names[i + 1 :]:
+                    stats.together[f"{name}+{other}"] += 1
+            if cache_hit:
+                return  # cached timings say nothing about the layers' cost
+            for name, ms in layer_ms.items():
+                old = self._latency.get(name)
+                self._latency[name] = ms if old is None else old + EWMA * (ms - old)
+
+    def layer_ms(self, layer: str) -> float:
+        return self._latency.get(layer, DEFAULT_LAYER_MS)
+
+    def estimate_ms(self, layers: Sequence[str]) -> float:
+        """Learned cost of searching ``layers`` one after another."""
+        return sum(self.layer_ms(name) for name in layers)
+
+    def parallel_benefit(self, layers: Sequence[str]) -> float:
+        """Expected speed-up of running ``layers`` at once, bounded by the cores."""
+        times = [self.layer_ms(name) for name in layers]
+        if len(times) < 2:
+            return 1.0
+        total = sum(times)
+        return total / max(max(times), total / self.cores)
+
+    def select_layers(self, query_type: str, layers: Sequence[str]) -> tuple[str, ...]:
+        """``layers`` minus those that never contributed to this query type's results."""
+        if not self.skip_layers:
+            return tuple(layers)
+        stats = self._types.get(query_type)
+        if stats is None or stats.queries < MIN_OBSERVATIONS:
+            return tuple(layers)
+        keep = tuple(
+            name
+            for name in layers
+            if stats.used.get(name, 0) < MIN_OBSERVATIONS or stats.contributed.get(name, 0) > 0
+        )
+        return keep or tuple(layers)
+
+    def cache_worthiness(self, query_type: str) -> float:
+        """Hit rate × result size × query frequency / query cost (the seed's formula)."""
+        stats = self._types.get(query_type)
+        total = sum(s.queries for s in self._types.values())
+        if stats is None or not stats.queries or not total:
+            return 0.0
+        hit_rate = stats.cache_hits / stats.queries
+        frequency = stats.queries / total
+        return hit_rate * stats.result_size * frequency / max(stats.cost_ms, 1e-3)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "latency_ms": dict(self._latency),
+                "types": {
+                    name: {
+                        "queries": s.queries,
+                        "used": dict(s.used),
+                        "contributed": dict(s.contributed),
+                        "together": dict(s.together),
+                        "cache_hits": s.cache_hits,
+                        "result_size": s.result_size,
+                        "cost_ms": s.cost_ms,
+                    }
+                    for name, s in self._types.items()
+                },
+            }
+
+    def to_json(self) -> str:
+        return json.dumps(self.snapshot(), sort_keys=True)
+
+    def load_json(self, text: str) -> None:
+        data = json.loads(text)
+        with self._lock:
+            self._latency = {k: float(v) for k, v in data.get("latency_ms", {}).items()}
+            for name, raw in data.get("types", {}).items():
+                stats = _TypeStats(
+                    queries=int(raw["queries"]),
+                    cache_hits=int(raw["cache_hits"]),
+                    result_size=float(raw["result_size"]),
+                    cost_ms=float(raw["cost_ms"]),
+                )
+                stats.used.update(raw["used"])
+                stats.contributed.update(raw["contributed"])
+                stats.together.update(raw["together"])
+                self._types[name] = stats
