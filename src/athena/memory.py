@@ -47,6 +47,8 @@ class Memory:
         *,
         embedder: str | Embedder = "static",
         engine: Callable[[Pipeline, SQLiteStore], RecallEngine] | None = None,
+        execution: str = "adaptive",
+        pool: str = "lazy",
         hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
         layers: Mapping[str, MemoryLayer] | None = None,
     ) -> None:
@@ -59,9 +61,9 @@ class Memory:
                 self.store, VectorIndexes(self.store, self.embedder.name, hnsw_cutoff)
             )
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
-            self.engine: RecallEngine = (
-                engine(self.pipeline, self.store) if engine else SequentialEngine(self.pipeline)
-            )
+            if engine is None:
+                engine = _engine_factory(execution, pool, embedder, hnsw_cutoff)
+            self.engine: RecallEngine = engine(self.pipeline, self.store)
             self._backfill_vectors()
         except BaseException:
             self.store.close()
@@ -237,6 +239,37 @@ class Memory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _engine_factory(
+    execution: str, pool: str, embedder: str | Embedder, hnsw_cutoff: int
+) -> Callable[[Pipeline, SQLiteStore], RecallEngine]:
+    """``execution``: "adaptive" (default) or "sequential" (the reference path only).
+
+    ``pool``: "lazy" starts the worker processes the first time a recall needs them,
+    "eager" at start-up (for servers), "off" never (DISTRIBUTED then falls back).
+    """
+    if execution == "sequential":
+        return lambda pipeline, store: SequentialEngine(pipeline)
+    if execution != "adaptive":
+        raise InvalidInput("execution must be 'adaptive' or 'sequential'")
+    if pool not in ("lazy", "eager", "off"):
+        raise InvalidInput("pool must be 'lazy', 'eager' or 'off'")
+
+    def build(pipeline: Pipeline, store: SQLiteStore) -> RecallEngine:
+        from athena.execution.adaptive import AdaptiveEngine
+        from athena.execution.pool import ProcessWorkerPool
+
+        backend = None
+        if pool != "off" and isinstance(embedder, str):
+            name = embedder
+
+            def backend() -> ProcessWorkerPool:
+                return ProcessWorkerPool(store.path, name, hnsw_cutoff=hnsw_cutoff)
+
+        return AdaptiveEngine(pipeline, store, backend=backend, eager_pool=pool == "eager")
+
+    return build
 
 
 def _check_id(value: object) -> int:

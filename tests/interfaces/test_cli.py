@@ -16,6 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from athena.embedding import Embedder, load_embedder
 from athena.errors import (
     AthenaError,
     EmbedderError,
@@ -30,7 +31,7 @@ from athena.errors import (
 from athena.importers import import_jsonl, parse_timestamp, read_jsonl
 from athena.interfaces import cli_support
 from athena.interfaces.cli import app
-from athena.interfaces.cli_support import exit_code, shared_embedder
+from athena.interfaces.cli_support import exit_code
 from athena.memory import Memory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,16 +73,31 @@ def fail(db: Path, code: int, message: str, *args: str) -> Result:
     return result
 
 
+@pytest.fixture(scope="module")
+def static() -> Embedder:
+    return load_embedder("static")
+
+
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _setup(monkeypatch: pytest.MonkeyPatch, static: Embedder) -> None:
+    """A clean environment, and the static model loaded once for every in-process command.
+
+    (The CLI opens the Memory by embedder name; the console-script test covers that path.)
+    """
     monkeypatch.delenv("ATHENA_DB", raising=False)
     monkeypatch.delenv("ATHENA_EMBEDDER", raising=False)
+    real = cli_support.open_memory
+
+    def open_memory(path: Path, embedder: str) -> Memory:
+        return Memory(path, embedder=static) if embedder == "static" else real(path, embedder)
+
+    monkeypatch.setattr(cli_support, "open_memory", open_memory)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
+def db(tmp_path: Path, static: Embedder) -> Iterator[Path]:
     path = tmp_path / "seeded.db"
-    with Memory(path, embedder=shared_embedder("static")) as memory:
+    with Memory(path, embedder=static) as memory:
         for i, (layer, text, session, actor) in enumerate(SEED):
             memory.remember(text, tenant="t1", layer=layer, session=session, actor=actor,
                             timestamp=1_700_000_000 + i)  # fmt: skip
@@ -369,10 +385,10 @@ def test_exit_code_mapping_and_other_errors(db: Path, monkeypatch: pytest.Monkey
     assert [exit_code(e("m")) for e in (StoreError, StoreLocked, EmbedderError)] == [5, 5, 1]
     assert exit_code(AthenaError("m")) == 1
 
-    def broken(name: str) -> Any:
+    def broken(path: Path, name: str) -> Any:
         raise EmbedderError("model exploded\nbadly")
 
-    monkeypatch.setattr(cli_support, "shared_embedder", broken)
+    monkeypatch.setattr(cli_support, "open_memory", broken)
     fail(db, 1, "error: model exploded badly", "stats")
 
 
@@ -446,12 +462,12 @@ def test_import_jsonl_bad_last_line_after_many_batches(db: Path, tmp_path: Path)
     assert stats(db) == before
 
 
-def test_jsonl_library_functions(tmp_path: Path) -> None:
+def test_jsonl_library_functions(tmp_path: Path, static: Embedder) -> None:
     path = _jsonl(tmp_path / "lib.jsonl", [{"layer": "graph", "text": "A knows B.", "tenant": "g",
                   "attributes": {"relations": [["A", "knows", "B"]]}}])  # fmt: skip
     assert [item.layer for item in read_jsonl(path)] == ["graph"]
     seen: list[int] = []
-    with Memory(tmp_path / "lib.db", embedder=shared_embedder("static")) as memory:
+    with Memory(tmp_path / "lib.db", embedder=static) as memory:
         assert import_jsonl(memory, path, seen.append) == 1
     assert seen == [1]
     assert parse_timestamp("1970-01-02") == 86_400.0

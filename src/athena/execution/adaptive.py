@@ -127,7 +127,9 @@ class AdaptiveEngine:
         timeout: float | None = None,
     ) -> Recall:
         if strategy not in STRATEGIES:
-            raise InvalidInput(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+            raise InvalidInput(
+                f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}"
+            )
         start = time.perf_counter()
         query_type = classify(query.text)
         asked = query.layers
@@ -237,16 +239,27 @@ class _Run:
                 self.confidence = full.confidence
                 self.decision = engine.selector.for_cache(True, self.situation, 0.0)
                 return full.value
-            key = engine.cache.full_key(query, engine.model)
-            return engine.cache.single_flight(key, self._compute)
+            key = engine.cache.flight_key(query, engine.model, self.generations)
+            hits = engine.cache.single_flight(key, self._compute)
+            if self.decision is None:  # another thread computed it for us (single-flight)
+                self.cache_state = "hit"
+                self.decision = replace(
+                    engine.selector.for_cache(True, self.situation, 0.0),
+                    reasoning="shared the execution of a concurrent identical recall",
+                )
+            return hits
         return self._compute()
 
     def _compute(self) -> tuple[Hit, ...]:
         engine, query = self.engine, self.query
         depth = self.engine.pipeline.request_depth(query)
         cached: dict[str, Any] = {}
+        uses_cache = self.strategy in ("adaptive", "cache", "hybrid")
         if self.strategy in ("adaptive", "hybrid"):
             cached = engine.cache.get_layers(query, engine.model, depth, self.generations)
+            engine.cache.record_partial(cached.values())
+        elif uses_cache:
+            engine.cache.record_miss()
         missing = tuple(name for name in query.layers if name not in cached)
         self.situation = engine._situation(missing, len(cached) / len(query.layers))
         if cached:
@@ -266,11 +279,12 @@ class _Run:
         ])  # fmt: skip
         self.results = results
         hits = engine.pipeline.hits(query, results)
-        for result in self.fresh.values():
-            engine.cache.put_layer(query, engine.model, depth, result, self.generations,
-                                   result.elapsed_ms)  # fmt: skip
-        cost = sum(r.elapsed_ms for r in self.fresh.values())
-        engine.cache.put_full(query, engine.model, self.generations, hits, cost)
+        if uses_cache:  # forced executing strategies neither read nor fill the cache
+            for result in self.fresh.values():
+                engine.cache.put_layer(query, engine.model, depth, result, self.generations,
+                                       result.elapsed_ms)  # fmt: skip
+            cost = sum(r.elapsed_ms for r in self.fresh.values())
+            engine.cache.put_full(query, engine.model, self.generations, hits, cost)
         return hits
 
     def _decide(self, layers: tuple[str, ...]) -> Decision:

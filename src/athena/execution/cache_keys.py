@@ -1,4 +1,6 @@
-"""Keys and size estimates for the result cache.
+"""The data side of the result cache: keys, size estimates, entries, validity and the LRU.
+
+Nothing here locks; :mod:`athena.execution.cache` adds the lock, counting and the API.
 
 Keys are plain tuples of every input that can change an answer, compared by equality, so
 two different queries can never share an entry (there is no digest to collide). The query
@@ -9,7 +11,9 @@ share one entry.
 from __future__ import annotations
 
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from athena.layers.protocol import LayerResult
@@ -44,8 +48,8 @@ def normalize_text(text: str) -> str:
     return out
 
 
-def full_key(query: RecallQuery, model: str) -> FullKey:
-    """The key of a whole recall's answer.
+def full_key(query: RecallQuery, model: str, text: str | None = None) -> FullKey:
+    """The key of a whole recall's answer (``text``: the query text, already normalised).
 
     >>> from athena.records import make_query
     >>> full_key(make_query("Hi  there", "t", k=3, layers=["semantic"]), "m")[:6]
@@ -54,22 +58,25 @@ def full_key(query: RecallQuery, model: str) -> FullKey:
     return (
         "full",
         model,
-        query.tenant,
-        normalize_text(query.text),
+        "x",
+        normalize_text(query.text) if text is None else text,
         query.layers,
         query.k,
         query.filters(),
     )
 
 
-def layer_key(query: RecallQuery, model: str, layer: str, depth: int) -> LayerKey:
+def layer_key(
+    query: RecallQuery, model: str, layer: str, depth: int, text: str | None = None
+) -> LayerKey:
     """The key of one layer's ranking for the query, searched ``depth`` deep.
 
     >>> from athena.records import make_query
     >>> layer_key(make_query("Hi", "t"), "m", "graph", 50)[:6]
     ('layer', 'm', 't', 'hi', 'graph', 50)
     """
-    return ("layer", model, query.tenant, normalize_text(query.text), layer, depth, query.filters())
+    norm = normalize_text(query.text) if text is None else text
+    return ("layer", model, query.tenant, norm, layer, depth, query.filters())
 
 
 def flight_key(query: RecallQuery, model: str, generations: Mapping[str, int]) -> Hashable:
@@ -106,3 +113,103 @@ def hits_size(hits: tuple[Hit, ...]) -> int:
 def layer_size(result: LayerResult) -> int:
     """Estimated bytes of one layer's ranking: 8 per id, 8 per score, plus overhead."""
     return ENTRY_OVERHEAD + 8 * (len(result.ids) + len(result.scores)) + len(result.source)
+
+
+# --- validity: what an entry depends on, and whether it may still be served -------------
+
+VALID, STALE, EXPIRED, AHEAD = 0, 1, 2, 3
+
+
+@dataclass(slots=True)
+class Entry:
+    """A stored value and what it depends on: generations read, age, TTL.
+
+    ``whole`` is the tenant's generations mapping for entries that depend on every layer
+    (full recalls, the graph layer); otherwise ``gen`` is ``layer``'s own generation.
+    """
+
+    value: Any
+    stamp: float
+    ttl: float
+    whole: dict[str, int] | None
+    layer: str
+    gen: int
+    size: int
+    cost_ms: float
+    width: int  # layer searches it saves when served
+
+
+def behind(read: Mapping[str, int], current: Mapping[str, int]) -> bool:
+    """Whether some layer of ``current`` moved past what ``read`` saw (absent: never written).
+
+    >>> behind({"episodic": 1}, {"episodic": 2}), behind({"episodic": 2}, {"episodic": 1})
+    (True, False)
+    """
+    return any(gen > read.get(layer, 0) for layer, gen in current.items())
+
+
+def check(entry: Entry, generations: Mapping[str, int], now: float) -> int:
+    """VALID; STALE (it read an older generation: never servable again); EXPIRED; or AHEAD
+    (the caller read older generations than the entry did: keep it, but do not serve it)."""
+    whole = entry.whole
+    if whole is not None:
+        if whole != generations:
+            return STALE if behind(whole, generations) else AHEAD
+    else:
+        current = generations.get(entry.layer, 0)  # generations start at 1 when written
+        if current != entry.gen:
+            return STALE if current > entry.gen else AHEAD
+    return EXPIRED if now - entry.stamp >= entry.ttl else VALID
+
+
+def supersedes(old: Entry, new: Entry) -> bool:
+    """Whether ``old`` read strictly newer generations than ``new`` (so keep ``old``)."""
+    if old.whole is not None and new.whole is not None:
+        return behind(new.whole, old.whole)
+    return old.gen > new.gen
+
+
+def trust(entry: Entry, now: float) -> tuple[float, float]:
+    """(age in seconds, confidence): confidence halves every half TTL."""
+    age = max(0.0, now - entry.stamp)
+    return age, 0.5 ** (2.0 * age / entry.ttl)
+
+
+# --- storage: a recency-ordered, size-bounded map (the cache holds the lock) ----------
+
+
+class Lru:
+    """Entries in recency order, bounded by count and estimated bytes; not locked."""
+
+    __slots__ = ("data", "evictions", "max_bytes", "max_entries", "nbytes")
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.data: OrderedDict[Hashable, Entry] = OrderedDict()
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.nbytes = self.evictions = 0
+
+    def add(self, key: Hashable, entry: Entry) -> None:
+        self.drop(key)
+        self.data[key] = entry
+        self.nbytes += entry.size
+        while len(self.data) > self.max_entries or self.nbytes > self.max_bytes:
+            self.nbytes -= self.data.popitem(last=False)[1].size
+            self.evictions += 1
+
+    def drop(self, key: Hashable) -> None:
+        gone = self.data.pop(key, None)
+        if gone is not None:
+            self.nbytes -= gone.size
+
+
+@dataclass(slots=True)
+class Counts:
+    """What the cache counts; see :meth:`ResultCache.stats`."""
+
+    hits: int = 0
+    partial_hits: int = 0
+    misses: int = 0
+    stale_dropped: int = 0
+    expired_dropped: int = 0
+    queries_avoided: int = 0
+    latency_saved_ms: float = 0.0

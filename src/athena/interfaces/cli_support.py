@@ -32,7 +32,6 @@ from athena.errors import AthenaError, ImportFormatError, InvalidInput, NotFound
 from athena.importers.jsonl import parse_timestamp
 
 if TYPE_CHECKING:
-    from athena.embedding import Embedder
     from athena.memory import Memory
 
 DEFAULT_DB = "athena.db"
@@ -45,7 +44,6 @@ EXIT_CODES: tuple[tuple[type[AthenaError], int], ...] = (
     (StoreError, 5),
 )
 _EMBEDDER_ALIASES = {"static": "static", "transformer": "transformer", "minilm": "transformer"}
-_shared_embedders: dict[str, Embedder] = {}
 
 
 def exit_code(exc: AthenaError) -> int:
@@ -67,13 +65,11 @@ def report(exc: AthenaError) -> int:
     return exit_code(exc)
 
 
-def shared_embedder(name: str) -> Embedder:
-    """One embedder per name and process: the model loads once however many commands run."""
-    from athena.embedding import load_embedder
+def open_memory(path: Path, embedder: str) -> Memory:
+    """Open the Memory (by embedder name, so the adaptive engine can start its worker pool)."""
+    from athena.memory import Memory
 
-    if name not in _shared_embedders:
-        _shared_embedders[name] = load_embedder(name)
-    return _shared_embedders[name]
+    return Memory(path, embedder=embedder)
 
 
 class State:
@@ -94,8 +90,6 @@ class State:
     def memory(self, *, create: bool = False) -> Memory:
         """The Memory on ``--db``; NotFound if the file is missing and ``create`` is false."""
         if self._memory is None:
-            from athena.memory import Memory
-
             existed = self.db.exists()
             if not existed and not create:
                 raise NotFound(
@@ -103,7 +97,7 @@ class State:
                     "or `athena import`, or pass --db"
                 )
             try:
-                self._memory = Memory(self.db, embedder=shared_embedder(self.embedder))
+                self._memory = open_memory(self.db, self.embedder)
             except BaseException:
                 if not existed:
                     self._remove_files()

@@ -1,0 +1,285 @@
+"""Serving benchmark: recalls/s and latency over HTTP, and MCP per-call round trips.
+
+``python benchmarks/serve.py [--duration 5] [--clients 10,100] [--db PATH]``
+
+- Builds a LoCoMo database (``import_locomo``) unless ``--db`` names one already built.
+- Starts ``serve_http`` in a subprocess (the load generator must not share its GIL).
+- For each client count N and each workload:
+  * **cached**: the same question over and over (the result cache answers);
+  * **cold**: distinct LoCoMo questions, each asked once, on a freshly started server;
+  runs a closed loop (N clients back to back, for the saturated throughput), then an open
+  loop (Poisson arrivals at 70% of that throughput, at most N in flight; latency is taken
+  from each request's scheduled time, so queueing in the client counts).
+- Times MCP over stdio with the SDK client: connect, then per-call round trips.
+
+Prints a Markdown table. Client and server share the machine: on 2 cores the figures are
+a floor for what a dedicated server does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DATA = Path("/work/shared/data/locomo/locomo10.json")
+OPEN_LOOP_LOAD = 0.7
+
+
+@dataclass
+class Cell:
+    transport: str
+    workload: str
+    clients: int
+    mode: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def build_db(path: Path) -> None:
+    from athena.locomo.importer import import_locomo
+    from athena.memory import Memory
+
+    start = time.perf_counter()
+    with Memory(path) as memory:
+        report = import_locomo(memory, str(DATA))
+    print(
+        f"imported {report.memories} memories in {time.perf_counter() - start:.1f}s",
+        file=sys.stderr,
+    )
+
+
+def questions() -> list[tuple[str, str]]:
+    from athena.locomo.data import load_locomo
+
+    out = [(conv.sample_id, q.question) for conv in load_locomo(DATA) for q in conv.questions]
+    random.Random(7).shuffle(out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def http_server(db: Path) -> Iterator[str]:
+    port = free_port()
+    code = (
+        "from athena.interfaces.http import serve_http;"
+        f"serve_http({str(db)!r}, '127.0.0.1', {port}, 'static', None, max_inflight=256)"
+    )
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the HTTP server did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+async def _recall(client: httpx.AsyncClient, tenant: str, query: str) -> bool:
+    response = await client.post(f"/v1/tenants/{tenant}/recall", json={"query": query, "k": 10})
+    return response.status_code == 200
+
+
+async def closed_loop(
+    url: str, clients: int, workload: list[tuple[str, str]], duration: float, name: str
+) -> Cell:
+    """N clients, each sending its next request as soon as the last one answered."""
+    queue = iter(workload)
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        stop = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                item = next(queue, None)
+                if item is None:
+                    return
+                sent = time.perf_counter()
+                ok = await _recall(client, *item)
+                latencies.append((time.perf_counter() - sent) * 1000)
+                errors += not ok
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        seconds = time.perf_counter() - start
+    return Cell("HTTP", name, clients, "closed", len(latencies), errors, seconds, latencies)
+
+
+async def open_loop(
+    url: str, clients: int, workload: list[tuple[str, str]], duration: float, rate: float, name: str
+) -> Cell:
+    """Poisson arrivals at ``rate``/s, at most ``clients`` in flight; latency from schedule."""
+    rng = random.Random(11)
+    latencies: list[float] = []
+    errors = 0
+    slots = asyncio.Semaphore(clients)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def one(item: tuple[str, str], scheduled: float) -> None:
+            nonlocal errors
+            async with slots:
+                ok = await _recall(client, *item)
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+            errors += not ok
+
+        tasks: list[asyncio.Task[None]] = []
+        start = time.perf_counter()
+        at = start
+        for item in workload:
+            at += rng.expovariate(rate)
+            if at - start > duration:
+                break
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(item, at)))
+        await asyncio.gather(*tasks)
+        seconds = time.perf_counter() - start
+    return Cell("HTTP", name, clients, f"open @{rate:.0f}/s", len(latencies), errors, seconds,
+                latencies)  # fmt: skip
+
+
+def http_cells(db: Path, clients: Sequence[int], duration: float) -> list[Cell]:
+    asked = questions()
+    cells: list[Cell] = []
+    same = [asked[0]] * 1_000_000
+    with http_server(db) as url:
+        asyncio.run(closed_loop(url, 4, same[:200], 10, "warm-up"))
+        for n in clients:
+            closed = asyncio.run(closed_loop(url, n, same, duration, "cached"))
+            rate = max(1.0, closed.rate * OPEN_LOOP_LOAD)
+            cells += [closed, asyncio.run(open_loop(url, n, same, duration, rate, "cached"))]
+    for n in clients:
+        with http_server(db) as url:  # a fresh server: an empty result cache
+            closed = asyncio.run(closed_loop(url, n, asked, duration, "cold"))
+        with http_server(db) as url:
+            rate = max(1.0, closed.rate * OPEN_LOOP_LOAD)
+            opened = asyncio.run(open_loop(url, n, asked, duration, rate, "cold"))
+        cells += [closed, opened]
+    return cells
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(db: Path) -> AsyncIterator[Any]:
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "athena.interfaces.mcp_server", "--db", str(db)]
+    )
+    with open(os.devnull, "w") as devnull:
+        async with (
+            stdio_client(params, errlog=devnull) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            yield session
+
+
+async def mcp_cells(db: Path, calls: int) -> tuple[float, list[Cell]]:
+    asked = questions()
+    start = time.perf_counter()
+    cells = []
+    async with mcp_session(db) as session:
+        connect_ms = (time.perf_counter() - start) * 1000
+        for name, workload in (
+            ("stats (no recall)", None),
+            ("cached", [asked[0]] * calls),
+            ("cold", asked[1 : calls + 1]),
+        ):
+            latencies: list[float] = []
+            errors = 0
+            began = time.perf_counter()
+            for i in range(calls):
+                sent = time.perf_counter()
+                if workload is None:
+                    result = await session.call_tool("stats", {"tenant": asked[0][0]})
+                else:
+                    tenant, query = workload[i]
+                    result = await session.call_tool("recall", {"query": query, "tenant": tenant})
+                latencies.append((time.perf_counter() - sent) * 1000)
+                errors += bool(result.is_error)
+            seconds = time.perf_counter() - began
+            cells.append(Cell("MCP stdio", name, 1, "sequential calls", calls, errors, seconds,
+                              latencies))  # fmt: skip
+    return connect_ms, cells
+
+
+def table(cells: list[Cell]) -> str:
+    head = "| transport | workload | clients | load | requests | errors | req/s | p50 ms | p99 ms |"
+    rows = [head, "|" + "---|" * 9]
+    for c in cells:
+        rows.append(
+            f"| {c.transport} | {c.workload} | {c.clients} | {c.mode} | {c.requests} | "
+            f"{c.errors} | {c.rate:.0f} | {c.pct(0.5):.2f} | {c.pct(0.99):.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="Seconds per HTTP cell.")
+    parser.add_argument("--clients", default="10,100", help="Comma-separated client counts.")
+    parser.add_argument("--db", type=Path, help="A LoCoMo database built before (else built).")
+    parser.add_argument("--mcp-calls", type=int, default=300, help="MCP calls per workload.")
+    args = parser.parse_args()
+    clients = [int(n) for n in args.clients.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or Path(tmp) / "locomo.db"
+        if not db.exists():
+            build_db(db)
+        cells = http_cells(db, clients, args.duration)
+        connect_ms, mcp = asyncio.run(mcp_cells(db, args.mcp_calls))
+    print(f"\nServing benchmark ({os.cpu_count()} CPUs, client and server on one machine)\n")
+    print(table(cells + mcp))
+    print(f"\nMCP stdio connect (spawn + initialize): {connect_ms:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

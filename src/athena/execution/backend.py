@@ -1,0 +1,219 @@
+"""The distributed-execution seam, and the bookkeeping every backend shares.
+
+:class:`WorkerBackend` is what the engine calls; :class:`~athena.execution.pool.ProcessWorkerPool`
+implements it with local processes and a Ray (or any cluster) backend can plug in behind
+it. :class:`Task`, :class:`PriorityQueue` and :class:`PoolStats` are backend-neutral, so
+every backend orders, bounds and reports work the same way.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, runtime_checkable
+
+from athena.errors import InvalidInput, RecallTimeout, UnknownLayer, WorkerPoolUnavailable
+from athena.layers.protocol import LayerResult, SearchRequest
+from athena.records import LAYERS
+
+Settle = list[tuple["Future[LayerResult]", "LayerResult | BaseException"]]
+
+
+@runtime_checkable
+class WorkerBackend(Protocol):
+    """Runs one task per layer on workers elsewhere and gathers their :class:`LayerResult`.
+
+    >>> # with ProcessWorkerPool("athena.db") as pool: pool.run(request, ["semantic"])
+    """
+
+    def start(self) -> None:
+        """Start the workers (idempotent); raise WorkerPoolUnavailable if they cannot start."""
+
+    @property
+    def available(self) -> bool:
+        """Started, not closed, and at least one live worker."""
+
+    @property
+    def saturated(self) -> bool:
+        """Too much queued work for a new recall to be answered promptly."""
+
+    def run(
+        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5,
+        timeout: float = 5.0,
+    ) -> dict[str, LayerResult]:  # fmt: skip
+        """Search ``layers`` concurrently on workers; block until all answered.
+
+        ``priority`` is 0-10 (higher first; InvalidInput otherwise). Raises RecallTimeout
+        when ``timeout`` seconds pass (or a task timed out twice) and WorkerPoolUnavailable
+        when the pool cannot take the work or a task failed again after its one retry.
+        """
+
+    async def arun(
+        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5,
+        timeout: float = 5.0,
+    ) -> dict[str, LayerResult]:  # fmt: skip
+        """:meth:`run` without blocking the event loop."""
+
+    def health(self) -> dict[str, Any]:
+        """Workers, busy, queue_depth, avg/p95 latency (ms), restarts, task counters, started."""
+
+    def close(self) -> None:
+        """Stop every worker; idempotent."""
+
+
+@dataclass(eq=False, slots=True)
+class TaskGroup:
+    """The tasks of one recall; ``on_done`` runs once the last of them is finished."""
+
+    open: int
+    on_done: Callable[[], None] = lambda: None
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    """One layer search of one recall, as a backend tracks it."""
+
+    id: int  # increasing: the FIFO order within a priority
+    layer: str
+    priority: int
+    payload: Any  # what the worker receives
+    group: TaskGroup
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future[LayerResult] = field(default_factory=Future)
+    attempts: int = 0
+    timeouts: int = 0
+    failures: list[str] = field(default_factory=list)
+    state: str = "queued"  # queued | running | done
+    abandoned: bool = False  # its caller gave up: the outcome is dropped, never retried
+    deadline: float = math.inf
+
+    def attempt_failed(self, reason: str, timed_out: bool) -> BaseException | None:
+        """Record a failed attempt: None if the task may run once more, else the error.
+
+        The error is RecallTimeout when every attempt timed out, WorkerPoolUnavailable else.
+        """
+        self.failures.append(reason)
+        self.timeouts += timed_out
+        if self.attempts < 2:
+            return None
+        kind = RecallTimeout if self.timeouts == self.attempts else WorkerPoolUnavailable
+        return kind(f"{self.layer} search failed twice: " + "; ".join(self.failures))
+
+    def finish(self) -> None:
+        """Mark the task done (idempotent); the group's last task runs ``on_done``."""
+        if self.state != "done":
+            self.state = "done"
+            self.group.open -= 1
+            if self.group.open == 0:
+                self.group.on_done()
+
+
+class PriorityQueue:
+    """Bounded queue of tasks: higher priority first, FIFO within a priority.
+
+    >>> q = PriorityQueue(2); g = TaskGroup(2)
+    >>> q.add([Task(q.new_id(), "a", 1, None, g), Task(q.new_id(), "b", 9, None, g)])
+    >>> q.pop().layer
+    'b'
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._heap: list[tuple[int, int, Task]] = []
+        self._ids = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def add(self, tasks: Sequence[Task]) -> None:
+        """Queue new tasks, all or none; WorkerPoolUnavailable when the bound is hit."""
+        if len(self._heap) + len(tasks) > self.size:
+            raise WorkerPoolUnavailable(f"worker queue is full ({len(self)} of {self.size} tasks)")
+        for task in tasks:
+            self.push(task)
+
+    def push(self, task: Task) -> None:
+        """(Re)queue a task, bound or not: a retry keeps its place in line."""
+        task.state = "queued"
+        heapq.heappush(self._heap, (-task.priority, task.id, task))
+
+    def pop(self) -> Task:
+        task = heapq.heappop(self._heap)[2]
+        task.state = "running"
+        return task
+
+    def remove(self, task: Task) -> None:
+        self._heap.remove((-task.priority, task.id, task))
+        heapq.heapify(self._heap)
+        task.finish()
+
+
+class PoolStats:
+    """Task counters, a latency window and the log of scaling decisions."""
+
+    COUNTERS: Final = ("tasks_done", "tasks_failed", "retries", "restarts", "crashes", "timeouts")
+
+    def __init__(self) -> None:
+        self.count = dict.fromkeys(self.COUNTERS, 0)
+        self.latencies: deque[float] = deque(maxlen=512)  # enqueue to result, ms
+        self.events: deque[dict[str, Any]] = deque(maxlen=32)
+        self.scaled = {"up": 0, "down": 0}
+        self.last_grow = -math.inf
+
+    def percentile(self, q: float, last: int = 512) -> float:
+        """The ``q`` quantile of the last ``last`` latencies (0 when there are none)."""
+        values = sorted(itertools.islice(reversed(self.latencies), last))
+        return values[max(0, math.ceil(q * len(values)) - 1)] if values else 0.0
+
+    def scale(self, action: str, reason: str, workers: int) -> None:
+        """Record one scaling decision ("up" or "down") and why."""
+        self.scaled[action] += 1
+        event = {"at": time.time(), "action": action, "reason": reason, "workers": workers}
+        self.events.append(event)
+
+    def snapshot(self) -> dict[str, Any]:
+        avg = sum(self.latencies) / len(self.latencies) if self.latencies else 0.0
+        return {
+            **self.count, "avg_latency_ms": avg, "p95_latency_ms": self.percentile(0.95),
+            "scale_ups": self.scaled["up"], "scale_downs": self.scaled["down"],
+            "scaling": list(self.events),
+        }  # fmt: skip
+
+
+def settle(outcomes: Settle) -> None:
+    """Resolve futures (outside any lock: their callbacks run here); skip cancelled ones."""
+    for future, outcome in outcomes:
+        try:
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        except InvalidStateError:
+            pass
+
+
+def check_call(request: object, layers: Sequence[str], priority: object, timeout: object) -> list[str]:
+    """Validate a backend call the same way for every backend; return the layers, deduplicated.
+
+    >>> check_call(SearchRequest.__new__(SearchRequest), ["graph", "graph"], 5, 1.0)
+    ['graph']
+    """
+    if not isinstance(request, SearchRequest):
+        raise InvalidInput("request must be a SearchRequest")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 10:
+        raise InvalidInput(f"priority must be an integer from 0 to 10, not {priority!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidInput("timeout must be a positive number of seconds")
+    names = list(dict.fromkeys(layers))
+    if unknown := [name for name in names if name not in LAYERS]:
+        raise UnknownLayer(f"unknown layers {unknown}; valid layers: {', '.join(LAYERS)}")
+    return names

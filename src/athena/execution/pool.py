@@ -1,0 +1,522 @@
+"""The DISTRIBUTED strategy's backend: a pool of real worker processes.
+
+Callers queue one task per layer on a bounded priority queue (0-10, higher first, FIFO
+within a priority). A dispatcher thread hands each task to the least-loaded ready worker; a
+monitor thread reads results, notices dead workers (process sentinels) and tasks past their
+deadline (the worker is killed), replaces those workers, retries their tasks once, and
+scales the pool between ``min_workers`` and ``max_workers``. Workers are started with
+``spawn`` or ``forkserver``, never ``fork``: the parent holds threads and SQLite handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import pickle
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing.connection import wait as wait_handles
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Final
+
+from athena.errors import InvalidInput, RecallTimeout, UnknownLayer, WorkerPoolUnavailable
+from athena.execution import shm
+from athena.execution.backend import PoolStats, PriorityQueue, Settle, Task, TaskGroup
+from athena.execution.backend import check_call, settle
+from athena.execution import worker as wk
+from athena.layers.protocol import LayerResult, SearchRequest
+from athena.records import LAYERS
+from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
+
+MAX_STARTING: Final = 2  # processes starting at once while scaling up
+GROW_COOLDOWN: Final = 2.0  # seconds between two latency-driven scale-ups
+TICK: Final = 0.5  # the monitor's longest sleep: how often idle workers are looked at
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    min_workers: int
+    max_workers: int
+    task_timeout: float
+    idle_seconds: float
+    latency_target_ms: float
+    start_timeout: float
+
+
+class _Core:
+    """What the pool's API and its two threads share; it changes only under ``cond``."""
+
+    def __init__(self, config: wk.WorkerConfig, method: str, queue_size: int, limits: _Limits):
+        self.limits = limits
+        self.cond = threading.Condition(threading.RLock())
+        self.halted = threading.Event()
+        self.procs: dict[int, BaseProcess] = {}
+        self.fleet: wk.Fleet[Task] = wk.Fleet(mp.get_context(method), config, self.procs)
+        self.queue = PriorityQueue(queue_size)
+        self.stats = PoolStats()
+        self.state, self.error = "new", ""  # state: new | running | broken | closed
+        self.threads: list[threading.Thread] = []
+        self.wake_r, self.wake_w = -1, -1  # a self-pipe that interrupts the monitor's wait
+
+    def stopping(self) -> bool:
+        return self.state in ("broken", "closed") or self.halted.is_set()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # a wake-up is pending already, or the pool closed
+            os.write(self.wake_w, b"\0")
+
+    def enqueue(self, request: SearchRequest, names: list[str], priority: int) -> list[Task]:
+        """Queue one task per layer (all or none); arrays over 64 KiB go by shared memory."""
+        packed, blocks = shm.pack_tree(request)
+        payload = pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
+        group = TaskGroup(len(names), partial(shm.release, blocks))
+        with self.cond:
+            try:
+                if self.state != "running":
+                    raise WorkerPoolUnavailable(self.error or "worker pool is not running")
+                tasks = [
+                    Task(self.queue.new_id(), name, priority, payload, group) for name in names
+                ]
+                self.queue.add(tasks)
+            except BaseException:
+                shm.release(blocks)
+                raise
+            self.cond.notify_all()
+        for task in tasks:
+            task.future.add_done_callback(partial(self._cancelled, task))
+        self.wake()
+        return tasks
+
+    def _cancelled(self, task: Task, future: Future[LayerResult]) -> None:
+        if future.cancelled():
+            with self.cond:
+                if task.state == "queued":
+                    self.queue.remove(task)
+
+    def abandon(self, tasks: list[Task], error: BaseException) -> None:
+        """The caller gave up: queued tasks leave, running ones finish unheard."""
+        out: Settle = []
+        with self.cond:
+            for task in tasks:
+                if task.state == "queued":
+                    self.queue.remove(task)
+                task.abandoned = True
+                out.append((task.future, error))
+        settle(out)
+
+    def fail(self, task: Task, error: BaseException, out: Settle) -> None:
+        if not task.abandoned and task.state != "done":
+            out.append((task.future, error))
+        task.finish()
+
+    def fail_all(self, error: BaseException, out: Settle) -> None:
+        for worker in self.fleet.workers.values():
+            for task in worker.inflight.values():
+                self.fail(task, error, out)
+        while len(self.queue):
+            self.fail(self.queue.pop(), error, out)
+
+    def dispatch_loop(self) -> None:
+        """Thread: hand the best queued task to the least-loaded ready worker."""
+        while True:
+            with self.cond:
+                worker: wk.WorkerHandle[Task] | None = None
+                while not self.stopping() and not (
+                    len(self.queue) and (worker := self.fleet.pick())
+                ):
+                    self.cond.wait()
+                if self.stopping() or worker is None:
+                    return
+                task = self.queue.pop()
+                first = task.attempts == 0
+                if task.abandoned or (first and not task.future.set_running_or_notify_cancel()):
+                    task.finish()
+                    continue
+                task.attempts += 1
+                task.deadline = time.monotonic() + self.limits.task_timeout
+                worker.inflight[task.id] = task
+            # Outside the lock; messages stay far below a pipe's buffer, so it cannot block.
+            wk.send_quietly(worker.conn, (task.id, task.layer, task.payload))
+
+
+class _Monitor:
+    """The monitor thread: results, dead or hung workers, retries and scaling."""
+
+    def __init__(self, core: _Core) -> None:
+        self.core = core
+
+    def loop(self) -> None:
+        core = self.core
+        try:
+            while self.step():
+                pass
+        except Exception as exc:  # a bug here must not leave every caller waiting
+            out: Settle = []
+            with core.cond:
+                if not core.stopping():
+                    core.state, core.error = "broken", f"worker pool monitor failed: {exc!r}"
+                    core.fail_all(WorkerPoolUnavailable(core.error), out)
+                    core.cond.notify_all()
+            settle(out)
+
+    def step(self) -> bool:
+        core = self.core
+        with core.cond:
+            if core.stopping():
+                return False
+            workers = list(core.fleet.workers.values())
+            now = time.monotonic()
+            pause = min([TICK, *(t.deadline - now for w in workers for t in w.inflight.values())])
+        handles: list[Any] = [core.wake_r, *(w.conn for w in workers)]
+        ready = set(wait_handles(handles + [w.process.sentinel for w in workers], max(0, pause)))
+        while core.wake_r in ready and _drain(core.wake_r):
+            pass
+        out: Settle = []
+        with core.cond:
+            if core.stopping():
+                return False
+            for worker in workers:
+                if worker.conn in ready:
+                    for message in core.fleet.receive(worker):
+                        self.handle(worker, message, out)
+            for worker in workers:
+                if worker.process.sentinel in ready and worker.id in core.fleet.workers:
+                    self.reap(worker, "died", out)
+            self.expire(out)
+            self.scale()
+            core.cond.notify_all()
+        settle(out)
+        return True
+
+    def handle(self, worker: wk.WorkerHandle[Task], message: tuple[Any, ...], out: Settle) -> None:
+        core, now, kind = self.core, time.monotonic(), message[0]
+        if kind == "ready":
+            worker.state, worker.last_active = "ready", now
+            return
+        if kind == "failed":
+            core.fleet.init_error = message[1]
+            return
+        outcome: LayerResult | BaseException
+        try:
+            ok = kind == "ok"
+            outcome = (
+                shm.unpack_tree(message[2], unlink=True) if ok else wk.rebuild_error(*message[2:])
+            )
+        except Exception as exc:
+            outcome = WorkerPoolUnavailable(f"a worker's result was lost: {exc!r}")
+        task = worker.inflight.pop(message[1], None)
+        if task is None:
+            return
+        worker.last_active = now
+        failed = isinstance(outcome, BaseException)
+        core.stats.count["tasks_failed" if failed else "tasks_done"] += 1
+        if not failed:
+            core.stats.latencies.append((now - task.enqueued) * 1000.0)
+        if not task.abandoned:
+            out.append((task.future, outcome))
+        task.finish()
+
+    def reap(self, worker: wk.WorkerHandle[Task], how: str, out: Settle, late: Task | None = None):
+        """Forget a dead worker; retry its tasks once and start a replacement."""
+        core, state = self.core, worker.state
+        tasks = core.fleet.remove(worker)
+        code = worker.process.exitcode
+        if state == "starting":
+            core.fleet.init_error = core.fleet.init_error or f"a worker exited ({code}) at start"
+        elif state == "ready":
+            core.stats.count["crashes" if late is None else "timeouts"] += 1
+            for task in tasks:
+                self.retry(
+                    task, f"worker {worker.process.pid} {how} (exit {code})", task is late, out
+                )
+            if core.state in ("new", "running") and not core.fleet.init_error:
+                core.stats.count["restarts"] += 1
+                core.fleet.spawn()
+        if core.state == "running" and not core.fleet.live():
+            core.state, core.error = "broken", f"no worker left: {core.fleet.init_error or how}"
+            core.fail_all(WorkerPoolUnavailable(core.error), out)
+
+    def retry(self, task: Task, reason: str, timed_out: bool, out: Settle) -> None:
+        """Queue a failed task again, once; the second failure goes to its caller."""
+        task.failures.append(reason)
+        task.timeouts += timed_out
+        if task.abandoned:
+            task.finish()
+        elif task.attempts >= 2:
+            kind = RecallTimeout if task.timeouts == task.attempts else WorkerPoolUnavailable
+            self.core.stats.count["tasks_failed"] += 1
+            message = f"{task.layer} search failed twice: " + "; ".join(task.failures)
+            self.core.fail(task, kind(message), out)
+        else:
+            self.core.stats.count["retries"] += 1
+            self.core.queue.push(task)
+
+    def expire(self, out: Settle) -> None:
+        """Kill each worker whose task overran its deadline (hung, stopped or too slow)."""
+        now = time.monotonic()
+        for worker in self.core.fleet.of("ready"):
+            late = next((t for t in worker.inflight.values() if t.deadline <= now), None)
+            if late is not None:
+                worker.process.kill()
+                how = f"timed out after {self.core.limits.task_timeout:g} s"
+                self.reap(worker, how, out, late)
+
+    def scale(self) -> None:
+        """Grow on a deep queue or a high p95 latency; retire workers idle for idle_seconds."""
+        core, limits = self.core, self.core.limits
+        fleet, stats, depth, now = core.fleet, core.stats, len(core.queue), time.monotonic()
+        live = fleet.live()
+        if core.state != "running" or fleet.init_error:
+            return
+        if depth and live < limits.max_workers and len(fleet.of("starting")) < MAX_STARTING:
+            p95 = stats.percentile(0.95, last=32)
+            if depth > 2 * live:
+                reason = f"queue depth {depth} > 2 per worker"
+            elif p95 > limits.latency_target_ms and now - stats.last_grow > GROW_COOLDOWN:
+                reason = f"p95 latency {p95:.0f} ms > {limits.latency_target_ms:g} ms"
+            else:
+                return
+            fleet.spawn()
+            stats.last_grow = now
+            stats.scale("up", reason, live + 1)
+        elif not depth and live > limits.min_workers:
+            idle = [w for w in fleet.of("ready") if not w.inflight]
+            idle = [w for w in idle if now - w.last_active >= limits.idle_seconds]
+            for worker in sorted(idle, key=lambda w: -w.id)[: live - limits.min_workers]:
+                worker.state = "retiring"
+                wk.send_quietly(worker.conn, None)
+                live -= 1
+                stats.scale("down", f"idle for {limits.idle_seconds:g} s", live)
+
+
+class ProcessWorkerPool:
+    """A :class:`~athena.execution.backend.WorkerBackend` of local worker processes.
+
+    Each worker opens its own read-only store on ``db_path``, loads ``embedder`` once and
+    answers layer searches. The pool starts lazily (first :meth:`start` or :meth:`run`);
+    ``task_timeout`` bounds one attempt on one worker, ``timeout`` of :meth:`run` the call.
+
+    >>> # with ProcessWorkerPool("athena.db") as pool: pool.run(request, ["semantic"])
+    """
+
+    def __init__(
+        self, db_path: str | Path, embedder: str = "static", *, min_workers: int = 2,
+        max_workers: int = 20, queue_size: int = 1000, task_timeout: float = 5.0,
+        start_method: str = "spawn", hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
+        idle_seconds: float = 30.0, latency_target_ms: float = 250.0, start_timeout: float = 60.0,
+    ) -> None:  # fmt: skip
+        if not 1 <= min_workers <= max_workers:
+            raise InvalidInput("need 1 <= min_workers <= max_workers")
+        if queue_size < 1 or min(task_timeout, idle_seconds, start_timeout) <= 0:
+            raise InvalidInput("queue_size and the timeouts must be positive")
+        if start_method not in ("spawn", "forkserver"):
+            raise InvalidInput("start_method must be 'spawn' or 'forkserver' (never 'fork')")
+        self.start_method = start_method
+        self.limits = _Limits(
+            min_workers, max_workers, task_timeout, idle_seconds, latency_target_ms, start_timeout
+        )
+        self.db_path = Path(db_path)
+        config = wk.WorkerConfig(str(db_path), embedder, hnsw_cutoff)
+        self._core = core = _Core(config, start_method, queue_size, self.limits)
+        self._start_lock = threading.Lock()
+        self._startup_ms: float | None = None
+        self._finalizer = weakref.finalize(self, wk.halt, core.cond, core.halted, core.procs)
+
+    def start(self) -> None:
+        """Start ``min_workers`` processes and wait until they are ready (idempotent)."""
+        core = self._core
+        with self._start_lock, core.cond:
+            if core.state == "running":
+                return
+            if core.state != "new":
+                raise WorkerPoolUnavailable(core.error)
+            began = time.monotonic()
+            error = "" if self.db_path.is_file() else f"no database at {self.db_path}"
+            if not error:
+                core.wake_r, core.wake_w = os.pipe()
+                for fd in (core.wake_r, core.wake_w):
+                    os.set_blocking(fd, False)
+                error = self._launch()
+            if not error:
+                self._startup_ms = (time.monotonic() - began) * 1000.0
+                core.state = "running"
+                return
+        self._shutdown("broken", f"worker pool cannot start: {error}")
+        raise WorkerPoolUnavailable(core.error)
+
+    def _launch(self) -> str:
+        core = self._core
+        try:
+            for _ in range(self.limits.min_workers):
+                core.fleet.spawn()
+        except WorkerPoolUnavailable as exc:
+            return str(exc)
+        for body in (core.dispatch_loop, _Monitor(core).loop):
+            core.threads.append(threading.Thread(target=body, daemon=True, name="athena-pool"))
+            core.threads[-1].start()
+        fleet = core.fleet
+        done = core.cond.wait_for(
+            lambda: fleet.init_error or core.state != "new" or not fleet.of("starting"),
+            self.limits.start_timeout,
+        )
+        if done and not fleet.init_error and core.state == "new" and fleet.of("ready"):
+            return ""
+        return fleet.init_error or core.error or "the workers did not start in time"
+
+    def close(self) -> None:
+        """Stop the workers (terminating stragglers) and fail work still pending; idempotent."""
+        self._shutdown("closed", "worker pool is closed")
+
+    def _shutdown(self, state: str, error: str) -> None:
+        core, out = self._core, []
+        with core.cond:
+            if core.state == "closed":
+                return
+            core.state, core.error = state, error
+            core.fail_all(WorkerPoolUnavailable(error), out)
+            core.cond.notify_all()
+            threads, core.threads = core.threads, []
+        core.wake()
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        with core.cond:
+            core.fleet.stop_all()
+            if state == "closed":
+                self._finalizer()
+                for fd in (core.wake_r, core.wake_w):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        settle(out)
+
+    def __enter__(self) -> ProcessWorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def available(self) -> bool:
+        """Started, not closed, and at least one live (ready or starting) worker."""
+        with self._core.cond:
+            return self._core.state == "running" and self._core.fleet.live() > 0
+
+    @property
+    def saturated(self) -> bool:
+        """The queue is half full, or it is not empty with max_workers all busy."""
+        core = self._core
+        with core.cond:
+            depth, fleet = len(core.queue), core.fleet
+            at_max = fleet.live() >= self.limits.max_workers and fleet.pick() is None
+            return depth >= max(1, core.queue.size // 2) or (depth > 0 and at_max)
+
+    def submit(
+        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5
+    ) -> dict[str, Future[LayerResult]]:
+        """Queue one task per layer; return their futures at once (beyond the Protocol).
+
+        >>> # futures = pool.submit(request, ["semantic", "graph"], priority=9)
+        """
+        return {task.layer: task.future for task in self._enqueue(request, layers, priority)}
+
+    def run(
+        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5,
+        timeout: float = 5.0,
+    ) -> dict[str, LayerResult]:  # fmt: skip
+        """Search ``layers`` on the workers; block at most ``timeout`` seconds.
+
+        >>> # results = pool.run(request, ["episodic", "semantic"], priority=8, timeout=2.0)
+        """
+        _check_timeout(timeout)
+        tasks = self._enqueue(request, layers, priority)
+        wait_futures([t.future for t in tasks], timeout, return_when=FIRST_EXCEPTION)
+        return self._outcome(tasks, timeout)
+
+    async def arun(
+        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5,
+        timeout: float = 5.0,
+    ) -> dict[str, LayerResult]:  # fmt: skip
+        """:meth:`run` for an event loop: a lazy start runs on a thread, waiting is awaited.
+
+        >>> # results = await pool.arun(request, ["semantic"])
+        """
+        _check_timeout(timeout)
+        if self._core.state == "new":
+            await asyncio.to_thread(self.start)
+        tasks = self._enqueue(request, layers, priority)
+        waiters = [asyncio.wrap_future(t.future) for t in tasks]
+        try:
+            if waiters:
+                await asyncio.wait(waiters, timeout=timeout, return_when=FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            self._core.abandon(tasks, RecallTimeout("the recall was cancelled"))
+            raise
+        finally:
+            for waiter in waiters:  # read every outcome so asyncio never logs one as lost
+                _ = waiter.cancel() or waiter.cancelled() or waiter.exception()
+        return self._outcome(tasks, timeout)
+
+    def _enqueue(self, request: SearchRequest, layers: Sequence[str], priority: int) -> list[Task]:
+        if not isinstance(request, SearchRequest):
+            raise InvalidInput("request must be a SearchRequest")
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 10:
+            raise InvalidInput(f"priority must be an integer from 0 to 10, not {priority!r}")
+        names = list(dict.fromkeys(layers))
+        unknown = [name for name in names if name not in LAYERS]
+        if unknown:
+            raise UnknownLayer(f"unknown layers {unknown}; valid layers: {', '.join(LAYERS)}")
+        self.start()
+        return self._core.enqueue(request, names, priority) if names else []
+
+    def _outcome(self, tasks: list[Task], timeout: float) -> dict[str, LayerResult]:
+        done = [t.future for t in tasks if t.future.done() and not t.future.cancelled()]
+        error = next((e for f in done if (e := f.exception()) is not None), None)
+        if error is None and len(done) == len(tasks):
+            return {t.layer: t.future.result() for t in tasks}
+        error = error or RecallTimeout(f"distributed recall took longer than {timeout:g} s")
+        self._core.abandon(tasks, error)
+        raise error
+
+    def health(self) -> dict[str, Any]:
+        """Workers, busy, queue depth, latencies, restarts, task counters and scaling events.
+
+        >>> # pool.health()["workers"], pool.health()["p95_latency_ms"]
+        """
+        core = self._core
+        with core.cond:
+            fleet, limits = core.fleet, self.limits
+            busy = [w for w in fleet.of("ready") if w.inflight]
+            return {
+                "backend": "process", "start_method": self.start_method,
+                "started": self._startup_ms is not None, "startup_ms": self._startup_ms,
+                "available": self.available, "saturated": self.saturated,
+                "state": core.state, "error": core.error,
+                "workers": fleet.live(), "ready": len(fleet.of("ready")),
+                "starting": len(fleet.of("starting")), "busy": len(busy),
+                "min_workers": limits.min_workers, "max_workers": limits.max_workers,
+                "queue_depth": len(core.queue), "queue_size": core.queue.size,
+                "pids": [w.process.pid for w in fleet.of("ready", "starting")],
+                "busy_pids": [w.process.pid for w in busy],
+                **core.stats.snapshot(),
+            }  # fmt: skip
+
+
+def _check_timeout(timeout: float) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidInput("timeout must be a positive number of seconds")
+
+
+def _drain(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 4096))
+    except OSError:
+        return False

@@ -1,0 +1,233 @@
+"""Worker processes: what runs inside one, and the parent's handles on them.
+
+Inside, :func:`worker_main` initialises once (its own read-only store, the embedder, the
+layers and their vector indexes), says ``("ready", pid)`` and then answers tasks from its
+pipe one at a time until it reads ``None`` or the pipe closes.
+
+Messages, parent to worker: ``(task_id, layer, pickled packed request)`` or ``None``.
+Worker to parent: ``("ready", pid)``, ``("failed", reason)``, ``("ok", task_id, packed
+result)`` or ``("error", task_id, error class name, message)``.
+
+In the parent, :class:`Fleet` spawns, chooses, reaps and stops the processes; the pool
+calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any, Final, Generic, TypeVar
+
+from athena import errors
+from athena.embedding import load_embedder
+from athena.execution import shm
+from athena.execution.runner import run_layer
+from athena.layers import LayerContext, default_layers
+from athena.retrieval.vector import VectorIndexes
+from athena.store.sqlite import SQLiteStore
+
+T = TypeVar("T")
+WORKER_CAPACITY: Final = 1  # a second task in a worker's pipe could no longer be re-prioritised
+STOP_GRACE: Final = 2.0  # seconds workers get to exit on close before they are terminated
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What a worker needs to open its own copy of the engine."""
+
+    db_path: str
+    embedder: str
+    hnsw_cutoff: int
+
+
+def worker_main(conn: Connection, config: WorkerConfig) -> None:
+    """Entry point of a worker process: initialise once, then serve tasks.
+
+    >>> # ctx.Process(target=worker_main, args=(child_conn, WorkerConfig(...))).start()
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    os.dup2(2, 1)  # stdout may be an MCP stdio channel: nothing of ours may reach it
+    sys.stdout = sys.stderr
+    try:
+        serve = _initialise(config)
+    except BaseException as exc:
+        send_quietly(conn, ("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    send_quietly(conn, ("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent went away
+        if message is None:
+            return
+        if not send_quietly(conn, serve(*message)):
+            return
+
+
+def _initialise(config: WorkerConfig) -> Callable[[int, str, bytes], tuple[Any, ...]]:
+    store = SQLiteStore(config.db_path, readonly=True)
+    try:
+        store.data_version()  # fail now, not on the first task, if the file is unreadable
+        embedder = load_embedder(config.embedder)
+        layers = default_layers()
+        ctx = LayerContext(store, VectorIndexes(store, embedder.name, config.hnsw_cutoff))
+    except BaseException:
+        store.close()
+        raise
+
+    def serve(task_id: int, layer: str, payload: bytes) -> tuple[Any, ...]:
+        try:
+            request = shm.unpack_tree(pickle.loads(payload), unlink=False)
+            result = run_layer(layers, ctx, layer, request, "distributed")
+            packed, blocks = shm.pack_tree(result)
+            shm.release(blocks, unlink=False)  # the parent unlinks them after unpacking
+            return ("ok", task_id, packed)
+        except Exception as exc:
+            return ("error", task_id, type(exc).__name__, str(exc))
+
+    return serve
+
+
+def send_quietly(conn: Connection, message: object) -> bool:
+    """Send ``message``; False if the other end is gone (the monitor deals with that)."""
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def rebuild_error(name: str, message: str) -> errors.AthenaError:
+    """The exception a worker reported, as the parent raises it.
+
+    Athena's own errors (a bad query, a store failure) keep their class; anything else is
+    a bug or a broken worker and becomes WorkerPoolUnavailable.
+
+    >>> type(rebuild_error("StoreLocked", "busy")).__name__
+    'StoreLocked'
+    >>> type(rebuild_error("KeyError", "'x'")).__name__
+    'WorkerPoolUnavailable'
+    """
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.AthenaError):
+        return cls(message)
+    return errors.WorkerPoolUnavailable(f"layer search failed in a worker: {name}: {message}")
+
+
+# -- the parent's side ------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class WorkerHandle(Generic[T]):
+    """One worker process as the parent sees it, with the tasks (``T``) it is running."""
+
+    id: int
+    process: BaseProcess
+    conn: Connection
+    last_active: float
+    state: str = "starting"  # starting | ready | retiring
+    inflight: dict[int, T] = field(default_factory=dict)
+
+
+class Fleet(Generic[T]):
+    """The worker processes of one pool. Not thread-safe: the pool calls it under its lock.
+
+    >>> # fleet = Fleet(mp.get_context("spawn"), config, {}); fleet.spawn()
+    """
+
+    def __init__(self, ctx: BaseContext, config: WorkerConfig, procs: dict[int, BaseProcess]):
+        self.ctx, self.config, self.procs = ctx, config, procs
+        self.workers: dict[int, WorkerHandle[T]] = {}
+        self.ids = itertools.count(1)
+        self.init_error = ""
+
+    def spawn(self) -> WorkerHandle[T]:
+        """Start one worker process (it reports ``ready`` on its pipe once initialised)."""
+        parent, child = self.ctx.Pipe()
+        wid = next(self.ids)
+        process = self.ctx.Process(  # type: ignore[attr-defined]
+            target=worker_main, args=(child, self.config), name=f"athena-worker-{wid}", daemon=True
+        )
+        try:
+            process.start()
+        except Exception as exc:
+            parent.close()
+            raise errors.WorkerPoolUnavailable(f"cannot start a worker process: {exc}") from exc
+        finally:
+            child.close()
+        worker: WorkerHandle[T] = WorkerHandle(wid, process, parent, time.monotonic())
+        self.workers[wid] = worker
+        self.procs[wid] = process
+        return worker
+
+    def of(self, *states: str) -> list[WorkerHandle[T]]:
+        return [w for w in self.workers.values() if w.state in states]
+
+    def live(self) -> int:
+        return len(self.of("starting", "ready"))
+
+    def pick(self) -> WorkerHandle[T] | None:
+        """The ready worker with the fewest tasks in flight (oldest first on a tie)."""
+        free = [w for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY]
+        return min(free, key=lambda w: (len(w.inflight), w.id)) if free else None
+
+    def remove(self, worker: WorkerHandle[T]) -> list[T]:
+        """Forget a worker that exited (or was killed); return the tasks it was running."""
+        self.workers.pop(worker.id, None)
+        self.procs.pop(worker.id, None)
+        worker.process.join(1.0)
+        worker.conn.close()
+        return list(worker.inflight.values())
+
+    def receive(self, worker: WorkerHandle[T]) -> list[tuple[Any, ...]]:
+        """Every message waiting on ``worker``'s pipe (none once it is closed)."""
+        messages = []
+        try:
+            while worker.conn.poll():
+                messages.append(worker.conn.recv())
+        except (EOFError, OSError):
+            pass  # the worker is gone: its sentinel fires and the monitor reaps it
+        return messages
+
+    def stop_all(self) -> None:
+        """Ask every worker to exit, terminate the ones that do not, then kill what is left."""
+        workers = list(self.workers.values())
+        for w in workers:
+            send_quietly(w.conn, None)
+        deadline = time.monotonic() + STOP_GRACE
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+        for w in workers:
+            if w.process.is_alive():
+                w.process.terminate()
+                w.process.join(0.5)
+        for w in workers:
+            self.remove(w)
+        kill_all(self.procs)
+
+
+def kill_all(procs: dict[int, BaseProcess]) -> None:
+    """SIGKILL and reap every process in ``procs`` (a SIGSTOPped one dies too)."""
+    for process in list(procs.values()):
+        if process.is_alive():
+            process.kill()
+        process.join(1.0)
+    procs.clear()
+
+
+def halt(lock: threading.Condition, stop: threading.Event, procs: dict[int, BaseProcess]) -> None:
+    """Last resort, at garbage collection or interpreter exit: kill every worker."""
+    with lock:  # spawns happen under this lock: none can slip in after this
+        stop.set()
+        kill_all(procs)
