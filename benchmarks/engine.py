@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import matplotlib
 import numpy as np
 from rich import progress as rp
 from rich.console import Console
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from athena.embedding import load_embedder
 from athena.locomo.data import load_locomo
@@ -46,10 +48,10 @@ BUILD_BUDGET_S = 600.0  # a large-store build still running after this is abando
 GOAL_P50_MS = 10.0
 NOISE = 0.01  # std per dimension of the noise on replicated vectors in the HNSW sweep
 KS = ("5", "10", "25", "50")
+matplotlib.use("Agg")
 Result = dict[str, Any]
-# (scale target, scale queries, HNSW sizes, HNSW queries)
 FULL = (100_000, 500, (2_000, 5_000, 10_000, 20_000, 50_000, 100_000), 200)
-QUICK = (10_000, 100, (1_000, 2_000, 5_000, 10_000), 50)
+QUICK = (10_000, 100, (1_000, 2_000, 5_000, 10_000), 50)  # scale n, queries; HNSW n, queries
 
 
 @contextmanager
@@ -103,16 +105,15 @@ def warm_up(memory: Any, tenants: list[str]) -> Result:
 
 def bench_import(embedder: str, path: Path, work: Path, runs: int) -> Result:
     """(a) Import LoCoMo into a fresh file ``runs`` times; the last file serves (b) and (c)."""
-    rates, memories = [], 0
+    rates: list[float] = []
     for run in range(runs):
         name = f"locomo-{embedder}.db" if run == runs - 1 else f"locomo-{embedder}-{run}.db"
         memory = open_memory(work / name, embedder)
         report = import_locomo(memory, path)
         memory.close()
         rates.append(report.per_second)
-        memories = report.memories
     runs_s = [round(r, 1) for r in rates]
-    return {"runs": runs, "memories": memories, "per_second_runs": runs_s,
+    return {"runs": runs, "memories": report.memories, "per_second_runs": runs_s,
             "per_second": round(statistics.median(rates), 1)}  # fmt: skip
 
 
@@ -126,8 +127,7 @@ def bench_locomo(embedder: str, db: Path, path: Path) -> Result:
     with bar(f"{embedder}: evaluate_locomo", len(asks)) as advance:
         report = evaluate_locomo(memory, path, progress=lambda _n: advance())
     memory.close()
-    dragon, evaluation = {str(k): v for k, v in DRAGON.items()}, report.to_dict()
-    return {"warm_up": warm, "latency_ms": latency, "evaluation": evaluation, "dragon": dragon}
+    return {"warm_up": warm, "latency_ms": latency, "evaluation": report.to_dict()}
 
 
 def bench_scale(e: str, shape: str, path: Path, work: Path, target: int, queries: int) -> Result:
@@ -143,10 +143,8 @@ def bench_scale(e: str, shape: str, path: Path, work: Path, target: int, queries
                 total += import_locomo(memory, path, tenant_prefix=f"copy{copy}/").memories
             else:
                 for items in per_conv:  # one tenant; keys made distinct per copy
-                    batch = [
-                        replace(i, tenant="one", key=f"{copy}/{i.tenant}/{i.key}") for i in items
-                    ]
-                    total += len(memory.remember_many(batch))
+                    b = [replace(i, tenant="one", key=f"{copy}/{i.tenant}/{i.key}") for i in items]
+                    total += len(memory.remember_many(b))
             advance()
             if time.perf_counter() - start > BUILD_BUDGET_S and copy + 1 < copies:
                 skipped = f"skipped: build passed {BUILD_BUDGET_S:.0f} s at {total} memories"
@@ -179,7 +177,8 @@ def bench_scale(e: str, shape: str, path: Path, work: Path, target: int, queries
 
 
 def bench_hnsw(path: Path, sizes: tuple[int, ...], queries: int) -> Result:
-    """(f) ExactBackend vs HnswBackend on real static vectors of LoCoMo texts."""
+    """(f) ExactBackend vs HnswBackend on real static vectors of LoCoMo texts; exact_1t is
+    ExactBackend with numpy's BLAS held to one thread (the engine leaves it at its default)."""
     embedder = load_embedder("static")
     texts = sorted({i.text for c in load_locomo(path) for i in conversation_memories(c)})
     base = embedder.embed(texts)
@@ -197,14 +196,14 @@ def bench_hnsw(path: Path, sizes: tuple[int, ...], queries: int) -> Result:
                 extra = base[rng.integers(0, len(base), n - len(base))]
                 extra = extra + rng.normal(0.0, NOISE, extra.shape).astype(np.float32)
                 x = np.vstack([base, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
-            x = np.ascontiguousarray(x, np.float32)
             exact, hnsw = ExactBackend(x.shape[1]), HnswBackend(x.shape[1])
             exact.add(x)
             row: Result = {"n": n, "hnsw_build_s": round(timed(partial(hnsw.add, x)) / 1e3, 3)}
-            for name, backend in (("exact", exact), ("hnsw", hnsw)):
-                for q in qv[:5]:
-                    backend.search(q, limit)  # warm-up
-                times = [timed(partial(backend.search, q, limit)) for q in qv]
+            for name, backend in (("exact", exact), ("hnsw", hnsw), ("exact_1t", exact)):
+                with threadpool_limits(1) if name == "exact_1t" else nullcontext():
+                    for q in qv[:5]:
+                        backend.search(q, limit)  # warm-up
+                    times = [timed(partial(backend.search, q, limit)) for q in qv]
                 row[f"{name}_ms"] = round(statistics.median(times), 4)
             tops = [(exact.search(q, limit)[1][:10], hnsw.search(q, limit)[1][:10]) for q in qv]
             found = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in tops)
@@ -215,12 +214,13 @@ def bench_hnsw(path: Path, sizes: tuple[int, ...], queries: int) -> Result:
             advance()
     return {"distinct_vectors": len(base), "dim": int(base.shape[1]), "queries": len(qv),
             "limit": limit, "noise_std": NOISE, "default_cutoff": DEFAULT_HNSW_CUTOFF,
-            "sizes": rows, "crossover_n": crossover(rows)}  # fmt: skip
+            "sizes": rows, "crossover_n": crossover(rows),
+            "crossover_n_blas_1_thread": crossover(rows, "exact_1t_ms")}  # fmt: skip
 
 
-def crossover(rows: list[Result]) -> int | None:
+def crossover(rows: list[Result], exact: str = "exact_ms") -> int | None:
     """The size from which HNSW is faster than exact (log-interpolated); None if never."""
-    gaps = [(r["n"], r["exact_ms"] - r["hnsw_ms"]) for r in rows]
+    gaps = [(r["n"], r[exact] - r["hnsw_ms"]) for r in rows]
     for (n0, g0), (n, gap) in zip([(0, -1.0), *gaps], gaps, strict=False):
         if gap > 0:  # interpolate in log n between the last slower and the first faster size
             return int(n) if n0 == 0 else round(float(n0 * (n / n0) ** (g0 / (g0 - gap))))
@@ -242,8 +242,8 @@ def run_phase(args: argparse.Namespace) -> Result:
         out = bench_scale(e, args.phase, path, work, target, queries)
     else:
         out = bench_hnsw(path, sizes, hnsw_queries)
-    # ru_maxrss is in KiB on Linux.
-    return {**out, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    rss_mib = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+    return {**out, "peak_rss_mib": rss_mib, "load_avg_end": os.getloadavg()}
 
 
 def machine() -> Result:
@@ -261,7 +261,8 @@ def orchestrate(quick: bool, out: Path) -> Result:
                     "command": "python benchmarks/engine.py" + (" --quick" if quick else ""),
                     "machine": machine(), "load_avg_start": os.getloadavg(), "data": str(DATA),
                     "import_runs": IMPORT_RUNS, "build_budget_s": BUILD_BUDGET_S}  # fmt: skip
-    results: Result = {"meta": meta, "embedders": {e: {} for e in EMBEDDERS}}
+    dragon = {str(k): v for k, v in DRAGON.items()}  # the LoCoMo paper's row, for comparison
+    results: Result = {"meta": meta, "dragon": dragon, "embedders": {e: {} for e in EMBEDDERS}}
     plan = [(e, p) for e in EMBEDDERS for p in PHASES] + [("static", "hnsw")]
     with tempfile.TemporaryDirectory(prefix="athena-engine-bench-") as work:
         for embedder, phase in plan:
@@ -291,8 +292,7 @@ def table(title: str, head: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dig(d: Any, path: str) -> Any:
-    """``d["a"]["b"]`` for ``"a.b"``; None where a step is missing."""
+def dig(d: Any, path: str) -> Any:  # d["a"]["b"] for "a.b"; None where a step is missing
     for part in path.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
@@ -331,13 +331,15 @@ def markdown(r: Result) -> str:
                "its vectors", "peak RSS MiB", "note"], scale),
     ]  # fmt: skip
     if "sizes" in h:
-        head = ["n", "exact ms", "HNSW ms", "HNSW recall@10", "HNSW build s", "queries to repay"]
-        keys = "n exact_ms hnsw_ms hnsw_recall_at_10 hnsw_build_s break_even_queries".split()
+        head = ["n", "exact ms", "exact ms, 1 BLAS thread", "HNSW ms", "HNSW recall@10",
+                "HNSW build s", "queries to repay build"]  # fmt: skip
+        keys = "n exact_ms exact_1t_ms hnsw_ms hnsw_recall_at_10 hnsw_build_s break_even_queries"
         title = (f"Exact vs HNSW: {h['dim']}-dim static vectors, {h['distinct_vectors']} distinct, "
                  f"limit {h['limit']}, median of {h['queries']} queries")  # fmt: skip
-        parts.append(table(title, head, [[s[k] for k in keys] for s in h["sizes"]]))
+        parts.append(table(title, head, [[s[k] for k in keys.split()] for s in h["sizes"]]))
         parts.append(f"\nHNSW is faster per query from about n = {h['crossover_n']} "
-                     f"(DEFAULT_HNSW_CUTOFF = {h['default_cutoff']}).\n")  # fmt: skip
+                     f"({h['crossover_n_blas_1_thread']} against exact on 1 BLAS thread; "
+                     f"DEFAULT_HNSW_CUTOFF = {h['default_cutoff']}).\n")  # fmt: skip
     failed = [(f"{e}/{ph}", v) for e, p in emb.items() for ph, v in p.items()] + [("hnsw", h)]
     errors = [f"{name}: {v['error']}" for name, v in failed if "error" in v]
     parts += [f"\nFailed phases: {'; '.join(errors)}\n"] if errors else []
@@ -345,10 +347,7 @@ def markdown(r: Result) -> str:
 
 
 def plot(r: Result, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg") above
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     names = {"locomo": "LoCoMo", "many_tenants": "many tenants", "one_tenant": "one tenant"}
@@ -366,7 +365,8 @@ def plot(r: Result, out: Path) -> None:
     rows = r.get("hnsw", {}).get("sizes", [])
     if rows:
         ns = [s["n"] for s in rows]
-        ax.plot(ns, [s["exact_ms"] for s in rows], "o-", label="exact (numpy)")
+        ax.plot(ns, [s["exact_ms"] for s in rows], "o-", label="exact (numpy, default BLAS)")
+        ax.plot(ns, [s["exact_1t_ms"] for s in rows], "o--", label="exact, 1 BLAS thread")
         ax.plot(ns, [s["hnsw_ms"] for s in rows], "s-", label="HNSW (faiss, efSearch 128)")
         ax.axvline(r["hnsw"]["default_cutoff"], ls="--", color="grey", label="DEFAULT_HNSW_CUTOFF")
         twin = ax.twinx()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from athena.embedding import Embedder, load_embedder
+from athena.embedding import Embedder, load_embedder, registered_name
 from athena.errors import InvalidInput, NotFound
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.protocol import RecallEngine
@@ -261,8 +261,8 @@ def _engine_factory(
         from athena.execution.pool import ProcessWorkerPool
 
         backend = None
-        if pool != "off" and isinstance(embedder, str):
-            name = embedder
+        name: str | None = embedder if isinstance(embedder, str) else registered_name(embedder)
+        if pool != "off" and name is not None:
 
             def backend() -> ProcessWorkerPool:
                 return ProcessWorkerPool(store.path, name, hnsw_cutoff=hnsw_cutoff)

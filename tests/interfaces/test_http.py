@@ -446,3 +446,13 @@ def test_serve_http_command_refuses_a_bad_tokens_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(serve_app, args)
     assert result.exit_code != 0
     assert not (tmp_path / "x.db").exists()  # refused before opening anything
+
+
+def test_pool_gauges_follow_execution_stats(
+    api: httpx.Client, memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = {"cache": {}, "pool": {"workers": 3, "queue_depth": 2}, "telemetry": {}}
+    monkeypatch.setattr(memory, "execution_stats", lambda: stats)
+    text = api.get("/metrics").text
+    assert "athena_pool_workers 3.0" in text and "athena_pool_queue_depth 2.0" in text
+    assert api.get("/v1/pool").json() == {"workers": 3, "queue_depth": 2}

@@ -23,6 +23,7 @@ from athena.layers.protocol import LayerResult, SearchRequest
 from athena.records import LAYERS
 
 Settle = list[tuple["Future[LayerResult]", "LayerResult | BaseException"]]
+GROW_COOLDOWN: Final = 2.0  # seconds between two latency-driven scale-ups
 
 
 @runtime_checkable
@@ -65,6 +66,42 @@ class WorkerBackend(Protocol):
 
     def close(self) -> None:
         """Stop every worker; idempotent."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """A backend's size, queue bound, timeouts and scaling policy.
+
+    >>> PoolLimits(min_workers=1).grow_reason(depth=3, live=1, p95_ms=0.0, since_grow=9.0)
+    'queue depth 3 > 2 per worker'
+    """
+
+    min_workers: int = 2
+    max_workers: int = 20
+    queue_size: int = 1000
+    task_timeout: float = 5.0  # one attempt of one task on one worker
+    idle_seconds: float = 30.0  # a worker idle this long (and no queue) may be retired
+    latency_target_ms: float = 250.0  # p95 latency above this, with a queue, adds a worker
+    start_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_workers <= self.max_workers:
+            raise InvalidInput("need 1 <= min_workers <= max_workers")
+        if (
+            self.queue_size < 1
+            or min(self.task_timeout, self.idle_seconds, self.start_timeout) <= 0
+        ):
+            raise InvalidInput("queue_size and the timeouts must be positive")
+
+    def grow_reason(self, depth: int, live: int, p95_ms: float, since_grow: float) -> str:
+        """Why to add a worker now, or "": over 2 queued tasks per worker, or a high p95."""
+        if not depth or live >= self.max_workers:
+            return ""
+        if depth > 2 * live:
+            return f"queue depth {depth} > 2 per worker"
+        if p95_ms > self.latency_target_ms and since_grow > GROW_COOLDOWN:
+            return f"p95 latency {p95_ms:.0f} ms > {self.latency_target_ms:g} ms"
+        return ""
 
 
 @dataclass(eq=False, slots=True)
@@ -169,6 +206,12 @@ class PoolStats:
         self.scaled = {"up": 0, "down": 0}
         self.last_grow = -math.inf
 
+    def record(self, latency_ms: float | None) -> None:
+        """Count one finished task: done with its latency, or failed (None)."""
+        self.count["tasks_failed" if latency_ms is None else "tasks_done"] += 1
+        if latency_ms is not None:
+            self.latencies.append(latency_ms)
+
     def percentile(self, q: float, last: int = 512) -> float:
         """The ``q`` quantile of the last ``last`` latencies (0 when there are none)."""
         values = sorted(itertools.islice(reversed(self.latencies), last))
@@ -201,7 +244,9 @@ def settle(outcomes: Settle) -> None:
             pass
 
 
-def check_call(request: object, layers: Sequence[str], priority: object, timeout: object) -> list[str]:
+def check_call(
+    request: object, layers: Sequence[str], priority: object, timeout: object
+) -> list[str]:
     """Validate a backend call the same way for every backend; return the layers, deduplicated.
 
     >>> check_call(SearchRequest.__new__(SearchRequest), ["graph", "graph"], 5, 1.0)

@@ -58,7 +58,7 @@ def full_key(query: RecallQuery, model: str, text: str | None = None) -> FullKey
     return (
         "full",
         model,
-        "x",
+        query.tenant,
         normalize_text(query.text) if text is None else text,
         query.layers,
         query.k,
@@ -153,7 +153,7 @@ def check(entry: Entry, generations: Mapping[str, int], now: float) -> int:
     (the caller read older generations than the entry did: keep it, but do not serve it)."""
     whole = entry.whole
     if whole is not None:
-        if whole != generations:
+        if any(whole.get(l) != generations.get(l) for l in ("episodic","semantic")):
             return STALE if behind(whole, generations) else AHEAD
     else:
         current = generations.get(entry.layer, 0)  # generations start at 1 when written

@@ -11,9 +11,7 @@ scales the pool between ``min_workers`` and ``max_workers``. Workers are started
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing as mp
-import os
 import pickle
 import threading
 import time
@@ -21,79 +19,57 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
 from functools import partial
-from multiprocessing.connection import wait as wait_handles
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Final
 
-from athena.errors import InvalidInput, RecallTimeout, UnknownLayer, WorkerPoolUnavailable
-from athena.execution import shm
-from athena.execution.backend import PoolStats, PriorityQueue, Settle, Task, TaskGroup
-from athena.execution.backend import check_call, settle
+from athena.errors import InvalidInput, RecallTimeout, WorkerPoolUnavailable
+from athena.execution import backend, shm
 from athena.execution import worker as wk
+from athena.execution.backend import PoolLimits, Settle, Task, settle
 from athena.layers.protocol import LayerResult, SearchRequest
-from athena.records import LAYERS
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 
 MAX_STARTING: Final = 2  # processes starting at once while scaling up
-GROW_COOLDOWN: Final = 2.0  # seconds between two latency-driven scale-ups
 TICK: Final = 0.5  # the monitor's longest sleep: how often idle workers are looked at
-
-
-@dataclass(frozen=True, slots=True)
-class _Limits:
-    min_workers: int
-    max_workers: int
-    task_timeout: float
-    idle_seconds: float
-    latency_target_ms: float
-    start_timeout: float
 
 
 class _Core:
     """What the pool's API and its two threads share; it changes only under ``cond``."""
 
-    def __init__(self, config: wk.WorkerConfig, method: str, queue_size: int, limits: _Limits):
+    def __init__(self, config: wk.WorkerConfig, method: str, limits: PoolLimits) -> None:
         self.limits = limits
         self.cond = threading.Condition(threading.RLock())
         self.halted = threading.Event()
         self.procs: dict[int, BaseProcess] = {}
         self.fleet: wk.Fleet[Task] = wk.Fleet(mp.get_context(method), config, self.procs)
-        self.queue = PriorityQueue(queue_size)
-        self.stats = PoolStats()
+        self.queue = backend.PriorityQueue(limits.queue_size)
+        self.stats = backend.PoolStats()
         self.state, self.error = "new", ""  # state: new | running | broken | closed
         self.threads: list[threading.Thread] = []
-        self.wake_r, self.wake_w = -1, -1  # a self-pipe that interrupts the monitor's wait
 
     def stopping(self) -> bool:
         return self.state in ("broken", "closed") or self.halted.is_set()
-
-    def wake(self) -> None:
-        with contextlib.suppress(OSError):  # a wake-up is pending already, or the pool closed
-            os.write(self.wake_w, b"\0")
 
     def enqueue(self, request: SearchRequest, names: list[str], priority: int) -> list[Task]:
         """Queue one task per layer (all or none); arrays over 64 KiB go by shared memory."""
         packed, blocks = shm.pack_tree(request)
         payload = pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
-        group = TaskGroup(len(names), partial(shm.release, blocks))
+        group = backend.TaskGroup(len(names), partial(shm.release, blocks))
         with self.cond:
             try:
                 if self.state != "running":
                     raise WorkerPoolUnavailable(self.error or "worker pool is not running")
-                tasks = [
-                    Task(self.queue.new_id(), name, priority, payload, group) for name in names
-                ]
+                tasks = [Task(self.queue.new_id(), n, priority, payload, group) for n in names]
                 self.queue.add(tasks)
             except BaseException:
                 shm.release(blocks)
                 raise
             self.cond.notify_all()
+            self.fleet.wake()
         for task in tasks:
             task.future.add_done_callback(partial(self._cancelled, task))
-        self.wake()
         return tasks
 
     def _cancelled(self, task: Task, future: Future[LayerResult]) -> None:
@@ -118,22 +94,24 @@ class _Core:
             out.append((task.future, error))
         task.finish()
 
-    def fail_all(self, error: BaseException, out: Settle) -> None:
-        for worker in self.fleet.workers.values():
-            for task in worker.inflight.values():
-                self.fail(task, error, out)
+    def end(self, state: str, error: str, out: Settle) -> None:
+        """Enter ``state`` (broken or closed): every pending task fails with ``error``."""
+        self.state, self.error = state, error
+        running = [t for w in self.fleet.workers.values() for t in w.inflight.values()]
         while len(self.queue):
-            self.fail(self.queue.pop(), error, out)
+            running.append(self.queue.pop())
+        for task in running:
+            self.fail(task, WorkerPoolUnavailable(error), out)
+        self.cond.notify_all()
+        self.fleet.wake()
 
     def dispatch_loop(self) -> None:
         """Thread: hand the best queued task to the least-loaded ready worker."""
         while True:
             with self.cond:
-                worker: wk.WorkerHandle[Task] | None = None
-                while not self.stopping() and not (
-                    len(self.queue) and (worker := self.fleet.pick())
-                ):
+                while not self.stopping() and not (len(self.queue) and self.fleet.pick()):
                     self.cond.wait()
+                worker = self.fleet.pick()
                 if self.stopping() or worker is None:
                     return
                 task = self.queue.pop()
@@ -163,9 +141,7 @@ class _Monitor:
             out: Settle = []
             with core.cond:
                 if not core.stopping():
-                    core.state, core.error = "broken", f"worker pool monitor failed: {exc!r}"
-                    core.fail_all(WorkerPoolUnavailable(core.error), out)
-                    core.cond.notify_all()
+                    core.end("broken", f"worker pool monitor failed: {exc!r}", out)
             settle(out)
 
     def step(self) -> bool:
@@ -176,10 +152,7 @@ class _Monitor:
             workers = list(core.fleet.workers.values())
             now = time.monotonic()
             pause = min([TICK, *(t.deadline - now for w in workers for t in w.inflight.values())])
-        handles: list[Any] = [core.wake_r, *(w.conn for w in workers)]
-        ready = set(wait_handles(handles + [w.process.sentinel for w in workers], max(0, pause)))
-        while core.wake_r in ready and _drain(core.wake_r):
-            pass
+        ready = core.fleet.wait(workers, pause)
         out: Settle = []
         with core.cond:
             if core.stopping():
@@ -199,18 +172,12 @@ class _Monitor:
 
     def handle(self, worker: wk.WorkerHandle[Task], message: tuple[Any, ...], out: Settle) -> None:
         core, now, kind = self.core, time.monotonic(), message[0]
-        if kind == "ready":
-            worker.state, worker.last_active = "ready", now
-            return
-        if kind == "failed":
-            core.fleet.init_error = message[1]
-            return
         outcome: LayerResult | BaseException
-        try:
-            ok = kind == "ok"
-            outcome = (
-                shm.unpack_tree(message[2], unlink=True) if ok else wk.rebuild_error(*message[2:])
-            )
+        try:  # unpack even an unexpected result, so its shared blocks are unlinked
+            if kind == "ok":
+                outcome = shm.unpack_tree(message[2], unlink=True)
+            else:
+                outcome = wk.rebuild_error(*message[2:])
         except Exception as exc:
             outcome = WorkerPoolUnavailable(f"a worker's result was lost: {exc!r}")
         task = worker.inflight.pop(message[1], None)
@@ -218,47 +185,37 @@ class _Monitor:
             return
         worker.last_active = now
         failed = isinstance(outcome, BaseException)
-        core.stats.count["tasks_failed" if failed else "tasks_done"] += 1
-        if not failed:
-            core.stats.latencies.append((now - task.enqueued) * 1000.0)
+        core.stats.record(None if failed else (now - task.enqueued) * 1000.0)
         if not task.abandoned:
             out.append((task.future, outcome))
         task.finish()
 
-    def reap(self, worker: wk.WorkerHandle[Task], how: str, out: Settle, late: Task | None = None):
+    def reap(
+        self, worker: wk.WorkerHandle[Task], how: str, out: Settle, late: Task | None = None
+    ) -> None:
         """Forget a dead worker; retry its tasks once and start a replacement."""
         core, state = self.core, worker.state
-        tasks = core.fleet.remove(worker)
-        code = worker.process.exitcode
-        if state == "starting":
+        tasks, code = core.fleet.remove(worker), worker.process.exitcode
+        if state == "starting" and core.state == "new":  # start() fails with this reason
             core.fleet.init_error = core.fleet.init_error or f"a worker exited ({code}) at start"
-        elif state == "ready":
+        elif state != "retiring":
             core.stats.count["crashes" if late is None else "timeouts"] += 1
             for task in tasks:
-                self.retry(
-                    task, f"worker {worker.process.pid} {how} (exit {code})", task is late, out
-                )
-            if core.state in ("new", "running") and not core.fleet.init_error:
+                why = f"worker {worker.process.pid} {how} (exit code {code})"
+                error = task.attempt_failed(why, task is late)
+                if task.abandoned:
+                    task.finish()
+                elif error is None:  # retried once, on whichever worker is free first
+                    core.stats.count["retries"] += 1
+                    core.queue.push(task)
+                else:
+                    core.stats.record(None)
+                    core.fail(task, error, out)
+            if state == "ready" and core.state in ("new", "running") and not core.fleet.init_error:
                 core.stats.count["restarts"] += 1
                 core.fleet.spawn()
         if core.state == "running" and not core.fleet.live():
-            core.state, core.error = "broken", f"no worker left: {core.fleet.init_error or how}"
-            core.fail_all(WorkerPoolUnavailable(core.error), out)
-
-    def retry(self, task: Task, reason: str, timed_out: bool, out: Settle) -> None:
-        """Queue a failed task again, once; the second failure goes to its caller."""
-        task.failures.append(reason)
-        task.timeouts += timed_out
-        if task.abandoned:
-            task.finish()
-        elif task.attempts >= 2:
-            kind = RecallTimeout if task.timeouts == task.attempts else WorkerPoolUnavailable
-            self.core.stats.count["tasks_failed"] += 1
-            message = f"{task.layer} search failed twice: " + "; ".join(task.failures)
-            self.core.fail(task, kind(message), out)
-        else:
-            self.core.stats.count["retries"] += 1
-            self.core.queue.push(task)
+            core.end("broken", f"no worker left: {core.fleet.init_error or how}", out)
 
     def expire(self, out: Settle) -> None:
         """Kill each worker whose task overran its deadline (hung, stopped or too slow)."""
@@ -277,14 +234,9 @@ class _Monitor:
         live = fleet.live()
         if core.state != "running" or fleet.init_error:
             return
-        if depth and live < limits.max_workers and len(fleet.of("starting")) < MAX_STARTING:
-            p95 = stats.percentile(0.95, last=32)
-            if depth > 2 * live:
-                reason = f"queue depth {depth} > 2 per worker"
-            elif p95 > limits.latency_target_ms and now - stats.last_grow > GROW_COOLDOWN:
-                reason = f"p95 latency {p95:.0f} ms > {limits.latency_target_ms:g} ms"
-            else:
-                return
+        p95, since = stats.percentile(0.95, last=32), now - stats.last_grow
+        reason = limits.grow_reason(depth, live, p95, since)
+        if reason and len(fleet.of("starting")) < MAX_STARTING:
             fleet.spawn()
             stats.last_grow = now
             stats.scale("up", reason, live + 1)
@@ -314,25 +266,25 @@ class ProcessWorkerPool:
         start_method: str = "spawn", hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
         idle_seconds: float = 30.0, latency_target_ms: float = 250.0, start_timeout: float = 60.0,
     ) -> None:  # fmt: skip
-        if not 1 <= min_workers <= max_workers:
-            raise InvalidInput("need 1 <= min_workers <= max_workers")
-        if queue_size < 1 or min(task_timeout, idle_seconds, start_timeout) <= 0:
-            raise InvalidInput("queue_size and the timeouts must be positive")
         if start_method not in ("spawn", "forkserver"):
             raise InvalidInput("start_method must be 'spawn' or 'forkserver' (never 'fork')")
         self.start_method = start_method
-        self.limits = _Limits(
-            min_workers, max_workers, task_timeout, idle_seconds, latency_target_ms, start_timeout
-        )
+        self.limits = PoolLimits(
+            min_workers, max_workers, queue_size, task_timeout, idle_seconds, latency_target_ms,
+            start_timeout,
+        )  # fmt: skip
         self.db_path = Path(db_path)
         config = wk.WorkerConfig(str(db_path), embedder, hnsw_cutoff)
-        self._core = core = _Core(config, start_method, queue_size, self.limits)
+        self._core = core = _Core(config, start_method, self.limits)
         self._start_lock = threading.Lock()
         self._startup_ms: float | None = None
         self._finalizer = weakref.finalize(self, wk.halt, core.cond, core.halted, core.procs)
 
     def start(self) -> None:
-        """Start ``min_workers`` processes and wait until they are ready (idempotent)."""
+        """Start ``min_workers`` processes and wait until they are ready (idempotent).
+
+        A pool that failed to start stays unavailable: build a new one to try again.
+        """
         core = self._core
         with self._start_lock, core.cond:
             if core.state == "running":
@@ -341,11 +293,7 @@ class ProcessWorkerPool:
                 raise WorkerPoolUnavailable(core.error)
             began = time.monotonic()
             error = "" if self.db_path.is_file() else f"no database at {self.db_path}"
-            if not error:
-                core.wake_r, core.wake_w = os.pipe()
-                for fd in (core.wake_r, core.wake_w):
-                    os.set_blocking(fd, False)
-                error = self._launch()
+            error = error or self._launch()
             if not error:
                 self._startup_ms = (time.monotonic() - began) * 1000.0
                 core.state = "running"
@@ -355,6 +303,7 @@ class ProcessWorkerPool:
 
     def _launch(self) -> str:
         core = self._core
+        core.fleet.open()
         try:
             for _ in range(self.limits.min_workers):
                 core.fleet.spawn()
@@ -377,25 +326,19 @@ class ProcessWorkerPool:
         self._shutdown("closed", "worker pool is closed")
 
     def _shutdown(self, state: str, error: str) -> None:
-        core, out = self._core, []
+        core, out = self._core, Settle()
         with core.cond:
             if core.state == "closed":
                 return
-            core.state, core.error = state, error
-            core.fail_all(WorkerPoolUnavailable(error), out)
-            core.cond.notify_all()
+            core.end(state, error, out)
             threads, core.threads = core.threads, []
-        core.wake()
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join()
         with core.cond:
             core.fleet.stop_all()
-            if state == "closed":
-                self._finalizer()
-                for fd in (core.wake_r, core.wake_w):
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+        if state == "closed":
+            self._finalizer()
         settle(out)
 
     def __enter__(self) -> ProcessWorkerPool:
@@ -436,7 +379,7 @@ class ProcessWorkerPool:
 
         >>> # results = pool.run(request, ["episodic", "semantic"], priority=8, timeout=2.0)
         """
-        _check_timeout(timeout)
+        backend.check_call(request, layers, priority, timeout)
         tasks = self._enqueue(request, layers, priority)
         wait_futures([t.future for t in tasks], timeout, return_when=FIRST_EXCEPTION)
         return self._outcome(tasks, timeout)
@@ -449,7 +392,7 @@ class ProcessWorkerPool:
 
         >>> # results = await pool.arun(request, ["semantic"])
         """
-        _check_timeout(timeout)
+        backend.check_call(request, layers, priority, timeout)
         if self._core.state == "new":
             await asyncio.to_thread(self.start)
         tasks = self._enqueue(request, layers, priority)
@@ -466,14 +409,7 @@ class ProcessWorkerPool:
         return self._outcome(tasks, timeout)
 
     def _enqueue(self, request: SearchRequest, layers: Sequence[str], priority: int) -> list[Task]:
-        if not isinstance(request, SearchRequest):
-            raise InvalidInput("request must be a SearchRequest")
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 10:
-            raise InvalidInput(f"priority must be an integer from 0 to 10, not {priority!r}")
-        names = list(dict.fromkeys(layers))
-        unknown = [name for name in names if name not in LAYERS]
-        if unknown:
-            raise UnknownLayer(f"unknown layers {unknown}; valid layers: {', '.join(LAYERS)}")
+        names = backend.check_call(request, layers, priority, 1.0)
         self.start()
         return self._core.enqueue(request, names, priority) if names else []
 
@@ -508,15 +444,3 @@ class ProcessWorkerPool:
                 "busy_pids": [w.process.pid for w in busy],
                 **core.stats.snapshot(),
             }  # fmt: skip
-
-
-def _check_timeout(timeout: float) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidInput("timeout must be a positive number of seconds")
-
-
-def _drain(fd: int) -> bool:
-    try:
-        return bool(os.read(fd, 4096))
-    except OSError:
-        return False

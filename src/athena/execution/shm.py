@@ -72,18 +72,19 @@ def unpack_array(desc: ShmArray, *, unlink: bool) -> npt.NDArray[Any]:
     return out
 
 
-def pack_tree(obj: object, threshold: int = SHM_THRESHOLD) -> tuple[Any, list[SharedMemory]]:
-    """Replace every array over ``threshold`` bytes inside ``obj`` by a :class:`ShmArray`.
+def pack_tree(obj: object, threshold: int | None = None) -> tuple[Any, list[SharedMemory]]:
+    """Swap every array over ``threshold`` bytes inside ``obj`` for a :class:`ShmArray`.
 
-    Walks dataclasses, tuples, lists and dicts; returns the packed object and the blocks
-    created (the caller closes or unlinks them with :func:`release`).
+    ``threshold`` defaults to :data:`SHM_THRESHOLD` (read at call time). Walks dataclasses,
+    tuples, lists and dicts; returns the packed object and the blocks it created (the caller
+    closes or unlinks them with :func:`release`).
 
     >>> packed, blocks = pack_tree({"small": np.zeros(2)}); blocks
     []
     """
     blocks: list[SharedMemory] = []
     try:
-        return _pack(obj, threshold, blocks), blocks
+        return _pack(obj, SHM_THRESHOLD if threshold is None else threshold, blocks), blocks
     except BaseException:
         release(blocks)
         raise

@@ -2,18 +2,19 @@
 
 Inside, :func:`worker_main` initialises once (its own read-only store, the embedder, the
 layers and their vector indexes), says ``("ready", pid)`` and then answers tasks from its
-pipe one at a time until it reads ``None`` or the pipe closes.
+pipe one at a time until it reads ``None`` or the pipe closes (the parent died).
 
 Messages, parent to worker: ``(task_id, layer, pickled packed request)`` or ``None``.
 Worker to parent: ``("ready", pid)``, ``("failed", reason)``, ``("ok", task_id, packed
 result)`` or ``("error", task_id, error class name, message)``.
 
 In the parent, :class:`Fleet` spawns, chooses, reaps and stops the processes; the pool
-calls it under its lock.
+calls it under its lock (all but :meth:`Fleet.wait`, which only its monitor thread calls).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pickle
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_handles
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, Generic, TypeVar
@@ -59,23 +61,29 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     os.dup2(2, 1)  # stdout may be an MCP stdio channel: nothing of ours may reach it
     sys.stdout = sys.stderr
     try:
-        serve = _initialise(config)
+        store, serve = _initialise(config)
     except BaseException as exc:
         send_quietly(conn, ("failed", f"{type(exc).__name__}: {exc}"))
         return
     send_quietly(conn, ("ready", os.getpid()))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent went away
-        if message is None:
-            return
-        if not send_quietly(conn, serve(*message)):
-            return
+    try:
+        while (message := _next(conn)) is not None and send_quietly(conn, serve(*message)):
+            pass  # one task at a time, until told to stop or the parent goes away
+    finally:
+        store.close()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown: a spawned worker exits in ms, not ~200 ms
 
 
-def _initialise(config: WorkerConfig) -> Callable[[int, str, bytes], tuple[Any, ...]]:
+def _next(conn: Connection) -> Any:
+    """The next task, or None when told to stop or when the parent went away."""
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _initialise(config: WorkerConfig) -> tuple[SQLiteStore, Callable[..., tuple[Any, ...]]]:
     store = SQLiteStore(config.db_path, readonly=True)
     try:
         store.data_version()  # fail now, not on the first task, if the file is unreadable
@@ -96,7 +104,7 @@ def _initialise(config: WorkerConfig) -> Callable[[int, str, bytes], tuple[Any, 
         except Exception as exc:
             return ("error", task_id, type(exc).__name__, str(exc))
 
-    return serve
+    return store, serve
 
 
 def send_quietly(conn: Connection, message: object) -> bool:
@@ -141,7 +149,7 @@ class WorkerHandle(Generic[T]):
 
 
 class Fleet(Generic[T]):
-    """The worker processes of one pool. Not thread-safe: the pool calls it under its lock.
+    """The worker processes of one pool. Not thread-safe: the pool serialises calls.
 
     >>> # fleet = Fleet(mp.get_context("spawn"), config, {}); fleet.spawn()
     """
@@ -151,6 +159,28 @@ class Fleet(Generic[T]):
         self.workers: dict[int, WorkerHandle[T]] = {}
         self.ids = itertools.count(1)
         self.init_error = ""
+        self._wake_r, self._wake_w = -1, -1  # a self-pipe that interrupts wait()
+
+    def open(self) -> None:
+        """Create the self-pipe behind :meth:`wake` (once, before the first :meth:`wait`)."""
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+
+    def wake(self) -> None:
+        """Make a :meth:`wait` in another thread return now."""
+        with contextlib.suppress(OSError):  # a wake-up is pending already, or it is closed
+            os.write(self._wake_w, b"\0")
+
+    def wait(self, workers: list[WorkerHandle[T]], timeout: float) -> set[Any]:
+        """Block until one of ``workers`` writes or exits, or a wake-up; return what is ready."""
+        sentinels = [w.process.sentinel for w in workers]
+        handles: list[Any] = [self._wake_r, *(w.conn for w in workers), *sentinels]
+        ready = set(wait_handles(handles, max(0.0, timeout)))
+        with contextlib.suppress(OSError):
+            while self._wake_r in ready and os.read(self._wake_r, 4096):
+                pass
+        return ready
 
     def spawn(self) -> WorkerHandle[T]:
         """Start one worker process (it reports ``ready`` on its pipe once initialised)."""
@@ -191,20 +221,26 @@ class Fleet(Generic[T]):
         return list(worker.inflight.values())
 
     def receive(self, worker: WorkerHandle[T]) -> list[tuple[Any, ...]]:
-        """Every message waiting on ``worker``'s pipe (none once it is closed)."""
+        """Task results waiting on ``worker``'s pipe; start-up reports are handled here."""
         messages = []
         try:
             while worker.conn.poll():
-                messages.append(worker.conn.recv())
+                message = worker.conn.recv()
+                if message[0] == "ready":
+                    worker.state, worker.last_active = "ready", time.monotonic()
+                elif message[0] == "failed":
+                    self.init_error = message[1]
+                else:
+                    messages.append(message)
         except (EOFError, OSError):
             pass  # the worker is gone: its sentinel fires and the monitor reaps it
         return messages
 
     def stop_all(self) -> None:
-        """Ask every worker to exit, terminate the ones that do not, then kill what is left."""
+        """Ask every worker to exit, terminate the ones that do not, kill what is left."""
         workers = list(self.workers.values())
-        for w in workers:
-            send_quietly(w.conn, None)
+        for w in workers:  # a worker still starting has nothing to finish
+            send_quietly(w.conn, None) if w.state != "starting" else w.process.terminate()
         deadline = time.monotonic() + STOP_GRACE
         for w in workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
@@ -212,9 +248,13 @@ class Fleet(Generic[T]):
             if w.process.is_alive():
                 w.process.terminate()
                 w.process.join(0.5)
+        kill_all(self.procs)  # SIGKILL reaches even a stopped process
         for w in workers:
             self.remove(w)
-        kill_all(self.procs)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r, self._wake_w = -1, -1
 
 
 def kill_all(procs: dict[int, BaseProcess]) -> None:

@@ -52,6 +52,17 @@ eval_app = typer.Typer(help="Measure recall on a benchmark.", no_args_is_help=Tr
 app.add_typer(import_app, name="import")
 app.add_typer(eval_app, name="eval")
 
+
+def _register_groups() -> None:
+    from athena.interfaces.cli_serve import serve_app
+    from athena.interfaces.cli_telemetry import telemetry_app
+
+    app.add_typer(telemetry_app, name="telemetry")
+    app.add_typer(serve_app, name="serve")
+
+
+_register_groups()
+
 Tenant = Annotated[str, typer.Option("--tenant", "-t", help="Tenant (agent or user) id.")]
 OptTenant = Annotated[
     str | None, typer.Option("--tenant", "-t", help="Only this tenant (default: all).")

@@ -78,9 +78,7 @@ def mcp_command(
         str, typer.Option(help="stdio (for local agents) or streamable-http.")
     ] = "stdio",
     host: Host = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option(min=1, max=65535, help="TCP port (streamable-http).")
-    ] = 8765,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port (streamable-http).")] = 8765,
 ) -> None:
     """Serve the MCP tools (remember, recall, forget, list_memories, stats)."""
     from athena.errors import InvalidInput

@@ -35,12 +35,9 @@ from athena.records import LAYERS, MAX_K, MAX_QUERY_CHARS, MAX_TEXT_CHARS
 
 P = ParamSpec("P")
 T = TypeVar("T")
-UNGUARDED = ("/healthz", "/readyz")
 EXEMPT_FROM_INFLIGHT = ("/healthz", "/readyz", "/metrics")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CACHE_RESULTS = ("hit", "partial", "miss")
-POOL_WORKER_KEYS = ("workers", "max_workers", "size")
-POOL_QUEUE_KEYS = ("queue_depth", "queued", "pending", "queue")
 Stamp = float | str | None
 
 
@@ -167,19 +164,16 @@ class _PoolCollector(Collector):
         except Exception:
             pool = {}
         yield GaugeMetricFamily(
-            "athena_pool_workers", "Worker pool size.", _first(pool, POOL_WORKER_KEYS)
+            "athena_pool_workers", "Worker pool size.", _number(pool, "workers")
         )
         yield GaugeMetricFamily(
-            "athena_pool_queue_depth", "Tasks waiting for a worker.", _first(pool, POOL_QUEUE_KEYS)
+            "athena_pool_queue_depth", "Tasks waiting for a worker.", _number(pool, "queue_depth")
         )
 
 
-def _first(section: Mapping[str, Any], keys: Sequence[str]) -> float:
-    for key in keys:
-        value = section.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return 0.0
+def _number(section: Mapping[str, Any], key: str) -> float:
+    value = section.get(key)  # absent until the pool starts (and with the sequential engine)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 class Metrics:

@@ -8,7 +8,6 @@ among the source ids of the top-k hits; it is averaged over the questions that h
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -52,7 +51,7 @@ class EvalReport:
                 for cat, scores in sorted(self.by_category.items())
             },
             "latency_ms": {
-                "p50": round(statistics.median(self.latencies_ms), 3) if self.latencies_ms else 0,
+                "p50": round(self.latency(0.50), 3),
                 "p95": round(self.latency(0.95), 3),
             },
             "questions": self.questions,

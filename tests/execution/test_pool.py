@@ -1,0 +1,408 @@
+"""ProcessWorkerPool: real worker processes over a real SQLite file; nothing is mocked.
+
+Faults are injected with signals: SIGSTOP freezes a worker so a task is surely in flight
+on it (then SIGKILL makes it die mid-task, or its deadline makes the pool kill it), and
+SIGCONT lets it go. Assertions are about order and behaviour, never speed, and every wait
+is generous: the suite runs on a small, shared machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from athena import LAYERS, Memory
+from athena.errors import InvalidInput, RecallTimeout, UnknownLayer, WorkerPoolUnavailable
+from athena.execution import shm
+from athena.execution.backend import WorkerBackend
+from athena.execution.pool import ProcessWorkerPool
+from athena.execution.runner import run_layer
+from athena.layers.protocol import SearchRequest
+from athena.records import MemoryInput, make_query
+
+TENANTS = ("acme", "globex")
+QUERIES = ("who went hiking in the Alps?", "how do I deploy the service?", "what about Quillon?")
+WAIT = 60.0  # seconds: an upper bound for anything on a loaded 2-core machine
+
+
+def _memories(tenant: str) -> list[MemoryInput]:
+    def item(layer: str, text: str, **attributes: Any) -> MemoryInput:
+        return MemoryInput(layer=layer, text=text, tenant=tenant, attributes=attributes)
+
+    people = ["Caroline", "Melanie", "Zed", "Maya", "Ravi"]
+    items = [
+        item("episodic", f"{p} went hiking in the Alps, trip {i}.") for i, p in enumerate(people)
+    ]
+    items += [item("episodic", f"{p} baked bread for the {tenant} fair.") for p in people]
+    items += [
+        item("semantic", f"{p} is allergic to {food}.")
+        for p, food in zip(people, "abcde", strict=True)
+    ]
+    items += [
+        item("semantic", "Lisbon is the capital of Portugal."),
+        item("semantic", f"The {tenant} wifi password rotates monthly."),
+        item("procedural", "Deploy the web service", trigger="a release is tagged",
+             steps=["run tests", "build image", "roll out"]),
+        item("procedural", "Rotate database credentials", steps=["create user"]),
+        item("procedural", "Onboard a new engineer", steps=["laptop", "accounts"]),
+        item("prospective", "Renew the passport", due_at=2e9, priority=9),
+        item("prospective", "Water the plants", due_at=1.9e9, priority=2),
+        item("prospective", "Book flights to Tokyo", priority=5),
+        item("graph", "Zed works with Quillon at Brightwater.",
+             relations=[["Zed", "works_with", "Quillon"], ["Zed", "works_at", "Brightwater"]]),
+        item("graph", "Maya lives in Oslo.", relations=[["Maya", "lives_in", "Oslo"]]),
+    ]  # fmt: skip
+    return items
+
+
+@pytest.fixture(scope="module")
+def mem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Memory]:
+    """A small real database (two tenants, every layer), kept open for reference searches."""
+    memory = Memory(tmp_path_factory.mktemp("pool") / "athena.db")
+    for tenant in TENANTS:
+        memory.remember_many(_memories(tenant))
+    yield memory
+    memory.close()
+
+
+def request(mem: Memory, text: str = QUERIES[0], tenant: str = "acme") -> SearchRequest:
+    return mem.pipeline.request(make_query(text, tenant, 5), mem.generations.get(tenant))
+
+
+def pool_of(mem: Memory, **options: Any) -> ProcessWorkerPool:
+    options.setdefault("task_timeout", WAIT)
+    return ProcessWorkerPool(mem.store.path, **options)
+
+
+@pytest.fixture(scope="module")
+def pool(mem: Memory) -> Iterator[ProcessWorkerPool]:
+    with pool_of(mem, min_workers=2, max_workers=2) as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def single(mem: Memory) -> Iterator[ProcessWorkerPool]:
+    """One worker, never more, and room for six queued tasks."""
+    with pool_of(mem, min_workers=1, max_workers=1, queue_size=6) as one:
+        one.start()
+        yield one
+
+
+def eventually(check: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def same_as_in_process(mem: Memory, req: SearchRequest, results: dict[str, Any]) -> None:
+    for name in LAYERS:
+        local = run_layer(mem.layers, mem.pipeline.ctx, name, req, "sequential")
+        assert results[name].ids == local.ids, name
+        assert results[name].scores == pytest.approx(local.scores), name
+        assert results[name].generation == local.generation
+        assert results[name].source == "distributed"
+
+
+# -- answers --------------------------------------------------------------------------------
+
+
+def test_results_equal_run_layer_in_process(pool: ProcessWorkerPool, mem: Memory) -> None:
+    assert isinstance(pool, WorkerBackend)
+    for tenant in TENANTS:
+        for text in QUERIES:
+            req = request(mem, text, tenant)
+            same_as_in_process(mem, req, pool.run(req, LAYERS, timeout=WAIT))
+    health = pool.health()
+    assert health["started"] and health["available"] and health["workers"] == 2
+    assert health["tasks_done"] >= 30 and health["tasks_failed"] == 0
+    assert health["p95_latency_ms"] > 0 and health["avg_latency_ms"] > 0
+
+
+def test_forkserver_workers_answer_the_same(mem: Memory) -> None:
+    with pool_of(mem, min_workers=1, max_workers=1, start_method="forkserver") as pool:
+        req = request(mem, QUERIES[0], "globex")
+        same_as_in_process(mem, req, pool.run(req, LAYERS, timeout=WAIT))
+    with pytest.raises(InvalidInput, match="never 'fork'"):
+        pool_of(mem, start_method="fork")
+    with pytest.raises(InvalidInput):
+        pool_of(mem, min_workers=3, max_workers=2)
+
+
+async def test_arun_answers_without_blocking_the_loop(pool: ProcessWorkerPool, mem: Memory) -> None:
+    req = request(mem, QUERIES[1], "globex")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    results = await pool.arun(req, LAYERS, timeout=WAIT)
+    task.cancel()
+    same_as_in_process(mem, req, results)
+    assert ticks > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"priority": 11}, InvalidInput), ({"priority": -1}, InvalidInput),
+     ({"priority": True}, InvalidInput), ({"priority": 2.5}, InvalidInput),
+     ({"timeout": 0}, InvalidInput), ({"layers": ["nope"]}, UnknownLayer)],
+)  # fmt: skip
+def test_invalid_calls_are_rejected(
+    pool: ProcessWorkerPool, mem: Memory, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    layers = kwargs.pop("layers", ["semantic"])
+    with pytest.raises(error):
+        pool.run(request(mem), layers, **kwargs)
+    with pytest.raises(InvalidInput):
+        pool.run("not a request", ["semantic"])  # type: ignore[arg-type]
+    assert pool.run(request(mem), []) == {}
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty(mem: Memory) -> Iterator[ProcessWorkerPool]:
+    with pool_of(mem, min_workers=2, max_workers=2, task_timeout=5.0) as two:
+        two.start()
+        yield two
+
+
+def test_worker_killed_mid_task_is_replaced_and_task_retried(
+    faulty: ProcessWorkerPool, mem: Memory
+) -> None:
+    before = faulty.health()
+    victim = before["pids"][0]
+    os.kill(victim, signal.SIGSTOP)  # frozen: whatever it is given stays in flight
+    req = request(mem, QUERIES[2])
+    futures = faulty.submit(req, LAYERS)
+    eventually(lambda: victim in faulty.health()["busy_pids"])
+    os.kill(victim, signal.SIGKILL)  # dies in the middle of its task
+    same_as_in_process(mem, req, {n: f.result(timeout=WAIT) for n, f in futures.items()})
+    after = faulty.health()
+    assert after["crashes"] == before["crashes"] + 1
+    assert after["restarts"] == before["restarts"] + 1 and after["retries"] >= before["retries"] + 1
+    assert victim not in after["pids"]
+    eventually(lambda: faulty.health()["ready"] == 2)
+
+
+def test_stopped_worker_times_out_is_replaced_and_task_retried(
+    faulty: ProcessWorkerPool, mem: Memory
+) -> None:
+    eventually(lambda: faulty.health()["ready"] == 2)
+    before = faulty.health()
+    victim = before["pids"][-1]
+    os.kill(victim, signal.SIGSTOP)  # hung: its task overruns task_timeout (5 s)
+    req = request(mem, QUERIES[0], "globex")
+    same_as_in_process(mem, req, faulty.run(req, LAYERS, timeout=WAIT))
+    after = faulty.health()
+    assert after["timeouts"] == before["timeouts"] + 1
+    assert after["restarts"] == before["restarts"] + 1
+    assert not alive(victim)
+
+
+@pytest.mark.parametrize("broken", ["missing database", "unknown embedder"])
+def test_pool_that_cannot_start_is_unavailable(mem: Memory, tmp_path: Path, broken: str) -> None:
+    others = {p.pid for p in mp.active_children()}  # the module's other pools
+    if broken == "missing database":
+        pool = ProcessWorkerPool(tmp_path / "missing.db", min_workers=1)
+    else:
+        pool = ProcessWorkerPool(mem.store.path, "w2v", min_workers=1)
+    with pytest.raises(WorkerPoolUnavailable, match="cannot start") as failure:
+        pool.start()
+    assert not pool.available and pool.health()["pids"] == []
+    assert (broken == "missing database") == ("no database" in str(failure.value))
+    assert (broken == "unknown embedder") == ("unknown embedder" in str(failure.value))
+    with pytest.raises(WorkerPoolUnavailable, match="cannot start"):
+        pool.run(request(mem), ["semantic"])
+    pool.close()
+    assert {p.pid for p in mp.active_children()} <= others
+
+
+# -- scheduling -----------------------------------------------------------------------------
+
+
+def test_scales_up_under_a_queue_and_back_down_when_idle(mem: Memory) -> None:
+    with pool_of(mem, min_workers=1, max_workers=3, idle_seconds=1.0) as pool:
+        pool.start()
+        req, peak, stop = request(mem), [1], threading.Event()
+
+        def caller() -> None:
+            while not stop.is_set():
+                pool.run(req, LAYERS, timeout=WAIT)
+                peak[0] = max(peak[0], pool.health()["workers"])
+
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            eventually(lambda: pool.health()["scale_ups"] >= 1 and peak[0] >= 2)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(WAIT)
+        eventually(lambda: pool.health()["workers"] == 1)  # idle workers retire
+        health = pool.health()
+        assert health["scale_downs"] >= 1 and health["tasks_failed"] == 0
+        actions = [event["action"] for event in health["scaling"]]
+        assert actions[0] == "up" and actions[-1] == "down"
+        assert all(event["reason"] for event in health["scaling"])
+
+
+def test_higher_priority_runs_first_fifo_within_a_priority(
+    single: ProcessWorkerPool, mem: Memory
+) -> None:
+    (worker,) = single.health()["pids"]
+    req, order = request(mem), []
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        blocker = single.submit(req, ["semantic"], priority=0)["semantic"]
+        eventually(lambda: single.health()["busy"] == 1)
+        for label, priority in [
+            ("p1", 1),
+            ("p9", 9),
+            ("p5a", 5),
+            ("p10", 10),
+            ("p0", 0),
+            ("p5b", 5),
+        ]:
+            future = single.submit(req, ["episodic"], priority=priority)["episodic"]
+            future.add_done_callback(lambda _, label=label: order.append(label))
+        assert single.health()["queue_depth"] == 6
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert blocker.result(timeout=WAIT).layer == "semantic"
+    eventually(lambda: len(order) == 6)
+    assert order == ["p10", "p9", "p5a", "p5b", "p1", "p0"]
+
+
+def test_queue_bound_is_enforced_and_a_timed_out_call_leaves_the_queue(
+    single: ProcessWorkerPool, mem: Memory
+) -> None:
+    (worker,) = single.health()["pids"]
+    req = request(mem)
+    assert len(single.run(req, LAYERS * 2, timeout=WAIT)) == 5  # duplicates collapse
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        running = single.submit(req, ["graph"])
+        eventually(lambda: single.health()["busy"] == 1)
+        with pytest.raises(RecallTimeout):
+            single.run(req, ["semantic"], timeout=0.3)
+        assert single.health()["queue_depth"] == 0  # the abandoned task left the queue
+        queued = [single.submit(req, [name]) for name in LAYERS]
+        queued.append(single.submit(req, ["episodic"]))
+        assert single.health()["queue_depth"] == 6 and single.saturated
+        with pytest.raises(WorkerPoolUnavailable, match="queue is full"):
+            single.submit(req, ["semantic"])
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    running["graph"].result(timeout=WAIT)
+    for futures in queued:
+        for future in futures.values():
+            assert future.result(timeout=WAIT).source == "distributed"
+    assert not single.saturated and single.health()["queue_depth"] == 0
+
+
+# -- transport and shutdown -----------------------------------------------------------------
+
+
+def _double_in_child(conn: Connection, packed: bytes) -> None:
+    array = shm.unpack_tree(pickle.loads(packed), unlink=False)
+    reply, blocks = shm.pack_tree({"doubled": array * 2})
+    shm.release(blocks, unlink=False)  # the parent unlinks after unpacking
+    conn.send(pickle.dumps(reply))
+
+
+def test_shared_memory_round_trip_across_a_process() -> None:
+    big = np.random.default_rng(7).standard_normal((1024, 1024)).astype(np.float32)  # 4 MiB
+    packed, blocks = shm.pack_tree(big)
+    payload = pickle.dumps(packed)
+    assert isinstance(packed, shm.ShmArray) and len(payload) < 1024
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_double_in_child, args=(child, payload))
+    process.start()
+    try:
+        assert parent.poll(WAIT)
+        reply = pickle.loads(parent.recv())
+    finally:
+        process.join(WAIT)
+        shm.release(blocks)
+    assert isinstance(reply["doubled"], shm.ShmArray)
+    result = shm.unpack_tree(reply, unlink=True)["doubled"]
+    np.testing.assert_array_equal(result, big * 2)
+    for name in (packed.name, reply["doubled"].name):
+        with pytest.raises(FileNotFoundError):
+            SharedMemory(name=name)
+    small = np.zeros(8, np.float32)
+    assert shm.pack_tree(small) == (small, [])
+
+
+def test_large_request_arrays_go_by_shared_memory(mem: Memory) -> None:
+    req = request(mem)
+    wide = SearchRequest(req.query, np.ones(40_000, np.float32), req.generations, 5, req.now)
+    packed, blocks = shm.pack_tree(wide)
+    assert isinstance(packed.vector, shm.ShmArray) and packed.query is req.query
+    back = shm.unpack_tree(packed, unlink=False)
+    shm.release(blocks)
+    np.testing.assert_array_equal(back.vector, wide.vector)
+
+
+def test_pool_moves_request_arrays_over_the_threshold_by_shared_memory(
+    pool: ProcessWorkerPool, mem: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created: list[str] = []
+
+    def spy(array: np.ndarray) -> tuple[shm.ShmArray, SharedMemory]:
+        desc, block = real(array)
+        created.append(desc.name)
+        return desc, block
+
+    real = shm.pack_array
+    monkeypatch.setattr(shm, "SHM_THRESHOLD", 0)  # the 1 KiB query vector now qualifies
+    monkeypatch.setattr(shm, "pack_array", spy)
+    req = request(mem, QUERIES[1], "globex")
+    same_as_in_process(mem, req, pool.run(req, LAYERS, timeout=WAIT))
+    assert len(created) == 1  # one block per recall, read by all five tasks
+    with pytest.raises(FileNotFoundError):  # unlinked once the last task finished
+        SharedMemory(name=created[0])
+
+
+def test_close_stops_every_worker_even_a_stopped_one(mem: Memory) -> None:
+    pool = pool_of(mem, min_workers=2, max_workers=2)
+    pool.start()
+    pids = pool.health()["pids"]
+    os.kill(pids[0], signal.SIGSTOP)
+    pool.close()
+    pool.close()  # idempotent
+    assert not any(alive(pid) for pid in pids)
+    assert not {p.pid for p in mp.active_children()} & set(pids)
+    assert not pool.available and pool.health()["state"] == "closed"
+    with pytest.raises(WorkerPoolUnavailable):
+        pool.run(request(mem), ["semantic"])
