@@ -537,7 +537,7 @@ class Interleavings(RuleBasedStateMachine):
                 out[layer] = entry.token
         return out
 
-    @rule(ident=st.one_of(started, query_idents), spelling=st.integers(0, 1))
+    @rule(ident=started, spelling=st.integers(0, 1))
     def get_full(self, ident: Ident, spelling: int) -> None:
         served = self.cache.get_full(self.make(ident, spelling), MODEL, self.gens[ident[0]])
         expected = self.expected_full(ident)
@@ -551,7 +551,7 @@ class Interleavings(RuleBasedStateMachine):
         assert got.id == expected
         assert served.age_s == self.clock.now - self.full[ident].stamp
 
-    @rule(ident=st.one_of(started, query_idents), spelling=st.integers(0, 1))
+    @rule(ident=started, spelling=st.integers(0, 1))
     def get_layers(self, ident: Ident, spelling: int) -> None:
         q = self.make(ident, spelling)
         served = self.cache.get_layers(q, MODEL, self.depth(ident), self.gens[ident[0]])
@@ -562,7 +562,7 @@ class Interleavings(RuleBasedStateMachine):
             assert (owner_ident[1], owner_ident[4]) == (ident[1], ident[4])
         assert {layer: c.value.ids[0] for layer, c in served.items()} == self.expected_layers(ident)
 
-    @rule(ident=st.one_of(started, query_idents), spelling=st.integers(0, 1))
+    @rule(ident=started, spelling=st.integers(0, 1))
     def availability(self, ident: Ident, spelling: int) -> None:
         q = self.make(ident, spelling)
         got = self.cache.availability(q, MODEL, self.depth(ident), self.gens[ident[0]])

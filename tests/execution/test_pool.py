@@ -200,11 +200,13 @@ def test_worker_killed_mid_task_is_replaced_and_task_retried(
     before = faulty.health()
     victim = before["pids"][0]
     os.kill(victim, signal.SIGSTOP)  # frozen: whatever it is given stays in flight
-    req = request(mem, QUERIES[2])
-    futures = faulty.submit(req, LAYERS)
+    req, answers = request(mem, QUERIES[2]), {}
+    caller = threading.Thread(target=lambda: answers.update(faulty.run(req, LAYERS, timeout=WAIT)))
+    caller.start()
     eventually(lambda: victim in faulty.health()["busy_pids"])
     os.kill(victim, signal.SIGKILL)  # dies in the middle of its task
-    same_as_in_process(mem, req, {n: f.result(timeout=WAIT) for n, f in futures.items()})
+    caller.join(WAIT)
+    same_as_in_process(mem, req, answers)
     after = faulty.health()
     assert after["crashes"] == before["crashes"] + 1
     assert after["restarts"] == before["restarts"] + 1 and after["retries"] >= before["retries"] + 1
@@ -327,6 +329,27 @@ def test_queue_bound_is_enforced_and_a_timed_out_call_leaves_the_queue(
         for future in futures.values():
             assert future.result(timeout=WAIT).source == "distributed"
     assert not single.saturated and single.health()["queue_depth"] == 0
+
+
+async def test_arun_times_out_or_is_cancelled_without_leaving_work_queued(
+    single: ProcessWorkerPool, mem: Memory
+) -> None:
+    (worker,) = single.health()["pids"]
+    req = request(mem)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        running = single.submit(req, ["graph"])
+        eventually(lambda: single.health()["busy"] == 1)
+        with pytest.raises(RecallTimeout):
+            await single.arun(req, LAYERS, timeout=0.3)
+        assert single.health()["queue_depth"] == 0
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(single.arun(req, LAYERS, timeout=WAIT), 0.3)
+        assert single.health()["queue_depth"] == 0
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert running["graph"].result(timeout=WAIT).layer == "graph"
+    assert (await single.arun(req, ["semantic"], timeout=WAIT))["semantic"].ids
 
 
 # -- transport and shutdown -----------------------------------------------------------------

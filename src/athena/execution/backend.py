@@ -114,7 +114,11 @@ class TaskGroup:
 
 @dataclass(eq=False, slots=True)
 class Task:
-    """One layer search of one recall, as a backend tracks it."""
+    """One layer search of one recall, as a backend tracks it.
+
+    >>> Task(1, "semantic", 5, b"", TaskGroup(1)).state
+    'queued'
+    """
 
     id: int  # increasing: the FIFO order within a priority
     layer: str
@@ -195,7 +199,11 @@ class PriorityQueue:
 
 
 class PoolStats:
-    """Task counters, a latency window and the log of scaling decisions."""
+    """Task counters, a latency window and the log of scaling decisions.
+
+    >>> stats = PoolStats(); stats.record(4.0); stats.record(None); stats.snapshot()["tasks_done"]
+    1
+    """
 
     COUNTERS: Final = ("tasks_done", "tasks_failed", "retries", "restarts", "crashes", "timeouts")
 
@@ -233,7 +241,12 @@ class PoolStats:
 
 
 def settle(outcomes: Settle) -> None:
-    """Resolve futures (outside any lock: their callbacks run here); skip cancelled ones."""
+    """Resolve futures (outside any lock: their callbacks run here); skip cancelled ones.
+
+    >>> f: Future[LayerResult] = Future(); _ = f.cancel(); settle([(f, RuntimeError())])
+    >>> f.cancelled()
+    True
+    """
     for future, outcome in outcomes:
         try:
             if isinstance(outcome, BaseException):

@@ -153,7 +153,7 @@ def check(entry: Entry, generations: Mapping[str, int], now: float) -> int:
     (the caller read older generations than the entry did: keep it, but do not serve it)."""
     whole = entry.whole
     if whole is not None:
-        if any(whole.get(l) != generations.get(l) for l in ("episodic","semantic")):
+        if whole != generations:
             return STALE if behind(whole, generations) else AHEAD
     else:
         current = generations.get(entry.layer, 0)  # generations start at 1 when written

@@ -48,6 +48,7 @@ class _Core:
         self.stats = backend.PoolStats()
         self.state, self.error = "new", ""  # state: new | running | broken | closed
         self.threads: list[threading.Thread] = []
+        self.startup_ms: float | None = None
 
     def stopping(self) -> bool:
         return self.state in ("broken", "closed") or self.halted.is_set()
@@ -104,6 +105,57 @@ class _Core:
             self.fail(task, WorkerPoolUnavailable(error), out)
         self.cond.notify_all()
         self.fleet.wake()
+
+    def start(self, db_path: Path) -> None:
+        with self.cond:
+            if self.state == "running":
+                return
+            if self.state != "new":
+                raise WorkerPoolUnavailable(self.error)
+            began = time.monotonic()
+            error = "" if db_path.is_file() else f"no database at {db_path}"
+            error = error or self._launch()
+            if not error:
+                self.startup_ms = (time.monotonic() - began) * 1000.0
+                self.state = "running"
+                return
+        self.shutdown("broken", f"worker pool cannot start: {error}")
+        raise WorkerPoolUnavailable(self.error)
+
+    def _launch(self) -> str:
+        """Spawn min_workers and the two threads; wait for the workers' start-up reports."""
+        fleet = self.fleet
+        fleet.open()
+        try:
+            for _ in range(self.limits.min_workers):
+                fleet.spawn()
+        except WorkerPoolUnavailable as exc:
+            return str(exc)
+        for body in (self.dispatch_loop, _Monitor(self).loop):
+            self.threads.append(threading.Thread(target=body, daemon=True, name="athena-pool"))
+            self.threads[-1].start()
+        done = self.cond.wait_for(
+            lambda: fleet.init_error or self.state != "new" or not fleet.of("starting"),
+            self.limits.start_timeout,
+        )
+        if done and not fleet.init_error and self.state == "new" and fleet.of("ready"):
+            return ""
+        return fleet.init_error or self.error or "the workers did not start in time"
+
+    def shutdown(self, state: str, error: str) -> None:
+        """Fail pending work, join the threads, stop the workers (idempotent once closed)."""
+        out: Settle = []
+        with self.cond:
+            if self.state == "closed":
+                return
+            self.end(state, error, out)
+            threads, self.threads = self.threads, []
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        with self.cond:
+            self.fleet.stop_all()
+        settle(out)
 
     def dispatch_loop(self) -> None:
         """Thread: hand the best queued task to the least-loaded ready worker."""
@@ -277,7 +329,6 @@ class ProcessWorkerPool:
         config = wk.WorkerConfig(str(db_path), embedder, hnsw_cutoff)
         self._core = core = _Core(config, start_method, self.limits)
         self._start_lock = threading.Lock()
-        self._startup_ms: float | None = None
         self._finalizer = weakref.finalize(self, wk.halt, core.cond, core.halted, core.procs)
 
     def start(self) -> None:
@@ -285,61 +336,13 @@ class ProcessWorkerPool:
 
         A pool that failed to start stays unavailable: build a new one to try again.
         """
-        core = self._core
-        with self._start_lock, core.cond:
-            if core.state == "running":
-                return
-            if core.state != "new":
-                raise WorkerPoolUnavailable(core.error)
-            began = time.monotonic()
-            error = "" if self.db_path.is_file() else f"no database at {self.db_path}"
-            error = error or self._launch()
-            if not error:
-                self._startup_ms = (time.monotonic() - began) * 1000.0
-                core.state = "running"
-                return
-        self._shutdown("broken", f"worker pool cannot start: {error}")
-        raise WorkerPoolUnavailable(core.error)
-
-    def _launch(self) -> str:
-        core = self._core
-        core.fleet.open()
-        try:
-            for _ in range(self.limits.min_workers):
-                core.fleet.spawn()
-        except WorkerPoolUnavailable as exc:
-            return str(exc)
-        for body in (core.dispatch_loop, _Monitor(core).loop):
-            core.threads.append(threading.Thread(target=body, daemon=True, name="athena-pool"))
-            core.threads[-1].start()
-        fleet = core.fleet
-        done = core.cond.wait_for(
-            lambda: fleet.init_error or core.state != "new" or not fleet.of("starting"),
-            self.limits.start_timeout,
-        )
-        if done and not fleet.init_error and core.state == "new" and fleet.of("ready"):
-            return ""
-        return fleet.init_error or core.error or "the workers did not start in time"
+        with self._start_lock:
+            self._core.start(self.db_path)
 
     def close(self) -> None:
         """Stop the workers (terminating stragglers) and fail work still pending; idempotent."""
-        self._shutdown("closed", "worker pool is closed")
-
-    def _shutdown(self, state: str, error: str) -> None:
-        core, out = self._core, Settle()
-        with core.cond:
-            if core.state == "closed":
-                return
-            core.end(state, error, out)
-            threads, core.threads = core.threads, []
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join()
-        with core.cond:
-            core.fleet.stop_all()
-        if state == "closed":
-            self._finalizer()
-        settle(out)
+        self._core.shutdown("closed", "worker pool is closed")
+        self._finalizer()
 
     def __enter__(self) -> ProcessWorkerPool:
         return self
@@ -433,7 +436,7 @@ class ProcessWorkerPool:
             busy = [w for w in fleet.of("ready") if w.inflight]
             return {
                 "backend": "process", "start_method": self.start_method,
-                "started": self._startup_ms is not None, "startup_ms": self._startup_ms,
+                "started": core.startup_ms is not None, "startup_ms": core.startup_ms,
                 "available": self.available, "saturated": self.saturated,
                 "state": core.state, "error": core.error,
                 "workers": fleet.live(), "ready": len(fleet.of("ready")),

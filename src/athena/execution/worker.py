@@ -108,7 +108,10 @@ def _initialise(config: WorkerConfig) -> tuple[SQLiteStore, Callable[..., tuple[
 
 
 def send_quietly(conn: Connection, message: object) -> bool:
-    """Send ``message``; False if the other end is gone (the monitor deals with that)."""
+    """Send ``message``; False if the other end is gone (the monitor deals with that).
+
+    >>> # if not send_quietly(conn, None): ...  # the worker had already exited
+    """
     try:
         conn.send(message)
     except (OSError, ValueError):
@@ -258,7 +261,10 @@ class Fleet(Generic[T]):
 
 
 def kill_all(procs: dict[int, BaseProcess]) -> None:
-    """SIGKILL and reap every process in ``procs`` (a SIGSTOPped one dies too)."""
+    """SIGKILL and reap every process in ``procs`` (a SIGSTOPped one dies too).
+
+    >>> kill_all({})
+    """
     for process in list(procs.values()):
         if process.is_alive():
             process.kill()
@@ -267,7 +273,10 @@ def kill_all(procs: dict[int, BaseProcess]) -> None:
 
 
 def halt(lock: threading.Condition, stop: threading.Event, procs: dict[int, BaseProcess]) -> None:
-    """Last resort, at garbage collection or interpreter exit: kill every worker."""
+    """Last resort, at garbage collection or interpreter exit: kill every worker.
+
+    >>> # weakref.finalize(pool, halt, cond, stop_event, procs)
+    """
     with lock:  # spawns happen under this lock: none can slip in after this
         stop.set()
         kill_all(procs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from athena.errors import StoreError
+from athena.errors import StoreError, StoreReadOnly
 from athena.store import sql_reads as reads
 from athena.store import sql_writes as writes
 from athena.store.connection import Readers, Writer, open_connection, translated
@@ -39,6 +40,7 @@ class SQLiteStore:
         elif not self.path.exists():
             raise StoreError(f"no database at {self.path}")
         self._readers = Readers(self.path)
+        self.readonly = readonly
         self._writer = Writer(self.path, self._notify)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -73,6 +75,11 @@ class SQLiteStore:
         with translated():
             return fn(self._readers.get(), *args)
 
+    def _write(self, fn: Callable[[sqlite3.Connection, set[tuple[str, str]]], T]) -> T:
+        if self.readonly:
+            raise StoreReadOnly("this store was opened read-only")
+        return self._writer.run(fn)
+
     def data_version(self) -> int:
         """Changes whenever another connection (any process) commits to the file."""
         with translated():
@@ -89,7 +96,7 @@ class SQLiteStore:
     # -- writes -----------------------------------------------------------------------------
 
     def put(self, items: Sequence[PreparedMemory]) -> list[int]:
-        return self._writer.run(lambda conn, touched: writes.put(conn, touched, items))
+        return self._write(lambda conn, touched: writes.put(conn, touched, items))
 
     def update(
         self,
@@ -103,18 +110,18 @@ class SQLiteStore:
         )
 
     def delete(self, tenant: str, ids: Sequence[int]) -> list[int]:
-        return self._writer.run(lambda conn, touched: writes.delete(conn, touched, tenant, ids))
+        return self._write(lambda conn, touched: writes.delete(conn, touched, tenant, ids))
 
     def put_vectors(
         self, rows: Sequence[tuple[MemoryRow, npt.NDArray[np.float32]]], model: str
     ) -> None:
-        self._writer.run(lambda conn, touched: writes.put_vectors(conn, rows, model))
+        self._write(lambda conn, touched: writes.put_vectors(conn, rows, model))
 
     def save_state(self, name: str, value: str) -> None:
-        self._writer.run(lambda conn, touched: writes.save_state(conn, name, value))
+        self._write(lambda conn, touched: writes.save_state(conn, name, value))
 
     def append_telemetry(self, rows: Sequence[tuple[float, str, str, str, str]], keep: int) -> None:
-        self._writer.run(lambda conn, touched: writes.append_telemetry(conn, rows, keep))
+        self._write(lambda conn, touched: writes.append_telemetry(conn, rows, keep))
 
     # -- reads ------------------------------------------------------------------------------
 
