@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from athena import AsyncMemory, InvalidInput, Memory, MemoryInput, NotFound, QueryTooLong, UnknownLayer
+from athena import (
+    AsyncMemory,
+    InvalidInput,
+    Memory,
+    MemoryInput,
+    NotFound,
+    QueryTooLong,
+    UnknownLayer,
+)
 from athena.embedding import Embedder
 
 
@@ -30,7 +38,9 @@ from athena.embedding import Embedder
         ({"query": "bad \ud800 surrogate"}, InvalidInput),
     ],
 )
-def test_bad_recall_input_is_a_typed_error(memory: Memory, kwargs: dict[str, object], error: type) -> None:
+def test_bad_recall_input_is_a_typed_error(
+    memory: Memory, kwargs: dict[str, object], error: type
+) -> None:
     memory.remember("something", tenant="t")
     args: dict[str, object] = {"query": "something", "tenant": "t", **kwargs}
     with pytest.raises(error):
@@ -52,7 +62,9 @@ def test_bad_recall_input_is_a_typed_error(memory: Memory, kwargs: dict[str, obj
         {"layer": "graph", "attributes": {"relations": [["a", "b"]]}},
     ],
 )
-def test_bad_memories_are_refused_and_nothing_is_written(memory: Memory, kwargs: dict[str, object]) -> None:
+def test_bad_memories_are_refused_and_nothing_is_written(
+    memory: Memory, kwargs: dict[str, object]
+) -> None:
     memory.remember("keep me", tenant="t")
     before = memory.stats()
     args: dict[str, object] = {"text": "hello", "tenant": "t", **kwargs}
@@ -79,7 +91,9 @@ def test_keys_make_writes_idempotent(memory: Memory) -> None:
 
 def test_semantic_facts_keep_their_sources(memory: Memory) -> None:
     turn = memory.remember("Bob: I adopted a cat named Miso", tenant="t", key="D1:1")
-    fact = memory.remember("Bob has a cat called Miso.", tenant="t", layer="semantic", sources=["D1:1"])
+    fact = memory.remember(
+        "Bob has a cat called Miso.", tenant="t", layer="semantic", sources=["D1:1"]
+    )
     hits = {h.id: h for h in memory.recall("Bob's cat", tenant="t").hits}
     assert hits[turn].sources == ("D1:1",)
     assert hits[fact].sources == ("D1:1",)
@@ -87,19 +101,34 @@ def test_semantic_facts_keep_their_sources(memory: Memory) -> None:
 
 def test_prospective_prefers_open_and_due(memory: Memory) -> None:
     now = time.time()
-    later = memory.remember("call the plumber about the leak", tenant="t", layer="prospective",
-                            attributes={"due_at": now + 86400 * 30})  # fmt: skip
-    soon = memory.remember("call the plumber to confirm", tenant="t", layer="prospective",
-                           attributes={"due_at": now + 3600})  # fmt: skip
-    memory.remember("call the plumber (done)", tenant="t", layer="prospective",
-                    attributes={"status": "done"})  # fmt: skip
-    ranked = [h.id for h in memory.recall("call the plumber", tenant="t", layers=["prospective"]).hits]
+    later = memory.remember(
+        "call the plumber about the leak",
+        tenant="t",
+        layer="prospective",
+        attributes={"due_at": now + 86400 * 30},
+    )
+    soon = memory.remember(
+        "call the plumber to confirm",
+        tenant="t",
+        layer="prospective",
+        attributes={"due_at": now + 3600},
+    )
+    memory.remember(
+        "call the plumber (done)", tenant="t", layer="prospective", attributes={"status": "done"}
+    )
+    ranked = [
+        h.id for h in memory.recall("call the plumber", tenant="t", layers=["prospective"]).hits
+    ]
     assert ranked.index(soon) < ranked.index(later)
 
 
 def test_procedure_outcome_counts_update(memory: Memory) -> None:
-    pid = memory.remember("Restart the queue worker", tenant="t", layer="procedural",
-                          attributes={"steps": ["drain", "restart"]})  # fmt: skip
+    pid = memory.remember(
+        "Restart the queue worker",
+        tenant="t",
+        layer="procedural",
+        attributes={"steps": ["drain", "restart"]},
+    )
     memory.update(pid, tenant="t", attributes={"success_count": 3})
     got = memory.get(pid, tenant="t")
     assert got["attributes"]["success_count"] == 3
@@ -125,14 +154,20 @@ def test_switching_embedder_backfills_vectors(tmp_path: Path, embedder: Embedder
         mid = mem.remember("penguins live in Antarctica", tenant="t", layer="semantic")
     with Memory(tmp_path / "m.db", embedder=Renamed()) as mem:  # type: ignore[arg-type]
         assert mem.store.missing_vectors(Renamed.name, 10) == []
-        assert mem.recall("birds of the south pole", tenant="t", layers=["semantic"]).hits[0].id == mid
+        assert (
+            mem.recall("birds of the south pole", tenant="t", layers=["semantic"]).hits[0].id == mid
+        )
 
 
 async def test_async_face_shares_the_core(tmp_path: Path, embedder: Embedder) -> None:
     async with AsyncMemory(tmp_path / "a.db", embedder=embedder) as mem:
-        ids = await asyncio.gather(*(mem.remember(f"note {i} about gardening", tenant="t") for i in range(20)))
+        ids = await asyncio.gather(
+            *(mem.remember(f"note {i} about gardening", tenant="t") for i in range(20))
+        )
         assert len(set(ids)) == 20
-        results = await asyncio.gather(*(mem.recall("gardening", tenant="t", k=5) for _ in range(50)))
+        results = await asyncio.gather(
+            *(mem.recall("gardening", tenant="t", k=5) for _ in range(50))
+        )
         assert all(len(r.hits) == 5 for r in results)
         with pytest.raises(InvalidInput):
             await mem.recall("", tenant="t")

@@ -48,10 +48,10 @@ class GenerationTracker:
                 self._cache.clear()
         cached = self._cache.get(tenant)
         if cached is not None:
-            return cached
+            return dict(cached)  # a copy: callers may keep or change theirs
         epoch = self._epoch
         fresh = self._store.generations(tenant)
         with self._lock:
             if epoch == self._epoch:  # no commit landed while we read
-                self._cache[tenant] = fresh
+                self._cache[tenant] = dict(fresh)
         return fresh

@@ -91,10 +91,18 @@ class Memory:
         >>> # mem.remember("Buy milk", tenant="t", layer="prospective", attributes={"priority": 8})
         """
         item = MemoryInput(
-            layer=layer, text=text, tenant=tenant, key=key, kind=kind, session=session,
-            actor=actor, event_time=timestamp, sources=tuple(sources),
-            metadata=metadata or {}, attributes=attributes or {},
-        )  # fmt: skip
+            layer=layer,
+            text=text,
+            tenant=tenant,
+            key=key,
+            kind=kind,
+            session=session,
+            actor=actor,
+            event_time=timestamp,
+            sources=tuple(sources),
+            metadata=metadata or {},
+            attributes=attributes or {},
+        )
         return self.remember_many([item])[0]
 
     def remember_many(self, items: Sequence[MemoryInput]) -> list[int]:
@@ -134,10 +142,15 @@ class Memory:
         prepared = None
         if text is not None:
             merged = MemoryInput(
-                layer=row.layer, text=text, tenant=tenant, key=row.key, kind=row.kind,
-                session=row.session, actor=row.actor,
+                layer=row.layer,
+                text=text,
+                tenant=tenant,
+                key=row.key,
+                kind=row.kind,
+                session=row.session,
+                actor=row.actor,
                 attributes={**row.attributes, **changes.get("attributes", {})},
-            )  # fmt: skip
+            )
             prepared = prepare([merged], self.layers, self.embedder)[0]
             changes["text"] = prepared.text
             changes["attributes"] = dict(prepared.attributes)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import assume, event, given, settings
@@ -41,8 +40,21 @@ def query(text: str = "where is the key?", tenant: str = "t1", **kw: Any) -> Rec
 
 
 def hit(memory_id: int, tenant: str = "t1", text: str = "memory") -> Hit:
-    return Hit(memory_id, "episodic", text, 1.0, tenant, f"k{memory_id}", "turn", None, None,
-               None, 0.0, 0.0, ())  # fmt: skip
+    return Hit(
+        memory_id,
+        "episodic",
+        text,
+        1.0,
+        tenant,
+        f"k{memory_id}",
+        "turn",
+        None,
+        None,
+        None,
+        0.0,
+        0.0,
+        (),
+    )
 
 
 def ranking(layer: str, ids: tuple[int, ...] = (1, 2, 3)) -> LayerResult:
@@ -308,8 +320,9 @@ def test_invalidate_tenant_and_clear() -> None:
 texts = st.text(min_size=1, max_size=30)
 names = st.none() | st.text(min_size=1, max_size=6)
 bounds = st.none() | st.floats(allow_nan=False, width=32)
-kind_sets = st.none() | st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=3,
-                                 unique=True).map(lambda xs: tuple(sorted(xs)))  # fmt: skip
+kind_sets = st.none() | st.lists(
+    st.text(min_size=1, max_size=4), min_size=1, max_size=3, unique=True
+).map(lambda xs: tuple(sorted(xs)))
 layer_sets = st.lists(st.sampled_from(LAYERS), min_size=1, unique=True).map(check_layers)
 queries = st.builds(
     RecallQuery,
@@ -324,9 +337,17 @@ queries = st.builds(
     kinds=kind_sets,
 )
 models = st.sampled_from(["static-v1", "static-v2", "minilm-l6"])
-FIELDS = {"text": texts, "tenant": st.text(min_size=1, max_size=6), "k": st.integers(1, MAX_K),
-          "layers": layer_sets, "since": bounds, "until": bounds, "session": names,
-          "actor": names, "kinds": kind_sets}  # fmt: skip
+FIELDS = {
+    "text": texts,
+    "tenant": st.text(min_size=1, max_size=6),
+    "k": st.integers(1, MAX_K),
+    "layers": layer_sets,
+    "since": bounds,
+    "until": bounds,
+    "session": names,
+    "actor": names,
+    "kinds": kind_sets,
+}
 
 
 def identity(q: RecallQuery, model: str) -> tuple[Any, ...]:
@@ -338,7 +359,8 @@ def test_full_keys_are_equal_exactly_when_every_input_is(
     q1: RecallQuery, m1: str, q2: RecallQuery, m2: str
 ) -> None:
     assert (full_key(q1, m1) == full_key(q2, m2)) == (identity(q1, m1) == identity(q2, m2))
-    assert layer_key(q1, m1, "semantic", 50) != full_key(q2, m2)
+    one_layer: object = layer_key(q1, m1, "semantic", 50)
+    assert one_layer != full_key(q2, m2)
 
 
 @given(queries, models, st.data())
@@ -371,8 +393,11 @@ def test_the_cache_serves_an_entry_only_for_its_own_key(
     same = identity(q1, m1) == identity(q2, m2)
     assert (cache.get_full(q2, m2, {}) is not None) == same
     same_layer = (m1, q1.tenant, normalize_text(q1.text), q1.filters()) == (
-        m2, q2.tenant, normalize_text(q2.text), q2.filters()
-    )  # fmt: skip
+        m2,
+        q2.tenant,
+        normalize_text(q2.text),
+        q2.filters(),
+    )
     assert (q1.layers[0] in cache.get_layers(q2, m2, 50, {})) == (
         same_layer and q1.layers[0] in q2.layers
     )
@@ -383,14 +408,16 @@ def test_the_cache_serves_an_entry_only_for_its_own_key(
 words = st.text(alphabet="abcXYZ019?!'éüßÅﬁＫ①\u0301\u212b", min_size=1, max_size=6)
 
 
+FORMS: tuple[Literal["NFC", "NFD", "NFKC", "NFKD"], ...] = ("NFC", "NFD", "NFKC", "NFKD")
+
+
 @st.composite
 def spellings(draw: st.DrawFn, parts: list[str]) -> str:
-    """The same words with other case, spacing and unicode composition."""
+    """The same ASCII words with other case and ASCII spacing."""
     cased = [draw(st.sampled_from([w, w.upper(), w.lower(), w.title()])) for w in parts]
-    gaps = [draw(st.sampled_from([" ", "  ", "\t", "\n ", "\u00a0", "\u3000"])) for _ in parts]
+    gaps = [draw(st.sampled_from([" ", "  ", "\t", "\n "])) for _ in parts]
     joined = "".join(w + g for w, g in zip(cased, gaps, strict=True))
-    form = draw(st.sampled_from(["NFC", "NFD", "NFKC", "NFKD"]))
-    return unicodedata.normalize(form, draw(st.sampled_from(["", " ", "\t"])) + joined)
+    return draw(st.sampled_from(["", " ", "\t"])) + joined
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=40))
@@ -400,7 +427,10 @@ def test_normalisation_is_idempotent(text: str) -> None:
     assert once == once.strip() and "  " not in once
 
 
-@given(st.lists(words, min_size=1, max_size=5), st.data())
+ascii_words = st.text(alphabet="abcXYZ019?!'", min_size=1, max_size=6)
+
+
+@given(st.lists(ascii_words, min_size=1, max_size=5), st.data())
 def test_differently_spelled_texts_share_a_key(parts: list[str], data: Any) -> None:
     a, b = " ".join(parts), data.draw(spellings(parts))
     assert normalize_text(a) == normalize_text(b)
@@ -410,15 +440,11 @@ def test_differently_spelled_texts_share_a_key(parts: list[str], data: Any) -> N
 
 def test_normalised_spellings_examples() -> None:
     base = full_key(query("where is the key?"), MODEL)
-    for text in (
-        "  WHERE is\tthe   Key? ",
-        "Ｗｈｅｒｅ ｉｓ ｔｈｅ ｋｅｙ？",
-        "where\u00a0is the key?",
-    ):
-        assert full_key(query(text), MODEL) == base
-    assert full_key(query("STRASSE"), MODEL) == full_key(query("straße"), MODEL)
-    assert full_key(query("cafe\u0301"), MODEL) == full_key(query("café"), MODEL)
-    assert full_key(query("where is the key"), MODEL) != base
+    assert full_key(query("  WHERE is\tthe   Key? "), MODEL) == base
+    # Folds the embedders' tokenizers would not make stay apart (they could embed apart).
+    assert full_key(query("Ｗｈｅｒｅ ｉｓ ｔｈｅ ｋｅｙ？"), MODEL) != base
+    assert full_key(query("STRASSE"), MODEL) != full_key(query("straße"), MODEL)
+    assert full_key(query("cafe\u0301"), MODEL) != full_key(query("café"), MODEL)
 
 
 # --- generated interleavings: never stale, never another tenant's, always when valid -------
@@ -426,13 +452,21 @@ def test_normalised_spellings_examples() -> None:
 TENANTS = ("a", "b", "c")
 TEXTS = (("Where is the key?", " where IS the   key? "), ("Who met Caroline", "who met caroline"))
 SHAPES = (("episodic", "semantic"), ("semantic", "graph"), LAYERS)
-TTLS = {"prospective": 30.0, "episodic": 60.0, "graph": 120.0, "semantic": 300.0,
-        "procedural": 600.0}  # fmt: skip
+TTLS = {
+    "prospective": 30.0,
+    "episodic": 60.0,
+    "graph": 120.0,
+    "semantic": 300.0,
+    "procedural": 600.0,
+}
 Ident = tuple[str, int, int, int, str | None]  # tenant, text, shape, k, session
 query_idents = st.tuples(
-    st.sampled_from(TENANTS), st.integers(0, 1), st.integers(0, 2), st.sampled_from([5, 10]),
+    st.sampled_from(TENANTS),
+    st.integers(0, 1),
+    st.integers(0, 2),
+    st.sampled_from([5, 10]),
     st.sampled_from([None, "s1"]),
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -582,8 +616,7 @@ class Interleavings(RuleBasedStateMachine):
         assert self.cache.stats()["hits"] == self.hits
 
 
-Interleavings.TestCase.settings = settings(max_examples=200, stateful_step_count=80,
-                                           deadline=None)  # fmt: skip
+Interleavings.TestCase.settings = settings(max_examples=200, stateful_step_count=80, deadline=None)
 TestInterleavings = Interleavings.TestCase
 
 
@@ -618,9 +651,18 @@ def test_stats_count_exactly_one_outcome_per_recall() -> None:
     assert stats["latency_saved_ms"] == pytest.approx(10.0 + 5.0 + 3.0)
     assert stats["entries"] == 3 and stats["bytes"] > 0
     assert stats["evictions"] == stats["stale_dropped"] == stats["expired_dropped"] == 0
-    assert set(stats) >= {"hits", "partial_hits", "misses", "hit_rate", "entries", "bytes",
-                          "evictions", "stale_dropped", "queries_avoided",
-                          "latency_saved_ms"}  # fmt: skip
+    assert set(stats) >= {
+        "hits",
+        "partial_hits",
+        "misses",
+        "hit_rate",
+        "entries",
+        "bytes",
+        "evictions",
+        "stale_dropped",
+        "queries_avoided",
+        "latency_saved_ms",
+    }
 
 
 # --- single flight -------------------------------------------------------------------------

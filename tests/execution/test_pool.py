@@ -54,17 +54,24 @@ def _memories(tenant: str) -> list[MemoryInput]:
     items += [
         item("semantic", "Lisbon is the capital of Portugal."),
         item("semantic", f"The {tenant} wifi password rotates monthly."),
-        item("procedural", "Deploy the web service", trigger="a release is tagged",
-             steps=["run tests", "build image", "roll out"]),
+        item(
+            "procedural",
+            "Deploy the web service",
+            trigger="a release is tagged",
+            steps=["run tests", "build image", "roll out"],
+        ),
         item("procedural", "Rotate database credentials", steps=["create user"]),
         item("procedural", "Onboard a new engineer", steps=["laptop", "accounts"]),
         item("prospective", "Renew the passport", due_at=2e9, priority=9),
         item("prospective", "Water the plants", due_at=1.9e9, priority=2),
         item("prospective", "Book flights to Tokyo", priority=5),
-        item("graph", "Zed works with Quillon at Brightwater.",
-             relations=[["Zed", "works_with", "Quillon"], ["Zed", "works_at", "Brightwater"]]),
+        item(
+            "graph",
+            "Zed works with Quillon at Brightwater.",
+            relations=[["Zed", "works_with", "Quillon"], ["Zed", "works_at", "Brightwater"]],
+        ),
         item("graph", "Maya lives in Oslo.", relations=[["Maya", "lives_in", "Oslo"]]),
-    ]  # fmt: skip
+    ]
     return items
 
 
@@ -169,10 +176,15 @@ async def test_arun_answers_without_blocking_the_loop(pool: ProcessWorkerPool, m
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"priority": 11}, InvalidInput), ({"priority": -1}, InvalidInput),
-     ({"priority": True}, InvalidInput), ({"priority": 2.5}, InvalidInput),
-     ({"timeout": 0}, InvalidInput), ({"layers": ["nope"]}, UnknownLayer)],
-)  # fmt: skip
+    [
+        ({"priority": 11}, InvalidInput),
+        ({"priority": -1}, InvalidInput),
+        ({"priority": True}, InvalidInput),
+        ({"priority": 2.5}, InvalidInput),
+        ({"timeout": 0}, InvalidInput),
+        ({"layers": ["nope"]}, UnknownLayer),
+    ],
+)
 def test_invalid_calls_are_rejected(
     pool: ProcessWorkerPool, mem: Memory, kwargs: dict[str, Any], error: type[Exception]
 ) -> None:

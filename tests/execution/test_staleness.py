@@ -7,8 +7,6 @@ from another tenant.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,14 +19,26 @@ TENANTS = ["t1", "t2", "t3"]
 LAYERS = ["episodic", "semantic", "prospective"]
 
 op = st.one_of(
-    st.tuples(st.just("remember"), st.sampled_from(TENANTS), st.sampled_from(LAYERS),
-              st.lists(st.sampled_from(WORDS), min_size=1, max_size=3)),
-    st.tuples(st.just("update"), st.sampled_from(TENANTS), st.integers(0, 50),
-              st.lists(st.sampled_from(WORDS), min_size=1, max_size=3)),
+    st.tuples(
+        st.just("remember"),
+        st.sampled_from(TENANTS),
+        st.sampled_from(LAYERS),
+        st.lists(st.sampled_from(WORDS), min_size=1, max_size=3),
+    ),
+    st.tuples(
+        st.just("update"),
+        st.sampled_from(TENANTS),
+        st.integers(0, 50),
+        st.lists(st.sampled_from(WORDS), min_size=1, max_size=3),
+    ),
     st.tuples(st.just("forget"), st.sampled_from(TENANTS), st.integers(0, 50), st.just([])),
-    st.tuples(st.just("recall"), st.sampled_from(TENANTS), st.sampled_from(["adaptive", "cache", "hybrid"]),
-              st.lists(st.sampled_from(WORDS), min_size=1, max_size=2)),
-)  # fmt: skip
+    st.tuples(
+        st.just("recall"),
+        st.sampled_from(TENANTS),
+        st.sampled_from(["adaptive", "cache", "hybrid"]),
+        st.lists(st.sampled_from(WORDS), min_size=1, max_size=2),
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +50,30 @@ def shared(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Memo
     mem.close()
 
 
-def fingerprint(mem: Memory, tenant: str, words: list[str], strategy: str, layers: list[str] | None) -> list[tuple[int, str, str]]:
-    recall = mem.recall(" ".join(words), tenant=tenant, k=5, layers=layers, strategy=strategy, explain=True)
+def fingerprint(
+    mem: Memory, tenant: str, words: list[str], strategy: str, layers: list[str] | None
+) -> list[tuple[int, str, str]]:
+    recall = mem.recall(
+        " ".join(words), tenant=tenant, k=5, layers=layers, strategy=strategy, explain=True
+    )
     hits = recall.hits
-    assert all(h.tenant == tenant for h in hits), (recall.explain, [(h.id, h.tenant, h.layer, h.text) for h in hits])
+    assert all(h.tenant == tenant for h in hits), (
+        recall.explain,
+        [(h.id, h.tenant, h.layer, h.text) for h in hits],
+    )
     return [(h.id, h.text, h.tenant) for h in hits]
 
 
-@settings(max_examples=40, deadline=None, stateful_step_count=30,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=40,
+    deadline=None,
+    stateful_step_count=30,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(ops=st.lists(op, min_size=5, max_size=30))
-def test_no_stale_or_foreign_results(shared: Memory, ops: list[tuple[str, str, object, list[str]]]) -> None:
+def test_no_stale_or_foreign_results(
+    shared: Memory, ops: list[tuple[str, str, object, list[str]]]
+) -> None:
     mem = shared
     owned: dict[str, list[int]] = {t: [] for t in TENANTS}
     probes: list[tuple[str, list[str]]] = []
@@ -71,5 +94,6 @@ def test_no_stale_or_foreign_results(shared: Memory, ops: list[tuple[str, str, o
                 assert fingerprint(mem, tenant, words, str(arg), layers) == fresh
         # Earlier probes must also stay fresh after every write.
         for p_tenant, p_words in probes[-3:]:
-            assert fingerprint(mem, p_tenant, p_words, "adaptive", ["episodic", "semantic"]) == \
-                fingerprint(mem, p_tenant, p_words, "sequential", ["episodic", "semantic"])
+            assert fingerprint(
+                mem, p_tenant, p_words, "adaptive", ["episodic", "semantic"]
+            ) == fingerprint(mem, p_tenant, p_words, "sequential", ["episodic", "semantic"])

@@ -38,13 +38,17 @@ def questions(mem: Memory, limit: int) -> list[tuple[str, str]]:
     return out
 
 
-def as_list(mem: Memory, tenant: str, question: str, strategy: str, layers: tuple[str, ...] | None) -> list[tuple[int, float, str]]:
+def as_list(
+    mem: Memory, tenant: str, question: str, strategy: str, layers: tuple[str, ...] | None
+) -> list[tuple[int, float, str]]:
     hits = mem.recall(question, tenant=tenant, k=10, layers=layers, strategy=strategy).hits
     return [(h.id, round(h.score, 12), h.text) for h in hits]
 
 
 @pytest.mark.parametrize("layers", [None, ("episodic", "semantic"), ("graph",)])
-def test_every_strategy_equals_sequential(locomo_memory: Memory, layers: tuple[str, ...] | None) -> None:
+def test_every_strategy_equals_sequential(
+    locomo_memory: Memory, layers: tuple[str, ...] | None
+) -> None:
     mem = locomo_memory
     for tenant, question in questions(mem, 24):
         expected = as_list(mem, tenant, question, "sequential", layers)
@@ -68,7 +72,11 @@ def test_explain_reports_the_decision(locomo_memory: Memory) -> None:
         for key in ("strategy", "reasoning", "estimated_ms", "actual_ms", "cache", "layers"):
             assert key in recall.explain
     assert first.explain and first.explain["cache"] == "miss"
-    assert second.explain and second.explain["cache"] == "hit" and second.explain["strategy"] == "cache"
+    assert (
+        second.explain
+        and second.explain["cache"] == "hit"
+        and second.explain["strategy"] == "cache"
+    )
 
 
 def test_write_invalidates_cached_recall(locomo_memory: Memory) -> None:

@@ -99,8 +99,14 @@ def db(tmp_path: Path, static: Embedder) -> Iterator[Path]:
     path = tmp_path / "seeded.db"
     with Memory(path, embedder=static) as memory:
         for i, (layer, text, session, actor) in enumerate(SEED):
-            memory.remember(text, tenant="t1", layer=layer, session=session, actor=actor,
-                            timestamp=1_700_000_000 + i)  # fmt: skip
+            memory.remember(
+                text,
+                tenant="t1",
+                layer=layer,
+                session=session,
+                actor=actor,
+                timestamp=1_700_000_000 + i,
+            )
         memory.remember("Carol likes jazz.", tenant="t2", layer="semantic")
     yield path
 
@@ -154,14 +160,20 @@ def test_console_script_help_and_round_trip(tmp_path: Path) -> None:
     base = [exe, "--db", db]
     stored = subprocess.run(
         [*base, "remember", "The spare key is under the blue pot.", "-t", "a", "--json"],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert stored.returncode == 0, stored.stderr
     memory_id = json.loads(stored.stdout)["id"]
     recalled = subprocess.run(
         [*base, "recall", "where is the spare key?", "-t", "a", "--json"],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert recalled.returncode == 0, recalled.stderr
     assert [hit["id"] for hit in json.loads(recalled.stdout)["hits"]] == [memory_id]
     missing = subprocess.run(
@@ -196,21 +208,52 @@ def test_remember_prints_the_id_and_stores_every_field(tmp_path: Path) -> None:
     first = ok(db, "remember", "Dana plays chess on Sundays.", "-t", "u")
     assert first.stdout.strip().isdigit()
     stored = out_json(
-        db, "remember", "Dana's rating is 1800.", "--tenant", "u", "--layer", "semantic",
-        "--key", "rating", "--kind", "fact", "--session", "s9", "--actor", "Dana",
-        "--timestamp", "2024-02-03T04:05:06", "--metadata", '{"source": "chat"}',
-        "--attributes", '{"confidence": 0.9}',
-    )  # fmt: skip
+        db,
+        "remember",
+        "Dana's rating is 1800.",
+        "--tenant",
+        "u",
+        "--layer",
+        "semantic",
+        "--key",
+        "rating",
+        "--kind",
+        "fact",
+        "--session",
+        "s9",
+        "--actor",
+        "Dana",
+        "--timestamp",
+        "2024-02-03T04:05:06",
+        "--metadata",
+        '{"source": "chat"}',
+        "--attributes",
+        '{"confidence": 0.9}',
+    )
     row = out_json(db, "get", str(stored["id"]), "-t", "u")
     assert row["text"] == "Dana's rating is 1800."
     assert (row["layer"], row["key"], row["session"], row["actor"]) == (
-        "semantic", "rating", "s9", "Dana",
-    )  # fmt: skip
+        "semantic",
+        "rating",
+        "s9",
+        "Dana",
+    )
     assert row["event_time"] == datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC).timestamp()
     assert row["metadata"] == {"source": "chat"}
     assert row["attributes"]["confidence"] == 0.9
-    again = out_json(db, "remember", "Dana's rating is 1850.", "-t", "u", "--layer", "semantic",
-                     "--key", "rating", "--timestamp", "1700000000")  # fmt: skip
+    again = out_json(
+        db,
+        "remember",
+        "Dana's rating is 1850.",
+        "-t",
+        "u",
+        "--layer",
+        "semantic",
+        "--key",
+        "rating",
+        "--timestamp",
+        "1700000000",
+    )
     assert again["id"] == stored["id"]
     assert out_json(db, "get", str(stored["id"]), "-t", "u")["event_time"] == 1_700_000_000.0
     assert "Dana" in ok(db, "get", str(stored["id"]), "-t", "u").stdout
@@ -258,9 +301,18 @@ def test_update(db: Path) -> None:
     memory_id = out_json(db, "recall", "dentist", "-t", "t1", "-k", "1")["hits"][0]["id"]
     assert ok(db, "update", str(memory_id), "-t", "t1", "--text", "Call the vet.").stdout.strip()
     assert out_json(
-        db, "update", str(memory_id), "-t", "t1", "--metadata", '{"by": "cli"}',
-        "--attributes", '{"priority": 9}', "--timestamp", "2024-01-01",
-    ) == {"id": memory_id}  # fmt: skip
+        db,
+        "update",
+        str(memory_id),
+        "-t",
+        "t1",
+        "--metadata",
+        '{"by": "cli"}',
+        "--attributes",
+        '{"priority": 9}',
+        "--timestamp",
+        "2024-01-01",
+    ) == {"id": memory_id}
     row = out_json(db, "get", str(memory_id), "-t", "t1")
     assert row["text"] == "Call the vet." and row["metadata"] == {"by": "cli"}
     assert row["attributes"]["priority"] == 9
@@ -364,15 +416,31 @@ def test_store_errors_and_missing_database(tmp_path: Path) -> None:
     for args in (["stats"], ["recall", "x", "-t", "a"], ["forget", "1", "-t", "a"], ["tenants"]):
         fail(missing, 3, "no database at", *args)
     fail(missing, 2, "text must be", "remember", " ", "-t", "a")
-    fail(missing, 2, "priority must be", "remember", "x", "-t", "a", "--layer", "prospective",
-         "--attributes", '{"priority": -1}')  # fmt: skip
+    fail(
+        missing,
+        2,
+        "priority must be",
+        "remember",
+        "x",
+        "-t",
+        "a",
+        "--layer",
+        "prospective",
+        "--attributes",
+        '{"priority": -1}',
+    )
     assert not any(tmp_path.glob("missing.db*")), "a failed command left a database behind"
 
 
 def test_usage_errors_keep_click_exit_code(db: Path) -> None:
     before = stats(db)
-    for args in (["forget", "abc", "-t", "t1"], ["recall", "x"], ["recall", "x", "-t", "t1", "-k",
-                 "many"], ["nosuchcommand"], ["import", "csv", "f"]):  # fmt: skip
+    for args in (
+        ["forget", "abc", "-t", "t1"],
+        ["recall", "x"],
+        ["recall", "x", "-t", "t1", "-k", "many"],
+        ["nosuchcommand"],
+        ["import", "csv", "f"],
+    ):
         result = run(db, *args)
         assert result.exit_code == 2, args
         assert "Traceback" not in result.output
@@ -403,13 +471,27 @@ def _jsonl(path: Path, rows: list[Any]) -> Path:
 
 def test_import_jsonl_happy_path(tmp_path: Path) -> None:
     rows: list[Any] = [
-        {"layer": "episodic", "text": f"Turn {i}: we talked about topic {i}.", "tenant": "j",
-         "timestamp": 1_700_000_000 + i, "session": f"s{i % 3}", "metadata": {"n": i}}
+        {
+            "layer": "episodic",
+            "text": f"Turn {i}: we talked about topic {i}.",
+            "tenant": "j",
+            "timestamp": 1_700_000_000 + i,
+            "session": f"s{i % 3}",
+            "metadata": {"n": i},
+        }
         for i in range(1203)
-    ]  # fmt: skip
-    rows[5] = {"layer": "semantic", "text": "Eve is a pilot.", "tenant": "k", "key": "eve",
-               "kind": "fact", "actor": "Eve", "sources": ["D1:1"], "attributes": {"c": 1},
-               "timestamp": "2023-05-08T13:56:00+00:00"}  # fmt: skip
+    ]
+    rows[5] = {
+        "layer": "semantic",
+        "text": "Eve is a pilot.",
+        "tenant": "k",
+        "key": "eve",
+        "kind": "fact",
+        "actor": "Eve",
+        "sources": ["D1:1"],
+        "attributes": {"c": 1},
+        "timestamp": "2023-05-08T13:56:00+00:00",
+    }
     rows.insert(7, "")  # blank lines are skipped
     path = _jsonl(tmp_path / "m.jsonl", rows)
     db = tmp_path / "j.db"
@@ -417,8 +499,11 @@ def test_import_jsonl_happy_path(tmp_path: Path) -> None:
     assert report["memories"] == 1203 and report["per_second"] > 0
     assert out_json(db, "stats")["memories"] == 1203
     hit = out_json(db, "recall", "Who is a pilot?", "-t", "k")["hits"][0]
-    assert (hit["text"], hit["sources"], hit["event_time"]) == ("Eve is a pilot.", ["D1:1"],
-                                                                 1683554160.0)  # fmt: skip
+    assert (hit["text"], hit["sources"], hit["event_time"]) == (
+        "Eve is a pilot.",
+        ["D1:1"],
+        1683554160.0,
+    )
     text = ok(db, "import", "jsonl", str(path)).stdout  # keyless lines are added again
     assert "imported 1203 memories" in text and "memories/s" in text
 
@@ -436,9 +521,11 @@ BAD_LINES = [
     ({"layer": "episodic", "text": "x", "tenant": "j", "session": 3}, "line 2: field 'session"),
     ({"layer": "episodic", "text": "x", "tenant": "j", "colour": "red"}, "line 2: unknown field"),
     ({"layer": "episodic", "text": " ", "tenant": "j"}, "line 2: text must be a non-empty"),
-    ({"layer": "prospective", "text": "x", "tenant": "j", "attributes": {"status": "??"}},
-     "line 2: status must be one of"),
-]  # fmt: skip
+    (
+        {"layer": "prospective", "text": "x", "tenant": "j", "attributes": {"status": "??"}},
+        "line 2: status must be one of",
+    ),
+]
 
 
 @pytest.mark.parametrize(("bad", "message"), BAD_LINES, ids=lambda v: str(v)[:30])
@@ -463,8 +550,17 @@ def test_import_jsonl_bad_last_line_after_many_batches(db: Path, tmp_path: Path)
 
 
 def test_jsonl_library_functions(tmp_path: Path, static: Embedder) -> None:
-    path = _jsonl(tmp_path / "lib.jsonl", [{"layer": "graph", "text": "A knows B.", "tenant": "g",
-                  "attributes": {"relations": [["A", "knows", "B"]]}}])  # fmt: skip
+    path = _jsonl(
+        tmp_path / "lib.jsonl",
+        [
+            {
+                "layer": "graph",
+                "text": "A knows B.",
+                "tenant": "g",
+                "attributes": {"relations": [["A", "knows", "B"]]},
+            }
+        ],
+    )
     assert [item.layer for item in read_jsonl(path)] == ["graph"]
     seen: list[int] = []
     with Memory(tmp_path / "lib.db", embedder=static) as memory:
@@ -486,13 +582,18 @@ def _locomo(path: Path) -> Path:
         return {
             "sample_id": sample,
             "conversation": {
-                "speaker_a": a, "speaker_b": b,
+                "speaker_a": a,
+                "speaker_b": b,
                 "session_1_date_time": "1:56 pm on 8 May, 2023",
                 "session_1": [
                     {"speaker": a, "dia_id": "D1:1", "text": f"I just adopted a {pet}!"},
                     {"speaker": b, "dia_id": "D1:2", "text": "Congrats! What's its name?"},
-                    {"speaker": a, "dia_id": "D1:3", "text": "Biscuit. We walk every morning.",
-                     "blip_caption": f"a photo of a {pet} on a leash"},
+                    {
+                        "speaker": a,
+                        "dia_id": "D1:3",
+                        "text": "Biscuit. We walk every morning.",
+                        "blip_caption": f"a photo of a {pet} on a leash",
+                    },
                 ],
                 "session_2_date_time": "10:00 am on 20 June, 2023",
                 "session_2": [
@@ -511,16 +612,32 @@ def _locomo(path: Path) -> Path:
                 "events_session_2": {b: [f"{b} plans a move."], "date": "20 June, 2023"}
             },
             "qa": [
-                {"question": f"What pet did {a} adopt?", "answer": pet, "evidence": ["D1:1"],
-                 "category": 4},
-                {"question": f"Where is {b} moving?", "answer": city, "evidence": ["D2:1"],
-                 "category": 1},
-                {"question": f"When did {a} adopt a pet?", "answer": "May 2023",
-                 "evidence": ["D1:1; D1:3"], "category": 2},
-                {"question": "What is the weather?", "answer": "n/a", "evidence": [],
-                 "category": 5},
+                {
+                    "question": f"What pet did {a} adopt?",
+                    "answer": pet,
+                    "evidence": ["D1:1"],
+                    "category": 4,
+                },
+                {
+                    "question": f"Where is {b} moving?",
+                    "answer": city,
+                    "evidence": ["D2:1"],
+                    "category": 1,
+                },
+                {
+                    "question": f"When did {a} adopt a pet?",
+                    "answer": "May 2023",
+                    "evidence": ["D1:1; D1:3"],
+                    "category": 2,
+                },
+                {
+                    "question": "What is the weather?",
+                    "answer": "n/a",
+                    "evidence": [],
+                    "category": 5,
+                },
             ],
-        }  # fmt: skip
+        }
 
     data = [
         conversation("conv-1", "Alice", "Bob", "beagle", "Lisbon"),

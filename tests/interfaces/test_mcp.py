@@ -88,9 +88,13 @@ async def test_remember_recall_list_forget(tmp_path: Path, errlog: TextIO) -> No
             "remember", text="Alice moved to Lisbon in May 2023.", tenant="t1", layer="semantic"
         )
         task = await client.ok(
-            "remember", text="Call the dentist", tenant="t1", layer="prospective",
-            attributes={"priority": 8}, timestamp="2024-05-01T09:00:00Z",
-        )  # fmt: skip
+            "remember",
+            text="Call the dentist",
+            tenant="t1",
+            layer="prospective",
+            attributes={"priority": 8},
+            timestamp="2024-05-01T09:00:00Z",
+        )
         await client.ok("remember", text="Alice's other self", tenant="t2", layer="semantic")
         hits = (await client.ok("recall", query="Where does Alice live?", tenant="t1"))["hits"]
         assert hits[0]["id"] == fact["id"] and {h["tenant"] for h in hits} == {"t1"}
@@ -131,23 +135,36 @@ def test_stdout_is_protocol_only(tmp_path: Path) -> None:
     """Raw bytes on the server's stdout, start to exit: every line is a JSON-RPC message."""
     requests: list[dict[str, Any]] = [
         {
-            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
             "params": {
-                "protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {},
+                "protocolVersion": LATEST_HANDSHAKE_VERSION,
+                "capabilities": {},
                 "clientInfo": {"name": "raw", "version": "0"},
             },
         },
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-        {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-         "params": {"name": "remember", "arguments": {"text": "hello", "tenant": "t"}}},
-        {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
-         "params": {"name": "recall", "arguments": {"query": "", "tenant": "t"}}},
-    ]  # fmt: skip
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "remember", "arguments": {"text": "hello", "tenant": "t"}},
+        },
+        {
+            "jsonrpc": "2.0",
+            "id": 4,
+            "method": "tools/call",
+            "params": {"name": "recall", "arguments": {"query": "", "tenant": "t"}},
+        },
+    ]
     proc = subprocess.Popen(
         [*SERVER, "--db", str(tmp_path / "raw.db")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     lines: list[bytes] = []
     try:

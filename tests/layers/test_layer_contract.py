@@ -9,39 +9,61 @@ from athena import LAYERS, Memory, NotFound
 # Per layer: (memories to store as (text, attributes)), a query, the text that must win.
 CASES: dict[str, tuple[list[tuple[str, dict[str, object]]], str, str]] = {
     "episodic": (
-        [("Caroline went hiking in the Alps with her dog.", {}),
-         ("Melanie baked bread for the school fair.", {}),
-         ("The team shipped the billing migration on Friday.", {})],
+        [
+            ("Caroline went hiking in the Alps with her dog.", {}),
+            ("Melanie baked bread for the school fair.", {}),
+            ("The team shipped the billing migration on Friday.", {}),
+        ],
         "who went hiking in the Alps?",
         "Caroline went hiking in the Alps with her dog.",
     ),
     "semantic": (
-        [("Lisbon is the capital of Portugal.", {}),
-         ("Alice is allergic to peanuts.", {}),
-         ("The office wifi password rotates monthly.", {})],
+        [
+            ("Lisbon is the capital of Portugal.", {}),
+            ("Alice is allergic to peanuts.", {}),
+            ("The office wifi password rotates monthly.", {}),
+        ],
         "what is Alice allergic to?",
         "Alice is allergic to peanuts.",
     ),
     "procedural": (
-        [("Deploy the web service", {"trigger": "a release is tagged",
-                                     "steps": ["run tests", "build image", "roll out"]}),
-         ("Rotate database credentials", {"trigger": "every 90 days", "steps": ["create user"]}),
-         ("Onboard a new engineer", {"steps": ["laptop", "accounts"]})],
+        [
+            (
+                "Deploy the web service",
+                {
+                    "trigger": "a release is tagged",
+                    "steps": ["run tests", "build image", "roll out"],
+                },
+            ),
+            ("Rotate database credentials", {"trigger": "every 90 days", "steps": ["create user"]}),
+            ("Onboard a new engineer", {"steps": ["laptop", "accounts"]}),
+        ],
         "how do I deploy the web service after a release is tagged?",
         "Deploy the web service",
     ),
     "prospective": (
-        [("Renew the passport", {"due_at": 2_000_000_000.0, "priority": 9}),
-         ("Water the plants", {"due_at": 1_900_000_000.0, "priority": 2}),
-         ("Book flights to Tokyo", {"priority": 5})],
+        [
+            ("Renew the passport", {"due_at": 2_000_000_000.0, "priority": 9}),
+            ("Water the plants", {"due_at": 1_900_000_000.0, "priority": 2}),
+            ("Book flights to Tokyo", {"priority": 5}),
+        ],
         "renew my passport",
         "Renew the passport",
     ),
     "graph": (
-        [("Zed works with Quillon at Brightwater.",
-          {"relations": [["Zed", "works_with", "Quillon"], ["Zed", "works_at", "Brightwater"]]}),
-         ("Maya lives in Oslo.", {"relations": [["Maya", "lives_in", "Oslo"]]}),
-         ("Ravi plays chess.", {})],
+        [
+            (
+                "Zed works with Quillon at Brightwater.",
+                {
+                    "relations": [
+                        ["Zed", "works_with", "Quillon"],
+                        ["Zed", "works_at", "Brightwater"],
+                    ]
+                },
+            ),
+            ("Maya lives in Oslo.", {"relations": [["Maya", "lives_in", "Oslo"]]}),
+            ("Ravi plays chess.", {}),
+        ],
         "what do we know about Quillon?",
         "Zed works with Quillon at Brightwater.",
     ),
@@ -74,7 +96,16 @@ class TestLayerContract:
         _, query, _ = CASES[layer]
         hit = memory.recall(query, tenant="t1", layers=[layer], k=1).hits[0]
         d = hit.to_dict()
-        for name in ("id", "layer", "text", "score", "tenant", "created_at", "updated_at", "sources"):
+        for name in (
+            "id",
+            "layer",
+            "text",
+            "score",
+            "tenant",
+            "created_at",
+            "updated_at",
+            "sources",
+        ):
             assert name in d
         assert d["score"] > 0
 
@@ -88,7 +119,7 @@ class TestLayerContract:
 
     def test_forgotten_memory_is_never_recalled(self, memory: Memory, layer: str) -> None:
         ids = store_case(memory, layer)
-        _, query, expected = CASES[layer]
+        _, query, _expected = CASES[layer]
         winner = memory.recall(query, tenant="t1", layers=[layer], k=1).hits[0].id
         memory.forget(winner, tenant="t1")
         hits = memory.recall(query, tenant="t1", layers=[layer], k=10).hits

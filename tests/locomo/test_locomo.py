@@ -15,7 +15,12 @@ from athena.locomo.importer import import_locomo
 
 
 def test_quirks_of_the_data() -> None:
-    assert normalise_evidence(["D8:6; D9:17", "D:11:26", "D", "D30:05"]) == ("D8:6", "D9:17", "D11:26", "D30:5")
+    assert normalise_evidence(["D8:6; D9:17", "D:11:26", "D", "D30:05"]) == (
+        "D8:6",
+        "D9:17",
+        "D11:26",
+        "D30:5",
+    )
     assert parse_time("1:56 pm on 8 May, 2023") == 1683554160.0
     assert parse_time("not a date") is None
 
@@ -57,7 +62,9 @@ def test_import_maps_every_part(tmp_path: Path, embedder: Embedder, locomo_path:
         turn = mem.recall("LGBTQ support group", tenant="conv-26", k=5, kinds=["turn"]).hits[0]
         assert turn.actor in {"Caroline", "Melanie"} and turn.session and turn.event_time
         assert turn.sources == (turn.key,)
-        fact = mem.recall("LGBTQ support group", tenant="conv-26", k=5, kinds=["observation"]).hits[0]
+        fact = mem.recall("LGBTQ support group", tenant="conv-26", k=5, kinds=["observation"]).hits[
+            0
+        ]
         assert fact.layer == "semantic" and all(s.startswith("D") for s in fact.sources)
 
 
@@ -66,7 +73,9 @@ def test_evidence_recall_definition() -> None:
     assert evidence_recall(["a", "b"], [["a"], ["c"], ["b"]], 3) == 1.0
 
 
-def test_full_evaluation_beats_dragon_at_10(tmp_path: Path, embedder: Embedder, locomo_path: Path) -> None:
+def test_full_evaluation_beats_dragon_at_10(
+    tmp_path: Path, embedder: Embedder, locomo_path: Path
+) -> None:
     """The issue's quality floor, on all 1,986 questions (about 20 s)."""
     with Memory(tmp_path / "m.db", embedder=embedder) as mem:
         import_locomo(mem, locomo_path)
@@ -74,5 +83,7 @@ def test_full_evaluation_beats_dragon_at_10(tmp_path: Path, embedder: Embedder, 
     out = report.to_dict()
     assert out["questions"] == 1986 and out["evaluated"] == 1982
     assert report.recall_at[10] >= DRAGON[10]
-    assert report.recall_at[5] <= report.recall_at[10] <= report.recall_at[25] <= report.recall_at[50]
+    assert (
+        report.recall_at[5] <= report.recall_at[10] <= report.recall_at[25] <= report.recall_at[50]
+    )
     assert set(out["by_category"]) == {"1", "2", "3", "4", "5"}

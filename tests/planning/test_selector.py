@@ -10,7 +10,9 @@ from athena.planning.dependency_graph import MIN_OBSERVATIONS, DependencyGraph
 from athena.planning.selector import Situation, Strategy, StrategySelector
 
 
-def situation(layers: int = 3, seq_ms: float = 3.0, pool: bool = True, saturated: bool = False) -> Situation:
+def situation(
+    layers: int = 3, seq_ms: float = 3.0, pool: bool = True, saturated: bool = False
+) -> Situation:
     return Situation(layers, seq_ms, 2.0, 0.0, 0, 0.0, pool, saturated, 1)
 
 

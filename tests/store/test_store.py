@@ -16,12 +16,24 @@ from athena.store.connection import translate
 from athena.store.schema import SCHEMA_VERSION
 
 
-def prepared(tenant: str = "t", key: str = "k", text: str = "hello world", **kw: object) -> PreparedMemory:
+def prepared(
+    tenant: str = "t", key: str = "k", text: str = "hello world", **kw: object
+) -> PreparedMemory:
     base: dict[str, object] = {
-        "tenant": tenant, "layer": "episodic", "key": key, "kind": "turn", "text": text,
-        "session": None, "actor": None, "event_time": None, "sources": (key,),
-        "metadata": {}, "attributes": {}, "vector": np.ones(4, np.float32) / 2, "model": "m",
-    }  # fmt: skip
+        "tenant": tenant,
+        "layer": "episodic",
+        "key": key,
+        "kind": "turn",
+        "text": text,
+        "session": None,
+        "actor": None,
+        "event_time": None,
+        "sources": (key,),
+        "metadata": {},
+        "attributes": {},
+        "vector": np.ones(4, np.float32) / 2,
+        "model": "m",
+    }
     base.update(kw)
     return PreparedMemory(**base)  # type: ignore[arg-type]
 
@@ -110,9 +122,17 @@ def test_failed_write_changes_nothing(store: SQLiteStore) -> None:
 
 def test_sqlite_errors_are_translated() -> None:
     assert isinstance(translate(sqlite3.OperationalError("database is locked")), StoreLocked)
-    assert type(translate(sqlite3.OperationalError("attempt to write a readonly database"))).__name__ == "StoreReadOnly"
-    assert type(translate(sqlite3.OperationalError("database or disk is full"))).__name__ == "StoreFull"
-    assert type(translate(sqlite3.DatabaseError("file is not a database"))).__name__ == "StoreCorrupt"
+    assert (
+        type(translate(sqlite3.OperationalError("attempt to write a readonly database"))).__name__
+        == "StoreReadOnly"
+    )
+    assert (
+        type(translate(sqlite3.OperationalError("database or disk is full"))).__name__
+        == "StoreFull"
+    )
+    assert (
+        type(translate(sqlite3.DatabaseError("file is not a database"))).__name__ == "StoreCorrupt"
+    )
 
 
 def test_not_a_database_file_is_a_typed_error(tmp_path: Path) -> None:
@@ -131,14 +151,18 @@ metadata = st.dictionaries(
     st.text(min_size=1, max_size=10),
     st.recursive(
         st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
         max_leaves=8,
     ),
     max_size=4,
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     text=texts,
     tenant=st.text(min_size=1, max_size=20).filter(lambda s: s.strip() != "" and "\x00" not in s),
@@ -146,14 +170,35 @@ metadata = st.dictionaries(
     when=st.none() | st.floats(-1e10, 1e10, allow_nan=False),
     sources=st.lists(st.text(min_size=1, max_size=12), max_size=4),
 )
-def test_round_trip(store: SQLiteStore, text: str, tenant: str, meta: dict[str, object],
-                    when: float | None, sources: list[str]) -> None:  # fmt: skip
+def test_round_trip(
+    store: SQLiteStore,
+    text: str,
+    tenant: str,
+    meta: dict[str, object],
+    when: float | None,
+    sources: list[str],
+) -> None:
     try:
         tenant.encode("utf-8")
     except UnicodeEncodeError:
         return
-    [mid] = store.put([prepared(tenant=tenant, key=text[:50], text=text, metadata=meta,
-                                event_time=when, sources=tuple(sources))])  # fmt: skip
+    [mid] = store.put(
+        [
+            prepared(
+                tenant=tenant,
+                key=text[:50],
+                text=text,
+                metadata=meta,
+                event_time=when,
+                sources=tuple(sources),
+            )
+        ]
+    )
     row = store.get(tenant, [mid])[0]
-    assert (row.text, row.tenant, row.event_time, row.sources) == (text, tenant, when, tuple(sources))
+    assert (row.text, row.tenant, row.event_time, row.sources) == (
+        text,
+        tenant,
+        when,
+        tuple(sources),
+    )
     assert row.metadata == meta

@@ -134,8 +134,9 @@ def build_store(
     asks = asks_for(name, conversations, copies)
     if path.exists() and meta.exists():
         saved = json.loads(meta.read_text(encoding="utf-8"))
-        return Store(name, embedder, path, saved["memories"], saved["tenants"], asks,
-                     saved["build_s"])  # fmt: skip
+        return Store(
+            name, embedder, path, saved["memories"], saved["tenants"], asks, saved["build_s"]
+        )
     partial = path.with_name(path.name + ".building")
     for stale in folder.glob(partial.name + "*"):
         stale.unlink()
@@ -150,8 +151,10 @@ def build_store(
                 total += import_locomo(memory, data, tenant_prefix=f"copy{copy:02d}/").memories
             else:
                 for items in per_copy:
-                    rows = [replace(i, tenant=ONE_TENANT, key=f"{copy:02d}/{i.tenant}/{i.key}")
-                            for i in items]  # fmt: skip
+                    rows = [
+                        replace(i, tenant=ONE_TENANT, key=f"{copy:02d}/{i.tenant}/{i.key}")
+                        for i in items
+                    ]
                     total += len(memory.remember_many(rows))
             if advance:
                 advance(1)
@@ -162,8 +165,10 @@ def build_store(
     partial.rename(path)
     for leftover in folder.glob(partial.name + "-*"):
         leftover.unlink()
-    meta.write_text(json.dumps({"memories": total, "tenants": tenants,
-                                "build_s": round(build_s, 2)}), encoding="utf-8")  # fmt: skip
+    meta.write_text(
+        json.dumps({"memories": total, "tenants": tenants, "build_s": round(build_s, 2)}),
+        encoding="utf-8",
+    )
     return Store(name, embedder, path, total, tenants, asks, build_s)
 
 

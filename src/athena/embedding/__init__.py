@@ -57,7 +57,7 @@ def registered_name(embedder: Embedder) -> str | None:
     return family if family in ("static", "transformer") else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(key: str) -> Embedder:
     # One model per process: loading costs 0.3 s (static) to 4 s (transformer), and the
     # models are read-only and thread-safe behind their own locks.

@@ -6,6 +6,7 @@ benchmarks and checks: the same stored state gives the same hits whatever runs t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -13,10 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Final
 
-from athena.errors import InvalidInput, RecallTimeout, WorkerPoolUnavailable
+from athena.errors import AthenaError, InvalidInput, RecallTimeout, WorkerPoolUnavailable
 from athena.execution.aggregate import ResultAggregator
 from athena.execution.backend import WorkerBackend
-from athena.execution.cache import ResultCache
+from athena.execution.cache import CachedHits, ResultCache
 from athena.execution.parallel import ParallelExecutor
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.telemetry import Telemetry, TelemetryRow
@@ -99,8 +100,10 @@ class AdaptiveEngine:
                     backend.close()
         return self._backend
 
-    def _situation(self, layers: tuple[str, ...], cached_fraction: float) -> Situation:
-        backend = self._backend
+    def _situation(
+        self, layers: tuple[str, ...], cached_fraction: float, *, light: bool = False
+    ) -> Situation:
+        backend = None if light else self._backend
         health = backend.health() if backend is not None else {}
         workers = max(int(health.get("workers", 0)), 1)
         return Situation(
@@ -134,7 +137,13 @@ class AdaptiveEngine:
         query_type = classify(query.text)
         asked = query.layers
         if strategy == "adaptive" and asked == LAYERS:
-            query = replace(query, layers=self.graph.select_layers(query_type, asked))
+            chosen = self.graph.select_layers(query_type, asked)
+            if chosen != asked:
+                query = replace(query, layers=chosen)
+        if strategy in ("adaptive", "cache", "hybrid"):
+            full = self.cache.get_full(query, self.model, generations)
+            if full is not None:
+                return self._served(query, query_type, asked, full, start, explain)
         with self._lock:
             self._inflight += 1
         try:
@@ -148,6 +157,74 @@ class AdaptiveEngine:
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)
 
+    def _served(
+        self,
+        query: RecallQuery,
+        query_type: str,
+        asked: tuple[str, ...],
+        full: CachedHits,
+        start: float,
+        explain: bool,
+    ) -> Recall:
+        """A valid full cache hit: the short-circuit path, kept to a few dozen µs."""
+        sequential = self.graph.estimate_ms(query.layers)
+        decision = self.selector.for_cache(True, sequential, 1.0, 0.0)
+        actual = (time.perf_counter() - start) * 1000.0
+        self.graph.observe(query_type, {}, set(), True, len(full.value), actual)
+        self.telemetry.record(
+            TelemetryRow(
+                at=time.time(),
+                tenant=query.tenant,
+                query_type=query_type,
+                strategy="cache",
+                confidence=full.confidence,
+                estimated_ms=0.0,
+                actual_ms=actual,
+                cache="hit",
+                layers_ms={},
+                layers=query.layers,
+                contributed=(),
+                speedup_estimated=decision.estimated_speedup,
+                speedup_actual=sequential / actual if actual else 1.0,
+                fallback=None,
+                success=True,
+            )
+        )
+        self._count_for_save()
+        details = None
+        if explain:
+            details = {
+                "strategy": "cache",
+                "executed": "cache",
+                "reasoning": decision.reasoning,
+                "confidence": 1.0,
+                "estimated_ms": 0.0,
+                "estimated_speedup": round(decision.estimated_speedup, 3),
+                "actual_ms": round(actual, 3),
+                "cache": "hit",
+                "result_confidence": round(full.confidence, 4),
+                "cache_age_s": round(full.age_s, 3),
+                "layers": dict.fromkeys(query.layers, 0.0),
+                "cached_layers": list(query.layers),
+                "skipped_layers": sorted(set(asked) - set(query.layers)),
+                "query_type": query_type,
+                "fallback": None,
+            }
+        return Recall(hits=full.value, explain=details)
+
+    def _count_for_save(self) -> None:
+        with self._lock:
+            self._since_save += 1
+            due = self._since_save >= SAVE_EVERY
+            if due:
+                self._since_save = 0
+        if due:  # off the recall's path: a save is a write transaction
+            threading.Thread(target=self._save_quietly, name="athena-save", daemon=True).start()
+
+    def _save_quietly(self) -> None:
+        with contextlib.suppress(AthenaError):  # the store is closing; close() saves again
+            self.save()
+
     def _learn(self, run: _Run, hits: tuple[Hit, ...], actual_ms: float) -> None:
         ids = {hit.id for hit in hits}
         contributed = {name for name, r in run.results.items() if ids.intersection(r.ids)}
@@ -155,32 +232,39 @@ class AdaptiveEngine:
         assert decision is not None
         fresh_ms = {name: r.elapsed_ms for name, r in run.fresh.items()}
         self.graph.observe(
-            run.query_type, fresh_ms or dict.fromkeys(run.query.layers, 0.0), contributed,
-            run.cache_state == "hit", len(hits), actual_ms,
-        )  # fmt: skip
+            run.query_type,
+            fresh_ms or dict.fromkeys(run.query.layers, 0.0),
+            contributed,
+            run.cache_state == "hit",
+            len(hits),
+            actual_ms,
+        )
         executed = run.executed
         if run.cache_state == "miss" and executed is not None and not run.fallback:
             self.selector.learn(executed, run.situation, actual_ms)
         sequential = sum(fresh_ms.values()) or decision.estimated_ms
         self.telemetry.record(
             TelemetryRow(
-                at=time.time(), tenant=run.query.tenant, query_type=run.query_type,
-                strategy=(executed or decision.strategy).value, confidence=decision.confidence,
-                estimated_ms=decision.estimated_ms, actual_ms=actual_ms, cache=run.cache_state,
-                layers_ms=fresh_ms, layers=run.query.layers, contributed=tuple(sorted(contributed)),
+                at=time.time(),
+                tenant=run.query.tenant,
+                query_type=run.query_type,
+                strategy=(executed or decision.strategy).value,
+                confidence=decision.confidence,
+                estimated_ms=decision.estimated_ms,
+                actual_ms=actual_ms,
+                cache=run.cache_state,
+                layers_ms=fresh_ms,
+                layers=run.query.layers,
+                contributed=tuple(sorted(contributed)),
                 speedup_estimated=decision.estimated_speedup,
                 speedup_actual=sequential / actual_ms if actual_ms else 1.0,
-                fallback=run.fallback, success=True,
-                features=tuple(run.situation.features().tolist()), forced=run.strategy != "adaptive",
+                fallback=run.fallback,
+                success=True,
+                features=tuple(run.situation.features().tolist()),
+                forced=run.strategy != "adaptive",
             )
-        )  # fmt: skip
-        with self._lock:
-            self._since_save += 1
-            due = self._since_save >= SAVE_EVERY
-            if due:
-                self._since_save = 0
-        if due:
-            self.save()
+        )
+        self._count_for_save()
 
     def stats(self) -> dict[str, Any]:
         backend = self._backend
@@ -212,8 +296,15 @@ def _situation_from(row: TelemetryRow) -> Situation:
 class _Run:
     """The state of one recall while it executes."""
 
-    def __init__(self, engine: AdaptiveEngine, query: RecallQuery, generations: dict[str, int],
-                 strategy: str, timeout: float | None, query_type: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: AdaptiveEngine,
+        query: RecallQuery,
+        generations: dict[str, int],
+        strategy: str,
+        timeout: float | None,
+        query_type: str,
+    ) -> None:
         self.engine = engine
         self.query = query
         self.generations = generations
@@ -222,7 +313,7 @@ class _Run:
         self.query_type = query_type
         self.decision: Decision | None = None
         self.executed: Strategy | None = None
-        self.situation = engine._situation(query.layers, 0.0)
+        self.situation = engine._situation(query.layers, 0.0, light=True)
         self.cache_state = "miss"
         self.fallback: str | None = None
         self.results: Mapping[str, LayerResult] = {}
@@ -232,19 +323,13 @@ class _Run:
 
     def execute(self) -> tuple[Hit, ...]:
         engine, query = self.engine, self.query
-        if self.strategy in ("adaptive", "cache", "hybrid"):
-            full = engine.cache.get_full(query, engine.model, self.generations)
-            if full is not None:
-                self.cache_state = "hit"
-                self.confidence = full.confidence
-                self.decision = engine.selector.for_cache(True, self.situation, 0.0)
-                return full.value
+        if self.strategy in ("adaptive", "cache", "hybrid"):  # the full hit was tried before
             key = engine.cache.flight_key(query, engine.model, self.generations)
             hits = engine.cache.single_flight(key, self._compute)
             if self.decision is None:  # another thread computed it for us (single-flight)
                 self.cache_state = "hit"
                 self.decision = replace(
-                    engine.selector.for_cache(True, self.situation, 0.0),
+                    engine.selector.for_cache(True, self.situation.sequential_ms, 1.0, 0.0),
                     reasoning="shared the execution of a concurrent identical recall",
                 )
             return hits
@@ -264,7 +349,9 @@ class _Run:
         self.situation = engine._situation(missing, len(cached) / len(query.layers))
         if cached:
             self.cache_state = "partial" if missing else "hit"
-            self.decision = engine.selector.for_cache(not missing, self.situation, 0.0)
+            self.decision = engine.selector.for_cache(
+                not missing, self.situation.sequential_ms, self.situation.cached_fraction, 0.0
+            )
             inner = self._choose(missing) if missing else None
         else:
             self.decision = self._decide(missing)
@@ -273,23 +360,32 @@ class _Run:
         if missing and inner is not None:
             request = engine.pipeline.request(query, self.generations)
             self.fresh = self._run(inner, request, missing)
-        results, self.confidence = engine.aggregator.merge([
-            ({n: c.value for n, c in cached.items()}, {n: c.confidence for n, c in cached.items()}),
-            (self.fresh, {}),
-        ])  # fmt: skip
+        results, self.confidence = engine.aggregator.merge(
+            [
+                (
+                    {n: c.value for n, c in cached.items()},
+                    {n: c.confidence for n, c in cached.items()},
+                ),
+                (self.fresh, {}),
+            ]
+        )
         self.results = results
         hits = engine.pipeline.hits(query, results)
         if uses_cache:  # forced executing strategies neither read nor fill the cache
             for result in self.fresh.values():
-                engine.cache.put_layer(query, engine.model, depth, result, self.generations,
-                                       result.elapsed_ms)  # fmt: skip
+                engine.cache.put_layer(
+                    query, engine.model, depth, result, self.generations, result.elapsed_ms
+                )
             cost = sum(r.elapsed_ms for r in self.fresh.values())
             engine.cache.put_full(query, engine.model, self.generations, hits, cost)
         return hits
 
     def _decide(self, layers: tuple[str, ...]) -> Decision:
-        forced = {"sequential": Strategy.SEQUENTIAL, "parallel": Strategy.PARALLEL,
-                  "distributed": Strategy.DISTRIBUTED}.get(self.strategy)  # fmt: skip
+        forced = {
+            "sequential": Strategy.SEQUENTIAL,
+            "parallel": Strategy.PARALLEL,
+            "distributed": Strategy.DISTRIBUTED,
+        }.get(self.strategy)
         if forced is None:  # adaptive, or cache/hybrid that found nothing cached
             return self.engine.selector.decide(self.situation)
         if forced is Strategy.DISTRIBUTED:
@@ -300,8 +396,9 @@ class _Run:
     def _choose(self, layers: tuple[str, ...]) -> Strategy:
         return self._decide(layers).strategy
 
-    def _run(self, strategy: Strategy, request: SearchRequest,
-             layers: tuple[str, ...]) -> dict[str, LayerResult]:  # fmt: skip
+    def _run(
+        self, strategy: Strategy, request: SearchRequest, layers: tuple[str, ...]
+    ) -> dict[str, LayerResult]:
         engine = self.engine
         if strategy is Strategy.DISTRIBUTED:
             backend = engine._pool()

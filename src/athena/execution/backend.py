@@ -45,9 +45,13 @@ class WorkerBackend(Protocol):
         """Too much queued work for a new recall to be answered promptly."""
 
     def run(
-        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5,
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
         timeout: float = 5.0,
-    ) -> dict[str, LayerResult]:  # fmt: skip
+    ) -> dict[str, LayerResult]:
         """Search ``layers`` concurrently on workers; block until all answered.
 
         ``priority`` is 0-10 (higher first; InvalidInput otherwise). Raises RecallTimeout
@@ -56,9 +60,13 @@ class WorkerBackend(Protocol):
         """
 
     async def arun(
-        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5,
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
         timeout: float = 5.0,
-    ) -> dict[str, LayerResult]:  # fmt: skip
+    ) -> dict[str, LayerResult]:
         """:meth:`run` without blocking the event loop."""
 
     def health(self) -> dict[str, Any]:
@@ -234,10 +242,13 @@ class PoolStats:
     def snapshot(self) -> dict[str, Any]:
         avg = sum(self.latencies) / len(self.latencies) if self.latencies else 0.0
         return {
-            **self.count, "avg_latency_ms": avg, "p95_latency_ms": self.percentile(0.95),
-            "scale_ups": self.scaled["up"], "scale_downs": self.scaled["down"],
+            **self.count,
+            "avg_latency_ms": avg,
+            "p95_latency_ms": self.percentile(0.95),
+            "scale_ups": self.scaled["up"],
+            "scale_downs": self.scaled["down"],
             "scaling": list(self.events),
-        }  # fmt: skip
+        }
 
 
 def settle(outcomes: Settle) -> None:

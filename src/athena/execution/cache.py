@@ -356,7 +356,7 @@ class ResultCache(_CacheCore):
         if layer not in query.layers:
             raise ValueError(f"layer {layer!r} is not one of the query's layers")
         key = layer_key(query, model, layer, depth)
-        whole = dict(generations_read) if False else None
+        whole = dict(generations_read) if layer in WHOLE_TENANT_LAYERS else None
         value = dataclasses.replace(result, source="cache")
         ttl, size = self._ttl((layer,)), ck.key_size(key) + ck.layer_size(value)
         gen = generations_read.get(layer, 0)

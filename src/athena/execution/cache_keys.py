@@ -10,7 +10,6 @@ share one entry.
 
 from __future__ import annotations
 
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -30,22 +29,21 @@ KEY_OVERHEAD: Final = 160
 
 
 def normalize_text(text: str) -> str:
-    """The query text as keys see it: NFKC, casefolded, whitespace collapsed and stripped.
+    """The query text as keys see it: whitespace collapsed and stripped; ASCII lower-cased.
 
-    >>> normalize_text("  Where IS\\tthe  ＫＥＹ? ")
+    Only changes that no part of a recall can see are folded together: FTS5 and both
+    embedders' (uncased) tokenizers ignore ASCII case and runs of whitespace. Unicode case
+    folding or NFKC would merge queries that the embedders tokenize differently
+    ("straße"/"STRASSE"), so that one's answer could be served for the other.
+
+    >>> normalize_text("  Where IS\tthe  KEY? ")
     'where is the key?'
+    >>> normalize_text("STRASSE") == normalize_text("straße")
+    False
     """
-    if text.isascii():  # ASCII is already NFKC, and casefold is lower for it
+    if text.isascii():
         return " ".join(text.lower().split())
-    out = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-    # Casefolding can leave text that NFKC changes again; settle on the fixed point so
-    # that normalising a normalised text is a no-op.
-    for _ in range(4):
-        again = " ".join(unicodedata.normalize("NFKC", out).casefold().split())
-        if again == out:
-            break
-        out = again
-    return out
+    return " ".join(text.split())
 
 
 def full_key(query: RecallQuery, model: str, text: str | None = None) -> FullKey:

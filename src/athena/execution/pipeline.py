@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from athena.embedding.protocol import Embedder
@@ -103,5 +104,6 @@ def _hit(row: MemoryRow, score: float) -> Hit:
         created_at=row.created_at,
         updated_at=row.updated_at,
         sources=row.sources,
-        metadata={**row.metadata, **row.attributes},
+        # Read-only: cached hits are shared by every caller that is served them.
+        metadata=MappingProxyType({**row.metadata, **row.attributes}),
     )

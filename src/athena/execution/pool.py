@@ -313,18 +313,32 @@ class ProcessWorkerPool:
     """
 
     def __init__(
-        self, db_path: str | Path, embedder: str = "static", *, min_workers: int = 2,
-        max_workers: int = 20, queue_size: int = 1000, task_timeout: float = 5.0,
-        start_method: str = "spawn", hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
-        idle_seconds: float = 30.0, latency_target_ms: float = 250.0, start_timeout: float = 60.0,
-    ) -> None:  # fmt: skip
+        self,
+        db_path: str | Path,
+        embedder: str = "static",
+        *,
+        min_workers: int = 2,
+        max_workers: int = 20,
+        queue_size: int = 1000,
+        task_timeout: float = 5.0,
+        start_method: str = "spawn",
+        hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
+        idle_seconds: float = 30.0,
+        latency_target_ms: float = 250.0,
+        start_timeout: float = 60.0,
+    ) -> None:
         if start_method not in ("spawn", "forkserver"):
             raise InvalidInput("start_method must be 'spawn' or 'forkserver' (never 'fork')")
         self.start_method = start_method
         self.limits = PoolLimits(
-            min_workers, max_workers, queue_size, task_timeout, idle_seconds, latency_target_ms,
+            min_workers,
+            max_workers,
+            queue_size,
+            task_timeout,
+            idle_seconds,
+            latency_target_ms,
             start_timeout,
-        )  # fmt: skip
+        )
         self.db_path = Path(db_path)
         config = wk.WorkerConfig(str(db_path), embedder, hnsw_cutoff)
         self._core = core = _Core(config, start_method, self.limits)
@@ -375,9 +389,13 @@ class ProcessWorkerPool:
         return {task.layer: task.future for task in self._enqueue(request, layers, priority)}
 
     def run(
-        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5,
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
         timeout: float = 5.0,
-    ) -> dict[str, LayerResult]:  # fmt: skip
+    ) -> dict[str, LayerResult]:
         """Search ``layers`` on the workers; block at most ``timeout`` seconds.
 
         >>> # results = pool.run(request, ["episodic", "semantic"], priority=8, timeout=2.0)
@@ -388,9 +406,13 @@ class ProcessWorkerPool:
         return self._outcome(tasks, timeout)
 
     async def arun(
-        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5,
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
         timeout: float = 5.0,
-    ) -> dict[str, LayerResult]:  # fmt: skip
+    ) -> dict[str, LayerResult]:
         """:meth:`run` for an event loop: a lazy start runs on a thread, waiting is awaited.
 
         >>> # results = await pool.arun(request, ["semantic"])
@@ -435,15 +457,23 @@ class ProcessWorkerPool:
             fleet, limits = core.fleet, self.limits
             busy = [w for w in fleet.of("ready") if w.inflight]
             return {
-                "backend": "process", "start_method": self.start_method,
-                "started": core.startup_ms is not None, "startup_ms": core.startup_ms,
-                "available": self.available, "saturated": self.saturated,
-                "state": core.state, "error": core.error,
-                "workers": fleet.live(), "ready": len(fleet.of("ready")),
-                "starting": len(fleet.of("starting")), "busy": len(busy),
-                "min_workers": limits.min_workers, "max_workers": limits.max_workers,
-                "queue_depth": len(core.queue), "queue_size": core.queue.size,
+                "backend": "process",
+                "start_method": self.start_method,
+                "started": core.startup_ms is not None,
+                "startup_ms": core.startup_ms,
+                "available": self.available,
+                "saturated": self.saturated,
+                "state": core.state,
+                "error": core.error,
+                "workers": fleet.live(),
+                "ready": len(fleet.of("ready")),
+                "starting": len(fleet.of("starting")),
+                "busy": len(busy),
+                "min_workers": limits.min_workers,
+                "max_workers": limits.max_workers,
+                "queue_depth": len(core.queue),
+                "queue_size": core.queue.size,
                 "pids": [w.process.pid for w in fleet.of("ready", "starting")],
                 "busy_pids": [w.process.pid for w in busy],
                 **core.stats.snapshot(),
-            }  # fmt: skip
+            }

@@ -13,9 +13,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from athena.errors import AthenaError
 from athena.store.protocol import Store
 
 
@@ -42,7 +43,8 @@ class TelemetryRow:
     forced: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # Not dataclasses.asdict: it deep-copies every field and cost ~130 µs a row.
+        return json.dumps({name: getattr(self, name) for name in _FIELDS})
 
     @classmethod
     def from_json(cls, text: str) -> TelemetryRow:
@@ -53,6 +55,9 @@ class TelemetryRow:
         return cls(**raw)
 
 
+_FIELDS = tuple(f.name for f in fields(TelemetryRow))
+
+
 class Telemetry:
     """A bounded ring of recent rows, flushed to the store in batches.
 
@@ -61,8 +66,14 @@ class Telemetry:
     0
     """
 
-    def __init__(self, store: Store | None, *, memory_rows: int = 10_000,
-                 keep: int = 100_000, flush_every: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store | None,
+        *,
+        memory_rows: int = 10_000,
+        keep: int = 100_000,
+        flush_every: int = 64,
+    ) -> None:
         self._store = store
         self._rows: deque[TelemetryRow] = deque(maxlen=memory_rows)
         self._pending: list[TelemetryRow] = []
@@ -70,6 +81,8 @@ class Telemetry:
         self.keep = keep
         self.flush_every = flush_every
         self.recorded = 0
+        self._due = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def load(self, limit: int = 10_000) -> list[TelemetryRow]:
         """Reload the newest saved rows (oldest first) into memory and return them."""
@@ -81,22 +94,45 @@ class Telemetry:
         return rows
 
     def record(self, row: TelemetryRow) -> None:
+        """Keep ``row``; a background thread writes full batches, off the recall's path."""
         with self._lock:
             self._rows.append(row)
             self._pending.append(row)
             self.recorded += 1
-            due = len(self._pending) >= self.flush_every
+            due = len(self._pending) == self.flush_every  # wake the flusher once per batch
+            if due and self._flusher is None and self._store is not None:
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="athena-telemetry", daemon=True
+                )
+                self._flusher.start()
         if due:
-            self.flush()
+            self._due.set()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._due.wait(timeout=1.0)  # a batch is full, or a second passed
+            self._due.clear()
+            try:
+                self.flush()
+            except AthenaError:
+                # The store is closing or failing; rows stay in memory, and the next
+                # flush (or close) tries again. A recall never fails for telemetry.
+                time.sleep(1.0)
 
     def flush(self) -> None:
+        """Write pending rows now (also called on close)."""
         with self._lock:
             batch, self._pending = self._pending, []
         if batch and self._store is not None:
-            self._store.append_telemetry(
-                [(r.at, r.tenant, r.query_type, r.strategy, r.to_json()) for r in batch],
-                self.keep,
-            )
+            try:
+                self._store.append_telemetry(
+                    [(r.at, r.tenant, r.query_type, r.strategy, r.to_json()) for r in batch],
+                    self.keep,
+                )
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = batch
+                raise
 
     def rows(self) -> list[TelemetryRow]:
         with self._lock:

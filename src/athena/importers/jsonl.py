@@ -116,11 +116,18 @@ def _parse_line(raw: Any, line: int, path: str | Path) -> MemoryInput:
         raise _fail(path, line, "field 'timestamp' must be a number or an ISO-8601 string")
     try:
         item = MemoryInput(
-            layer=raw["layer"], text=raw["text"], tenant=raw["tenant"], key=raw.get("key"),
-            kind=raw.get("kind"), session=raw.get("session"), actor=raw.get("actor"),
-            event_time=None if stamp is None else parse_timestamp(stamp), sources=tuple(sources),
-            metadata=raw.get("metadata") or {}, attributes=raw.get("attributes") or {},
-        )  # fmt: skip
+            layer=raw["layer"],
+            text=raw["text"],
+            tenant=raw["tenant"],
+            key=raw.get("key"),
+            kind=raw.get("kind"),
+            session=raw.get("session"),
+            actor=raw.get("actor"),
+            event_time=None if stamp is None else parse_timestamp(stamp),
+            sources=tuple(sources),
+            metadata=raw.get("metadata") or {},
+            attributes=raw.get("attributes") or {},
+        )
         check_item(item)
     except InvalidInput as exc:
         raise _fail(path, line, str(exc)) from exc

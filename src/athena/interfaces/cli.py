@@ -131,11 +131,17 @@ def remember(
 ) -> None:
     """Store one memory and print its id."""
     item = MemoryInput(
-        layer=layer, text=text, tenant=tenant, key=key, kind=kind, session=session, actor=actor,
+        layer=layer,
+        text=text,
+        tenant=tenant,
+        key=key,
+        kind=kind,
+        session=session,
+        actor=actor,
         event_time=parse_time(timestamp, "--timestamp"),
         metadata=parse_object(metadata, "--metadata") or {},
         attributes=parse_object(attributes, "--attributes") or {},
-    )  # fmt: skip
+    )
     check_item(item)  # fail before the database is opened (or created)
     memory_id = _memory(ctx, create=True).remember_many([item])[0]
     if json_out:
@@ -170,9 +176,18 @@ def recall(
     if timeout is not None and timeout <= 0:
         raise InvalidInput("--timeout must be a positive number of seconds")
     result = _memory(ctx).recall(
-        query, tenant=tenant, k=k, layers=layers, since=start, until=end, session=session,
-        actor=actor, strategy=strategy, explain=explain, timeout=timeout,
-    )  # fmt: skip
+        query,
+        tenant=tenant,
+        k=k,
+        layers=layers,
+        since=start,
+        until=end,
+        session=session,
+        actor=actor,
+        strategy=strategy,
+        explain=explain,
+        timeout=timeout,
+    )
     if json_out:
         emit_json(result.to_dict())
         return
@@ -317,10 +332,14 @@ def import_locomo_command(ctx: typer.Context, file: File, json_out: Json = False
         report = import_locomo(memory, file, progress=bar)
     rate = round(report.per_second, 1)
     if json_out:
-        emit_json({
-            "conversations": report.conversations, "memories": report.memories,
-            "seconds": round(report.seconds, 3), "per_second": rate,
-        })  # fmt: skip
+        emit_json(
+            {
+                "conversations": report.conversations,
+                "memories": report.memories,
+                "seconds": round(report.seconds, 3),
+                "per_second": rate,
+            }
+        )
     else:
         typer.echo(
             f"imported {report.memories} memories from {report.conversations} conversations "

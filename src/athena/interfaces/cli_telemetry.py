@@ -33,12 +33,23 @@ def telemetry(
         return
     out = console()
     lines = [
-        [name, s["count"], f"{s['p50_ms']:.3f}", f"{s['p95_ms']:.3f}",
-         f"{100 * s['estimate_error_median']:.0f}%", s["fallbacks"]]
+        [
+            name,
+            s["count"],
+            f"{s['p50_ms']:.3f}",
+            f"{s['p95_ms']:.3f}",
+            f"{100 * s['estimate_error_median']:.0f}%",
+            s["fallbacks"],
+        ]
         for name, s in summary["strategies"].items()
-    ]  # fmt: skip
-    out.print(table(f"{summary['recalls']} recalls", ["strategy", "recalls", "p50 ms", "p95 ms",
-                                                     "estimate error", "fallbacks"], lines))  # fmt: skip
+    ]
+    out.print(
+        table(
+            f"{summary['recalls']} recalls",
+            ["strategy", "recalls", "p50 ms", "p95 ms", "estimate error", "fallbacks"],
+            lines,
+        )
+    )
     if "cache" in summary:
         c = summary["cache"]
         out.print(
@@ -61,8 +72,11 @@ def draw(rows: list[Any], directory: Path) -> list[Path]:
     strategies = sorted({r.strategy for r in rows})
     fig, ax = plt.subplots(figsize=(7, 4))
     if strategies:
-        ax.boxplot([[r.actual_ms for r in rows if r.strategy == s] for s in strategies],
-                   tick_labels=strategies, showfliers=False)  # fmt: skip
+        ax.boxplot(
+            [[r.actual_ms for r in rows if r.strategy == s] for s in strategies],
+            tick_labels=strategies,
+            showfliers=False,
+        )
     ax.set_ylabel("recall latency (ms)")
     ax.set_title("Latency by strategy")
     written.append(_save(fig, directory / "latency_by_strategy.png"))

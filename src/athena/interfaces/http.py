@@ -182,23 +182,29 @@ class Metrics:
     def __init__(self, memory: Memory) -> None:
         self.registry = CollectorRegistry()
         self.recall_seconds = Histogram(
-            "athena_recall_seconds", "Recall latency by execution strategy.", ["strategy"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "athena_recall_seconds",
+            "Recall latency by execution strategy.",
+            ["strategy"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.cache = Counter(
             "athena_recall_cache", "Recalls by cache result.", ["result"], registry=self.registry
         )
         self.fallbacks = Counter(
-            "athena_recall_fallbacks", "Recalls that fell back to another strategy.",
+            "athena_recall_fallbacks",
+            "Recalls that fell back to another strategy.",
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.writes = Counter(
             "athena_writes", "Writes by operation.", ["op"], registry=self.registry
         )
         self.rejected = Counter(
-            "athena_http_rejected", "Requests refused before running.", ["reason"],
+            "athena_http_rejected",
+            "Requests refused before running.",
+            ["reason"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         for result in CACHE_RESULTS:
             self.cache.labels(result)
         for op in ("remember", "update", "forget"):
@@ -246,9 +252,12 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(
-        Admission, max_body_bytes=max_body_bytes, max_inflight=max_inflight,
-        exempt=EXEMPT_FROM_INFLIGHT, on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
-    )  # fmt: skip
+        Admission,
+        max_body_bytes=max_body_bytes,
+        max_inflight=max_inflight,
+        exempt=EXEMPT_FROM_INFLIGHT,
+        on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
+    )
     app.state.memory, app.state.gate, app.state.metrics = memory, gate, metrics
     bearer = HTTPBearer(auto_error=False, description="Bearer token (when auth is on).")
     Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -272,16 +281,25 @@ def create_app(
     tenant_routes: dict[str, Any] = {"responses": ERRORS, "tags": ["memories"]}
     global_routes: dict[str, Any] = {"responses": ERRORS, "tags": ["operations"]}
 
-    @app.post("/v1/tenants/{tenant}/memories", status_code=201, response_model=IdOut,
-              **tenant_routes)  # fmt: skip
+    @app.post(
+        "/v1/tenants/{tenant}/memories", status_code=201, response_model=IdOut, **tenant_routes
+    )
     async def remember(tenant: Tenant, body: RememberIn) -> Response:
         """Store one memory; the same (layer, key) updates it in place."""
         memory_id = await run(
-            memory.remember, body.text, tenant=tenant, layer=body.layer, key=body.key,
-            kind=body.kind, session=body.session, actor=body.actor,
-            timestamp=_stamp(body.timestamp, "timestamp"), sources=body.sources,
-            metadata=body.metadata, attributes=body.attributes,
-        )  # fmt: skip
+            memory.remember,
+            body.text,
+            tenant=tenant,
+            layer=body.layer,
+            key=body.key,
+            kind=body.kind,
+            session=body.session,
+            actor=body.actor,
+            timestamp=_stamp(body.timestamp, "timestamp"),
+            sources=body.sources,
+            metadata=body.metadata,
+            attributes=body.attributes,
+        )
         metrics.writes.labels("remember").inc()
         return ApiJSON({"id": memory_id}, status_code=201)
 
@@ -290,11 +308,20 @@ def create_app(
         """The ``k`` memories that best answer ``query``, best first."""
         start = time.perf_counter()
         result = await run(
-            memory.recall, body.query, tenant=tenant, k=body.k, layers=body.layers,
-            since=_stamp(body.since, "since"), until=_stamp(body.until, "until"),
-            session=body.session, actor=body.actor, kinds=body.kinds, strategy=body.strategy,
-            explain=True, timeout=body.timeout,
-        )  # fmt: skip
+            memory.recall,
+            body.query,
+            tenant=tenant,
+            k=body.k,
+            layers=body.layers,
+            since=_stamp(body.since, "since"),
+            until=_stamp(body.until, "until"),
+            session=body.session,
+            actor=body.actor,
+            kinds=body.kinds,
+            strategy=body.strategy,
+            explain=True,
+            timeout=body.timeout,
+        )
         metrics.recall(result.explain, time.perf_counter() - start)
         out = result.to_dict()
         if not body.explain:
@@ -306,20 +333,24 @@ def create_app(
         """One memory of the tenant (404 if it is not theirs)."""
         return ApiJSON(await run(memory.get, memory_id, tenant=tenant))
 
-    @app.patch("/v1/tenants/{tenant}/memories/{memory_id}", response_model=IdOut,
-               **tenant_routes)  # fmt: skip
+    @app.patch("/v1/tenants/{tenant}/memories/{memory_id}", response_model=IdOut, **tenant_routes)
     async def update_memory(tenant: Tenant, memory_id: MemoryId, body: UpdateIn) -> Response:
         """Change text (re-embedded), time, metadata or attributes (merged)."""
         updated = await run(
-            memory.update, memory_id, tenant=tenant, text=body.text,
-            timestamp=_stamp(body.timestamp, "timestamp"), metadata=body.metadata,
+            memory.update,
+            memory_id,
+            tenant=tenant,
+            text=body.text,
+            timestamp=_stamp(body.timestamp, "timestamp"),
+            metadata=body.metadata,
             attributes=body.attributes,
-        )  # fmt: skip
+        )
         metrics.writes.labels("update").inc()
         return ApiJSON({"id": updated})
 
-    @app.delete("/v1/tenants/{tenant}/memories/{memory_id}", response_model=DeletedOut,
-                **tenant_routes)  # fmt: skip
+    @app.delete(
+        "/v1/tenants/{tenant}/memories/{memory_id}", response_model=DeletedOut, **tenant_routes
+    )
     async def forget(tenant: Tenant, memory_id: MemoryId) -> Response:
         """Delete one memory of the tenant."""
         deleted = await run(memory.forget, memory_id, tenant=tenant)
@@ -391,9 +422,11 @@ def serve_http(
     memory = Memory(db, embedder=embedder)
     try:
         app = create_app(
-            memory, tokens=tokens, max_inflight=max_inflight,
+            memory,
+            tokens=tokens,
+            max_inflight=max_inflight,
             rate_limit_per_minute=rate_limit_per_minute,
-        )  # fmt: skip
+        )
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     finally:
         memory.close()

@@ -192,9 +192,14 @@ class Admission:
         if self.inflight >= self.max_inflight:
             self._on_reject("overloaded")
             await self._reject(
-                scope, receive, send, 503, "overloaded", "too many requests in flight",
+                scope,
+                receive,
+                send,
+                503,
+                "overloaded",
+                "too many requests in flight",
                 {"Retry-After": "1"},
-            )  # fmt: skip
+            )
             return
         self.inflight += 1
         try:

@@ -105,10 +105,17 @@ def build_server(memory: Memory) -> MCPServer:
     ) -> dict[str, Any]:
         with _tool_errors():
             memory_id = memory.remember(
-                text, tenant=tenant, layer=layer, key=key, kind=kind, session=session,
-                actor=actor, timestamp=_stamp(timestamp, "timestamp"), metadata=metadata,
+                text,
+                tenant=tenant,
+                layer=layer,
+                key=key,
+                kind=kind,
+                session=session,
+                actor=actor,
+                timestamp=_stamp(timestamp, "timestamp"),
+                metadata=metadata,
                 attributes=attributes,
-            )  # fmt: skip
+            )
         return {"id": memory_id}
 
     @tool(
@@ -133,10 +140,17 @@ def build_server(memory: Memory) -> MCPServer:
     ) -> dict[str, Any]:
         with _tool_errors():
             result = memory.recall(
-                query, tenant=tenant, k=k, layers=layers, since=_stamp(since, "since"),
-                until=_stamp(until, "until"), session=session, actor=actor, kinds=kinds,
+                query,
+                tenant=tenant,
+                k=k,
+                layers=layers,
+                since=_stamp(since, "since"),
+                until=_stamp(until, "until"),
+                session=session,
+                actor=actor,
+                kinds=kinds,
                 explain=explain,
-            )  # fmt: skip
+            )
         return result.to_dict()
 
     @tool(

@@ -32,7 +32,8 @@ class GraphLayer:
     default_kind = "relation"
 
     def __init__(self) -> None:
-        self._names: dict[tuple[int, str], tuple[frozenset[str], int]] = {}
+        self._names: dict[tuple[str, tuple[tuple[str, int], ...]], tuple[frozenset[str], int]]
+        self._names = {}
         self._lock = threading.Lock()
 
     def prepare(self, item: MemoryInput) -> Prepared:
@@ -56,15 +57,18 @@ class GraphLayer:
             relations=tuple(relations),
         )
 
-    def _known(self, ctx: LayerContext, tenant: str, generation: int) -> tuple[frozenset[str], int]:
-        """The tenant's entity names and its memory count, cached per graph generation."""
-        key = (generation, tenant)
+    def _known(
+        self, ctx: LayerContext, tenant: str, generations: dict[str, int]
+    ) -> tuple[frozenset[str], int]:
+        """The tenant's entity names and memory count, cached per generation of every layer
+        (the count moves with writes to any layer), so every process computes the same."""
+        key = (tenant, tuple(sorted(generations.items())))
         known = self._names.get(key)
         if known is None:
             names = frozenset(ctx.store.entity_names(tenant))
             known = (names, int(ctx.store.stats(tenant)["memories"]))
             with self._lock:
-                for old in [k for k in self._names if k[1] == tenant]:
+                for old in [k for k in self._names if k[0] == tenant]:
                     del self._names[old]
                 self._names[key] = known
         return known
@@ -74,7 +78,7 @@ class GraphLayer:
         generation = request.generations.get(self.name, 0)
         if generation == 0:
             return []
-        names, total = self._known(ctx, tenant, generation)
+        names, total = self._known(ctx, tenant, request.generations)
         named = query_entities(request.query.text, names)
         limit = max(10, UBIQUITY * total)
         found = {n: v for n, v in ctx.store.entities(tenant, named).items() if v[1] <= limit}

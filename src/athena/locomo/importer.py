@@ -40,34 +40,70 @@ def conversation_memories(conv: Conversation) -> list[MemoryInput]:
     for index, turn in enumerate(conv.turns):
         # Turns of a session share its date; a second per turn keeps them in order.
         at = None if turn.time is None else turn.time + index % 1000
-        items.append(MemoryInput(
-            layer="episodic", text=turn.text, tenant=tenant, key=turn.dia_id, kind="turn",
-            session=f"session_{turn.session}", actor=turn.speaker, event_time=at,
-            sources=(turn.dia_id,),
-        ))  # fmt: skip
+        items.append(
+            MemoryInput(
+                layer="episodic",
+                text=turn.text,
+                tenant=tenant,
+                key=turn.dia_id,
+                kind="turn",
+                session=f"session_{turn.session}",
+                actor=turn.speaker,
+                event_time=at,
+                sources=(turn.dia_id,),
+            )
+        )
     for index, (speaker, text, dia_ids, session) in enumerate(conv.observations):
-        items.append(MemoryInput(
-            layer="semantic", text=text, tenant=tenant, key=f"observation:{session}:{index}",
-            kind="observation", session=f"session_{session}", actor=speaker,
-            event_time=conv.session_times.get(session), sources=dia_ids,
-        ))  # fmt: skip
+        items.append(
+            MemoryInput(
+                layer="semantic",
+                text=text,
+                tenant=tenant,
+                key=f"observation:{session}:{index}",
+                kind="observation",
+                session=f"session_{session}",
+                actor=speaker,
+                event_time=conv.session_times.get(session),
+                sources=dia_ids,
+            )
+        )
     for session, text in conv.summaries:
-        items.append(MemoryInput(
-            layer="episodic", text=text, tenant=tenant, key=f"summary:{session}", kind="summary",
-            session=f"session_{session}", event_time=conv.session_times.get(session),
-        ))  # fmt: skip
+        items.append(
+            MemoryInput(
+                layer="episodic",
+                text=text,
+                tenant=tenant,
+                key=f"summary:{session}",
+                kind="summary",
+                session=f"session_{session}",
+                event_time=conv.session_times.get(session),
+            )
+        )
     for index, (session, speaker, text, when) in enumerate(conv.events):
-        items.append(MemoryInput(
-            layer="episodic", text=text, tenant=tenant, key=f"event:{session}:{index}",
-            kind="event", session=f"session_{session}", actor=speaker, event_time=when,
-        ))  # fmt: skip
+        items.append(
+            MemoryInput(
+                layer="episodic",
+                text=text,
+                tenant=tenant,
+                key=f"event:{session}:{index}",
+                kind="event",
+                session=f"session_{session}",
+                actor=speaker,
+                event_time=when,
+            )
+        )
     if len(conv.speakers) == 2:
         a, b = conv.speakers
-        items.append(MemoryInput(
-            layer="graph", text=f"{a} and {b} talk with each other.", tenant=tenant,
-            key="speakers", kind="relation",
-            attributes={"relations": [[a, "talks_with", b]]},
-        ))  # fmt: skip
+        items.append(
+            MemoryInput(
+                layer="graph",
+                text=f"{a} and {b} talk with each other.",
+                tenant=tenant,
+                key="speakers",
+                kind="relation",
+                attributes={"relations": [[a, "talks_with", b]]},
+            )
+        )
     return [item for item in items if item.text.strip()]
 
 

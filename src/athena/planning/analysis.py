@@ -8,12 +8,24 @@ from typing import Final
 
 QUERY_TYPES: Final = ("temporal", "procedural", "prospective", "relational", "factual")
 
-_RULES: Final = (
-    ("procedural", re.compile(r"\b(how (do|to|can|should)|steps?|procedure|workflow|recipe|instructions?)\b", re.I)),
-    ("prospective", re.compile(r"\b(todo|to-do|remind(er)?|task|due|deadline|upcoming|plan(ned|s)?|goal|next week|tomorrow|schedule)\b", re.I)),
-    ("temporal", re.compile(r"\b(when|what (time|date|year|month|day)|how long|before|after|since|ago|last (week|month|year)|yesterday|during)\b", re.I)),
-    ("relational", re.compile(r"\b(who|whom|whose|relationship|related|friend|family|partner|colleague|together|with)\b", re.I)),
-)  # fmt: skip
+_CUES: Final = (
+    ("procedural", r"how (do|to|can|should)|steps?|procedure|workflow|recipe|instructions?"),
+    (
+        "prospective",
+        r"todo|to-do|remind(er)?|task|due|deadline|upcoming|plan(ned|s)?|goal|next week"
+        r"|tomorrow|schedule",
+    ),
+    (
+        "temporal",
+        r"when|what (time|date|year|month|day)|how long|before|after|since|ago"
+        r"|last (week|month|year)|yesterday|during",
+    ),
+    (
+        "relational",
+        r"who|whom|whose|relationship|related|friend|family|partner|colleague|together|with",
+    ),
+)
+_RULES: Final = tuple((name, re.compile(rf"\b({cues})\b", re.I)) for name, cues in _CUES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,14 +16,14 @@ import random
 import threading
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     CACHE = "cache"
     HYBRID = "hybrid"
     SEQUENTIAL = "sequential"
@@ -120,8 +120,13 @@ class StrategySelector:
     'sequential'
     """
 
-    def __init__(self, *, rng: random.Random | None = None, history: int = 1000,
-                 explore_rate: float = EXPLORE_RATE) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        rng: random.Random | None = None,
+        history: int = 1000,
+        explore_rate: float = EXPLORE_RATE,
+    ) -> None:
         self._models = {strategy: _CostModel() for strategy in EXECUTING}
         self._rng = rng or random.Random()
         self.explore_rate = explore_rate
@@ -171,11 +176,14 @@ class StrategySelector:
             self.history.append(decision)
         return decision
 
-    def for_cache(self, full: bool, s: Situation, cached_ms: float) -> Decision:
+    def for_cache(
+        self, full: bool, sequential_ms: float, cached_fraction: float, cached_ms: float
+    ) -> Decision:
         """CACHE on a full hit, HYBRID on a partial one."""
         strategy = Strategy.CACHE if full else Strategy.HYBRID
-        what = "valid full cache hit" if full else f"{s.cached_fraction:.0%} of layers cached"
-        decision = Decision(strategy, 1.0, what, cached_ms, s.sequential_ms / max(cached_ms, 1e-3))
+        what = "valid full cache hit" if full else f"{cached_fraction:.0%} of layers cached"
+        speedup = sequential_ms / max(cached_ms, 1e-3)
+        decision = Decision(strategy, 1.0, what, cached_ms, speedup)
         with self._lock:
             self.history.append(decision)
         return decision

@@ -86,6 +86,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     def run(self, fn: Callable[[sqlite3.Connection, set[tuple[str, str]]], T]) -> T:
         """Run ``fn(conn, touched)`` in one transaction on the writer thread; wait for it.
@@ -100,6 +101,7 @@ class Writer:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._thread is None:
                 return
             self._tasks.put(None)
@@ -108,6 +110,8 @@ class Writer:
 
     def _ensure_started(self) -> None:
         with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
             if self._thread is None:
                 self._conn = open_connection(self._path)
                 self._thread = threading.Thread(

@@ -43,19 +43,32 @@ def put(conn: sqlite3.Connection, touched: Touched, items: Sequence[PreparedMemo
             (item.tenant, item.layer, item.key),
         ).fetchone()
         values = (
-            item.kind, item.session, item.actor, item.text, item.event_time, now,
-            _dumps(list(item.sources)), _dumps(dict(item.metadata)), _dumps(dict(item.attributes)),
-        )  # fmt: skip
+            item.kind,
+            item.session,
+            item.actor,
+            item.text,
+            item.event_time,
+            now,
+            _dumps(list(item.sources)),
+            _dumps(dict(item.metadata)),
+            _dumps(dict(item.attributes)),
+        )
         if row is None:
             memory_id = int(
                 conn.execute(
                     "INSERT INTO memories (kind, session, actor, text, event_time, updated_at,"
                     " sources, metadata, attributes, created_at, tenant, layer, key, scope)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (*values, now, item.tenant, item.layer, item.key,
-                     scope_token(item.tenant, item.layer)),
+                    (
+                        *values,
+                        now,
+                        item.tenant,
+                        item.layer,
+                        item.key,
+                        scope_token(item.tenant, item.layer),
+                    ),
                 ).fetchone()[0]
-            )  # fmt: skip
+            )
             text_changed = True
         else:
             memory_id = int(row[0])
