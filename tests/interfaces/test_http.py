@@ -338,6 +338,14 @@ def test_auth_requires_a_valid_token(secured: httpx.Client) -> None:
     assert secured.get("/healthz").status_code == 200  # probes need no token
 
 
+def test_no_token_gets_401_before_the_body_is_parsed(secured: httpx.Client) -> None:
+    for body in (b"{not json", b"[]", b'{"query": 5}', b"x" * 500):
+        got = secured.post(
+            "/v1/tenants/a/recall", content=body, headers={"Content-Type": "application/json"}
+        )
+        error(got, 401, "unauthorized")
+
+
 def test_tenant_bound_tokens_cannot_reach_other_tenants(secured: httpx.Client) -> None:
     mine = secured.post("/v1/tenants/a/memories", json={"text": "A's secret plan"}, headers=A)
     theirs = secured.post(

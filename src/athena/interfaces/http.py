@@ -36,6 +36,8 @@ from athena.records import LAYERS, MAX_K, MAX_QUERY_CHARS, MAX_TEXT_CHARS
 P = ParamSpec("P")
 T = TypeVar("T")
 EXEMPT_FROM_INFLIGHT = ("/healthz", "/readyz", "/metrics")
+# Reachable without a token even when auth is on: probes and the API's own description.
+PUBLIC_PATHS = ("/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CACHE_RESULTS = ("hit", "partial", "miss")
 Stamp = float | str | None
@@ -257,6 +259,8 @@ def create_app(
         max_inflight=max_inflight,
         exempt=EXEMPT_FROM_INFLIGHT,
         on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
+        gate=gate,
+        public=PUBLIC_PATHS,
     )
     app.state.memory, app.state.gate, app.state.metrics = memory, gate, metrics
     bearer = HTTPBearer(auto_error=False, description="Bearer token (when auth is on).")

@@ -157,6 +157,8 @@ class Admission:
         max_inflight: int,
         exempt: Collection[str] = (),
         on_reject: Callable[[str], None] | None = None,
+        gate: Gate | None = None,
+        public: Collection[str] = (),
     ) -> None:
         if max_body_bytes < 1 or max_inflight < 1:
             raise InvalidInput("max_body_bytes and max_inflight must be positive")
@@ -166,12 +168,26 @@ class Admission:
         self.exempt = frozenset(exempt)
         self.inflight = 0
         self._on_reject = on_reject or (lambda reason: None)
+        self.gate = gate
+        self.public = frozenset(public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        if self.gate is not None and self.gate.enabled and scope["path"] not in self.public:
+            # Before the body is read or parsed: a caller without a valid token gets 401
+            # and learns nothing, not even whether its JSON was well-formed.
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            try:
+                self.gate.identify(token.strip() if scheme.lower() == "bearer" else None, "")
+            except ApiError as exc:
+                self._on_reject("unauthorized")
+                response = error_response(exc.status, exc.code, exc.message, exc.headers)
+                await response(scope, receive, send)
+                return
+        length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 await self._reject(scope, receive, send, 400, "bad_request", "bad Content-Length")
