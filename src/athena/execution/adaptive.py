@@ -22,7 +22,7 @@ from athena.execution.parallel import ParallelExecutor
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.telemetry import Telemetry, TelemetryRow
 from athena.layers.protocol import LayerResult, SearchRequest
-from athena.planning.analysis import classify
+from athena.planning.analysis import QueryAnalysis, classify
 from athena.planning.dependency_graph import DependencyGraph
 from athena.planning.selector import Decision, Situation, Strategy, StrategySelector
 from athena.records import LAYERS, Hit, RecallQuery
@@ -319,6 +319,7 @@ class _Run:
         self.results: Mapping[str, LayerResult] = {}
         self.fresh: dict[str, LayerResult] = {}
         self.cached_ms: dict[str, float] = {}
+        self.analysis: QueryAnalysis | None = None
         self.confidence = 1.0
 
     def execute(self) -> tuple[Hit, ...]:
@@ -347,6 +348,13 @@ class _Run:
             engine.cache.record_miss()
         missing = tuple(name for name in query.layers if name not in cached)
         self.situation = engine._situation(missing, len(cached) / len(query.layers))
+        self.analysis = QueryAnalysis(
+            query_type=self.query_type,
+            layers=query.layers,
+            estimated_ms=engine.graph.estimate_ms(query.layers),
+            cached_fraction=self.situation.cached_fraction,
+            length=len(query.text),
+        )
         if cached:
             self.cache_state = "partial" if missing else "hit"
             self.decision = engine.selector.for_cache(
@@ -443,4 +451,13 @@ class _Run:
             "skipped_layers": sorted(set(asked) - set(self.query.layers)),
             "query_type": self.query_type,
             "fallback": self.fallback,
+            "analysis": None
+            if self.analysis is None
+            else {
+                "query_type": self.analysis.query_type,
+                "layers": list(self.analysis.layers),
+                "estimated_sequential_ms": round(self.analysis.estimated_ms, 3),
+                "cached_fraction": self.analysis.cached_fraction,
+                "parallel_benefit": round(self.situation.parallel_benefit, 3),
+            },
         }
