@@ -136,3 +136,15 @@ def test_telemetry_and_graph_survive_a_restart(tmp_path: Path) -> None:
     with Memory(path) as mem:
         assert mem.execution_stats()["telemetry"]["recalls"] == 5
         assert mem.execution_stats()["graph"]["types"]
+
+
+def test_a_failed_recall_is_recorded(tmp_path: Path) -> None:
+    from athena import RecallTimeout
+
+    with Memory(tmp_path / "m.db", pool="off") as mem:
+        mem.remember("timing out on purpose", tenant="t")
+        mem.remember("another memory", tenant="t", layer="semantic")
+        with pytest.raises(RecallTimeout):
+            mem.recall("timing", tenant="t", strategy="sequential", timeout=1e-9)
+        row = mem.engine.telemetry.rows()[-1]  # type: ignore[attr-defined]
+        assert not row.success and row.fallback and "RecallTimeout" in row.fallback

@@ -1,0 +1,202 @@
+"""The feedback loop: every recall becomes a telemetry row that teaches the planner.
+
+Rows feed the dependency graph (layer costs, contributions, cache worthiness) and the
+selector's cost models; the graph is saved every few hundred recalls (off the recall's
+path) and on close, and both are restored at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Mapping
+from typing import Final
+
+from athena.errors import AthenaError
+from athena.execution.telemetry import Telemetry, TelemetryRow
+from athena.planning.dependency_graph import DependencyGraph
+from athena.planning.selector import Decision, Situation, Strategy, StrategySelector
+from athena.records import RecallQuery
+from athena.store.protocol import Store
+
+GRAPH_STATE: Final = "dependency_graph"
+SAVE_EVERY: Final = 500
+
+
+class Feedback:
+    """Records what each recall did and cost, and learns from it."""
+
+    def __init__(self, store: Store, graph: DependencyGraph, selector: StrategySelector) -> None:
+        self.store = store
+        self.graph = graph
+        self.selector = selector
+        self.telemetry = Telemetry(store)
+        self._lock = threading.Lock()
+        self._since_save = 0
+
+    def restore(self) -> None:
+        """Reload the saved graph, and replay saved telemetry into the selector."""
+        saved = self.store.load_state(GRAPH_STATE)
+        if saved:
+            self.graph.load_json(saved)
+        for row in self.telemetry.load():
+            if row.features and row.cache == "miss" and not row.fallback and row.success:
+                self.selector.learn(Strategy(row.strategy), _situation_from(row), row.actual_ms)
+
+    def save(self) -> None:
+        """Flush telemetry and persist the dependency graph."""
+        self.telemetry.flush()
+        self.store.save_state(GRAPH_STATE, self.graph.to_json())
+
+    def served(
+        self,
+        query: RecallQuery,
+        query_type: str,
+        decision: Decision,
+        confidence: float,
+        hits: int,
+        actual_ms: float,
+    ) -> None:
+        """A full cache hit: counted for cache worthiness; no strategy learns from it."""
+        self.graph.observe(query_type, {}, set(), True, hits, actual_ms)
+        self._record(
+            query,
+            query_type,
+            "cache",
+            decision,
+            confidence,
+            actual_ms,
+            "hit",
+            {},
+            (),
+            None,
+            True,
+            (),
+            False,
+        )
+
+    def executed(
+        self,
+        query: RecallQuery,
+        query_type: str,
+        decision: Decision,
+        strategy: Strategy,
+        situation: Situation,
+        cache: str,
+        layers_ms: Mapping[str, float],
+        contributed: set[str],
+        fallback: str | None,
+        hits: int,
+        actual_ms: float,
+        forced: bool,
+    ) -> None:
+        """An executed recall: the graph learns layer costs and contributions; the strategy
+        that ran learns its cost, unless the cache or a fallback muddied the measurement."""
+        self.graph.observe(
+            query_type,
+            layers_ms or dict.fromkeys(query.layers, 0.0),
+            contributed,
+            cache == "hit",
+            hits,
+            actual_ms,
+        )
+        if cache == "miss" and not fallback:
+            self.selector.learn(strategy, situation, actual_ms)
+        features = tuple(situation.features().tolist())
+        self._record(
+            query,
+            query_type,
+            strategy.value,
+            decision,
+            decision.confidence,
+            actual_ms,
+            cache,
+            layers_ms,
+            tuple(sorted(contributed)),
+            fallback,
+            True,
+            features,
+            forced,
+        )
+
+    def failed(
+        self,
+        query: RecallQuery,
+        query_type: str,
+        strategy: str,
+        actual_ms: float,
+        error: BaseException,
+    ) -> None:
+        """A recall that raised: recorded with success false (the error is re-raised)."""
+        decision = Decision(Strategy.SEQUENTIAL, 0.0, type(error).__name__, 0.0, 1.0)
+        self._record(
+            query,
+            query_type,
+            strategy,
+            decision,
+            0.0,
+            actual_ms,
+            "miss",
+            {},
+            (),
+            f"{type(error).__name__}: {error}"[:200],
+            False,
+            (),
+            strategy != "adaptive",
+        )
+
+    def _record(
+        self,
+        query: RecallQuery,
+        query_type: str,
+        strategy: str,
+        decision: Decision,
+        confidence: float,
+        actual_ms: float,
+        cache: str,
+        layers_ms: Mapping[str, float],
+        contributed: tuple[str, ...],
+        fallback: str | None,
+        success: bool,
+        features: tuple[float, ...],
+        forced: bool,
+    ) -> None:
+        sequential = sum(layers_ms.values()) or decision.estimated_ms
+        self.telemetry.record(
+            TelemetryRow(
+                at=time.time(),
+                tenant=query.tenant,
+                query_type=query_type,
+                strategy=strategy,
+                confidence=confidence,
+                estimated_ms=decision.estimated_ms,
+                actual_ms=actual_ms,
+                cache=cache,
+                layers_ms=dict(layers_ms),
+                layers=query.layers,
+                contributed=contributed,
+                speedup_estimated=decision.estimated_speedup,
+                speedup_actual=sequential / actual_ms if actual_ms else 1.0,
+                fallback=fallback,
+                success=success,
+                features=features,
+                forced=forced,
+            )
+        )
+        with self._lock:
+            self._since_save += 1
+            due = self._since_save >= SAVE_EVERY
+            if due:
+                self._since_save = 0
+        if due:  # off the recall's path: a save is a write transaction
+            threading.Thread(target=self._save_quietly, name="athena-save", daemon=True).start()
+
+    def _save_quietly(self) -> None:
+        with contextlib.suppress(AthenaError):  # the store is closing; close() saves again
+            self.save()
+
+
+def _situation_from(row: TelemetryRow) -> Situation:
+    f = row.features
+    return Situation(int(f[1]), f[2], 1.0, 0.0, int(f[3]), f[4], True, False, int(f[5]))

@@ -1,0 +1,218 @@
+"""One recall while it executes: cache layers, decide, run, aggregate, explain."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
+
+from athena.errors import RecallTimeout, WorkerPoolUnavailable
+from athena.execution.cache import CachedHits
+from athena.layers.protocol import LayerResult, SearchRequest
+from athena.planning.analysis import QueryAnalysis
+from athena.planning.selector import Decision, Strategy
+from athena.records import Hit, RecallQuery
+
+if TYPE_CHECKING:
+    from athena.execution.adaptive import AdaptiveEngine
+
+DISTRIBUTED_TIMEOUT: Final = 10.0
+
+
+class RecallRun:
+    """The state of one recall while it executes."""
+
+    def __init__(
+        self,
+        engine: AdaptiveEngine,
+        query: RecallQuery,
+        generations: dict[str, int],
+        strategy: str,
+        timeout: float | None,
+        query_type: str,
+    ) -> None:
+        self.engine = engine
+        self.query = query
+        self.generations = generations
+        self.strategy = strategy
+        self.timeout = timeout
+        self.query_type = query_type
+        self.decision: Decision | None = None
+        self.executed: Strategy | None = None
+        self.situation = engine._situation(query.layers, 0.0, light=True)
+        self.cache_state = "miss"
+        self.fallback: str | None = None
+        self.results: Mapping[str, LayerResult] = {}
+        self.fresh: dict[str, LayerResult] = {}
+        self.analysis: QueryAnalysis | None = None
+        self.confidence = 1.0
+
+    def execute(self) -> tuple[Hit, ...]:
+        engine, query = self.engine, self.query
+        if self.strategy in ("adaptive", "cache", "hybrid"):  # the full hit was tried before
+            key = engine.cache.flight_key(query, engine.model, self.generations)
+            hits = engine.cache.single_flight(key, self._compute)
+            if self.decision is None:  # another thread computed it for us (single-flight)
+                self.cache_state = "hit"
+                self.decision = replace(
+                    engine.selector.for_cache(True, self.situation.sequential_ms, 1.0, 0.0),
+                    reasoning="shared the execution of a concurrent identical recall",
+                )
+            return hits
+        return self._compute()
+
+    def _compute(self) -> tuple[Hit, ...]:
+        engine, query = self.engine, self.query
+        depth = self.engine.pipeline.request_depth(query)
+        cached: dict[str, Any] = {}
+        uses_cache = self.strategy in ("adaptive", "cache", "hybrid")
+        if self.strategy in ("adaptive", "hybrid"):
+            cached = engine.cache.get_layers(query, engine.model, depth, self.generations)
+            engine.cache.record_partial(cached.values())
+        elif uses_cache:
+            engine.cache.record_miss()
+        missing = tuple(name for name in query.layers if name not in cached)
+        self.situation = engine._situation(missing, len(cached) / len(query.layers))
+        self.analysis = QueryAnalysis(
+            query_type=self.query_type,
+            layers=query.layers,
+            estimated_ms=engine.graph.estimate_ms(query.layers),
+            cached_fraction=self.situation.cached_fraction,
+            length=len(query.text),
+        )
+        if cached:
+            self.cache_state = "partial" if missing else "hit"
+            self.decision = engine.selector.for_cache(
+                not missing, self.situation.sequential_ms, self.situation.cached_fraction, 0.0
+            )
+            inner = self._choose(missing) if missing else None
+        else:
+            self.decision = self._decide(missing)
+            inner = self.decision.strategy
+        self.executed = inner
+        if missing and inner is not None:
+            request = engine.pipeline.request(query, self.generations)
+            self.fresh = self._run(inner, request, missing)
+        results, self.confidence = engine.aggregator.merge(
+            [
+                (
+                    {n: c.value for n, c in cached.items()},
+                    {n: c.confidence for n, c in cached.items()},
+                ),
+                (self.fresh, {}),
+            ]
+        )
+        self.results = results
+        hits = engine.pipeline.hits(query, results)
+        if uses_cache:  # forced executing strategies neither read nor fill the cache
+            for result in self.fresh.values():
+                engine.cache.put_layer(
+                    query, engine.model, depth, result, self.generations, result.elapsed_ms
+                )
+            cost = sum(r.elapsed_ms for r in self.fresh.values())
+            engine.cache.put_full(query, engine.model, self.generations, hits, cost)
+        return hits
+
+    def _decide(self, layers: tuple[str, ...]) -> Decision:
+        forced = {
+            "sequential": Strategy.SEQUENTIAL,
+            "parallel": Strategy.PARALLEL,
+            "distributed": Strategy.DISTRIBUTED,
+        }.get(self.strategy)
+        if forced is None:  # adaptive, or cache/hybrid that found nothing cached
+            return self.engine.selector.decide(self.situation)
+        if forced is Strategy.DISTRIBUTED:
+            self.engine._pool()
+        estimate, _ = self.engine.selector.predict(forced, self.situation)
+        return Decision(forced, 1.0, f"forced {forced.value}", estimate, 1.0)
+
+    def _choose(self, layers: tuple[str, ...]) -> Strategy:
+        return self._decide(layers).strategy
+
+    def _run(
+        self, strategy: Strategy, request: SearchRequest, layers: tuple[str, ...]
+    ) -> dict[str, LayerResult]:
+        engine = self.engine
+        if strategy is Strategy.DISTRIBUTED:
+            backend = engine._pool()
+            if backend is None:
+                self.fallback = f"pool unavailable: {engine._backend_error or 'not configured'}"
+            else:
+                try:
+                    return backend.run(request, layers, timeout=self.timeout or DISTRIBUTED_TIMEOUT)
+                except (WorkerPoolUnavailable, RecallTimeout) as exc:
+                    self.fallback = f"pool failed: {exc}"
+            self.executed = Strategy.PARALLEL
+            strategy = Strategy.PARALLEL
+        if strategy is Strategy.PARALLEL and len(layers) > 1:
+            return engine.parallel.run(request, layers, self.timeout)
+        start = time.monotonic()
+        out = {}
+        for name in layers:
+            out[name] = engine.pipeline.run(name, request, "sequential")
+            if self.timeout is not None and time.monotonic() - start > self.timeout:
+                raise RecallTimeout(f"recall exceeded its {self.timeout}s timeout")
+        return out
+
+    def explain(self, actual_ms: float, asked: tuple[str, ...]) -> dict[str, Any]:
+        decision = self.decision
+        assert decision is not None
+        layers_ms: dict[str, float] = {
+            name: round(self.fresh[name].elapsed_ms, 3) if name in self.fresh else 0.0
+            for name in self.query.layers
+        }
+        return {
+            "strategy": decision.strategy.value,
+            "executed": (self.executed or decision.strategy).value,
+            "reasoning": decision.reasoning,
+            "confidence": round(decision.confidence, 4),
+            "estimated_ms": round(decision.estimated_ms, 3),
+            "estimated_speedup": round(decision.estimated_speedup, 3),
+            "actual_ms": round(actual_ms, 3),
+            "cache": self.cache_state,
+            "result_confidence": round(self.confidence, 4),
+            "layers": layers_ms,
+            "cached_layers": sorted(set(self.query.layers) - set(self.fresh)),
+            "skipped_layers": sorted(set(asked) - set(self.query.layers)),
+            "query_type": self.query_type,
+            "fallback": self.fallback,
+            "analysis": None
+            if self.analysis is None
+            else {
+                "query_type": self.analysis.query_type,
+                "layers": list(self.analysis.layers),
+                "estimated_sequential_ms": round(self.analysis.estimated_ms, 3),
+                "cached_fraction": self.analysis.cached_fraction,
+                "parallel_benefit": round(self.situation.parallel_benefit, 3),
+            },
+        }
+
+
+def served_explain(
+    query: RecallQuery,
+    query_type: str,
+    asked: tuple[str, ...],
+    full: CachedHits,
+    decision: Decision,
+    actual_ms: float,
+) -> dict[str, Any]:
+    """The explain object of a full cache hit."""
+    return {
+        "strategy": "cache",
+        "executed": "cache",
+        "reasoning": decision.reasoning,
+        "confidence": 1.0,
+        "estimated_ms": 0.0,
+        "estimated_speedup": round(decision.estimated_speedup, 3),
+        "actual_ms": round(actual_ms, 3),
+        "cache": "hit",
+        "result_confidence": round(full.confidence, 4),
+        "cache_age_s": round(full.age_s, 3),
+        "layers": dict.fromkeys(query.layers, 0.0),
+        "cached_layers": list(query.layers),
+        "skipped_layers": sorted(set(asked) - set(query.layers)),
+        "query_type": query_type,
+        "fallback": None,
+        "analysis": None,
+    }
