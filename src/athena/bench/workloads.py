@@ -160,16 +160,32 @@ def build_store(
                 advance(1)
         tenants = len(memory.tenants())
     finally:
-        memory.close()  # checkpoints the WAL: the file alone is the store
+        memory.close()
+    _settle(partial)
     build_s = time.perf_counter() - start
     partial.rename(path)
-    for leftover in folder.glob(partial.name + "-*"):
-        leftover.unlink()
     meta.write_text(
         json.dumps({"memories": total, "tenants": tenants, "build_s": round(build_s, 2)}),
         encoding="utf-8",
     )
     return Store(name, embedder, path, total, tenants, asks, build_s)
+
+
+def _settle(path: Path) -> None:
+    """Fold the WAL into the main file and leave rollback-journal mode: one file is the store.
+
+    A WAL file left beside it may hold the last commits; renaming the main file away from
+    it would lose them.
+    """
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        conn.close()
+    for suffix in ("-wal", "-shm"):
+        if Path(f"{path}{suffix}").exists():
+            raise RuntimeError(f"{path}{suffix} is still there after a checkpoint")
 
 
 def working_copy(store: Store, work_dir: Path) -> Path:

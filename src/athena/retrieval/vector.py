@@ -39,10 +39,32 @@ class Backend(Protocol):
     def __len__(self) -> int: ...
 
 
+def limit_blas_threads() -> None:
+    """Hold numpy's BLAS to one thread (once per process).
+
+    A matrix-vector product over a few thousand vectors is microseconds of work; split over
+    two threads on a busy 2-core machine it stalled for milliseconds (8.0 ms against 0.057 ms
+    p50 at 2,000 vectors, docs/benchmarks.md). Set ATHENA_BLAS_THREADS to override.
+    """
+    global _BLAS_LIMITED
+    if _BLAS_LIMITED:
+        return
+    _BLAS_LIMITED = True
+    import os
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=int(os.environ.get("ATHENA_BLAS_THREADS", "1")), user_api="blas")
+
+
+_BLAS_LIMITED = False
+
+
 class ExactBackend:
     """Brute force: exact, and fastest while the set is small."""
 
     def __init__(self, dim: int) -> None:
+        limit_blas_threads()
         self._matrix = np.zeros((0, dim), np.float32)
         self._size = 0
 

@@ -8,6 +8,7 @@ retried half-way, and writers in other processes wait on ``busy_timeout`` instea
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -125,6 +126,10 @@ class Writer:
         while True:
             item = self._tasks.get()
             if item is None:
+                # Fold the WAL back into the file, so a closed store is one file again
+                # (as far as readers still open allow).
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.close()
                 return
             fn, future = item

@@ -73,7 +73,9 @@ def get(conn: sqlite3.Connection, tenant: str, ids: Sequence[int]) -> list[Memor
         return []
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM memories WHERE tenant = ? AND id IN ({marks})",
+        # "+tenant": filter on it, but look rows up by id. Without the "+", SQLite picks a
+        # tenant index and walks every row of a large tenant (25.7 ms -> 0.13 ms at 100k).
+        f"SELECT {_COLUMNS} FROM memories WHERE +tenant = ? AND id IN ({marks})",
         (tenant, *ids),
     ).fetchall()
     by_id = {int(r[0]): row_from_sql(r) for r in rows}
@@ -102,7 +104,7 @@ def admitted(
     extra, params = _where(where)
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
-        f"SELECT m.id FROM memories m WHERE m.tenant = ? AND m.id IN ({marks}){extra}",
+        f"SELECT m.id FROM memories m WHERE +m.tenant = ? AND m.id IN ({marks}){extra}",
         (tenant, *ids, *params),
     )
     return {int(r[0]) for r in rows}
@@ -194,7 +196,8 @@ def mentioning(
     marks = ",".join("?" * len(entity_ids))
     rows = conn.execute(
         "SELECT n.memory_id, n.entity_id FROM mentions n JOIN memories m ON m.id = n.memory_id"
-        f" WHERE m.tenant = ? AND n.entity_id IN ({marks})"
+        # "+m.tenant": start from the mentions' key, not the whole tenant (138 -> 5.6 ms).
+        f" WHERE +m.tenant = ? AND n.entity_id IN ({marks})"
         " ORDER BY m.event_time DESC, n.memory_id DESC LIMIT ?",
         (tenant, *entity_ids, limit),
     ).fetchall()

@@ -1,0 +1,276 @@
+"""An OPEN-LOOP load generator over :class:`~athena.memory.AsyncMemory`.
+
+Every request has an intended send time fixed in advance by the arrival schedule; it is
+sent then whether or not earlier ones have finished, and its latency is measured from that
+intended time, so a slow system is charged for the queue it builds (no coordinated
+omission). Calls run on a thread pool as large as the concurrency asked for, set as the
+event loop's default executor, which is what ``AsyncMemory``'s ``asyncio.to_thread`` uses.
+
+* :func:`bursts`: ``concurrency`` recalls sent at the same instant, a burst every
+  ``interval`` seconds: the seed's "10 parallel" and "100 concurrent" rows.
+* :func:`ramp`: a fixed arrival rate held for ``step_s`` per rate, the rate raised
+  geometrically until p99 exceeds a bound; arms take turns rate by rate.
+* :func:`ceiling`: the same generator against a no-op async call: the most this harness
+  itself can send, so a throughput miss can be told apart from a harness limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from athena.bench.arms import Arm, Samples, percentile, rotations
+from athena.bench.workloads import Ask
+from athena.errors import AthenaError
+
+RAMP_FACTOR: Final = 1.5
+P99_BOUND_MS: Final = 100.0
+REQUEST_TIMEOUT_S: Final = 30.0
+HOT: Final = 8  # questions a cached throughput step asks (each primed first)
+LEAD_S: Final = 0.02  # schedule starts this far ahead, so creating the tasks is not timed
+
+Call = Callable[[Ask], Awaitable[Any]]
+Advance = Callable[[int], None]
+
+
+@dataclass(slots=True)
+class Phase:
+    """The outcome of one open-loop phase."""
+
+    ms: list[float] = field(default_factory=list)  # from the intended send time; NaN: failed
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # first intended send to last completion
+    sent: int = 0
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for m in self.ms if m == m)
+
+    @property
+    def qps(self) -> float:
+        return self.completed / self.seconds if self.seconds > 0 else 0.0
+
+    def p99(self) -> float:
+        return percentile([m for m in self.ms if m == m], 99)
+
+
+async def open_loop(
+    call: Call, asks: Sequence[Ask], offsets: Sequence[float], timeout: float = REQUEST_TIMEOUT_S
+) -> Phase:
+    """Send ``asks[i]`` at ``offsets[i]`` seconds from now (+ a short lead); time each."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + LEAD_S
+    phase = Phase(sent=len(asks))
+    ends: list[float] = []
+
+    async def one(ask: Ask, offset: float) -> None:
+        intended = start + offset
+        delay = intended - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            await asyncio.wait_for(call(ask), timeout)
+        except (AthenaError, TimeoutError) as exc:
+            phase.errors.append(f"{type(exc).__name__}: {exc}")
+            phase.ms.append(float("nan"))
+            return
+        now = loop.time()
+        ends.append(now)
+        phase.ms.append((now - intended) * 1000.0)
+
+    await asyncio.gather(*(one(a, o) for a, o in zip(asks, offsets, strict=True)))
+    phase.seconds = (max(ends) if ends else loop.time()) - start
+    return phase
+
+
+def run_phase(
+    call: Call,
+    asks: Sequence[Ask],
+    offsets: Sequence[float],
+    threads: int,
+    timeout: float = REQUEST_TIMEOUT_S,
+) -> Phase:
+    """:func:`open_loop` in a fresh event loop whose default executor has ``threads``."""
+
+    async def main() -> Phase:
+        executor = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-load")
+        asyncio.get_running_loop().set_default_executor(executor)
+        return await open_loop(call, asks, offsets, timeout)
+
+    return asyncio.run(main())
+
+
+def arm_call(arm: Arm, timeout: float) -> Call:
+    async def call(ask: Ask) -> None:
+        await arm.arecall(ask, timeout=timeout)
+
+    return call
+
+
+def cycle(asks: Sequence[Ask]) -> Iterator[Ask]:
+    return itertools.cycle(asks) if asks else iter(())
+
+
+def bursts(
+    arms: Sequence[Arm],
+    asks: Sequence[Ask],
+    *,
+    concurrency: int,
+    per_block: int,
+    blocks: int,
+    interval: float,
+    advance: Advance | None = None,
+) -> dict[str, Samples]:
+    """Bursts of ``concurrency`` simultaneous recalls, ``per_block`` bursts ``interval`` s
+    apart per arm turn, arms rotating block by block, ``blocks`` turns each.
+
+    Each arm draws its recalls in order from ``asks`` (distinct, so none is a repeat for it).
+    """
+    out = {arm.name: Samples() for arm in arms}
+    feeds = {arm.name: cycle(asks) for arm in arms}
+    counts = {arm.name: arm.cache_counts() for arm in arms}
+    offsets = [b * interval for b in range(per_block) for _ in range(concurrency)]
+    seen = {arm.name: arm.recorded() for arm in arms}
+    for block in range(blocks):
+        for arm in rotations(arms, block):
+            picked = [next(feeds[arm.name]) for _ in offsets]
+            phase = run_phase(arm_call(arm, REQUEST_TIMEOUT_S), picked, offsets, concurrency)
+            samples = out[arm.name]
+            samples.ms += phase.ms
+            samples.errors += len(phase.errors)
+            arm.errors += phase.errors
+            samples.wall_s += phase.seconds
+            if advance:
+                advance(1)
+    for arm in arms:
+        samples = out[arm.name]
+        fresh = arm.recorded() - seen[arm.name]
+        samples.rows = arm.telemetry()[-fresh:] if fresh > 0 else []
+        samples.qps = len(samples.ok()) / samples.wall_s if samples.wall_s else None
+        samples.cache = {
+            k: arm.cache_counts().get(k, 0.0) - v
+            for k, v in counts[arm.name].items()
+            if k in ("hits", "partial_hits", "misses")
+        }
+    return out
+
+
+def rates(start: float, stop: float, factor: float = RAMP_FACTOR) -> list[float]:
+    """The geometric ladder of arrival rates from ``start`` to at most ``stop``.
+
+    >>> rates(100, 400, 2.0)
+    [100.0, 200.0, 400.0]
+    """
+    out, rate = [], float(start)
+    while rate <= stop * (1 + 1e-9):
+        out.append(round(rate, 3))
+        rate *= factor
+    return out
+
+
+@dataclass(slots=True)
+class RampStep:
+    rate: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    qps: float
+    errors: int
+    passed: bool
+    executed: dict[str, int] = field(default_factory=dict)  # strategies the engine ran
+
+
+def ramp(
+    arms: Sequence[Arm],
+    asks: Sequence[Ask],
+    *,
+    cached: bool,
+    ladder: Sequence[float],
+    step_s: float,
+    bound_ms: float = P99_BOUND_MS,
+    threads: int = 64,
+    advance: Advance | None = None,
+) -> dict[str, list[RampStep]]:
+    """Raise the arrival rate along ``ladder`` for every arm, rate by rate (arms take turns),
+    until an arm's p99 passes ``bound_ms`` or a recall fails; that arm then stops.
+
+    Cold: every step starts from empty caches and asks distinct questions (cycling only
+    when a step needs more than there are). Cached: a step asks only the first few of
+    ``asks``, each asked once (primed) before the step starts.
+    """
+    steps: dict[str, list[RampStep]] = {arm.name: [] for arm in arms}
+    live = list(arms)
+    hot = list(asks[: max(1, min(len(asks), HOT))])
+    for index, rate in enumerate(ladder):
+        for arm in rotations(live, index):
+            count = max(1, round(rate * step_s))
+            arm.reset()
+            if cached:
+                for ask in hot:
+                    arm.recall(ask)
+                feed = cycle(hot)
+            else:  # distinct questions only: a repeat could be served from a cache
+                feed, count = cycle(asks), min(count, len(asks))
+            picked = [next(feed) for _ in range(count)]
+            offsets = [i / rate for i in range(count)]
+            seen = arm.recorded()
+            phase = run_phase(arm_call(arm, REQUEST_TIMEOUT_S), picked, offsets, threads)
+            fresh = arm.recorded() - seen
+            rows = arm.telemetry()[-fresh:] if fresh > 0 else []
+            executed = Counter(str(getattr(row, "strategy", "?")) for row in rows)
+            ok = [m for m in phase.ms if m == m]
+            p99 = percentile(ok, 99)
+            passed = not phase.errors and p99 <= bound_ms
+            steps[arm.name].append(
+                RampStep(
+                    rate,
+                    percentile(ok, 50),
+                    percentile(ok, 95),
+                    p99,
+                    phase.qps,
+                    len(phase.errors),
+                    passed,
+                    dict(executed),
+                )
+            )
+            arm.errors += phase.errors
+            if not passed:
+                live.remove(arm)
+            if advance:
+                advance(1)
+        if not live:
+            break
+    return steps
+
+
+def best_step(steps: Sequence[RampStep]) -> RampStep | None:
+    """The highest-rate step that passed, or None if none did."""
+    passed = [s for s in steps if s.passed]
+    return max(passed, key=lambda s: s.rate) if passed else None
+
+
+def ceiling(
+    ladder: Sequence[float], step_s: float, threads: int = 64, bound_ms: float = P99_BOUND_MS
+) -> float:
+    """The highest rate at which this generator, calling a no-op through a thread like
+    ``AsyncMemory`` does, keeps p99 under ``bound_ms``: the harness's own limit."""
+
+    def noop() -> None:
+        return None
+
+    async def call(ask: Ask) -> None:
+        await asyncio.to_thread(noop)
+
+    best = 0.0
+    for rate in ladder:
+        count = max(1, round(rate * step_s))
+        phase = run_phase(call, [Ask("-", "-")] * count, [i / rate for i in range(count)], threads)
+        if phase.errors or phase.p99() > bound_ms:
+            break
+        best = rate
+    return best

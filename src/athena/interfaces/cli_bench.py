@@ -1,0 +1,72 @@
+"""``athena bench``: the execution-strategy benchmark (the seed's performance table, measured).
+
+Register with ``app.add_typer(bench_app, name="bench")``. Writes bench.json, bench.md and
+PNG plots into ``--out``; progress bars go to stderr, a one-line summary to stdout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from athena.errors import InvalidInput, NotFound
+from athena.interfaces.cli_support import emit_json, progress_bar
+
+bench_app = typer.Typer(help="Benchmark the execution strategies against each other.")
+EMBEDDER_CHOICES = {
+    "static": ("static",),
+    "transformer": ("transformer",),
+    "both": ("static", "transformer"),
+}
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Smoke run: LoCoMo store, static, small samples.")
+    ] = False,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("bench-out"),
+    embedder: Annotated[
+        str, typer.Option("--embedder", help="static, transformer or both (full mode).")
+    ] = "both",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="LoCoMo file (default ../shared/data/locomo/locomo10.json, "
+            "else /work/shared/data/locomo/locomo10.json).",
+        ),
+    ] = None,
+) -> None:
+    """Every strategy on every scenario, interleaved; the oracle's regret; goals met or missed."""
+    from athena.bench.runner import plan_for, resolve_data, run
+
+    chosen = EMBEDDER_CHOICES.get(embedder.strip().lower())
+    if chosen is None:
+        raise InvalidInput(f"unknown embedder {embedder!r}; choose static, transformer or both")
+    path = resolve_data(data)
+    if not path.is_file():
+        raise NotFound(f"no LoCoMo file at {path}; pass --data")
+    command = "athena bench" + (" --quick" if quick else "") + f" --out {out}"
+    command += f" --embedder {embedder}" if not quick else ""
+    command += f" --data {data}" if data is not None else ""
+    plan = plan_for("quick" if quick else "full", path, out, chosen)
+    doc = run(plan, command, bars=progress_bar)
+    met = [g for g in doc["goals"] if g["met"] is True]
+    missed = [g for g in doc["goals"] if g["met"] is False]
+    emit_json(
+        {
+            "out": str(out),
+            "rows": len(doc["rows"]),
+            "goals_met": len(met),
+            "goals_missed": len(missed),
+            "regret": {
+                k: doc["regret"].get(k) for k in ("vs_oracle", "share_over_10pct", "vs_best_fixed")
+            }
+            if doc["regret"]
+            else {},
+            "seconds": doc["meta"].get("total_s"),
+        }
+    )
