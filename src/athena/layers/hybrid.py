@@ -12,6 +12,10 @@ VECTOR_WEIGHT = 0.5
 
 
 def lexical_ids(ctx: LayerContext, layer: str, request: SearchRequest, limit: int) -> list[int]:
+    if request.generations.get(layer, 0) == 0:
+        # Never written for this tenant. Skipping matters: FTS5 reads the query terms'
+        # whole doclists (every tenant's) before it intersects them with the scope.
+        return []
     match = match_expression(request.query.text)
     if match is None:
         return []

@@ -90,8 +90,9 @@ class SQLiteStore:
             if self._closed:
                 return
             self._closed = True
-        self._writer.close()
+        # Readers first: the writer's last act is a WAL checkpoint, which open readers limit.
         self._readers.close()
+        self._writer.close()
 
     # -- writes -----------------------------------------------------------------------------
 
