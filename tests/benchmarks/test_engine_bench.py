@@ -37,7 +37,7 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs every phase once (static embedder, tiny sizes) and writes the outputs."""
     work = tmp_path_factory.mktemp("engine-bench")
     path = work / "one-conversation.json"
-    path.write_text(json.dumps(json.loads(engine.DATA.read_text(encoding="utf-8"))[:1]))
+    path.write_text(json.dumps(json.loads(engine.DATA.read_text(encoding="utf-8"))[1:2]))
     static: dict[str, Any] = {"import": engine.bench_import("static", path, work, 1)}
     static["locomo"] = engine.bench_locomo("static", work / "locomo-static.db", path)
     for shape in ("many_tenants", "one_tenant"):

@@ -7,6 +7,7 @@ both embedders. Progress bars go to stderr.
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import random
 import sqlite3
@@ -326,6 +327,10 @@ def run(plan: Plan, command: str, bars: Bars = no_bars) -> dict[str, Any]:
             session, measured = run_session(store, plan, bars, ceiling)
             sessions.append(session)
             parts.append((f"{name}/{embedder}", measured))
+            keep = plan.out / "sessions"  # raw results, so a report can be redrawn later
+            keep.mkdir(parents=True, exist_ok=True)
+            with (keep / f"{name}-{embedder}.pickle").open("wb") as fh:
+                pickle.dump((session, measured), fh)
     meta["stores"] = stores
     regret = _regret(parts)
     meta["load_avg_end"] = os.getloadavg()

@@ -24,6 +24,7 @@ EMBEDDER_CHOICES = {
 
 @bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     quick: Annotated[
         bool, typer.Option("--quick", help="Smoke run: LoCoMo store, static, small samples.")
     ] = False,
@@ -49,7 +50,7 @@ def bench(
     path = resolve_data(data)
     if not path.is_file():
         raise NotFound(f"no LoCoMo file at {path}; pass --data")
-    command = "athena bench" + (" --quick" if quick else "") + f" --out {out}"
+    command = ctx.command_path + (" --quick" if quick else "") + f" --out {out}"
     command += f" --embedder {embedder}" if not quick else ""
     command += f" --data {data}" if data is not None else ""
     plan = plan_for("quick" if quick else "full", path, out, chosen)

@@ -1,0 +1,122 @@
+"""The bench harness on a tiny slice (one conversation, a handful of queries, very short load
+phases): bench.json's shape, the Markdown and the plots, and the regret maths by hand.
+
+Nothing here asserts on a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from athena.bench import oracle
+from athena.bench.arms import parallel_limit, percentile
+from athena.bench.runner import QUICK, plan_for, run, with_sizes
+from athena.bench.workloads import Ask, recall_ops, with_writes, zipf_stream
+
+ROW_KEYS = {"scenario": str, "strategy": str, "embedder": str, "store": str}
+NUMBERS = ("p50_ms", "p95_ms", "p99_ms", "qps", "hit_rate", "ratio_vs_baseline")
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory, locomo_path: Path) -> Path:
+    work = tmp_path_factory.mktemp("bench")
+    data = work / "one-conversation.json"
+    raw = json.loads(locomo_path.read_text(encoding="utf-8"))[:1]
+    raw[0]["qa"] = raw[0]["qa"][:40]
+    data.write_text(json.dumps(raw), encoding="utf-8")
+    quick = replace(plan_for("quick", data, work / "out", ("static",)), pools="off")
+    plan = with_sizes(
+        quick,
+        cached=6, cold=5, complex=4, learn=4, oracle=3, oracle_repeats=2, oracle_learn=3,
+        zipf_limit=20, c10=(1, 1, 0.05), c100=(1, 1, 0.1), ramp_step_s=0.1,
+        ramp=(100.0, 200.0, 400.0), ramp_factor=2.0, budget_s=2.0, warm_rounds=1,
+    )  # fmt: skip
+    run(plan, "pytest tiny slice")
+    return work / "out"
+
+
+@pytest.fixture(scope="module")
+def doc(out: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def test_bench_json_shape(doc: dict[str, Any]) -> None:
+    assert {"rows", "regret", "machine", "date", "command", "mode"} <= doc.keys()
+    assert doc["mode"] == "quick" and doc["command"] == "pytest tiny slice"
+    assert doc["machine"]["nproc"] >= 1
+    scenarios = {r["scenario"] for r in doc["rows"]}
+    assert {"simple cached query", "mixed workload 50% cache", "mixed + writes",
+            "complex multi-layer", "10 concurrent", "100 concurrent", "throughput cold",
+            "throughput cached"} <= scenarios  # fmt: skip
+    strategies = {r["strategy"] for r in doc["rows"]}
+    assert strategies == {"baseline", "sequential", "parallel", "distributed", "cache",
+                          "hybrid", "adaptive"}  # fmt: skip
+    for row in doc["rows"]:
+        for key, kind in ROW_KEYS.items():
+            assert isinstance(row[key], kind)
+        assert row["embedder"] == "static" and row["store"] == "locomo"
+        assert isinstance(row["errors"], int)
+        for key in NUMBERS:
+            assert key in row
+            assert row[key] is None or isinstance(row[key], int | float)
+    for key in ("vs_oracle", "share_over_10pct", "vs_best_fixed"):
+        assert isinstance(doc["regret"][key], float)
+    assert {g["met"] for g in doc["goals"]} <= {True, False, None}
+
+
+def test_baseline_ratio_is_one(doc: dict[str, Any]) -> None:
+    for row in doc["rows"]:
+        if row["strategy"] == "baseline" and row["ratio_vs_baseline"] is not None:
+            assert row["ratio_vs_baseline"] == pytest.approx(1.0)
+
+
+def test_markdown_and_plots(out: Path) -> None:
+    text = (out / "bench.md").read_text(encoding="utf-8")
+    assert "seed current" in text and "### Goals" in text and "Regret" in text
+    for name in ("latency.png", "throughput.png", "regret.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in text
+
+
+def test_oracle_and_regret_by_hand() -> None:
+    costs = [
+        {"sequential": 4.0, "parallel": 2.0, "distributed": 5.0},  # oracle: parallel 2
+        {"sequential": 1.0, "parallel": 2.0, "distributed": 3.0},  # oracle: sequential 1
+        {"sequential": 3.0, "parallel": 3.0, "distributed": 1.5},  # oracle: distributed 1.5
+    ]
+    adaptive = [2.0, 1.05, 3.0]  # regret 0, 0.05, 1.0
+    r = oracle.regret(costs, adaptive)
+    assert r.vs_oracle == pytest.approx((0.0 + 0.05 + 1.0) / 3)
+    assert r.share_over_10pct == pytest.approx(1 / 3)  # 5% is not over 10%; 100% is
+    # totals: sequential 8, parallel 7, distributed 9.5: parallel is the best fixed
+    assert r.best_fixed == "parallel"
+    assert r.vs_best_fixed == pytest.approx((6.05 - 7.0) / 7.0)
+    assert r.oracle_picks == {"parallel": 1, "sequential": 1, "distributed": 1}
+    assert oracle.oracle({"a": 2.0, "b": 1.0}) == ("b", 1.0)
+
+
+def test_regret_ignores_strategies_missing_somewhere() -> None:
+    costs = [{"sequential": 2.0, "distributed": 1.0}, {"sequential": 2.0}]
+    r = oracle.regret(costs, [1.0, 2.0])
+    assert r.best_fixed == "sequential" and r.vs_oracle == 0.0
+    with pytest.raises(ValueError):
+        oracle.regret(costs, [1.0])
+
+
+def test_workload_maths() -> None:
+    stream = zipf_stream(500, random.Random(3))
+    assert abs((len(stream) - len(set(stream))) / len(stream) - 0.5) < 0.02
+    ops = with_writes(recall_ops([Ask("t", "q")], [0] * 180), random.Random(0))
+    assert sum(op.kind == "write" for op in ops) / len(ops) == pytest.approx(0.1)
+    assert parallel_limit({"a": 2.0, "b": 2.0, "c": 2.0}, 2) == pytest.approx(2.0)
+    assert parallel_limit({"a": 5.0, "b": 1.0}, 2) == pytest.approx(1.2)
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0 and math.isnan(percentile([], 50))
+    assert QUICK.budget_s > 0
