@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 QUERIES = 300
+CLIENTS = 8  # client threads
 TENANTS = ("acme", "globex", "initech", "umbrella", "hooli")
 LAYERS = ("episodic", "semantic", "procedural", "prospective", "graph")
 VOCAB = (
@@ -50,6 +51,23 @@ def _status(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def prime(memory: Any, executor: ThreadPoolExecutor, queries: list[tuple[str, str]]) -> None:
+    """Bring every bounded thread pool to its size before measuring: each client thread at
+    once (a barrier) runs a parallel recall, which also fills the engine's reader threads.
+    Each of those threads opens its own read connection (a file descriptor or two) on first
+    use; without this, a burst late in the run would open one and look like a leak."""
+    barrier = threading.Barrier(CLIENTS)
+
+    def one(i: int) -> None:
+        barrier.wait(timeout=30)
+        text, tenant = queries[i % len(queries)]
+        memory.recall(text, tenant=tenant, k=10, strategy="parallel")
+        memory.recall(text, tenant=tenant, k=10, strategy="sequential")
+
+    for future in [executor.submit(one, i) for i in range(CLIENTS)]:
+        future.result()
 
 
 def sample() -> dict[str, float]:
@@ -157,7 +175,8 @@ def run(
                 else:
                     window.writes += 1
 
-        executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="soak")
+        executor = ThreadPoolExecutor(max_workers=CLIENTS, thread_name_prefix="soak")
+        prime(memory, executor, queries)
         began = time.perf_counter()
         next_sample = began + window_s
         base = sample()

@@ -27,6 +27,7 @@ from athena.planning.selector import Situation, StrategySelector
 from athena.records import LAYERS, Hit, RecallQuery
 from athena.store.protocol import Store
 
+POOL_REBUILD_S: Final = 5.0  # the shortest gap between two rebuilds of a broken pool
 STRATEGIES: Final = ("adaptive", "sequential", "parallel", "distributed", "cache", "hybrid")
 
 
@@ -61,6 +62,8 @@ class AdaptiveEngine:
         self._lock = threading.Lock()
         self._pool_lock = threading.Lock()  # held while the pool starts (seconds)
         self._inflight = 0
+        self._rebuilding, self._rebuilt_at, self._closed = False, float("-inf"), False
+        self.pool_rebuilds = 0
         self.feedback.restore()
         if eager_pool and backend is not None:
             threading.Thread(target=self._pool, name="athena-pool-start", daemon=True).start()
@@ -72,7 +75,14 @@ class AdaptiveEngine:
     # -- the pool ---------------------------------------------------------------------------
 
     def _pool(self) -> WorkerBackend | None:
-        """The worker pool, started on first use (never per recall); None if it cannot run."""
+        """The worker pool, started on first use (never per recall); None if it cannot run.
+
+        A pool that broke after it ran is rebuilt on a background thread, at most once per
+        ``POOL_REBUILD_S``; until the new one is up, recalls fall back without waiting.
+        """
+        backend = self._backend
+        if backend is not None and backend.broken:
+            self._rebuild(backend)
         if self._backend is not None or self._backend_factory is None:
             return self._backend
         with self._pool_lock:
@@ -85,6 +95,34 @@ class AdaptiveEngine:
                     self._backend_error = str(exc)
                     backend.close()
         return self._backend
+
+    def _rebuild(self, broken: WorkerBackend) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._rebuilding or now - self._rebuilt_at < POOL_REBUILD_S:
+                return
+            self._rebuilding, self._rebuilt_at = True, now
+        threading.Thread(
+            target=self._replace_pool, args=(broken,), name="athena-pool-rebuild", daemon=True
+        ).start()
+
+    def _replace_pool(self, broken: WorkerBackend) -> None:
+        assert self._backend_factory is not None
+        try:
+            fresh = self._backend_factory()
+            try:
+                fresh.start()
+            except WorkerPoolUnavailable:
+                fresh.close()  # the broken one stays; the next rebuild may succeed
+                return
+            with self._pool_lock:
+                if self._backend is broken and not self._closed:
+                    self._backend, self.pool_rebuilds = fresh, self.pool_rebuilds + 1
+                    fresh = broken  # close the old one below
+            fresh.close()
+        finally:
+            with self._lock:
+                self._rebuilding = False
 
     def _situation(
         self, layers: tuple[str, ...], cached_fraction: float, *, light: bool = False
@@ -191,6 +229,7 @@ class AdaptiveEngine:
         pool: dict[str, Any] = backend.health() if backend is not None else {"started": False}
         if self._backend_error:
             pool["error"] = self._backend_error
+        pool["rebuilds"] = self.pool_rebuilds
         return {
             "cache": self.cache.stats(),
             "pool": pool,
@@ -204,5 +243,7 @@ class AdaptiveEngine:
             self.save()
         finally:
             self.parallel.close()
+            with self._pool_lock:
+                self._closed = True
             if self._backend is not None:
                 self._backend.close()

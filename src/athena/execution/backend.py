@@ -38,11 +38,15 @@ class WorkerBackend(Protocol):
 
     @property
     def available(self) -> bool:
-        """Started, not closed, and at least one live worker."""
+        """Started, not closed, and a worker ready to take a task now."""
 
     @property
     def saturated(self) -> bool:
         """Too much queued work for a new recall to be answered promptly."""
+
+    @property
+    def broken(self) -> bool:
+        """Failed for good: the engine builds a new backend to replace it."""
 
     def run(
         self,

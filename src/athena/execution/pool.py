@@ -32,6 +32,7 @@ from athena.layers.protocol import LayerResult, SearchRequest
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 
 MAX_STARTING: Final = 2  # processes starting at once while scaling up
+MAX_START_DEATHS: Final = 8  # workers in a row that die before ready: the pool is broken
 TICK: Final = 0.5  # the monitor's longest sleep: how often idle workers are looked at
 
 
@@ -49,6 +50,7 @@ class _Core:
         self.state, self.error = "new", ""  # state: new | running | broken | closed
         self.threads: list[threading.Thread] = []
         self.startup_ms: float | None = None
+        self.start_deaths = 0  # replacements in a row that died before they were ready
 
     def stopping(self) -> bool:
         return self.state in ("broken", "closed") or self.halted.is_set()
@@ -211,8 +213,11 @@ class _Monitor:
                 return False
             for worker in workers:
                 if worker.conn in ready:
+                    was_starting = worker.state == "starting"
                     for message in core.fleet.receive(worker):
                         self.handle(worker, message, out)
+                    if was_starting and worker.state == "ready":
+                        core.start_deaths = 0
             for worker in workers:
                 if worker.process.sentinel in ready and worker.id in core.fleet.workers:
                     self.reap(worker, "died", out)
@@ -263,11 +268,21 @@ class _Monitor:
                 else:
                     core.stats.record(None)
                     core.fail(task, error, out)
-            if state == "ready" and core.state in ("new", "running") and not core.fleet.init_error:
+            core.start_deaths += state == "starting"
+            if core.state == "running" and self._may_replace():
                 core.stats.count["restarts"] += 1
                 core.fleet.spawn()
         if core.state == "running" and not core.fleet.live():
-            core.end("broken", f"no worker left: {core.fleet.init_error or how}", out)
+            why = core.fleet.init_error or how
+            if core.start_deaths > MAX_START_DEATHS:
+                why = f"{core.start_deaths} workers in a row died while starting ({how})"
+            core.end("broken", f"no worker left: {why}", out)
+
+    def _may_replace(self) -> bool:
+        """A dead worker is replaced unless workers fail their start-up (an init error, or
+        too many deaths in a row before ready): then the pool would only crash-loop."""
+        core = self.core
+        return not core.fleet.init_error and core.start_deaths <= MAX_START_DEATHS
 
     def expire(self, out: Settle) -> None:
         """Kill each worker whose task overran its deadline (hung, stopped or too slow)."""
@@ -288,6 +303,8 @@ class _Monitor:
             return
         p95, since = stats.percentile(0.95, last=32), now - stats.last_grow
         reason = limits.grow_reason(depth, live, p95, since)
+        if live < limits.min_workers and self._may_replace():
+            reason = f"{live} live workers < min_workers {limits.min_workers}"
         if reason and len(fleet.of("starting")) < MAX_STARTING:
             fleet.spawn()
             stats.last_grow = now
@@ -366,9 +383,16 @@ class ProcessWorkerPool:
 
     @property
     def available(self) -> bool:
-        """Started, not closed, and at least one live (ready or starting) worker."""
+        """Started, not closed, and at least one worker ready to take a task now (while
+        every worker is being replaced, callers fall back rather than wait for a start)."""
         with self._core.cond:
-            return self._core.state == "running" and self._core.fleet.live() > 0
+            return self._core.state == "running" and bool(self._core.fleet.of("ready"))
+
+    @property
+    def broken(self) -> bool:
+        """The pool failed for good (it cannot start, or its workers die while starting)."""
+        with self._core.cond:
+            return self._core.state == "broken"
 
     @property
     def saturated(self) -> bool:

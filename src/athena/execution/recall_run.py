@@ -138,6 +138,8 @@ class RecallRun:
             backend = engine._pool()
             if backend is None:
                 self.fallback = f"pool unavailable: {engine._backend_error or 'not configured'}"
+            elif not backend.available:  # every worker is being replaced: do not wait
+                self.fallback = "pool unavailable: no worker is ready"
             else:
                 try:
                     return backend.run(request, layers, timeout=self.timeout or DISTRIBUTED_TIMEOUT)

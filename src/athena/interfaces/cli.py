@@ -54,11 +54,13 @@ app.add_typer(eval_app, name="eval")
 
 
 def _register_groups() -> None:
+    from athena.interfaces.cli_bench import bench_app
     from athena.interfaces.cli_serve import serve_app
     from athena.interfaces.cli_telemetry import telemetry_app
 
     app.add_typer(telemetry_app, name="telemetry")
     app.add_typer(serve_app, name="serve")
+    app.add_typer(bench_app, name="bench")
 
 
 _register_groups()
