@@ -19,7 +19,7 @@ from athena.execution.protocol import RecallEngine
 from athena.execution.sequential import SequentialEngine
 from athena.generations import GenerationTracker
 from athena.layers import LayerContext, MemoryLayer, default_layers
-from athena.records import MemoryInput, check_tenant, make_query
+from athena.records import MemoryInput, check_tenant, check_timeout, make_query
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF, VectorIndexes
 from athena.store.sqlite import SQLiteStore
 from athena.writing import check_mapping, check_timestamp, prepare
@@ -28,6 +28,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 DEFAULT_PATH = "athena.db"
 BACKFILL_BATCH = 1024
+MAX_ID = 2**63 - 1  # SQLite's largest rowid
 
 
 class Memory:
@@ -202,10 +203,7 @@ class Memory:
         >>> # mem.recall("when is the dentist?", tenant="t", k=5, layers=["prospective"])
         """
         request = make_query(query, tenant, k, layers, since, until, session, actor, kinds)
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise InvalidInput("timeout must be a positive number of seconds")
+        timeout = check_timeout(timeout)
         generations = self.generations.get(request.tenant)
         if not generations:
             raise NotFound(f"unknown tenant {request.tenant!r}: it has no memories")
@@ -238,14 +236,19 @@ class Memory:
         return self.store.tenants()
 
     def _backfill_vectors(self) -> None:
-        # Memories written with another embedder have no vector for this one yet.
+        # Memories written with another embedder have no vector for this one yet. A
+        # read-only store cannot take them: those memories are then found lexically only.
+        if self.store.readonly:
+            return
         while rows := self.store.missing_vectors(self.embedder.name, BACKFILL_BATCH):
             vectors = self.embedder.embed([row.text for row in rows])
             self.store.put_vectors(list(zip(rows, vectors, strict=True)), self.embedder.name)
 
     def close(self) -> None:
-        self.engine.close()
-        self.store.close()
+        try:
+            self.engine.close()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Memory:
         return self
@@ -286,8 +289,10 @@ def _engine_factory(
 
 
 def _check_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInput(f"memory id must be a positive integer, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise InvalidInput(
+            f"memory id must be a positive integer (at most {MAX_ID}), not {value!r}"
+        )
     return value
 
 

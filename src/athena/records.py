@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -14,6 +16,7 @@ MAX_TEXT_CHARS: Final = 100_000
 MAX_K: Final = 1_000
 MAX_TENANT_CHARS: Final = 256
 MAX_METADATA_BYTES: Final = 64_000
+MAX_TIMEOUT_SECONDS: Final = threading.TIMEOUT_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,7 @@ def check_tenant(tenant: object) -> str:
         raise InvalidInput("tenant must be a non-empty string")
     if len(tenant) > MAX_TENANT_CHARS:
         raise InvalidInput(f"tenant is longer than {MAX_TENANT_CHARS} characters")
-    _check_encodable(tenant, "tenant")
+    check_encodable(tenant, "tenant")
     return tenant
 
 
@@ -158,7 +161,7 @@ def check_text(text: object, what: str = "text") -> str:
         raise InvalidInput(f"{what} must be a non-empty string")
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidInput(f"{what} is longer than {MAX_TEXT_CHARS} characters")
-    _check_encodable(text, what)
+    check_encodable(text, what)
     return text
 
 
@@ -182,38 +185,84 @@ def make_query(
         raise InvalidInput("query must be a non-empty string")
     if len(text) > MAX_QUERY_CHARS:
         raise QueryTooLong(f"query is longer than {MAX_QUERY_CHARS} characters")
-    _check_encodable(text, "query")
+    check_encodable(text, "query")
     if isinstance(k, bool) or not isinstance(k, int):
         raise InvalidInput("k must be an integer")
     if not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be between 1 and {MAX_K}")
-    for name, bound in (("since", since), ("until", until)):
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)):
-            raise InvalidInput(f"{name} must be a number of seconds since the epoch")
+    bounds = [check_bound(bound, name) for name, bound in (("since", since), ("until", until))]
     for name, value in (("session", session), ("actor", actor)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise InvalidInput(f"{name} must be a non-empty string")
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(f"{name} must be a non-empty string")
+            check_encodable(value, name)
     if kinds is not None:
         if isinstance(kinds, str) or not all(isinstance(x, str) and x for x in kinds):
             raise InvalidInput("kinds must be a list of kind names")
+        for kind in kinds:
+            check_encodable(kind, "kinds")
         kinds = tuple(sorted(set(kinds)))
-    if since is not None and until is not None and since > until:
+    low, high = bounds
+    if low is not None and high is not None and low > high:
         raise InvalidInput("since must not be after until")
     return RecallQuery(
         text=text,
         tenant=check_tenant(tenant),
         k=k,
         layers=check_layers(layers),
-        since=None if since is None else float(since),
-        until=None if until is None else float(until),
+        since=low,
+        until=high,
         session=session,
         actor=actor,
         kinds=None if kinds is None else tuple(kinds),
     )
 
 
-def _check_encodable(value: str, what: str) -> None:
-    # Lone surrogates cannot be stored as UTF-8 by SQLite; NUL would truncate FTS tokens.
+def check_bound(value: object, what: str) -> float | None:
+    """A time filter (``since``, ``until``) as a finite float; ``None`` passes.
+
+    >>> check_bound(10, "since")
+    10.0
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{what} must be a number of seconds since the epoch")
+    try:
+        number = float(value)
+    except OverflowError:  # an int past a float's range
+        raise InvalidInput(f"{what} is too large for a time") from None
+    if not math.isfinite(number):
+        raise InvalidInput(f"{what} must be a finite number of seconds since the epoch")
+    return number
+
+
+def check_timeout(value: object) -> float | None:
+    """A recall timeout: positive, finite seconds (at most ``threading.TIMEOUT_MAX``).
+
+    >>> check_timeout(2)
+    2.0
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput("timeout must be a positive number of seconds")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not 0 < number <= MAX_TIMEOUT_SECONDS:  # also refuses nan
+        raise InvalidInput(
+            f"timeout must be a positive number of seconds, at most {MAX_TIMEOUT_SECONDS:g}"
+        )
+    return number
+
+
+def check_encodable(value: str, what: str) -> None:
+    """Refuse lone surrogates (SQLite stores UTF-8) and NUL (it would truncate FTS tokens).
+
+    >>> check_encodable("ok", "actor")
+    """
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:

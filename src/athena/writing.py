@@ -14,6 +14,7 @@ from athena.layers.protocol import MemoryLayer
 from athena.records import (
     MAX_METADATA_BYTES,
     MemoryInput,
+    check_encodable,
     check_layer,
     check_tenant,
     check_text,
@@ -33,7 +34,10 @@ def check_timestamp(value: object, what: str = "timestamp") -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{what} must be a number of seconds since the epoch")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past a float's range
+        raise InvalidInput(f"{what} must be a finite time between the years 1 and 9999") from None
     if not math.isfinite(number) or not -62_135_596_800 <= number <= 253_402_300_799:
         raise InvalidInput(f"{what} must be a finite time between the years 1 and 9999")
     return number
@@ -85,7 +89,13 @@ def prepare(
         check_mapping(item.attributes, "attributes")
         if not all(isinstance(s, str) for s in item.sources):
             raise InvalidInput("sources must be strings")
-        staged.append((item, key, layers[layer].prepare(item)))
+        for source in item.sources:
+            check_encodable(source, "sources")
+        if item.kind is not None and not isinstance(item.kind, str):
+            raise InvalidInput("kind must be a string")
+        prepared = layers[layer].prepare(item)
+        check_text(prepared.kind, "kind")  # graph and procedural take any kind
+        staged.append((item, key, prepared))
     vectors = embedder.embed([prepared.text for _, _, prepared in staged]) if staged else None
     out: list[PreparedMemory] = []
     for index, (item, key, prepared) in enumerate(staged):

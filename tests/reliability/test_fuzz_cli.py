@@ -5,15 +5,18 @@ are valid, odd or hostile, and junk text, and runs them through typer's CliRunne
 real database (``docs/cli.md``: exit codes 0, 1, 2, 3, 4, 5; errors are one line,
 ``error: ...``, never a traceback).
 
-Left out of the draw, on purpose: ``serve`` (it would start a server), ``--strategy
+Left out of the draw, on purpose: ``serve`` (it would start a server) and ``--strategy
 distributed`` (it starts worker processes; tests/reliability/test_pool_faults.py covers
-them), lone surrogates (argv from a real shell decodes invalid UTF-8 to them: a known bug,
-see the xfail below) and ids past 2**63 - 1 (another known bug, xfail below).
+them). Lone surrogates (argv from a real shell decodes invalid UTF-8 to them) and ids past
+2**63 - 1 printed tracebacks (docs/reliability.md, bugs 1 and 3, fixed): both are drawn now,
+and pinned by the regression tests at the end of this file.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +44,9 @@ VALUES = [
     "2024-05-08", "2024-05-08T13:56:00+02:00", "9999-99-99", "adaptive", "sequential",
     "parallel", "cache", "hybrid", "static", "transformer", "missing.jsonl", "memories.jsonl",
     "'; DROP TABLE memories; --", "scope:xyz OR text:*", "NEAR(a b)", "a\x00b", "🙂", "x" * 4001,
+    "9223372036854775808", "-9223372036854775809", "1" * 30, "\udced\udca0\udc80",
 ]  # fmt: skip
-JUNK = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+JUNK = st.text(st.characters(exclude_categories=()), max_size=12)  # lone surrogates too
 token = st.one_of(st.sampled_from(OPTIONS), st.sampled_from(VALUES), JUNK)
 value = st.one_of(st.sampled_from(VALUES), JUNK)
 ID = st.one_of(st.integers(-5, 60).map(str), st.integers(1, 9).map(str), st.sampled_from(VALUES))
@@ -154,18 +158,42 @@ def test_the_database_is_sound_after_the_fuzzing(workdir: Path) -> None:
     assert result.exit_code == 0 and "Lisbon" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="ids past int64 escape as OverflowError (Memory._check_id)")
-def test_id_past_int64_is_an_error_line(workdir: Path) -> None:
-    result = _run(["get", "9223372036854775808", "-t", "t"])
+# -- regressions of the bugs found here (docs/reliability.md, bugs 1 and 3; fixed) -----------
+
+
+@pytest.mark.parametrize("command", ["get", "update", "forget"])
+def test_id_past_int64_is_an_error_line(workdir: Path, command: str) -> None:
+    extra = ["--text", "x"] if command == "update" else []
+    result = _run([command, "9223372036854775808", "-t", "t", *extra])
     assert result.exit_code == 2 and "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.startswith("error: memory id must be a positive integer (at most")
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-@pytest.mark.xfail(strict=True, reason="recall filters skip the unicode check (make_query)")
 def test_undecodable_argv_is_an_error_line(workdir: Path) -> None:
     # A shell passes invalid UTF-8 bytes as lone surrogates (surrogateescape).
     result = _run(
         ["recall", "alice", "-t", "t", "--actor", b"\xed\xa0\x80".decode(errors="surrogateescape")]
     )
     assert result.exit_code == 2
+    assert result.stderr.startswith("error: argument 6 ") and "not valid UTF-8" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_undecodable_argv_from_a_real_shell(workdir: Path) -> None:
+    """The console script itself, argv as raw bytes: one error line, exit 2, nothing written."""
+    before = _run(["stats", "--json"]).stdout
+    cli = [sys.executable, "-c", "from athena.interfaces.cli import main; main()"]
+    for args in (
+        [b"recall", b"alice", b"-t", b"t", b"--actor", b"\xed\xa0\x80"],
+        [b"remember", b"caf\xe9", b"-t", b"t"],
+        [b"--db", b"\xff.db", b"stats"],
+    ):
+        done = subprocess.run(
+            [*(part.encode() for part in cli), *args], capture_output=True, timeout=120, check=False
+        )
+        stderr = done.stderr.decode(errors="replace")
+        assert done.returncode == 2, stderr
+        assert stderr.startswith("error: argument ") and "Traceback" not in stderr
+    assert _run(["stats", "--json"]).stdout == before
+    assert not (workdir / b"\xff.db".decode(errors="surrogateescape")).exists()

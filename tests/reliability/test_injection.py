@@ -118,15 +118,22 @@ def test_another_tenants_scope_token_matches_nothing(memory: Memory) -> None:
         assert {hit.tenant for hit in hits} == {"alpha"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="user terms are not confined to the text column: a tenant's own scope token "
-    "(scope_token(tenant, layer)) as a query word matches every row of that scope",
-)
 def test_own_scope_token_is_a_plain_word(memory: Memory) -> None:
-    expression = match_expression(scope_token("alpha", "semantic"))
-    assert expression is not None
-    assert memory.store.lexical("alpha", "semantic", expression, 100, RowFilter()) == []
+    """Regression of bug 5 (docs/reliability.md, fixed): user terms match the text only."""
+    for layer in LAYERS:
+        expression = match_expression(scope_token("alpha", layer))
+        assert expression is not None
+        assert memory.store.lexical("alpha", layer, expression, 100, RowFilter()) == []
+    # ... but the same token written in a memory's text is found, like any word.
+    token = scope_token("alpha", "semantic")
+    bait = memory.remember(f"the word {token} in a text", tenant="alpha", layer="semantic")
+    try:
+        expression = match_expression(token)
+        assert expression is not None
+        found = memory.store.lexical("alpha", "semantic", expression, 100, RowFilter())
+        assert [memory_id for memory_id, _ in found] == [bait]
+    finally:
+        memory.forget(bait, tenant="alpha")
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)

@@ -130,6 +130,19 @@ def _read_only_checks(db: Path, embedder: Embedder, texts: dict[int, str]) -> No
         with pytest.raises(StoreReadOnly):
             memory.forget(first, tenant="t")
         _intact(memory, texts)
+    # The adaptive engine saves telemetry and learned state on close: a read-only store does
+    # not keep them, so recalls and close() work there too.
+    with Memory(db, embedder=embedder, pool="off") as memory:
+        for _ in range(3):
+            _intact(memory, texts)
+    cli = subprocess.run(
+        [*ATHENA, "--db", str(db), "remember", "nope", "-t", "t"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 5 and cli.stderr.startswith("error: the database is read-only")
 
 
 def test_read_only_file_system(tmp_path: Path, embedder: Embedder) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from athena.errors import NotFound, StoreError, StoreLocked
+from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
 from athena.store import PreparedMemory, RowFilter, SQLiteStore
 from athena.store.connection import translate
 from athena.store.schema import SCHEMA_VERSION
@@ -140,6 +141,87 @@ def test_not_a_database_file_is_a_typed_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError):
         SQLiteStore(path)
+
+
+def test_read_only_store_refuses_every_write(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with_data = SQLiteStore(path)
+    [mid] = with_data.put([prepared()])
+    with_data.close()
+    store = SQLiteStore(path, readonly=True)
+    try:
+        before = store.get("t", [mid])
+        with pytest.raises(StoreReadOnly):  # update used to skip the guard and write
+            store.update("t", mid, {"metadata": {"x": 1}}, None)
+        with pytest.raises(StoreReadOnly):
+            store.put([prepared(key="other")])
+        with pytest.raises(StoreReadOnly):
+            store.delete("t", [mid])
+        store.save_state("s", "v")  # learned state and telemetry are not kept: no error
+        store.append_telemetry([(0.0, "t", "q", "sequential", "{}")], keep=10)
+        assert store.get("t", [mid]) == before and store.load_state("s") is None
+        assert store.read_telemetry(10) == []
+    finally:
+        store.close()
+
+
+def test_unwritable_file_opens_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file the OS will not let us write opens read-only, even where SQLite could open it
+    (as root, or with nothing to migrate): reads work, writes raise StoreReadOnly."""
+    path = tmp_path / "s.db"
+    first = SQLiteStore(path)
+    [mid] = first.put([prepared()])
+    first.close()
+    real_access = os.access
+
+    def access(target: str | Path, mode: int) -> bool:
+        return mode != os.W_OK and real_access(target, mode)
+
+    monkeypatch.setattr(os, "access", access)  # what athena.store.connection asks
+    store = SQLiteStore(path)
+    try:
+        assert store.readonly and store.read_only_reason is not None
+        assert "not writable" in store.read_only_reason
+        assert store.get("t", [mid])[0].text == "hello world"
+        with pytest.raises(StoreReadOnly, match="read-only"):
+            store.put([prepared(key="other")])
+        with pytest.raises(StoreReadOnly):
+            store.update("t", mid, {"metadata": {"x": 1}}, None)
+    finally:
+        store.close()
+    monkeypatch.undo()
+    again = SQLiteStore(path)
+    try:
+        assert not again.readonly
+        again.put([prepared(key="other")])
+    finally:
+        again.close()
+
+
+def test_missing_file_in_an_unwritable_place_is_still_an_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        SQLiteStore(tmp_path / "no" / "such" / "dir" / "s.db")
+
+
+def test_integrity_check_runs_fts5_check(store: SQLiteStore) -> None:
+    [mid] = store.put([prepared()])
+    assert store.integrity_check() == "ok"
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        text, scope = conn.execute(
+            "SELECT text, scope FROM memories WHERE id = ?", (mid,)
+        ).fetchone()
+        conn.execute(  # drop the row from the lexical index behind the store's back
+            "INSERT INTO memories_fts (memories_fts, rowid, text, scope)"
+            " VALUES ('delete', ?, ?, ?)",
+            (mid, text, scope),
+        )
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"  # 3.40: no FTS5
+    finally:
+        conn.close()
+    result = store.integrity_check()
+    assert result != "ok" and "fts5" in result
+    assert store.get("t", [mid])[0].text == "hello world"  # the check wrote nothing
 
 
 texts = st.text(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,30 @@ def get_state(ctx: typer.Context) -> State:
 class AthenaGroup(TyperGroup):
     """The root command group: maps AthenaError to exit codes, closes the Memory."""
 
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Refuse argv that is not UTF-8 before parsing it (an ``error:`` line, exit 2).
+
+        Python decodes undecodable argv bytes to lone surrogates, which nothing downstream
+        can store, print or pass to SQLite.
+        """
+        problem = undecodable_argument(sys.argv[1:] if args is None else args)
+        if problem is not None:
+            code = report(InvalidInput(problem))
+            if standalone_mode:
+                sys.exit(code)
+            return code
+        return super().main(
+            args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra
+        )
+
     def invoke(self, ctx: Any) -> Any:  # a click Context (vendored by newer typer)
         state = ctx.ensure_object(State)
         try:
@@ -152,6 +177,23 @@ class AthenaGroup(TyperGroup):
 
 
 # -- parsing ------------------------------------------------------------------------------
+
+
+def undecodable_argument(args: Sequence[str]) -> str | None:
+    """What is wrong with the first argument that is not valid UTF-8, or None.
+
+    >>> undecodable_argument(["recall", "café"]) is None
+    True
+    >>> undecodable_argument(["recall", "caf\\udce9"])
+    "argument 2 ('caf\\\\udce9') is not valid UTF-8 text"
+    """
+    for number, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg if len(arg) <= 40 else arg[:40] + "..."
+            return f"argument {number} ({shown!r}) is not valid UTF-8 text"
+    return None
 
 
 def parse_object(text: str | None, option: str) -> dict[str, Any] | None:

@@ -4,11 +4,17 @@ Reads run on a connection owned by the calling thread, so readers never wait on 
 and WAL lets them run beside the writer. Writes are queued to one thread that wraps each in
 ``BEGIN IMMEDIATE``: taking the write lock up front means a transaction never has to be
 retried half-way, and writers in other processes wait on ``busy_timeout`` instead of failing.
+
+A database that cannot be written (a read-only file system, a file or directory without
+write permission) can still be read: :func:`unwritable` says why it cannot be written, and
+:func:`needs_immutable` whether readers must open it ``immutable`` (WAL mode on read-only
+media, with no -shm file to share, can be read no other way).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -58,23 +64,91 @@ def translated() -> Iterator[None]:
         raise translate(exc) from exc
 
 
-def open_connection(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open a tuned connection; readers open with ``mode=ro`` so they can never write."""
+def open_connection(
+    path: Path | str, *, readonly: bool = False, immutable: bool = False
+) -> sqlite3.Connection:
+    """Open a tuned connection; readers open with ``mode=ro`` so they can never write.
+
+    ``immutable`` (readers only) tells SQLite the file cannot change: no locks, no -shm.
+    Only for a file on read-only media (see :func:`needs_immutable`).
+    """
     target = str(path)
     with translated():
         if target == ":memory:":
             raise StoreError("SQLiteStore needs a file path (readers and writer share it)")
-        uri = f"file:{target}?mode=ro" if readonly else f"file:{target}"
+        uri = f"file:{target}"
+        if readonly:
+            uri += "?mode=ro&immutable=1" if immutable else "?mode=ro"
         conn = sqlite3.connect(
             uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30
         )
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA cache_size = -65536")
-        conn.execute("PRAGMA mmap_size = 268435456")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA cache_size = -65536")
+            conn.execute("PRAGMA mmap_size = 268435456")
+        except BaseException:
+            conn.close()
+            raise
     return conn
+
+
+def read_only_media(path: Path) -> bool:
+    """True when the file system holding ``path`` is mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows), or no such file
+        return False
+
+
+def unwritable(path: Path) -> str | None:
+    """Why the database file at ``path`` cannot be written; None when the OS would allow it.
+
+    WAL mode writes the file, its -wal and its -shm (created next to it when missing).
+    """
+    if read_only_media(path):
+        return "its file system is mounted read-only"
+    if not os.access(path, os.W_OK):
+        return "the file is not writable"
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            if not os.access(side, os.W_OK):
+                return f"{side.name} is not writable"
+        elif not os.access(path.parent, os.W_OK):
+            return f"its directory is not writable (SQLite must create {side.name})"
+    return None
+
+
+def needs_immutable(path: Path) -> bool:
+    """Whether readers of ``path`` (a WAL database) must open it with ``immutable=1``.
+
+    Only on read-only media, and only when a plain ``mode=ro`` connection cannot read it:
+    that needs a -shm file, which nobody can create there. An immutable connection ignores
+    the -wal, so a non-empty -wal without its -shm is refused rather than read stale.
+    """
+    if not read_only_media(path):
+        return False
+    try:
+        conn = open_connection(path, readonly=True)
+        try:
+            with translated():
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except StoreError:
+        pass
+    else:
+        return False
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreReadOnly(
+            f"{path} is on a read-only file system with a write-ahead log but no -shm file: "
+            "it cannot be read safely; mount it read-write once to recover the log"
+        )
+    return True
 
 
 class Writer:
@@ -140,7 +214,8 @@ class Writer:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn(conn, touched)
-                    conn.execute("COMMIT")
+                    if conn.in_transaction:  # an error SQLite rolled back itself is fn's
+                        conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -159,8 +234,9 @@ class Writer:
 class Readers:
     """Per-thread read-only connections to one database file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, immutable: bool = False) -> None:
         self._path = path
+        self.immutable = immutable
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -168,7 +244,7 @@ class Readers:
     def get(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = open_connection(self._path, readonly=True)
+            conn = open_connection(self._path, readonly=True, immutable=self.immutable)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

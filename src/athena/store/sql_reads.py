@@ -86,7 +86,9 @@ def lexical(
     conn: sqlite3.Connection, tenant: str, layer: str, match: str, limit: int, where: RowFilter
 ) -> list[tuple[int, float]]:
     extra, params = _where(where)
-    expression = f"scope:{scope_token(tenant, layer)} AND ({match})"
+    # The user's terms are confined to the text column: a word that happens to be a scope
+    # token (its own tenant's, say) must not match the scope column of every row.
+    expression = f"scope:{scope_token(tenant, layer)} AND text : ({match})"
     rows = conn.execute(
         "SELECT m.id, bm25(memories_fts, 1.0, 0.0) AS rank FROM memories_fts"
         " JOIN memories m ON m.id = memories_fts.rowid"

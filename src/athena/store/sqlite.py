@@ -14,9 +14,16 @@ import numpy.typing as npt
 from athena.errors import StoreError, StoreReadOnly
 from athena.store import sql_reads as reads
 from athena.store import sql_writes as writes
-from athena.store.connection import Readers, Writer, open_connection, translated
+from athena.store.connection import (
+    Readers,
+    Writer,
+    needs_immutable,
+    open_connection,
+    translated,
+    unwritable,
+)
 from athena.store.protocol import MemoryRow, PreparedMemory, RowFilter, VectorBatch
-from athena.store.schema import migrate
+from athena.store.schema import SCHEMA_VERSION, migrate
 
 T = TypeVar("T")
 Listener = Callable[[set[tuple[str, str]]], None]
@@ -24,6 +31,13 @@ Listener = Callable[[set[tuple[str, str]]], None]
 
 class SQLiteStore:
     """Every tenant's memories in one SQLite file.
+
+    A file that exists but cannot be written (a read-only file system, no write permission
+    on it, its -wal/-shm or their directory) opens read-only, as ``readonly=True`` does:
+    reads work, every write raises :class:`StoreReadOnly` (``read_only_reason`` says why),
+    and telemetry and learned state are not saved. On read-only media a closed WAL
+    database has no -shm, so readers open it ``immutable`` (SQLite then assumes the file
+    cannot change under it; remount read-write, then reopen the store, to write again).
 
     >>> import tempfile, os
     >>> store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "a.db"))
@@ -35,15 +49,30 @@ class SQLiteStore:
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._listeners: list[Listener] = []
+        self.read_only_reason: str | None = "this store was opened read-only" if readonly else None
+        fell_back = False
         if not readonly:
-            self._initialise()
+            try:
+                self._initialise()
+                # Opening and migrating may succeed on a file we cannot write (nothing to
+                # migrate): ask the OS, so the writes fail up front and alike.
+                reason = unwritable(self.path)
+            except StoreError:
+                reason = unwritable(self.path) if self.path.is_file() else None
+                if reason is None:
+                    raise
+            if reason is not None:
+                readonly, fell_back = True, True
+                self.read_only_reason = f"the database is read-only: {reason}"
         elif not self.path.exists():
             raise StoreError(f"no database at {self.path}")
-        self._readers = Readers(self.path)
         self.readonly = readonly
+        self._readers = Readers(self.path, immutable=readonly and needs_immutable(self.path))
         self._writer = Writer(self.path, self._notify)
         self._closed = False
         self._close_lock = threading.Lock()
+        if fell_back:
+            self._check_schema()  # nobody can migrate it: it must be this version already
 
     def _initialise(self) -> None:
         if self.path.is_dir():
@@ -62,6 +91,21 @@ class SQLiteStore:
         finally:
             conn.close()
 
+    def _check_schema(self) -> None:
+        try:
+            version = self._read(
+                lambda conn: int(conn.execute("PRAGMA user_version").fetchone()[0])
+            )
+        except BaseException:
+            self._readers.close()
+            raise
+        if version != SCHEMA_VERSION:
+            self._readers.close()
+            raise StoreReadOnly(
+                f"{self.read_only_reason}, and its schema version {version} is not this "
+                f"Athena's ({SCHEMA_VERSION}): it cannot be migrated"
+            )
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def on_commit(self, listener: Listener) -> None:
@@ -77,7 +121,7 @@ class SQLiteStore:
 
     def _write(self, fn: Callable[[sqlite3.Connection, set[tuple[str, str]]], T]) -> T:
         if self.readonly:
-            raise StoreReadOnly("this store was opened read-only")
+            raise StoreReadOnly(self.read_only_reason or "the store is read-only")
         return self._writer.run(fn)
 
     def data_version(self) -> int:
@@ -106,7 +150,7 @@ class SQLiteStore:
         changes: Mapping[str, Any],
         prepared: PreparedMemory | None,
     ) -> MemoryRow:
-        return self._writer.run(
+        return self._write(
             lambda conn, touched: writes.update(conn, touched, tenant, memory_id, changes, prepared)
         )
 
@@ -119,9 +163,13 @@ class SQLiteStore:
         self._write(lambda conn, touched: writes.put_vectors(conn, rows, model))
 
     def save_state(self, name: str, value: str) -> None:
+        if self.readonly:
+            return  # learned state is the engine's cache of experience; not kept here
         self._write(lambda conn, touched: writes.save_state(conn, name, value))
 
     def append_telemetry(self, rows: Sequence[tuple[float, str, str, str, str]], keep: int) -> None:
+        if self.readonly:
+            return  # telemetry is not kept by a read-only store (the recall still works)
         self._write(lambda conn, touched: writes.append_telemetry(conn, rows, keep))
 
     # -- reads ------------------------------------------------------------------------------
@@ -179,8 +227,24 @@ class SQLiteStore:
         return self._read(reads.read_telemetry, limit)
 
     def integrity_check(self) -> str:
-        """``PRAGMA integrity_check`` plus FTS5's own check; "ok" when both pass."""
-        conn = self._readers.get()
+        """``PRAGMA integrity_check`` plus FTS5's own check; "ok" when both pass.
+
+        FTS5's ``integrity-check`` (with ``rank = 1``: the index against the ``memories``
+        table) is an INSERT command, which read-only connections refuse, so it runs on the
+        writer (it writes nothing). A read-only store runs only the PRAGMA.
+        """
         with translated():
-            result = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-        return result
+            rows = self._readers.get().execute("PRAGMA integrity_check").fetchall()
+        result = "\n".join(str(row[0]) for row in rows)
+        if result != "ok" or self.readonly:
+            return result
+        return self._write(lambda conn, touched: fts_integrity(conn))
+
+
+def fts_integrity(conn: sqlite3.Connection) -> str:
+    """FTS5's ``integrity-check`` of the lexical index: "ok", or what it found wrong."""
+    try:
+        conn.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        return f"fts5 integrity-check: {exc}"
+    return "ok"
