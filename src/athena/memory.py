@@ -204,12 +204,45 @@ class Memory:
         """
         request = make_query(query, tenant, k, layers, since, until, session, actor, kinds)
         timeout = check_timeout(timeout)
-        generations = self.generations.get(request.tenant)
-        if not generations:
-            raise NotFound(f"unknown tenant {request.tenant!r}: it has no memories")
+        generations = self._generations(request.tenant)
         return self.engine.recall(
             request, generations, strategy=strategy, explain=explain, timeout=timeout
         )
+
+    def recall_cached(
+        self,
+        query: str,
+        *,
+        tenant: str,
+        k: int = 10,
+        layers: Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        session: str | None = None,
+        actor: str | None = None,
+        kinds: Sequence[str] | None = None,
+        strategy: str = "adaptive",
+        explain: bool = False,
+        timeout: float | None = None,
+    ) -> Recall | None:
+        """:meth:`recall` if a valid cache entry answers it (tens of µs), else ``None``.
+
+        Validates exactly as :meth:`recall` does, so bad input raises the same errors. The
+        async face and the HTTP server call this on the event loop before paying for a
+        thread; a hit is never stale (the entry's generations are checked as in recall).
+
+        >>> # mem.recall_cached("where is the key?", tenant="t") or mem.recall(...)
+        """
+        request = make_query(query, tenant, k, layers, since, until, session, actor, kinds)
+        check_timeout(timeout)
+        generations = self._generations(request.tenant)
+        return self.engine.cached(request, generations, strategy=strategy, explain=explain)
+
+    def _generations(self, tenant: str) -> dict[str, int]:
+        generations = self.generations.get(tenant)
+        if not generations:
+            raise NotFound(f"unknown tenant {tenant!r}: it has no memories")
+        return generations
 
     def get(self, memory_id: int, *, tenant: str) -> dict[str, Any]:
         """One memory of ``tenant`` as a dict; NotFound if it is not theirs."""
@@ -314,12 +347,23 @@ class AsyncMemory:
         self.core = Memory(path, **options)
         self.remember = _threaded(self.core.remember)
         self.remember_many = _threaded(self.core.remember_many)
-        self.recall = _threaded(self.core.recall)
+        self.recall_cached = self.core.recall_cached
         self.forget = _threaded(self.core.forget)
         self.update = _threaded(self.core.update)
         self.stats = _threaded(self.core.stats)
         self.get = _threaded(self.core.get)
         self.execution_stats = _threaded(self.core.execution_stats)
+
+    async def recall(self, query: str, **options: Any) -> Recall:
+        """:meth:`Memory.recall`, awaitable: a valid cache hit is served on the event loop
+        (no thread hop), anything else runs on a worker thread.
+
+        >>> # hits = (await mem.recall("where is the key?", tenant="t", k=5)).hits
+        """
+        hit = self.core.recall_cached(query, **options)
+        if hit is not None:
+            return hit
+        return await asyncio.to_thread(functools.partial(self.core.recall, query, **options))
 
     async def close(self) -> None:
         await asyncio.to_thread(self.core.close)

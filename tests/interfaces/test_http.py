@@ -132,6 +132,19 @@ def test_health_and_readiness(api: httpx.Client) -> None:
     assert api.get("/readyz").json() == {"status": "ready"}
 
 
+def test_repeated_recall_is_a_cache_hit_until_a_write(api: httpx.Client) -> None:
+    remember(api, "rep", "Alice moved to Lisbon in May 2023.", layer="semantic")
+    ask = {"query": "Where does Alice live?", "k": 3, "explain": True}
+    first = api.post("/v1/tenants/rep/recall", json=ask).json()
+    again = api.post("/v1/tenants/rep/recall", json=ask).json()
+    assert first["explain"]["cache"] == "miss" and again["explain"]["cache"] == "hit"
+    assert again["hits"] == first["hits"]
+    moved = remember(api, "rep", "Alice moved to Porto in 2024.", layer="semantic")
+    fresh = api.post("/v1/tenants/rep/recall", json=ask).json()
+    assert fresh["explain"]["cache"] != "hit"
+    assert moved in [hit["id"] for hit in fresh["hits"]]
+
+
 def test_memory_lifecycle(api: httpx.Client) -> None:
     alice = remember(api, "life", "Alice moved to Lisbon in May 2023.", layer="semantic")
     remember(api, "life", "Bob adopted a puppy named Rex.", actor="Bob", session="s1")
@@ -314,6 +327,7 @@ def test_core_errors_map_to_statuses(
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise exc
 
+    monkeypatch.setattr(memory, "recall_cached", lambda *a, **kw: None)  # a miss: recall runs
     monkeypatch.setattr(memory, "recall", fail)
     got = api.post("/v1/tenants/any/recall", json={"query": "x"})
     body = error(got, status, code)

@@ -158,12 +158,7 @@ class AdaptiveEngine:
                 f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}"
             )
         start = time.perf_counter()
-        query_type = classify(query.text)
-        asked = query.layers
-        if strategy == "adaptive" and asked == LAYERS:
-            chosen = self.graph.select_layers(query_type, asked)
-            if chosen != asked:
-                query = replace(query, layers=chosen)
+        query_type, asked, query = self._plan_layers(query, strategy)
         if strategy in ("adaptive", "cache", "hybrid"):
             full = self.cache.get_full(query, self.model, generations)
             if full is not None:
@@ -184,6 +179,39 @@ class AdaptiveEngine:
         self._learn(run, hits, actual)
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)
+
+    def cached(
+        self,
+        query: RecallQuery,
+        generations: dict[str, int],
+        *,
+        strategy: str = "adaptive",
+        explain: bool = False,
+    ) -> Recall | None:
+        """The recall if a valid full cache hit answers it (microseconds), else None.
+
+        For callers on an event loop: a hit is served inline, only a miss pays for a thread.
+        It is exactly the first step of :meth:`recall`, so both return the same hits.
+        """
+        if strategy not in ("adaptive", "cache", "hybrid"):
+            return None
+        start = time.perf_counter()
+        query_type, asked, query = self._plan_layers(query, strategy)
+        full = self.cache.get_full(query, self.model, generations)
+        if full is None:
+            return None
+        return self._served(query, query_type, asked, full, start, explain)
+
+    def _plan_layers(
+        self, query: RecallQuery, strategy: str
+    ) -> tuple[str, tuple[str, ...], RecallQuery]:
+        """The query type, the layers asked for, and the query over the layers to run."""
+        query_type, asked = classify(query.text), query.layers
+        if strategy == "adaptive" and asked == LAYERS:
+            chosen = self.graph.select_layers(query_type, asked)
+            if chosen != asked:
+                query = replace(query, layers=chosen)
+        return query_type, asked, query
 
     def _served(
         self,

@@ -22,6 +22,16 @@ class RecallEngine(Protocol):
         timeout: float | None = None,
     ) -> Recall: ...
 
+    def cached(
+        self,
+        query: RecallQuery,
+        generations: dict[str, int],
+        *,
+        strategy: str = "adaptive",
+        explain: bool = False,
+    ) -> Recall | None:
+        """The recall if a valid cache entry answers it at once, else None (no cache: None)."""
+
     def stats(self) -> dict[str, Any]:
         """Execution state: ``cache``, ``pool``, ``telemetry`` and ``selector`` sections."""
 

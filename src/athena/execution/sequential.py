@@ -20,6 +20,17 @@ class SequentialEngine:
         request = self.pipeline.request(query, generations)
         return {name: self.pipeline.run(name, request, "sequential") for name in query.layers}
 
+    def cached(
+        self,
+        query: RecallQuery,
+        generations: dict[str, int],
+        *,
+        strategy: str = "sequential",
+        explain: bool = False,
+    ) -> Recall | None:
+        """The reference engine caches nothing."""
+        return None
+
     def recall(
         self,
         query: RecallQuery,

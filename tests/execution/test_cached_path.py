@@ -1,0 +1,94 @@
+"""The inline cache-hit path (``Memory.recall_cached``, ``AsyncMemory.recall``): the same
+hits as a full recall, never a stale one, the same errors for bad input, and no thread
+hop for a hit on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from athena import AsyncMemory, Memory
+from athena.embedding import Embedder
+from athena.errors import InvalidInput, NotFound
+
+QUESTION = "Where did Caroline go hiking?"
+
+
+def _seed(memory: Memory) -> None:
+    for i in range(12):
+        memory.remember(f"Caroline went hiking in the Alps, trip {i}.", tenant="t")
+        memory.remember(f"Melanie painted a lake at sunrise, picture {i}.", tenant="u")
+
+
+@pytest.fixture
+def seeded(memory: Memory) -> Iterator[Memory]:
+    _seed(memory)
+    yield memory
+
+
+def test_a_hit_equals_the_recall_it_repeats(seeded: Memory) -> None:
+    assert seeded.recall_cached(QUESTION, tenant="t") is None  # nothing cached yet
+    first = seeded.recall(QUESTION, tenant="t", k=5)
+    again = seeded.recall_cached(QUESTION, tenant="t", k=5, explain=True)
+    assert again is not None and again.explain is not None
+    assert again.hits == first.hits
+    assert again.explain["cache"] == "hit" and again.explain["strategy"] == "cache"
+    assert seeded.recall_cached(QUESTION, tenant="t", k=4) is None  # another key
+
+
+def test_a_write_makes_the_entry_unservable(seeded: Memory) -> None:
+    seeded.recall(QUESTION, tenant="t", k=5)
+    seeded.recall(QUESTION, tenant="u", k=5)
+    new = seeded.remember("Caroline went hiking on Mount Fuji.", tenant="t")
+    assert seeded.recall_cached(QUESTION, tenant="t", k=5) is None
+    assert seeded.recall_cached(QUESTION, tenant="u", k=5) is not None  # other tenant intact
+    assert new in [hit.id for hit in seeded.recall(QUESTION, tenant="t", k=5).hits]
+
+
+def test_forced_executing_strategies_never_read_the_cache(seeded: Memory) -> None:
+    seeded.recall(QUESTION, tenant="t")
+    for strategy in ("sequential", "parallel", "distributed"):
+        assert seeded.recall_cached(QUESTION, tenant="t", strategy=strategy) is None
+    assert seeded.recall_cached(QUESTION, tenant="t", strategy="cache") is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"k": 0}, InvalidInput),
+        ({"timeout": 0}, InvalidInput),
+        ({"layers": ["dreams"]}, InvalidInput),
+        ({"tenant": "nobody"}, NotFound),
+    ],
+)
+def test_bad_input_raises_as_recall_does(
+    seeded: Memory, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    options = {"tenant": "t", **kwargs}
+    with pytest.raises(error):
+        seeded.recall(QUESTION, **options)
+    with pytest.raises(error):
+        seeded.recall_cached(QUESTION, **options)
+
+
+async def test_async_hit_is_served_without_a_thread(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with AsyncMemory(tmp_path / "a.db", embedder=embedder, pool="off") as memory:
+        _seed(memory.core)
+        first = await memory.recall(QUESTION, tenant="t", k=5)  # a miss: on a thread
+
+        def no_threads(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a cache hit took a thread")
+
+        monkeypatch.setattr(asyncio, "to_thread", no_threads)
+        again = await memory.recall(QUESTION, tenant="t", k=5)
+        assert again.hits == first.hits
+        monkeypatch.undo()
+        await memory.remember("Caroline went hiking in Patagonia.", tenant="t")
+        fresh = await memory.recall(QUESTION, tenant="t", k=5)  # stale entry: a new recall
+        assert any("Patagonia" in hit.text for hit in fresh.hits)
