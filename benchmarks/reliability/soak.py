@@ -73,6 +73,7 @@ def prime(memory: Any, executor: ThreadPoolExecutor, queries: list[tuple[str, st
 def sample() -> dict[str, float]:
     return {
         "rss_mb": _status("VmRSS") / 1024.0,
+        "rss_anon_mb": _status("RssAnon") / 1024.0,  # heap: RSS less mapped file pages
         "fds": float(len(os.listdir("/proc/self/fd"))),
         "threads": float(_status("Threads")),
     }
@@ -263,6 +264,8 @@ def summarise(
         "rss_mb_end": round(last["rss_mb"], 1),
         "rss_mb_max_after_warmup": round(max(s["rss_mb"] for s in after), 1),
         "rss_growth_pct_after_warmup": round(100.0 * (last["rss_mb"] / first["rss_mb"] - 1), 2),
+        "rss_anon_mb_after_warmup": round(first["rss_anon_mb"], 1),
+        "rss_anon_mb_end": round(last["rss_anon_mb"], 1),
         "rss_max_growth_pct_after_warmup": round(
             100.0 * (max(s["rss_mb"] for s in after) / first["rss_mb"] - 1), 2
         ),
@@ -287,9 +290,10 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 
     samples = summary["samples"]
     t = [s["t"] / 60.0 for s in samples]
-    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(8, 11), sharex=True)
     series = (
         ("rss_mb", "RSS (MB)"),
+        ("rss_anon_mb", "anonymous RSS (MB)"),
         ("fds", "open fds"),
         ("threads", "threads"),
         ("p99_ms", "p99 per window (ms)"),

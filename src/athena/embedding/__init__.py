@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 
-from athena.embedding.cache import CachingEmbedder
+from athena.embedding.cache import DEFAULT_MAX_ENTRIES, CachingEmbedder
 from athena.embedding.protocol import Embedder, Vectors
 from athena.embedding.static import StaticEmbedder
 from athena.embedding.transformer import TransformerEmbedder
@@ -24,7 +24,9 @@ DEFAULT_EMBEDDER = "static"
 EMBEDDER_NAMES: tuple[str, ...] = ("static", "transformer", "minilm")
 
 
-def load_embedder(name: str = DEFAULT_EMBEDDER, *, cache_size: int = 100_000) -> Embedder:
+def load_embedder(
+    name: str = DEFAULT_EMBEDDER, *, cache_size: int = DEFAULT_MAX_ENTRIES
+) -> Embedder:
     """Build the embedder called ``name``, wrapped in a :class:`CachingEmbedder`.
 
     ``name`` is ``"static"`` (default), ``"transformer"`` or its alias ``"minilm"``

@@ -22,6 +22,9 @@ def text_key(text: str) -> bytes:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest()
 
 
+DEFAULT_MAX_ENTRIES = 16_384  # about 18 MB of 256-dim vectors (25 MB at 384 dims)
+
+
 class CachingEmbedder:
     """Wraps ``inner`` with a bounded, thread-safe LRU cache keyed by text content.
 
@@ -35,7 +38,7 @@ class CachingEmbedder:
     (1, 2)
     """
 
-    def __init__(self, inner: Embedder, max_entries: int = 100_000) -> None:
+    def __init__(self, inner: Embedder, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         self._inner = inner

@@ -58,6 +58,7 @@ def limit_blas_threads() -> None:
 
 
 _BLAS_LIMITED = False
+EXACT_COMPACT_MIN = 64  # superseded vectors an exact index keeps before it compacts
 
 
 class ExactBackend:
@@ -155,6 +156,10 @@ class VectorIndex:
                     batch = store.vectors_after(self.tenant, self.layer, self.model, 0)
                     state = _State(None, [], [], {})
                 self._append(state, batch)
+                if isinstance(state.backend, ExactBackend) and state.dead > max(
+                    EXACT_COMPACT_MIN, len(state.latest) // 4
+                ):
+                    state = _compacted(state)
                 self._state = state
             self._synced_generation = generation
 
@@ -187,19 +192,38 @@ class VectorIndex:
             state = self._state
             if state.backend is None or limit <= 0:
                 return []
-            scores, positions = state.backend.search(query, limit + min(state.dead, limit))
-            found: list[tuple[int, float]] = []
-            for score, position in zip(scores.tolist(), positions.tolist(), strict=True):
-                memory_id = state.ids[position]
-                if state.latest.get(memory_id) != state.seqs[position]:
-                    continue  # an older vector of a memory that was updated since
-                found.append((memory_id, float(score)))
-                if len(found) == limit:
-                    break
-            return found
+            # Older vectors of updated memories stay in the backend until a compaction;
+            # ask for more until ``limit`` live ones are found or the backend runs out, so
+            # the answer is the same as a freshly built index would give.
+            want, total = limit + min(state.dead, limit), len(state.backend)
+            while True:
+                scores, positions = state.backend.search(query, min(want, total))
+                found: list[tuple[int, float]] = []
+                for score, position in zip(scores.tolist(), positions.tolist(), strict=True):
+                    memory_id = state.ids[position]
+                    if state.latest.get(memory_id) != state.seqs[position]:
+                        continue  # an older vector of a memory that was updated since
+                    found.append((memory_id, float(score)))
+                    if len(found) == limit:
+                        return found
+                if len(positions) < min(want, total) or want >= total:
+                    return found
+                want *= 4
 
     def __len__(self) -> int:
         return len(self._state.latest)
+
+
+def _compacted(state: _State) -> _State:
+    """The same live vectors without the superseded ones (exact backend only: a cheap copy,
+    no reload), so an index whose memories are updated often stays the size of its data."""
+    backend = state.backend
+    assert isinstance(backend, ExactBackend)
+    live = [i for i, (m, q) in enumerate(zip(state.ids, state.seqs)) if state.latest.get(m) == q]
+    fresh = ExactBackend(backend._matrix.shape[1])
+    fresh.add(backend._matrix[live])
+    ids, seqs = [state.ids[i] for i in live], [state.seqs[i] for i in live]
+    return _State(fresh, ids, seqs, dict(zip(ids, seqs, strict=True)), state.last_seq, 0)
 
 
 class VectorIndexes:

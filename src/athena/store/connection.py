@@ -64,6 +64,9 @@ def translated() -> Iterator[None]:
         raise translate(exc) from exc
 
 
+CACHE_PRAGMA = "PRAGMA cache_size = -16384"  # 16 MiB per connection; reads also use mmap
+
+
 def open_connection(
     path: Path | str, *, readonly: bool = False, immutable: bool = False
 ) -> sqlite3.Connection:
@@ -87,7 +90,7 @@ def open_connection(
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute("PRAGMA cache_size = -65536")
+            conn.execute(CACHE_PRAGMA)
             conn.execute("PRAGMA mmap_size = 268435456")
         except BaseException:
             conn.close()
