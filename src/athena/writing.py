@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,6 +13,7 @@ from athena.layers.protocol import MemoryLayer
 from athena.records import (
     MAX_METADATA_BYTES,
     MemoryInput,
+    check_bound,
     check_encodable,
     check_layer,
     check_tenant,
@@ -25,20 +25,13 @@ MAX_KEY_CHARS = 512
 
 
 def check_timestamp(value: object, what: str = "timestamp") -> float | None:
-    """Seconds since the epoch, finite; ``None`` passes.
+    """Seconds since the epoch, finite, between the years 1 and 9999; ``None`` passes.
 
     >>> check_timestamp(1_700_000_000)
     1700000000.0
     """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"{what} must be a number of seconds since the epoch")
-    try:
-        number = float(value)
-    except OverflowError:  # an int past a float's range
-        raise InvalidInput(f"{what} must be a finite time between the years 1 and 9999") from None
-    if not math.isfinite(number) or not -62_135_596_800 <= number <= 253_402_300_799:
+    number = check_bound(value, what)
+    if number is not None and not -62_135_596_800 <= number <= 253_402_300_799:
         raise InvalidInput(f"{what} must be a finite time between the years 1 and 9999")
     return number
 
