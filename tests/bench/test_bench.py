@@ -120,3 +120,17 @@ def test_workload_maths() -> None:
     assert parallel_limit({"a": 5.0, "b": 1.0}, 2) == pytest.approx(1.2)
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0 and math.isnan(percentile([], 50))
     assert QUICK.budget_s > 0
+
+
+def test_redraw_from_saved_sessions_gives_the_same_rows(out: Path, doc: dict[str, Any]) -> None:
+    from athena.bench.runner import redraw
+
+    again_dir = out.parent / "redrawn"
+    again_dir.mkdir()
+    (again_dir / "sessions").mkdir()
+    for kept in (out / "sessions").glob("*.pickle"):
+        (again_dir / "sessions" / kept.name).write_bytes(kept.read_bytes())
+    again = redraw(again_dir, "pytest redraw")
+    assert again["rows"] == doc["rows"]
+    assert again["regret"] == doc["regret"]
+    assert (again_dir / "bench.md").read_text(encoding="utf-8").count("|") > 50

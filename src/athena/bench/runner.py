@@ -338,6 +338,34 @@ def run(plan: Plan, command: str, bars: Bars = no_bars) -> dict[str, Any]:
     return write(plan.out, sessions, meta, regret)
 
 
+def redraw(out: Path, command: str) -> dict[str, Any]:
+    """Write the report again from the sessions a run kept in ``out/sessions`` (each is
+    saved as soon as it ends, so an interrupted full run still reports what it measured).
+
+    >>> # redraw(Path("bench-out"), "athena bench --redraw --out bench-out")
+    """
+    kept = sorted((out / "sessions").glob("*.pickle"), key=lambda p: p.stat().st_mtime)
+    if not kept:
+        raise FileNotFoundError(f"no saved sessions in {out / 'sessions'}")
+    parts: list[tuple[str, Any]] = []
+    sessions: list[Session] = []
+    for path in kept:
+        with path.open("rb") as fh:
+            session, measured = pickle.load(fh)  # our own files, written by run()
+        sessions.append(session)
+        parts.append((f"{session.store}/{session.embedder}", measured))
+    began = datetime.fromtimestamp(min(p.stat().st_mtime for p in kept), UTC)
+    meta: dict[str, Any] = {
+        "machine": machine(),
+        "date": began.isoformat(timespec="seconds"),
+        "command": command,
+        "mode": "full" if len(sessions) > 1 else "quick",
+        "redrawn_from": [p.name for p in kept],
+        "load_avg_end": os.getloadavg(),
+    }
+    return write(out, sessions, meta, _regret(parts))
+
+
 def _regret(parts: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     usable = [(name, m) for name, m in parts if m.costs]
     if not usable:

@@ -32,6 +32,14 @@ def bench(
     embedder: Annotated[
         str, typer.Option("--embedder", help="static, transformer or both (full mode).")
     ] = "both",
+    redraw: Annotated[
+        bool,
+        typer.Option(
+            "--redraw",
+            help="Rewrite the report from the sessions a run (even an interrupted one) "
+            "saved in --out; measures nothing.",
+        ),
+    ] = False,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -43,6 +51,15 @@ def bench(
 ) -> None:
     """Every strategy on every scenario, interleaved; the oracle's regret; goals met or missed."""
     from athena.bench.runner import plan_for, resolve_data, run
+    from athena.bench.runner import redraw as redraw_report
+
+    if redraw:
+        try:
+            doc = redraw_report(out, f"{ctx.command_path} --redraw --out {out}")
+        except FileNotFoundError as exc:
+            raise NotFound(str(exc)) from exc
+        emit_json({"out": str(out), "rows": len(doc["rows"]), "redrawn": True})
+        return
 
     chosen = EMBEDDER_CHOICES.get(embedder.strip().lower())
     if chosen is None:

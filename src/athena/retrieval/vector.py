@@ -219,7 +219,8 @@ def _compacted(state: _State) -> _State:
     no reload), so an index whose memories are updated often stays the size of its data."""
     backend = state.backend
     assert isinstance(backend, ExactBackend)
-    live = [i for i, (m, q) in enumerate(zip(state.ids, state.seqs)) if state.latest.get(m) == q]
+    pairs = zip(state.ids, state.seqs, strict=True)
+    live = [i for i, (m, q) in enumerate(pairs) if state.latest.get(m) == q]
     fresh = ExactBackend(backend._matrix.shape[1])
     fresh.add(backend._matrix[live])
     ids, seqs = [state.ids[i] for i in live], [state.seqs[i] for i in live]
