@@ -92,7 +92,9 @@ class Feedback:
         forced: bool,
     ) -> None:
         """An executed recall: the graph learns layer costs and contributions; the strategy
-        that ran learns its cost, unless the cache or a fallback muddied the measurement."""
+        that ran learns its cost, unless the cache muddied the measurement. A fallback from
+        the pool teaches DISTRIBUTED what choosing it cost (the wait, then the fallback):
+        without that, a pool that times out every task would be chosen again and again."""
         self.graph.observe(
             query_type,
             layers_ms or dict.fromkeys(query.layers, 0.0),
@@ -103,6 +105,8 @@ class Feedback:
         )
         if cache == "miss" and not fallback:
             self.selector.learn(strategy, situation, actual_ms)
+        elif cache == "miss" and decision.strategy is Strategy.DISTRIBUTED:
+            self.selector.learn(Strategy.DISTRIBUTED, situation, actual_ms)
         features = tuple(situation.features().tolist())
         self._record(
             query,
