@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from athena.embedding import Embedder
 from athena.errors import NotFound, RecallTimeout, StoreError, StoreLocked
 from athena.interfaces.http import create_app
 from athena.memory import Memory
 from athena.records import MAX_K, MAX_QUERY_CHARS
+from loopback import serving
 
 TOKENS = {"tok-a": ["a"], "tok-b": ["b"], "tok-admin": None}
 ADMIN = {"Authorization": "Bearer tok-admin"}
@@ -36,48 +32,11 @@ METRIC_NAMES = (
 )
 
 
-class Server:
-    """A uvicorn server on a free loopback port, in a background thread."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="critical", lifespan="off", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            assert self.thread.is_alive(), "uvicorn died on start"
-            time.sleep(0.01)
-        self.client = httpx.Client(base_url=self.url, timeout=10)
-
-    def close(self) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Iterator[Memory]:
     mem = Memory(tmp_path_factory.mktemp("http") / "athena.db", embedder=embedder)
     yield mem
     mem.close()
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[httpx.Client]:
-    server = Server(app)
-    try:
-        yield server.client
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

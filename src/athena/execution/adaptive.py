@@ -116,10 +116,10 @@ class AdaptiveEngine:
                 fresh.close()  # the broken one stays; the next rebuild may succeed
                 return
             with self._pool_lock:
-                if self._backend is broken and not self._closed:
+                swapped = self._backend is broken and not self._closed
+                if swapped:
                     self._backend, self.pool_rebuilds = fresh, self.pool_rebuilds + 1
-                    fresh = broken  # close the old one below
-            fresh.close()
+            (broken if swapped else fresh).close()  # whichever pool is not in use
         finally:
             with self._lock:
                 self._rebuilding = False

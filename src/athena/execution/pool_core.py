@@ -1,0 +1,312 @@
+"""The worker pool's shared state and its two threads (see :mod:`athena.execution.pool`).
+
+``PoolCore`` holds the fleet, the priority queue and the counters, changed only under its
+condition; its dispatcher thread hands queued tasks to the least-loaded ready worker.
+``PoolMonitor`` reads results, reaps dead or hung workers (replacing them and retrying
+their tasks once) and scales the fleet between ``min_workers`` and ``max_workers``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import threading
+import time
+from concurrent.futures import Future
+from functools import partial
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Final
+
+from athena.errors import WorkerPoolUnavailable
+from athena.execution import backend, shm
+from athena.execution import worker as wk
+from athena.execution.backend import PoolLimits, Settle, Task, settle
+from athena.layers.protocol import LayerResult, SearchRequest
+
+MAX_STARTING: Final = 2  # processes starting at once while scaling up
+MAX_START_DEATHS: Final = 8  # workers in a row that die before ready: the pool is broken
+TICK: Final = 0.5  # the monitor's longest sleep: how often idle workers are looked at
+
+
+class PoolCore:
+    """What the pool's API and its two threads share; it changes only under ``cond``."""
+
+    def __init__(self, config: wk.WorkerConfig, method: str, limits: PoolLimits) -> None:
+        self.limits = limits
+        self.cond = threading.Condition(threading.RLock())
+        self.halted = threading.Event()
+        self.procs: dict[int, BaseProcess] = {}
+        self.fleet: wk.Fleet[Task] = wk.Fleet(mp.get_context(method), config, self.procs)
+        self.queue = backend.PriorityQueue(limits.queue_size)
+        self.stats = backend.PoolStats()
+        self.state, self.error = "new", ""  # state: new | running | broken | closed
+        self.threads: list[threading.Thread] = []
+        self.startup_ms: float | None = None
+        self.start_deaths = 0  # replacements in a row that died before they were ready
+
+    def stopping(self) -> bool:
+        return self.state in ("broken", "closed") or self.halted.is_set()
+
+    def enqueue(self, request: SearchRequest, names: list[str], priority: int) -> list[Task]:
+        """Queue one task per layer (all or none); arrays over 64 KiB go by shared memory."""
+        packed, blocks = shm.pack_tree(request)
+        payload = pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
+        group = backend.TaskGroup(len(names), partial(shm.release, blocks))
+        with self.cond:
+            try:
+                if self.state != "running":
+                    raise WorkerPoolUnavailable(self.error or "worker pool is not running")
+                tasks = [Task(self.queue.new_id(), n, priority, payload, group) for n in names]
+                self.queue.add(tasks)
+            except BaseException:
+                shm.release(blocks)
+                raise
+            self.cond.notify_all()
+            self.fleet.wake()
+        for task in tasks:
+            task.future.add_done_callback(partial(self._cancelled, task))
+        return tasks
+
+    def _cancelled(self, task: Task, future: Future[LayerResult]) -> None:
+        if future.cancelled():
+            with self.cond:
+                if task.state == "queued":
+                    self.queue.remove(task)
+
+    def abandon(self, tasks: list[Task], error: BaseException) -> None:
+        """The caller gave up: queued tasks leave, running ones finish unheard."""
+        out: Settle = []
+        with self.cond:
+            for task in tasks:
+                if task.state == "queued":
+                    self.queue.remove(task)
+                task.abandoned = True
+                out.append((task.future, error))
+        settle(out)
+
+    def fail(self, task: Task, error: BaseException, out: Settle) -> None:
+        if not task.abandoned and task.state != "done":
+            out.append((task.future, error))
+        task.finish()
+
+    def end(self, state: str, error: str, out: Settle) -> None:
+        """Enter ``state`` (broken or closed): every pending task fails with ``error``."""
+        self.state, self.error = state, error
+        running = [t for w in self.fleet.workers.values() for t in w.inflight.values()]
+        while len(self.queue):
+            running.append(self.queue.pop())
+        for task in running:
+            self.fail(task, WorkerPoolUnavailable(error), out)
+        self.cond.notify_all()
+        self.fleet.wake()
+
+    def start(self, db_path: Path) -> None:
+        with self.cond:
+            if self.state == "running":
+                return
+            if self.state != "new":
+                raise WorkerPoolUnavailable(self.error)
+            began = time.monotonic()
+            error = "" if db_path.is_file() else f"no database at {db_path}"
+            error = error or self._launch()
+            if not error:
+                self.startup_ms = (time.monotonic() - began) * 1000.0
+                self.state = "running"
+                return
+        self.shutdown("broken", f"worker pool cannot start: {error}")
+        raise WorkerPoolUnavailable(self.error)
+
+    def _launch(self) -> str:
+        """Spawn min_workers and the two threads; wait for the workers' start-up reports."""
+        fleet = self.fleet
+        fleet.open()
+        try:
+            for _ in range(self.limits.min_workers):
+                fleet.spawn()
+        except WorkerPoolUnavailable as exc:
+            return str(exc)
+        for body in (self.dispatch_loop, PoolMonitor(self).loop):
+            self.threads.append(threading.Thread(target=body, daemon=True, name="athena-pool"))
+            self.threads[-1].start()
+        done = self.cond.wait_for(
+            lambda: fleet.init_error or self.state != "new" or not fleet.of("starting"),
+            self.limits.start_timeout,
+        )
+        if done and not fleet.init_error and self.state == "new" and fleet.of("ready"):
+            return ""
+        return fleet.init_error or self.error or "the workers did not start in time"
+
+    def shutdown(self, state: str, error: str) -> None:
+        """Fail pending work, join the threads, stop the workers (idempotent once closed)."""
+        out: Settle = []
+        with self.cond:
+            if self.state == "closed":
+                return
+            self.end(state, error, out)
+            threads, self.threads = self.threads, []
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        with self.cond:
+            self.fleet.stop_all()
+        settle(out)
+
+    def dispatch_loop(self) -> None:
+        """Thread: hand the best queued task to the least-loaded ready worker."""
+        while True:
+            with self.cond:
+                while not self.stopping() and not (len(self.queue) and self.fleet.pick()):
+                    self.cond.wait()
+                worker = self.fleet.pick()
+                if self.stopping() or worker is None:
+                    return
+                task = self.queue.pop()
+                first = task.attempts == 0
+                if task.abandoned or (first and not task.future.set_running_or_notify_cancel()):
+                    task.finish()
+                    continue
+                task.attempts += 1
+                task.deadline = time.monotonic() + self.limits.task_timeout
+                worker.inflight[task.id] = task
+            # Outside the lock; messages stay far below a pipe's buffer, so it cannot block.
+            wk.send_quietly(worker.conn, (task.id, task.layer, task.payload))
+
+
+class PoolMonitor:
+    """The monitor thread: results, dead or hung workers, retries and scaling."""
+
+    def __init__(self, core: PoolCore) -> None:
+        self.core = core
+
+    def loop(self) -> None:
+        core = self.core
+        try:
+            while self.step():
+                pass
+        except Exception as exc:  # a bug here must not leave every caller waiting
+            out: Settle = []
+            with core.cond:
+                if not core.stopping():
+                    core.end("broken", f"worker pool monitor failed: {exc!r}", out)
+            settle(out)
+
+    def step(self) -> bool:
+        core = self.core
+        with core.cond:
+            if core.stopping():
+                return False
+            workers = list(core.fleet.workers.values())
+            now = time.monotonic()
+            pause = min([TICK, *(t.deadline - now for w in workers for t in w.inflight.values())])
+        ready = core.fleet.wait(workers, pause)
+        out: Settle = []
+        with core.cond:
+            if core.stopping():
+                return False
+            for worker in workers:
+                if worker.conn in ready:
+                    was_starting = worker.state == "starting"
+                    for message in core.fleet.receive(worker):
+                        self.handle(worker, message, out)
+                    if was_starting and worker.state == "ready":
+                        core.start_deaths = 0
+            for worker in workers:
+                if worker.process.sentinel in ready and worker.id in core.fleet.workers:
+                    self.reap(worker, "died", out)
+            self.expire(out)
+            self.scale()
+            core.cond.notify_all()
+        settle(out)
+        return True
+
+    def handle(self, worker: wk.WorkerHandle[Task], message: tuple[Any, ...], out: Settle) -> None:
+        core, now, kind = self.core, time.monotonic(), message[0]
+        outcome: LayerResult | BaseException
+        try:  # unpack even an unexpected result, so its shared blocks are unlinked
+            if kind == "ok":
+                outcome = shm.unpack_tree(message[2], unlink=True)
+            else:
+                outcome = wk.rebuild_error(*message[2:])
+        except Exception as exc:
+            outcome = WorkerPoolUnavailable(f"a worker's result was lost: {exc!r}")
+        task = worker.inflight.pop(message[1], None)
+        if task is None:
+            return
+        worker.last_active = now
+        failed = isinstance(outcome, BaseException)
+        core.stats.record(None if failed else (now - task.enqueued) * 1000.0)
+        if not task.abandoned:
+            out.append((task.future, outcome))
+        task.finish()
+
+    def reap(
+        self, worker: wk.WorkerHandle[Task], how: str, out: Settle, late: Task | None = None
+    ) -> None:
+        """Forget a dead worker; retry its tasks once and start a replacement."""
+        core, state = self.core, worker.state
+        tasks, code = core.fleet.remove(worker), worker.process.exitcode
+        if state == "starting" and core.state == "new":  # start() fails with this reason
+            core.fleet.init_error = core.fleet.init_error or f"a worker exited ({code}) at start"
+        elif state != "retiring":
+            core.stats.count["crashes" if late is None else "timeouts"] += 1
+            for task in tasks:
+                why = f"worker {worker.process.pid} {how} (exit code {code})"
+                error = task.attempt_failed(why, task is late)
+                if task.abandoned:
+                    task.finish()
+                elif error is None:  # retried once, on whichever worker is free first
+                    core.stats.count["retries"] += 1
+                    core.queue.push(task)
+                else:
+                    core.stats.record(None)
+                    core.fail(task, error, out)
+            core.start_deaths += state == "starting"
+            if core.state == "running" and self._may_replace():
+                core.stats.count["restarts"] += 1
+                core.fleet.spawn()
+        if core.state == "running" and not core.fleet.live():
+            why = core.fleet.init_error or how
+            if core.start_deaths > MAX_START_DEATHS:
+                why = f"{core.start_deaths} workers in a row died while starting ({how})"
+            core.end("broken", f"no worker left: {why}", out)
+
+    def _may_replace(self) -> bool:
+        """A dead worker is replaced unless workers fail their start-up (an init error, or
+        too many deaths in a row before ready): then the pool would only crash-loop."""
+        core = self.core
+        return not core.fleet.init_error and core.start_deaths <= MAX_START_DEATHS
+
+    def expire(self, out: Settle) -> None:
+        """Kill each worker whose task overran its deadline (hung, stopped or too slow)."""
+        now = time.monotonic()
+        for worker in self.core.fleet.of("ready"):
+            late = next((t for t in worker.inflight.values() if t.deadline <= now), None)
+            if late is not None:
+                worker.process.kill()
+                how = f"timed out after {self.core.limits.task_timeout:g} s"
+                self.reap(worker, how, out, late)
+
+    def scale(self) -> None:
+        """Grow on a deep queue or a high p95 latency; retire workers idle for idle_seconds."""
+        core, limits = self.core, self.core.limits
+        fleet, stats, depth, now = core.fleet, core.stats, len(core.queue), time.monotonic()
+        live = fleet.live()
+        if core.state != "running" or fleet.init_error:
+            return
+        p95, since = stats.percentile(0.95, last=32), now - stats.last_grow
+        reason = limits.grow_reason(depth, live, p95, since)
+        if live < limits.min_workers and self._may_replace():
+            reason = f"{live} live workers < min_workers {limits.min_workers}"
+        if reason and len(fleet.of("starting")) < MAX_STARTING:
+            fleet.spawn()
+            stats.last_grow = now
+            stats.scale("up", reason, live + 1)
+        elif not depth and live > limits.min_workers:
+            idle = [w for w in fleet.of("ready") if not w.inflight]
+            idle = [w for w in idle if now - w.last_active >= limits.idle_seconds]
+            for worker in sorted(idle, key=lambda w: -w.id)[: live - limits.min_workers]:
+                worker.state = "retiring"
+                wk.send_quietly(worker.conn, None)
+                live -= 1
+                stats.scale("down", f"idle for {limits.idle_seconds:g} s", live)
