@@ -10,6 +10,7 @@ share one entry.
 
 from __future__ import annotations
 
+import string
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ HIT_OVERHEAD: Final = 200
 KEY_OVERHEAD: Final = 160
 
 
+_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def normalize_text(text: str) -> str:
     """The query text as keys see it: whitespace collapsed and stripped; ASCII lower-cased.
 
@@ -41,9 +45,7 @@ def normalize_text(text: str) -> str:
     >>> normalize_text("STRASSE") == normalize_text("straße")
     False
     """
-    if text.isascii():
-        return " ".join(text.lower().split())
-    return " ".join(text.split())
+    return " ".join(text.split()).translate(_ASCII_LOWER)
 
 
 def full_key(query: RecallQuery, model: str, text: str | None = None) -> FullKey:
