@@ -20,6 +20,7 @@ from athena.execution.sequential import SequentialEngine
 from athena.generations import GenerationTracker
 from athena.layers import LayerContext, MemoryLayer, default_layers
 from athena.records import MemoryInput, check_tenant, check_timeout, make_query
+from athena.retrieval.lexical_index import LexicalIndexes
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF, VectorIndexes
 from athena.store.sqlite import SQLiteStore
 from athena.writing import check_mapping, check_timestamp, prepare
@@ -59,7 +60,9 @@ class Memory:
             self.layers = dict(layers or default_layers())
             self.generations = GenerationTracker(self.store)
             ctx = LayerContext(
-                self.store, VectorIndexes(self.store, self.embedder.name, hnsw_cutoff)
+                self.store,
+                VectorIndexes(self.store, self.embedder.name, hnsw_cutoff),
+                LexicalIndexes(self.store),
             )
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
             if engine is None:

@@ -61,6 +61,31 @@ def test_reopening_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
     s2.close()
 
 
+def test_version_2_file_gains_the_change_feed(tmp_path: Path) -> None:
+    from athena.store.schema import MIGRATIONS, _split
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for number in (0, 1):  # the file as the previous release left it
+        for statement in _split(MIGRATIONS[number]):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(
+        "INSERT INTO memories (tenant, layer, key, kind, text, created_at, updated_at, scope)"
+        " VALUES ('t', 'episodic', 'k', 'turn', 'an old memory', 0, 0, 's')"
+    )
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(path)
+    try:
+        assert s.changes_after("t", "episodic", 0) == [(1, 1, "an old memory")]
+        s.delete("t", [1])
+        assert s.changes_after("t", "episodic", 1) == [(2, 1, None)]
+        assert s.deleted_after("t", "episodic", 0) == [(2, 1)]
+    finally:
+        s.close()
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     SQLiteStore(path).close()

@@ -35,6 +35,7 @@ from athena.embedding import load_embedder
 from athena.execution import shm
 from athena.execution.runner import run_layer
 from athena.layers import LayerContext, default_layers
+from athena.retrieval.lexical_index import LexicalIndexes
 from athena.retrieval.vector import VectorIndexes
 from athena.store.sqlite import SQLiteStore
 
@@ -89,7 +90,11 @@ def _initialise(config: WorkerConfig) -> tuple[SQLiteStore, Callable[..., tuple[
         store.data_version()  # fail now, not on the first task, if the file is unreadable
         embedder = load_embedder(config.embedder)
         layers = default_layers()
-        ctx = LayerContext(store, VectorIndexes(store, embedder.name, config.hnsw_cutoff))
+        ctx = LayerContext(
+            store,
+            VectorIndexes(store, embedder.name, config.hnsw_cutoff),
+            LexicalIndexes(store),
+        )
     except BaseException:
         store.close()
         raise

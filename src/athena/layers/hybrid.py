@@ -1,10 +1,10 @@
-"""Search shared by the text layers: lexical (FTS5 bm25) and vector, fused with RRF."""
+"""Search shared by the text layers: lexical (tenant-local BM25) and vector, fused with RRF."""
 
 from __future__ import annotations
 
 from athena.layers.protocol import LayerContext, SearchRequest
 from athena.retrieval.fusion import rrf
-from athena.retrieval.lexical import match_expression
+from athena.retrieval.lexical import query_stems
 
 LEXICAL_WEIGHT = 1.0
 # Measured on LoCoMo: lexical evidence beats dense here, so the vector list counts half.
@@ -12,14 +12,15 @@ VECTOR_WEIGHT = 0.5
 
 
 def lexical_ids(ctx: LayerContext, layer: str, request: SearchRequest, limit: int) -> list[int]:
-    if request.generations.get(layer, 0) == 0:
-        # Never written for this tenant. Skipping matters: FTS5 reads the query terms'
-        # whole doclists (every tenant's) before it intersects them with the scope.
+    generation = request.generations.get(layer, 0)
+    if generation == 0:
+        return []  # never written for this tenant
+    query = query_stems(request.query.text)
+    if not query:
         return []
-    match = match_expression(request.query.text)
-    if match is None:
-        return []
-    found = ctx.store.lexical(request.query.tenant, layer, match, limit, request.where)
+    where, tenant = request.where, request.query.tenant
+    admit = None if where.empty else (lambda ids: ctx.store.admitted(tenant, ids, where))
+    found = ctx.lexicon.search(tenant, layer, generation, query, limit, admit)
     return [memory_id for memory_id, _ in found]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from athena.records import MemoryInput, RecallQuery
+from athena.retrieval.lexical_index import LexicalIndexes
 from athena.retrieval.vector import VectorIndexes
 from athena.store.protocol import RowFilter, Store
 
@@ -62,6 +63,7 @@ class LayerContext:
 
     store: Store
     indexes: VectorIndexes
+    lexicon: LexicalIndexes
 
 
 class MemoryLayer(Protocol):

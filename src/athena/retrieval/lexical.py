@@ -1,15 +1,19 @@
-"""Turning free text into a safe FTS5 query.
+"""Turning free text into terms: stemmed tokens for the lexical index, and a safe FTS5 query.
 
-Every term is quoted, so FTS5 syntax in user text (``NEAR``, ``col:``, ``*``, quotes,
+Every FTS5 term is quoted, so FTS5 syntax in user text (``NEAR``, ``col:``, ``*``, quotes,
 parentheses) matches as plain words and can never change the query's structure. Very
-common words are dropped: bm25 scores every row that matches a term, and a stopword
-matches most of the corpus.
+common words are dropped from queries: bm25 scores every row that matches a term, and a
+stopword matches most of the corpus.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import unicodedata
 from typing import Final
+
+import Stemmer
 
 MAX_TERMS: Final = 32
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
@@ -56,3 +60,39 @@ def match_expression(text: str) -> str | None:
     if not found:
         return None
     return " OR ".join(f'"{term}"' for term in found)
+
+
+_STEMMERS = threading.local()  # a PyStemmer object is not safe to share between threads
+
+
+def _stem(words: list[str]) -> list[str]:
+    stemmer = getattr(_STEMMERS, "porter", None)
+    if stemmer is None:
+        stemmer = _STEMMERS.porter = Stemmer.Stemmer("porter")
+    return list(stemmer.stemWords(words))
+
+
+def _fold(text: str) -> str:
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def stems(text: str) -> list[str]:
+    """Every token of ``text``: case and diacritics folded, Porter-stemmed (what a document
+    is indexed as; its length is the number of tokens).
+
+    >>> stems("Caroline's groups were running")
+    ['carolin', 'group', 'were', 'run']
+    """
+    return _stem([w.replace("'", "") for w in _WORD.findall(_fold(text))])
+
+
+def query_stems(text: str) -> list[str]:
+    """The stemmed content words of a query, de-duplicated, in order.
+
+    >>> query_stems("What did Caroline do at the support groups?")
+    ['carolin', 'support', 'group']
+    """
+    return list(dict.fromkeys(_stem([_fold(t) for t in terms(text)])))

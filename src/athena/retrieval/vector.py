@@ -124,6 +124,7 @@ class _State:
     latest: dict[int, int]  # memory id -> newest seq loaded
     last_seq: int = 0
     dead: int = 0
+    last_change: int = 0  # the memory_changes seq of the last tombstone applied
 
 
 class VectorIndex:
@@ -150,11 +151,18 @@ class VectorIndex:
             if generation == self._synced_generation:
                 return
             state = self._state
+            # Tombstones first: a memory deleted after this read is caught by the next sync,
+            # one re-inserted after it comes back through its new vector.
+            gone = store.deleted_after(self.tenant, self.layer, state.last_change)
             batch = store.vectors_after(self.tenant, self.layer, self.model, state.last_seq)
+            for change, memory_id in gone:
+                if state.latest.pop(memory_id, None) is not None:
+                    state.dead += 1
+                state.last_change = change
             if len(batch.ids):
                 if state.dead > 1_000 and state.dead > len(state.ids) // 3:
                     batch = store.vectors_after(self.tenant, self.layer, self.model, 0)
-                    state = _State(None, [], [], {})
+                    state = _State(None, [], [], {}, last_change=state.last_change)
                 self._append(state, batch)
                 if isinstance(state.backend, ExactBackend) and state.dead > max(
                     EXACT_COMPACT_MIN, len(state.latest) // 4
@@ -224,7 +232,8 @@ def _compacted(state: _State) -> _State:
     fresh = ExactBackend(backend._matrix.shape[1])
     fresh.add(backend._matrix[live])
     ids, seqs = [state.ids[i] for i in live], [state.seqs[i] for i in live]
-    return _State(fresh, ids, seqs, dict(zip(ids, seqs, strict=True)), state.last_seq, 0)
+    latest = dict(zip(ids, seqs, strict=True))
+    return _State(fresh, ids, seqs, latest, state.last_seq, 0, state.last_change)
 
 
 class VectorIndexes:

@@ -142,6 +142,15 @@ class Store(Protocol):
     def vector_seqs(self, ids: Sequence[int], model: str) -> dict[int, int]:
         """The current vector seq of each id (missing if deleted)."""
 
+    def changes_after(
+        self, tenant: str, layer: str, after_seq: int
+    ) -> list[tuple[int, int, str | None]]:
+        """(seq, memory id, text) of memories of (tenant, layer) changed after ``after_seq``,
+        oldest first; the text is None for a memory that was deleted."""
+
+    def deleted_after(self, tenant: str, layer: str, after_seq: int) -> list[tuple[int, int]]:
+        """(seq, memory id) of the memories of (tenant, layer) deleted after ``after_seq``."""
+
     def generations(self, tenant: str) -> dict[str, int]:
         """The write generation of each layer of ``tenant``."""
 

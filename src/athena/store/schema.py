@@ -123,6 +123,33 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 3: a change feed for the in-memory indexes: the latest change of each memory, with a
+    # tombstone when it is deleted, so an index built long ago can catch up exactly (the
+    # vectors table alone cannot tell a search that a memory is gone).
+    """
+    CREATE TABLE memory_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        memory_id INTEGER NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        layer TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX memory_changes_scope ON memory_changes (tenant, layer, seq);
+    CREATE TRIGGER memory_changes_ai AFTER INSERT ON memories BEGIN
+        INSERT OR REPLACE INTO memory_changes (memory_id, tenant, layer)
+        VALUES (new.id, new.tenant, new.layer);
+    END;
+    CREATE TRIGGER memory_changes_au AFTER UPDATE OF text ON memories BEGIN
+        INSERT OR REPLACE INTO memory_changes (memory_id, tenant, layer)
+        VALUES (new.id, new.tenant, new.layer);
+    END;
+    CREATE TRIGGER memory_changes_ad AFTER DELETE ON memories BEGIN
+        INSERT OR REPLACE INTO memory_changes (memory_id, tenant, layer, deleted)
+        VALUES (old.id, old.tenant, old.layer, 1);
+    END;
+    INSERT INTO memory_changes (memory_id, tenant, layer)
+    SELECT id, tenant, layer FROM memories ORDER BY id;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

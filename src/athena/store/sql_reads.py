@@ -141,6 +141,30 @@ def vector_seqs(conn: sqlite3.Connection, ids: Sequence[int], model: str) -> dic
     return {int(r[0]): int(r[1]) for r in rows}
 
 
+def changes_after(
+    conn: sqlite3.Connection, tenant: str, layer: str, after_seq: int
+) -> list[tuple[int, int, str | None]]:
+    # One statement, so one snapshot: a memory's text and its tombstone never disagree.
+    rows = conn.execute(
+        "SELECT c.seq, c.memory_id, CASE WHEN c.deleted THEN NULL ELSE m.text END"
+        " FROM memory_changes c LEFT JOIN memories m ON m.id = c.memory_id"
+        " WHERE c.tenant = ? AND c.layer = ? AND c.seq > ? ORDER BY c.seq",
+        (tenant, layer, after_seq),
+    ).fetchall()
+    return [(int(r[0]), int(r[1]), r[2]) for r in rows]
+
+
+def deleted_after(
+    conn: sqlite3.Connection, tenant: str, layer: str, after_seq: int
+) -> list[tuple[int, int]]:
+    rows = conn.execute(
+        "SELECT seq, memory_id FROM memory_changes"
+        " WHERE tenant = ? AND layer = ? AND seq > ? AND deleted ORDER BY seq",
+        (tenant, layer, after_seq),
+    ).fetchall()
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
 def generations(conn: sqlite3.Connection, tenant: str) -> dict[str, int]:
     rows = conn.execute("SELECT layer, gen FROM generations WHERE tenant = ?", (tenant,))
     return {r[0]: int(r[1]) for r in rows}

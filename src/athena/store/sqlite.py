@@ -191,6 +191,14 @@ class SQLiteStore:
     def vector_seqs(self, ids: Sequence[int], model: str) -> dict[int, int]:
         return self._read(reads.vector_seqs, ids, model)
 
+    def changes_after(
+        self, tenant: str, layer: str, after_seq: int
+    ) -> list[tuple[int, int, str | None]]:
+        return self._read(reads.changes_after, tenant, layer, after_seq)
+
+    def deleted_after(self, tenant: str, layer: str, after_seq: int) -> list[tuple[int, int]]:
+        return self._read(reads.deleted_after, tenant, layer, after_seq)
+
     def generations(self, tenant: str) -> dict[str, int]:
         return self._read(reads.generations, tenant)
 

@@ -1,0 +1,237 @@
+"""Tenant-local BM25: an in-memory inverted index per (tenant, layer).
+
+The text lives in SQLite; an index is a cache of it, built on first use and caught up from
+the ``memory_changes`` feed when the scope's write generation moves (tombstones included),
+like the vector indexes. Every statistic BM25 uses (document count, average length, each
+term's document frequency) is the scope's own, so a tenant's ranking is a function of its
+own memories only: another tenant's writes can neither reorder it nor be inferred from it,
+and the (tenant, layer) generation is a complete validity key for a cached answer.
+
+Scores are bit-identical whatever the index's history (a fresh worker process, an index
+that saw every update, one just compacted): per document, contributions are summed in
+query-term order, and ties break on the memory id.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from array import array
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from athena.retrieval.lexical import stems
+
+K1: Final = 1.2
+B: Final = 0.75
+COMPACT_MIN: Final = 64  # superseded documents kept before the postings are compacted
+MAX_TF: Final = 65_535
+
+Admit = Callable[[list[int]], set[int]]
+
+
+class ChangeFeed(Protocol):
+    """Where an index learns what changed: :meth:`athena.store.protocol.Store.changes_after`."""
+
+    def changes_after(
+        self, tenant: str, layer: str, after_seq: int
+    ) -> list[tuple[int, int, str | None]]: ...
+
+
+class LexicalIndex:
+    """BM25 over the live memories of one (tenant, layer)."""
+
+    def __init__(self, tenant: str, layer: str) -> None:
+        self.tenant, self.layer = tenant, layer
+        self._lock = threading.Lock()
+        self._synced_generation: int | None = None
+        self._last_seq = 0
+        self._ids = array("q")  # position -> memory id
+        self._lengths = array("I")  # position -> tokens
+        self._live = bytearray()  # position -> 1 while it is the memory's current text
+        self._position: dict[int, int] = {}  # memory id -> live position
+        self._postings: dict[str, tuple[array[int], array[int]]] = {}  # term -> positions, tf
+        self._total_length = 0
+        self._dead = 0
+
+    def sync(self, store: ChangeFeed, generation: int) -> None:
+        """Apply the changes since the last sync (a no-op if ``generation`` is unchanged)."""
+        if generation == self._synced_generation:
+            return
+        with self._lock:
+            if generation == self._synced_generation:
+                return
+            for seq, memory_id, text in store.changes_after(
+                self.tenant, self.layer, self._last_seq
+            ):
+                self._drop(memory_id)
+                if text is not None:
+                    self._add(memory_id, text)
+                self._last_seq = seq
+            if self._dead > max(COMPACT_MIN, len(self._position) // 4):
+                self._compact()
+            self._synced_generation = generation
+
+    def _add(self, memory_id: int, text: str) -> None:
+        tokens = stems(text)
+        position = len(self._ids)
+        self._ids.append(memory_id)
+        self._lengths.append(len(tokens))
+        self._live.append(1)
+        self._position[memory_id] = position
+        self._total_length += len(tokens)
+        for term, tf in Counter(tokens).items():
+            postings = self._postings.get(term)
+            if postings is None:
+                postings = self._postings[term] = (array("I"), array("H"))
+            postings[0].append(position)
+            postings[1].append(min(tf, MAX_TF))
+
+    def _drop(self, memory_id: int) -> None:
+        position = self._position.pop(memory_id, None)
+        if position is not None:
+            self._live[position] = 0
+            self._total_length -= self._lengths[position]
+            self._dead += 1
+
+    def _compact(self) -> None:
+        """Rewrite the postings without superseded documents (positions renumbered)."""
+        live = np.frombuffer(self._live, np.uint8).astype(bool)
+        renumber = np.cumsum(live, dtype=np.int64) - 1
+        postings: dict[str, tuple[array[int], array[int]]] = {}
+        for term, (positions, tfs) in self._postings.items():
+            p = np.frombuffer(positions, np.uint32)
+            keep = live[p]
+            if keep.any():
+                fresh = (array("I"), array("H"))
+                fresh[0].frombytes(renumber[p[keep]].astype(np.uint32).tobytes())
+                fresh[1].frombytes(np.frombuffer(tfs, np.uint16)[keep].tobytes())
+                postings[term] = fresh
+        ids = np.frombuffer(self._ids, np.int64)[live]
+        lengths = np.frombuffer(self._lengths, np.uint32)[live]
+        self._ids, self._lengths = array("q", ids.tobytes()), array("I", lengths.tobytes())
+        self._live = bytearray(b"\x01" * len(ids))
+        self._position = {int(m): i for i, m in enumerate(ids.tolist())}
+        self._postings = postings
+        self._dead = 0
+
+    def search(
+        self, query: Sequence[str], limit: int, admit: Admit | None = None
+    ) -> list[tuple[int, float]]:
+        """Up to ``limit`` (memory id, BM25 score) pairs, best first; ``admit`` (if given)
+        keeps only the ids it returns, searching deeper until ``limit`` pass or none are left.
+
+        >>> class Feed:
+        ...     def changes_after(self, tenant, layer, after):
+        ...         return [(1, 7, "red apples"), (2, 8, "green river")][after:]
+        >>> index = LexicalIndex("t", "episodic")
+        >>> index.sync(Feed(), generation=1)
+        >>> index.search(["appl"], 5)[0][0]
+        7
+        """
+        with self._lock:
+            ids, scores = self._scores(query)
+        if limit <= 0 or not len(ids):
+            return []
+        want = limit if admit is None else limit * 4
+        while True:
+            top = _top(ids, scores, min(want, len(ids)))
+            chosen = [int(i) for i in ids[top]]
+            if admit is None:
+                return [(m, float(s)) for m, s in zip(chosen, scores[top].tolist(), strict=True)]
+            passing = admit(chosen)
+            found = [
+                (m, float(s))
+                for m, s in zip(chosen, scores[top].tolist(), strict=True)
+                if m in passing
+            ]
+            if len(found) >= limit or want >= len(ids):
+                return found[:limit]
+            want *= 4
+
+    def _scores(
+        self, query: Sequence[str]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Memory ids with a positive score, and the scores (not sorted)."""
+        documents = len(self._position)
+        empty = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        if documents == 0:
+            return empty
+        live = np.frombuffer(self._live, np.uint8).astype(bool)
+        lengths = np.frombuffer(self._lengths, np.uint32).astype(np.float64)
+        average = self._total_length / documents
+        norm = K1 * (1.0 - B + B * lengths / average) if average > 0 else np.full_like(lengths, K1)
+        positions: list[npt.NDArray[np.uint32]] = []
+        weights: list[npt.NDArray[np.float64]] = []
+        for term in dict.fromkeys(query):
+            postings = self._postings.get(term)
+            if postings is None:
+                continue
+            p = np.frombuffer(postings[0], np.uint32)
+            keep = live[p]
+            p = p[keep]
+            if not len(p):
+                continue
+            tf = np.frombuffer(postings[1], np.uint16)[keep].astype(np.float64)
+            df = len(p)
+            idf = math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
+            positions.append(p)
+            weights.append(idf * tf * (K1 + 1.0) / (tf + norm[p]))
+        if not positions:
+            return empty
+        # bincount sums each document's contributions in query-term order, so a document
+        # scores the same bits whatever positions the index happened to give it.
+        totals: npt.NDArray[np.float64] = np.bincount(
+            np.concatenate(positions), weights=np.concatenate(weights), minlength=len(live)
+        ).astype(np.float64, copy=False)
+        hit = np.nonzero(totals > 0.0)[0]
+        return np.frombuffer(self._ids, np.int64)[hit].copy(), totals[hit]
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+
+def _top(
+    ids: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], count: int
+) -> npt.NDArray[np.intp]:
+    """Indexes of the ``count`` best (score desc, id asc), in that order. Every document
+    tied with the cut-off score is considered, so the choice never depends on positions."""
+    if count < len(ids):
+        cutoff = np.partition(-scores, count - 1)[count - 1]
+        candidates = np.nonzero(-scores <= cutoff)[0]
+    else:
+        candidates = np.arange(len(ids))
+    order = np.lexsort((ids[candidates], -scores[candidates]))
+    return candidates[order][:count]
+
+
+class LexicalIndexes:
+    """The lexical indexes of every (tenant, layer), built on first use."""
+
+    def __init__(self, store: ChangeFeed) -> None:
+        self._store = store
+        self._indexes: dict[tuple[str, str], LexicalIndex] = {}
+        self._lock = threading.Lock()
+
+    def search(
+        self,
+        tenant: str,
+        layer: str,
+        generation: int,
+        query: Sequence[str],
+        limit: int,
+        admit: Admit | None = None,
+    ) -> list[tuple[int, float]]:
+        """Sync the (tenant, layer) index to ``generation``, then search it; see
+        :meth:`LexicalIndex.search`."""
+        key = (tenant, layer)
+        index = self._indexes.get(key)
+        if index is None:
+            with self._lock:
+                index = self._indexes.setdefault(key, LexicalIndex(tenant, layer))
+        index.sync(self._store, generation)
+        return index.search(query, limit, admit)

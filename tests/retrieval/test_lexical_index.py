@@ -1,0 +1,103 @@
+"""The tenant-local lexical index: a long-lived index (and a vector index) answers exactly as a
+freshly built one after any mix of writes, updates and deletes, scores never depend on other
+tenants, and filters search deeper until enough rows pass."""
+
+from __future__ import annotations
+
+import doctest
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import athena.retrieval.lexical_index as lexical_index
+from athena import Memory
+from athena.embedding import Embedder, load_embedder
+from athena.records import MemoryInput
+from athena.retrieval.lexical import query_stems
+from athena.retrieval.lexical_index import COMPACT_MIN, LexicalIndexes
+from athena.retrieval.vector import VectorIndexes
+
+WORDS = ["apple", "river", "piano", "rocket", "garden", "violet", "tiger", "cloud"]
+
+
+def _lexical(memory: Memory, indexes: LexicalIndexes, tenant: str, text: str, limit: int = 10):
+    generation = memory.generations.get(tenant).get("episodic", 0)
+    return indexes.search(tenant, "episodic", generation, query_stems(text), limit)
+
+
+def _vector(memory: Memory, indexes: VectorIndexes, text: str, limit: int = 5) -> list[int]:
+    generation = memory.generations.get("t").get("episodic", 0)
+    vector = memory.embedder.embed([text])[0]
+    return [i for i, _ in indexes.search("t", "episodic", generation, vector, limit)]
+
+
+edit = st.tuples(
+    st.sampled_from(["remember", "update", "forget", "other"]),
+    st.integers(0, 40),
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=4),
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(edits=st.lists(edit, min_size=1, max_size=60), probe=st.sampled_from(WORDS))
+def test_long_lived_indexes_equal_fresh_ones(
+    tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[str, int, list[str]]], probe: str
+) -> None:
+    path = tmp_path_factory.mktemp("lex") / "l.db"
+    with Memory(path, embedder=load_embedder("static"), execution="sequential") as memory:
+        owned = [memory.remember("seed words here", tenant="t")]
+        lexical = LexicalIndexes(memory.store)
+        vectors = VectorIndexes(memory.store, memory.embedder.name)
+        for kind, which, words in edits:
+            text = " ".join(words)
+            if kind == "remember" or not owned:
+                owned.append(memory.remember(text, tenant="t"))
+            elif kind == "update":
+                memory.update(owned[which % len(owned)], tenant="t", text=text + " again")
+            elif kind == "forget":
+                memory.forget(owned.pop(which % len(owned)), tenant="t")
+            else:
+                memory.remember(text, tenant="u")  # another tenant: must change nothing here
+            got = _lexical(memory, lexical, "t", probe), _vector(memory, vectors, probe)
+        fresh = LexicalIndexes(memory.store), VectorIndexes(memory.store, memory.embedder.name)
+        assert got == (_lexical(memory, fresh[0], "t", probe), _vector(memory, fresh[1], probe))
+        assert all(memory_id in owned for memory_id, _ in got[0])
+        assert all(memory_id in owned for memory_id in got[1])
+
+
+def test_scores_ignore_other_tenants(tmp_path: Path, embedder: Embedder) -> None:
+    with Memory(tmp_path / "l.db", embedder=embedder, execution="sequential") as memory:
+        for text in ["the red piano", "a piano and a river", "rivers and tigers", "red red red"]:
+            memory.remember(text, tenant="t")
+        indexes = LexicalIndexes(memory.store)
+        before = _lexical(memory, indexes, "t", "red piano river")
+        memory.remember_many(
+            [MemoryInput(tenant="u", layer="episodic", text=f"piano piano {i}") for i in range(200)]
+        )
+        assert _lexical(memory, indexes, "t", "red piano river") == before
+        assert _lexical(memory, LexicalIndexes(memory.store), "t", "red piano river") == before
+
+
+def test_deletes_compact_and_filters_search_deeper(tmp_path: Path, embedder: Embedder) -> None:
+    with Memory(tmp_path / "l.db", embedder=embedder, execution="sequential") as memory:
+        ids = [memory.remember(f"garden note {i}", tenant="t", session=f"s{i % 10}")
+               for i in range(300)]  # fmt: skip
+        indexes = LexicalIndexes(memory.store)
+        _lexical(memory, indexes, "t", "garden")
+        for memory_id in ids[:200]:
+            memory.forget(memory_id, tenant="t")
+        found = _lexical(memory, indexes, "t", "garden", 500)
+        assert sorted(m for m, _ in found) == ids[200:]
+        index = indexes._indexes[("t", "episodic")]
+        assert index._dead <= max(COMPACT_MIN, len(index) // 4)
+        # Only one row in ten passes the session filter: the search must go deeper.
+        hits = memory.recall("garden", tenant="t", k=15, session="s3", strategy="sequential")
+        assert len(hits.hits) == 10 and all(h.session == "s3" for h in hits.hits)
+
+
+def test_module_examples() -> None:
+    assert doctest.testmod(lexical_index).failed == 0
