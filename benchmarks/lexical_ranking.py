@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lexical_pruning import DATA, build
 
 LOCAL = hybrid.lexical_ids
+SEQ = "sequential"  # the reference path: no cache between the two recalls compared
 
 
 def fts5_ids(ctx: LayerContext, layer: str, request: SearchRequest, limit: int) -> list[int]:
@@ -98,11 +99,11 @@ def sensitivity(memory: Memory, tenants: list[str], asks: list[tuple[str, str]])
         use(arm)
         changed = 0
         for tenant, question in asks:
-            before = [h.id for h in memory.recall(question, tenant=tenant, strategy="sequential")]
+            before = [h.id for h in memory.recall(question, tenant=tenant, strategy=SEQ).hits]
             other = rng.choice([t for t in tenants if t != tenant])
             words = question.split()[:4]
             written = memory.remember(" ".join(words) + " noted", tenant=other, layer="episodic")
-            after = [h.id for h in memory.recall(question, tenant=tenant, strategy="sequential")]
+            after = [h.id for h in memory.recall(question, tenant=tenant, strategy=SEQ).hits]
             memory.forget(written, tenant=other)
             changed += before != after
         out[arm] = {"changed": changed, "of": len(asks)}
@@ -117,7 +118,7 @@ def locomo(work: Path, questions: int) -> dict[str, Any]:
         for arm in ARMS:
             use(arm)
             report = evaluate_locomo(memory, DATA)
-            recall[arm] = {f"R@{k}": round(v * 100, 1) for k, v in report.recall_at.items()}
+            recall[arm] = {f"R@{k}": round(v, 1) for k, v in report.recall_at.items()}
         pool = [(c.sample_id, q.question) for c in load_locomo(DATA) for q in c.questions]
         asks = random.Random(0).sample(pool, min(questions, len(pool)))
         tenants = sorted({t for t, _ in pool})

@@ -441,3 +441,28 @@ def test_close_stops_every_worker_even_a_stopped_one(mem: Memory) -> None:
     assert not pool.available and pool.health()["state"] == "closed"
     with pytest.raises(WorkerPoolUnavailable):
         pool.run(request(mem), ["semantic"])
+
+
+def test_workers_warm_the_largest_scopes_within_budget(tmp_path: Path) -> None:
+    from athena.embedding import load_embedder
+    from athena.execution.worker import warm_indexes
+    from athena.layers import LayerContext
+    from athena.retrieval.lexical_index import LexicalIndexes
+    from athena.retrieval.vector import VectorIndexes
+    from athena.store.sqlite import SQLiteStore
+
+    with Memory(tmp_path / "w.db", embedder=load_embedder("static"), pool="off") as memory:
+        memory.remember_many([MemoryInput(tenant="big", layer="semantic", text=f"fact {i}")
+                              for i in range(40)])  # fmt: skip
+        memory.remember("a small one", tenant="small")
+        store = SQLiteStore(tmp_path / "w.db", readonly=True)
+        try:
+            ctx = LayerContext(
+                store, VectorIndexes(store, memory.embedder.name), LexicalIndexes(store)
+            )
+            assert warm_indexes(ctx, at_least=10, budget_s=30.0) == [("big", "semantic")]
+            assert len(ctx.indexes._indexes[("big", "semantic")]) == 40
+            assert len(ctx.lexicon._indexes[("big", "semantic")]) == 40
+            assert warm_indexes(ctx, at_least=1, budget_s=-1.0) == []  # budget spent
+        finally:
+            store.close()

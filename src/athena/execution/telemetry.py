@@ -71,7 +71,7 @@ class Telemetry:
         store: Store | None,
         *,
         memory_rows: int = 10_000,
-        keep: int = 100_000,
+        keep: int = 20_000,  # twice what a restart reloads; the file stays small
         flush_every: int = 64,
     ) -> None:
         self._store = store

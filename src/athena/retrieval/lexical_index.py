@@ -228,10 +228,14 @@ class LexicalIndexes:
     ) -> list[tuple[int, float]]:
         """Sync the (tenant, layer) index to ``generation``, then search it; see
         :meth:`LexicalIndex.search`."""
+        return self.warm(tenant, layer, generation).search(query, limit, admit)
+
+    def warm(self, tenant: str, layer: str, generation: int) -> LexicalIndex:
+        """The (tenant, layer) index, built or caught up to ``generation``."""
         key = (tenant, layer)
         index = self._indexes.get(key)
         if index is None:
             with self._lock:
                 index = self._indexes.setdefault(key, LexicalIndex(tenant, layer))
         index.sync(self._store, generation)
-        return index.search(query, limit, admit)
+        return index

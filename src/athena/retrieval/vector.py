@@ -250,6 +250,10 @@ class VectorIndexes:
         self, tenant: str, layer: str, generation: int, query: Floats, limit: int
     ) -> list[tuple[int, float]]:
         """Sync the (tenant, layer) index to ``generation``, then search it."""
+        return self.warm(tenant, layer, generation).search(query, limit)
+
+    def warm(self, tenant: str, layer: str, generation: int) -> VectorIndex:
+        """The (tenant, layer) index, built or caught up to ``generation``."""
         key = (tenant, layer)
         index = self._indexes.get(key)
         if index is None:
@@ -258,4 +262,4 @@ class VectorIndexes:
                     key, VectorIndex(tenant, layer, self._model, self._cutoff)
                 )
         index.sync(self._store, generation)
-        return index.search(query, limit)
+        return index

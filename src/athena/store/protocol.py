@@ -151,6 +151,9 @@ class Store(Protocol):
     def deleted_after(self, tenant: str, layer: str, after_seq: int) -> list[tuple[int, int]]:
         """(seq, memory id) of the memories of (tenant, layer) deleted after ``after_seq``."""
 
+    def large_scopes(self, at_least: int) -> list[tuple[str, str, int]]:
+        """(tenant, layer, memories) of every scope with ``at_least`` memories, largest first."""
+
     def generations(self, tenant: str) -> dict[str, int]:
         """The write generation of each layer of ``tenant``."""
 

@@ -165,6 +165,15 @@ def deleted_after(
     return [(int(r[0]), int(r[1])) for r in rows]
 
 
+def large_scopes(conn: sqlite3.Connection, at_least: int) -> list[tuple[str, str, int]]:
+    rows = conn.execute(
+        "SELECT tenant, layer, count(*) AS n FROM memories GROUP BY tenant, layer"
+        " HAVING n >= ? ORDER BY n DESC, tenant, layer",
+        (at_least,),
+    ).fetchall()
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
 def generations(conn: sqlite3.Connection, tenant: str) -> dict[str, int]:
     rows = conn.execute("SELECT layer, gen FROM generations WHERE tenant = ?", (tenant,))
     return {r[0]: int(r[1]) for r in rows}

@@ -199,6 +199,9 @@ class SQLiteStore:
     def deleted_after(self, tenant: str, layer: str, after_seq: int) -> list[tuple[int, int]]:
         return self._read(reads.deleted_after, tenant, layer, after_seq)
 
+    def large_scopes(self, at_least: int) -> list[tuple[str, str, int]]:
+        return self._read(reads.large_scopes, at_least)
+
     def generations(self, tenant: str) -> dict[str, int]:
         return self._read(reads.generations, tenant)
 
