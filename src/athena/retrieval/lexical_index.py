@@ -140,15 +140,11 @@ class LexicalIndex:
         want = limit if admit is None else limit * 4
         while True:
             top = _top(ids, scores, min(want, len(ids)))
-            chosen = [int(i) for i in ids[top]]
+            ranked = list(zip(ids[top].tolist(), scores[top].tolist(), strict=True))
             if admit is None:
-                return [(m, float(s)) for m, s in zip(chosen, scores[top].tolist(), strict=True)]
-            passing = admit(chosen)
-            found = [
-                (m, float(s))
-                for m, s in zip(chosen, scores[top].tolist(), strict=True)
-                if m in passing
-            ]
+                return ranked
+            passing = admit([m for m, _ in ranked])
+            found = [(m, s) for m, s in ranked if m in passing]
             if len(found) >= limit or want >= len(ids):
                 return found[:limit]
             want *= 4
@@ -161,10 +157,9 @@ class LexicalIndex:
         empty = np.zeros(0, np.int64), np.zeros(0, np.float64)
         if documents == 0:
             return empty
-        live = np.frombuffer(self._live, np.uint8).astype(bool)
-        lengths = np.frombuffer(self._lengths, np.uint32).astype(np.float64)
-        average = self._total_length / documents
-        norm = K1 * (1.0 - B + B * lengths / average) if average > 0 else np.full_like(lengths, K1)
+        live = np.frombuffer(self._live, np.bool_)  # a view: no per-query copy of the scope
+        lengths = np.frombuffer(self._lengths, np.uint32)
+        average = self._total_length / documents or 1.0
         positions: list[npt.NDArray[np.uint32]] = []
         weights: list[npt.NDArray[np.float64]] = []
         for term in dict.fromkeys(query):
@@ -180,7 +175,8 @@ class LexicalIndex:
             df = len(p)
             idf = math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
             positions.append(p)
-            weights.append(idf * tf * (K1 + 1.0) / (tf + norm[p]))
+            norm = K1 * (1.0 - B + B * lengths[p] / average)  # only the matching documents
+            weights.append(idf * tf * (K1 + 1.0) / (tf + norm))
         if not positions:
             return empty
         # bincount sums each document's contributions in query-term order, so a document
