@@ -144,6 +144,7 @@ def run(
     seed_memories: int,
     workdir: Path,
     seed_value: int = 1,
+    trace: int = 0,
 ) -> dict[str, Any]:
     from athena import Memory
 
@@ -178,6 +179,7 @@ def run(
 
         executor = ThreadPoolExecutor(max_workers=CLIENTS, thread_name_prefix="soak")
         prime(memory, executor, queries)
+        tracer = Tracer(trace, warmup) if trace else None
         began = time.perf_counter()
         next_sample = began + window_s
         base = sample()
@@ -192,6 +194,8 @@ def run(
                 lat, errors, recalls, writes = window.take()
                 point = sample()
                 p99 = sorted(lat)[int(0.99 * (len(lat) - 1))] if lat else 0.0
+                if tracer is not None:
+                    point.update(tracer.tick(now - began))
                 samples.append(
                     {
                         "t": round(now - began, 1),
@@ -236,7 +240,50 @@ def run(
             }
         )
         cache = memory.execution_stats()["cache"]
-    return summarise(samples, warmup, duration, rate, write_fraction, seed_memories, cache)
+    summary = summarise(samples, warmup, duration, rate, write_fraction, seed_memories, cache)
+    if tracer is not None:
+        summary["traced_growth"] = tracer.report()
+    return summary
+
+
+class Tracer:
+    """``--trace N``: tracemalloc from the start of the run; a snapshot when warm-up ends
+    and at the end, and the N call sites (4 frames deep) whose Python-side allocations
+    grew most between them. Allocations made by C libraries (SQLite's page cache) are not
+    traced: the gap between traced memory and anonymous RSS is theirs."""
+
+    def __init__(self, top: int, warmup: float) -> None:
+        import tracemalloc
+
+        self.top, self.warmup = top, warmup
+        self.first: Any = None
+        tracemalloc.start(4)
+
+    def tick(self, elapsed: float) -> dict[str, float]:
+        import tracemalloc
+
+        if self.first is None and elapsed >= self.warmup:
+            self.first = tracemalloc.take_snapshot()
+        return {"traced_mb": round(tracemalloc.get_traced_memory()[0] / 2**20, 2)}
+
+    def report(self) -> list[dict[str, Any]]:
+        import tracemalloc
+
+        last = tracemalloc.take_snapshot()
+        if self.first is None:
+            return []
+        keep = (tracemalloc.Filter(False, tracemalloc.__file__),)
+        diff = last.filter_traces(keep).compare_to(self.first.filter_traces(keep), "traceback")
+        out = []
+        for stat in diff[: self.top]:
+            out.append(
+                {
+                    "kb": round(stat.size_diff / 1024, 1),
+                    "count": stat.count_diff,
+                    "where": [f"{f.filename}:{f.lineno}" for f in stat.traceback][::-1],
+                }
+            )
+        return out
 
 
 def summarise(
@@ -328,6 +375,9 @@ def main() -> None:
     parser.add_argument("--seed-memories", type=int, default=5_000)
     parser.add_argument("--plot", type=Path, default=None, help="PNG to draw")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--trace", type=int, default=0, help="report the N call sites whose heap grew most"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="athena-soak-") as tmp:
         summary = run(
@@ -338,12 +388,17 @@ def main() -> None:
             args.warmup,
             args.seed_memories,
             Path(tmp),
+            trace=args.trace,
         )
     if args.plot:
         plot(summary, args.plot)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    brief = {k: v for k, v in summary.items() if k != "samples"}
+    brief = {k: v for k, v in summary.items() if k not in ("samples", "traced_growth")}
+    for stat in summary.get("traced_growth", []):
+        print(f"{stat['kb']:>10.1f} KB {stat['count']:>+8} blocks")
+        for frame in stat["where"]:
+            print(f"    {frame}")
     print(
         "| minutes | ops | errors | RSS after warm-up → end (MB) | growth | fds | threads | p99 |"
     )

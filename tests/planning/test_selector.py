@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import timeit
 
 from athena.planning.analysis import classify
 from athena.planning.dependency_graph import MIN_OBSERVATIONS, DependencyGraph
@@ -11,9 +10,13 @@ from athena.planning.selector import Situation, Strategy, StrategySelector
 
 
 def situation(
-    layers: int = 3, seq_ms: float = 3.0, pool: bool = True, saturated: bool = False
+    layers: int = 3,
+    seq_ms: float = 3.0,
+    pool: bool = True,
+    saturated: bool = False,
+    benefit: float = 2.0,
 ) -> Situation:
-    return Situation(layers, seq_ms, 2.0, 0.0, 0, 0.0, pool, saturated, 1)
+    return Situation(layers, seq_ms, benefit, 0.0, 0, 0.0, pool, saturated, 1)
 
 
 def test_guards() -> None:
@@ -45,11 +48,15 @@ def test_converges_to_the_cheaper_strategy_on_injected_costs() -> None:
     assert len(sel.history) <= 1000
 
 
-def test_decisions_cost_microseconds() -> None:
-    sel = StrategySelector(rng=random.Random(0))
-    s = situation()
-    per_call = min(timeit.repeat(lambda: sel.decide(s), number=200, repeat=3)) / 200
-    assert per_call < 0.002  # a loose bound for a noisy machine; the benchmark reports the figure
+def test_sequential_is_left_only_for_a_clear_gain() -> None:
+    """A fan-out predicted a little cheaper (within 10% or 0.25 ms) does not pay its hand-off."""
+    sel = StrategySelector(rng=random.Random(0), explore_rate=0.0)
+    # parallel predicted 3.0/1.1 + 0.15 = 2.88 ms against 3.0 ms sequential: 4% cheaper
+    assert sel.decide(situation(seq_ms=3.0, benefit=1.1)).strategy is Strategy.SEQUENTIAL
+    # 17.9 ms against 22.2 ms: 19% and 4 ms cheaper, so worth it
+    assert sel.decide(situation(seq_ms=22.2, benefit=1.25)).strategy is Strategy.PARALLEL
+    # 0.32 ms against 0.5 ms: 37% cheaper but only 0.18 ms (both bounds must hold)
+    assert sel.decide(situation(seq_ms=0.5, benefit=3.0)).strategy is Strategy.SEQUENTIAL
 
 
 def test_classify() -> None:
@@ -70,3 +77,23 @@ def test_graph_skips_only_layers_that_never_helped_and_round_trips() -> None:
     copy.load_json(g.to_json())
     assert copy.snapshot() == g.snapshot()
     assert copy.cache_worthiness("factual") == 0.0
+
+
+def test_costs_learned_in_one_regime_do_not_leak_into_another() -> None:
+    """A regression: the graph's estimate starts at its 25 ms prior and falls to ~1.5 ms as it
+    learns; a linear fit over both regimes once predicted parallel at 0 ms and sequential at
+    8 ms for a recall that really took 1.3 ms, so PARALLEL (slower here) won every decision."""
+    rng = random.Random(3)
+    sel = StrategySelector(rng=rng, explore_rate=0.0)
+    early = situation(seq_ms=25.0)  # the prior: a fresh graph estimates every layer at 5 ms
+    settled = situation(seq_ms=1.5, benefit=1.6)
+    for _ in range(200):
+        sel.learn(Strategy.SEQUENTIAL, early, rng.uniform(1.3, 1.7))
+        sel.learn(Strategy.PARALLEL, early, rng.uniform(2.0, 2.6))
+    for _ in range(300):
+        sel.learn(Strategy.SEQUENTIAL, settled, rng.uniform(1.3, 1.7))
+        sel.learn(Strategy.PARALLEL, settled, rng.uniform(2.0, 2.6))
+    cost, _ = sel.predict(Strategy.SEQUENTIAL, settled)
+    assert 1.3 <= cost <= 1.7
+    assert sel.decide(settled).strategy is Strategy.SEQUENTIAL
+    assert sel.decide(early).strategy is Strategy.SEQUENTIAL  # each regime from its own data

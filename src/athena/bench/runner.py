@@ -135,15 +135,16 @@ def no_bars(label: str, total: int) -> Iterator[Bar]:
 
 
 def share_indexes(arms: Sequence[Arm]) -> bool:
-    """Let every arm search the first arm's vector indexes (same file, same model).
+    """Let every arm search the first arm's vector and lexical indexes (same file, same model).
 
     In one process a store builds its indexes once; seven private copies would only be a
-    benchmark artefact (seven 100k HNSW builds). A write's catch-up then falls on whichever
-    arm searches first, and the rotation spreads that over the arms.
+    benchmark artefact (seven 100k HNSW builds and seven BM25 indexes). A write's catch-up
+    then falls on whichever arm searches first, and the rotation spreads that over the arms.
     """
     first = arms[0].memory
-    shared = first.pipeline.ctx.indexes
+    shared, lexicon = first.pipeline.ctx.indexes, first.pipeline.ctx.lexicon
     for arm in arms[1:]:
+        arm.memory.pipeline.ctx.lexicon = lexicon  # text only: the model does not matter
         if arm.memory.embedder.name != first.embedder.name:
             return False
         arm.memory.pipeline.ctx.indexes = shared

@@ -13,16 +13,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from athena.errors import AthenaError
 from athena.store.protocol import Store
 
 
-@dataclass(frozen=True, slots=True)
-class TelemetryRow:
-    """What one recall did and cost."""
+class TelemetryRow(NamedTuple):
+    """What one recall did and cost (a named tuple: a row is built on every recall, and a
+    frozen dataclass of 17 fields cost 8 µs of a 50 µs cache hit to build)."""
 
     at: float
     tenant: str
@@ -39,23 +38,23 @@ class TelemetryRow:
     speedup_actual: float
     fallback: str | None
     success: bool
-    features: tuple[float, ...] = field(default=())
+    features: tuple[float, ...] = ()
     forced: bool = False
 
     def to_json(self) -> str:
-        # Not dataclasses.asdict: it deep-copies every field and cost ~130 µs a row.
-        return json.dumps({name: getattr(self, name) for name in _FIELDS})
+        """The row as a JSON array of its fields in order (half the cost of an object)."""
+        return json.dumps(self)
 
     @classmethod
     def from_json(cls, text: str) -> TelemetryRow:
+        """A row from :meth:`to_json`, or from the JSON object older versions wrote."""
         raw = json.loads(text)
+        if isinstance(raw, list):
+            raw = dict(zip(cls._fields, raw, strict=False))
         raw["layers"] = tuple(raw["layers"])
         raw["contributed"] = tuple(raw["contributed"])
         raw["features"] = tuple(raw.get("features", ()))
-        return cls(**raw)
-
-
-_FIELDS = tuple(f.name for f in fields(TelemetryRow))
+        return cls(**{name: raw[name] for name in cls._fields if name in raw})
 
 
 class Telemetry:

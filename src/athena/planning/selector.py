@@ -1,10 +1,11 @@
 """The strategy selector: CACHE / HYBRID / SEQUENTIAL / PARALLEL / DISTRIBUTED per recall.
 
 A valid full cache hit short-circuits to CACHE and a partial hit goes HYBRID. Otherwise
-each executing strategy has a cost model: the seed's rule estimate (warm start) plus a
-linear correction learned online from measured latencies over query features and load
-(ridge regression kept as an inverse via Sherman-Morrison, so a decision is a few dot
-products). The cheapest feasible strategy wins; with a small, capped probability the
+each executing strategy has a cost model: measured latencies kept per coarse context
+(layers, the size of the sequential estimate, concurrent recalls, pool load; see
+:func:`context`), blended with the seed's rule estimate while a context has few
+observations, so a decision is a few dictionary lookups. The cheapest feasible strategy
+wins, and leaving SEQUENTIAL must pay a margin; with a small, capped probability the
 selector explores a strategy whose optimistic (lower-confidence-bound) cost is within
 reach of the best, so the model keeps learning without paying much for it.
 """
@@ -32,13 +33,19 @@ class Strategy(StrEnum):
 
 
 EXECUTING: Final = (Strategy.SEQUENTIAL, Strategy.PARALLEL, Strategy.DISTRIBUTED)
-FEATURES: Final = 6
-RIDGE: Final = 1.0
+PRIOR_WEIGHT: Final = 2.0  # the rule estimate counts as two observations
+RECENCY: Final = 0.05  # weight of a new observation once a context has 20
+MAX_CELLS: Final = 4096
 EXPLORE_RATE: Final = 0.05
 EXPLORE_WITHIN: Final = 1.5  # only explore strategies predicted within 1.5x of the best
 UCB_ALPHA: Final = 1.0
 PARALLEL_OVERHEAD_MS: Final = 0.15
 DISTRIBUTED_OVERHEAD_MS: Final = 1.0
+# Leaving SEQUENTIAL (no threads, no processes) must pay: another strategy wins only if it
+# is predicted at least 10% and 0.25 ms cheaper. Two strategies within noise of each other
+# are a coin flip for the model, and the simple path then costs least to be wrong about.
+SWITCH_MARGIN: Final = 0.9
+SWITCH_MIN_MS: Final = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,25 +96,63 @@ def rule_estimate(strategy: Strategy, s: Situation) -> float:
     return spread + DISTRIBUTED_OVERHEAD_MS
 
 
-class _CostModel:
-    """Ridge regression of (measured - rule estimate) on the features."""
+Context = tuple[int, int, int, int]
+
+
+def context(s: Situation) -> Context:
+    """The coarse regime a cost is learned in: layers, the sequential estimate's power of
+    two, concurrent recalls (0, 1-3, 4-15, 16+ others) and pool load (idle, busy, queued).
+
+    A cost is only ever predicted from observations of the same regime, never extrapolated
+    from another one (a fit across regimes once predicted 8 ms for a 1.3 ms recall)."""
+    scale = round(math.log2(max(s.sequential_ms, 1.0 / 16)))
+    others = max(s.inflight - 1, 0)
+    load = 0 if others == 0 else 1 if others < 4 else 2 if others < 16 else 3
+    pool = 2 if s.queue_depth > 0 else 1 if s.pool_busy > 0 else 0
+    return (s.layers, scale, load, pool)
+
+
+class _Cell:
+    """Running mean and variance of one strategy's measured cost in one context."""
+
+    __slots__ = ("mean", "n", "var")
 
     def __init__(self) -> None:
-        self.inverse = np.eye(FEATURES) / RIDGE
-        self.b = np.zeros(FEATURES)
-        self.theta = np.zeros(FEATURES)
+        self.n, self.mean, self.var = 0, 0.0, 0.0
+
+    def add(self, value: float) -> None:
+        self.n += 1
+        # A plain mean at first, then exponentially weighted: the machine's load drifts.
+        alpha = max(1.0 / self.n, RECENCY)
+        delta = value - self.mean
+        self.mean += alpha * delta
+        self.var = (1.0 - alpha) * (self.var + alpha * delta * delta)
+
+
+class _CostModel:
+    """One strategy's learned cost per context, blended with the rule estimate while a
+    context has few observations (the rule counts as ``PRIOR_WEIGHT`` of them)."""
+
+    def __init__(self) -> None:
+        self.cells: dict[Context, _Cell] = {}
         self.n = 0
 
-    def predict(self, x: npt.NDArray[np.float64]) -> tuple[float, float]:
-        mean = float(self.theta @ x)
-        width = math.sqrt(max(float(x @ self.inverse @ x), 0.0))
+    def predict(self, key: Context, prior: float) -> tuple[float, float]:
+        cell = self.cells.get(key)
+        if cell is None or cell.n == 0:
+            return prior, prior  # unknown: as uncertain as the estimate is large
+        weight = cell.n / (cell.n + PRIOR_WEIGHT)
+        mean = weight * cell.mean + (1.0 - weight) * prior
+        width = math.sqrt(cell.var / cell.n) + abs(prior - cell.mean) * (1.0 - weight)
         return mean, width
 
-    def update(self, x: npt.NDArray[np.float64], residual: float) -> None:
-        ax = self.inverse @ x
-        self.inverse -= np.outer(ax, ax) / (1.0 + float(x @ ax))
-        self.b += residual * x
-        self.theta = self.inverse @ self.b
+    def update(self, key: Context, actual: float) -> None:
+        cell = self.cells.get(key)
+        if cell is None:
+            if len(self.cells) >= MAX_CELLS:
+                return  # bounded: a pathological stream of regimes cannot grow it
+            cell = self.cells[key] = _Cell()
+        cell.add(actual)
         self.n += 1
 
 
@@ -145,14 +190,19 @@ class StrategySelector:
 
     def predict(self, strategy: Strategy, s: Situation) -> tuple[float, float]:
         """Predicted cost in ms and its uncertainty."""
-        mean, width = self._models[strategy].predict(s.features())
-        return max(rule_estimate(strategy, s) + mean, 0.001), width
+        mean, width = self._models[strategy].predict(context(s), rule_estimate(strategy, s))
+        return max(mean, 0.001), width
 
     def decide(self, s: Situation) -> Decision:
         """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``)."""
         options = self.feasible(s)
         costs = {option: self.predict(option, s) for option in options}
         best = min(options, key=lambda o: (costs[o][0], EXECUTING.index(o)))
+        sequential = costs[Strategy.SEQUENTIAL][0]
+        if best is not Strategy.SEQUENTIAL and costs[best][0] > min(
+            SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS
+        ):
+            best = Strategy.SEQUENTIAL  # not cheaper by enough to be worth the hand-off
         chosen, why = best, "lowest predicted cost"
         if len(options) > 1 and self._rng.random() < self.explore_rate:
             # Optimism in the face of uncertainty, but only among near-best options.
@@ -162,7 +212,6 @@ class StrategySelector:
                 chosen, why = pick, "exploring: optimistic cost within reach of the best"
                 self.explored += 1
         mean, width = costs[chosen]
-        sequential = costs[Strategy.SEQUENTIAL][0]
         decision = Decision(
             strategy=chosen,
             confidence=1.0 / (1.0 + width),
@@ -194,7 +243,7 @@ class StrategySelector:
         if model is None:
             return
         with self._lock:
-            model.update(s.features(), actual_ms - rule_estimate(strategy, s))
+            model.update(context(s), actual_ms)
 
     def snapshot(self) -> dict[str, object]:
         counts: dict[str, int] = {}

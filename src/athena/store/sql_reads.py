@@ -41,10 +41,18 @@ def row_from_sql(row: Sequence[Any]) -> MemoryRow:
         event_time=row[8],
         created_at=row[9],
         updated_at=row[10],
-        sources=tuple(json.loads(row[11])),
-        metadata=json.loads(row[12]),
-        attributes=json.loads(row[13]),
+        sources=tuple(json.loads(row[11])) if row[11] != "[]" else (),
+        metadata=_mapping(row[12]),
+        attributes=_mapping(row[13]),
     )
+
+
+def _mapping(raw: str) -> dict[str, Any]:
+    """A JSON object column; most are empty, and ``{}`` needs no parser."""
+    if raw == "{}":
+        return {}
+    value: dict[str, Any] = json.loads(raw)
+    return value
 
 
 def _where(where: RowFilter, prefix: str = "m.") -> tuple[str, list[Any]]:
