@@ -372,6 +372,7 @@ ERRORS = [
     (2, "text is longer than", ["remember", "x" * 100_001, "-t", "t1"]),
     (2, "priority must be an integer", ["remember", "x", "-t", "t1", *PRIORITY_99]),
     (2, "unknown embedder", ["--embedder", "word2vec", "stats"]),
+    (2, "unknown store 'tiny'", ["bench", "--store", "tiny", "--out", "/nonexistent/out"]),
     (4, "cannot read", ["import", "jsonl", "/nonexistent/memories.jsonl"]),
     (4, "cannot read", ["import", "locomo", "/nonexistent/locomo.json"]),
     (4, "cannot read", ["eval", "locomo", "/nonexistent/locomo.json"]),

@@ -36,6 +36,7 @@ from athena.locomo.importer import conversation_memories, import_locomo
 from athena.memory import Memory
 
 STORES: Final = ("locomo", "100k-tenants", "100k-one-tenant")
+MIN_STREAM: Final = 100
 DEFAULT_TARGET: Final = 100_000
 ZIPF_S: Final = 1.1
 REPEAT_SHARE: Final = 0.5
@@ -249,7 +250,8 @@ def zipf_stream(
         repeats += item in seen
         seen.add(item)
         stream.append(item)
-        if len(stream) >= 10 and repeats >= repeat_share * len(stream):
+        # Not before MIN_STREAM items: a lucky run of early repeats once ended a stream at 10.
+        if len(stream) >= min(MIN_STREAM, cap) and repeats >= repeat_share * len(stream):
             break
     return stream
 

@@ -6,6 +6,7 @@ PNG plots into ``--out``; progress bars go to stderr, a one-line summary to stdo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,14 @@ def bench(
             "saved in --out; measures nothing.",
         ),
     ] = False,
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            help="Full mode: only these stores, comma-separated (locomo, 100k-tenants, "
+            "100k-one-tenant); the sessions of earlier runs in --out stay for --redraw.",
+        ),
+    ] = "all",
     data: Annotated[
         Path | None,
         typer.Option(
@@ -52,6 +61,7 @@ def bench(
     """Every strategy on every scenario, interleaved; the oracle's regret; goals met or missed."""
     from athena.bench.runner import plan_for, resolve_data, run
     from athena.bench.runner import redraw as redraw_report
+    from athena.bench.workloads import STORES
 
     if redraw:
         try:
@@ -71,6 +81,17 @@ def bench(
     command += f" --embedder {embedder}" if not quick else ""
     command += f" --data {data}" if data is not None else ""
     plan = plan_for("quick" if quick else "full", path, out, chosen)
+    if store != "all" and not quick:
+        wanted = tuple(name.strip() for name in store.split(",") if name.strip())
+        unknown = [name for name in wanted if name not in STORES]
+        if unknown or not wanted:
+            raise InvalidInput(f"unknown store {store!r}; choose from {', '.join(STORES)}")
+        plan = replace(
+            plan,
+            stores=wanted,
+            load_stores=tuple(n for n in plan.load_stores if n in wanted),
+        )
+        command += f" --store {store}"
     doc = run(plan, command, bars=progress_bar)
     met = [g for g in doc["goals"] if g["met"] is True]
     missed = [g for g in doc["goals"] if g["met"] is False]
