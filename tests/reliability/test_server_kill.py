@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from athena import Memory
 
@@ -73,7 +74,8 @@ class Clients:
     def join(self) -> None:
         self.stop.set()
         for thread in self.threads:
-            thread.join(timeout=30)
+            if thread.ident is not None:  # started
+                thread.join(timeout=30)
 
     def _write(self, client: int) -> None:
         with httpx.Client(base_url=self.url, timeout=10) as http:
@@ -100,6 +102,7 @@ class Clients:
                     return
 
 
+@pytest.mark.slow
 def test_acknowledged_writes_survive_sigkill_of_the_server(tmp_path: Path) -> None:
     db, log = tmp_path / "served.db", tmp_path / "server.log"
     rng = random.Random(11)
@@ -109,25 +112,30 @@ def test_acknowledged_writes_survive_sigkill_of_the_server(tmp_path: Path) -> No
         port = _free_port()
         server = _start(db, port, log)
         url = f"http://127.0.0.1:{port}"
-        # Everything acknowledged in earlier cycles is served by the restarted server.
-        with httpx.Client(base_url=url, timeout=10) as http:
-            for memory_id, text in acked.items():
-                answer = http.get(f"/v1/tenants/t/memories/{memory_id}")
-                assert answer.status_code == 200, (memory_id, answer.text)
-                assert answer.json()["text"] == text
         clients = Clients(url, cycle)
-        clients.start()
-        time.sleep(rng.uniform(0.5, 2.0))
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait()
-        clients.join()
+        try:
+            # Everything acknowledged in earlier cycles is served by the restarted server.
+            with httpx.Client(base_url=url, timeout=10) as http:
+                for memory_id, text in acked.items():
+                    answer = http.get(f"/v1/tenants/t/memories/{memory_id}")
+                    assert answer.status_code == 200, (memory_id, answer.text)
+                    assert answer.json()["text"] == text
+            clients.start()
+            time.sleep(rng.uniform(0.5, 2.0))
+        finally:
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait(timeout=60)
+            clients.join()
         assert clients.acked, "no write was acknowledged before the kill"
         acked.update(clients.acked)
         sent |= clients.sent
     with Memory(db) as memory:
         assert memory.store.integrity_check() == "ok"
-    with sqlite3.connect(db) as conn:
+    conn = sqlite3.connect(db)
+    try:
         stored = dict(conn.execute("SELECT id, text FROM memories WHERE tenant = 't'"))
+    finally:
+        conn.close()
     for memory_id, text in acked.items():
         assert stored.get(memory_id) == text  # 0 acknowledged writes lost
     assert set(stored.values()) <= sent  # nothing half-written or invented

@@ -26,6 +26,7 @@ from athena.bench.report import Session, write
 from athena.bench.scenarios import fit, latency_scenarios
 from athena.bench.workloads import STORES, Store, build_store, working_copy
 from athena.embedding import load_embedder
+from athena.errors import InvalidInput
 
 DATA_DEFAULT: Final = Path("../shared/data/locomo/locomo10.json")
 DATA_FALLBACK: Final = Path("/work/shared/data/locomo/locomo10.json")
@@ -143,12 +144,12 @@ def share_indexes(arms: Sequence[Arm]) -> bool:
     then falls on whichever arm searches first, and the rotation spreads that over the arms.
     """
     first = arms[0].memory
-    shared, lexicon = first.pipeline.ctx.indexes, first.pipeline.ctx.lexicon
+    for arm in arms[1:]:  # text only: the model does not matter
+        arm.memory.pipeline.ctx.lexicon = first.pipeline.ctx.lexicon
+    if any(arm.memory.embedder.name != first.embedder.name for arm in arms[1:]):
+        return False
     for arm in arms[1:]:
-        arm.memory.pipeline.ctx.lexicon = lexicon  # text only: the model does not matter
-        if arm.memory.embedder.name != first.embedder.name:
-            return False
-        arm.memory.pipeline.ctx.indexes = shared
+        arm.memory.pipeline.ctx.indexes = first.pipeline.ctx.indexes
     return True
 
 
@@ -354,8 +355,14 @@ def redraw(out: Path, command: str) -> dict[str, Any]:
     parts: list[tuple[str, Any]] = []
     sessions: list[Session] = []
     for path in kept:
-        with path.open("rb") as fh:
-            session, measured = pickle.load(fh)  # our own files, written by run()
+        try:
+            with path.open("rb") as fh:
+                session, measured = pickle.load(fh)  # our own files, written by run()
+        except (pickle.UnpicklingError, TypeError, AttributeError, ValueError, EOFError) as exc:
+            raise InvalidInput(
+                f"{path} was saved by another version of Athena or is damaged ({exc}); "
+                "run that session again (--store) or remove it"
+            ) from exc
         sessions.append(session)
         parts.append((f"{session.store}/{session.embedder}", measured))
     began = datetime.fromtimestamp(min(p.stat().st_mtime for p in kept), UTC)

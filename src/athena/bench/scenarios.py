@@ -56,10 +56,12 @@ def zipf_ops(pool: Sequence[Ask], limit: int, rng_seed: str, cap: int | None) ->
     """A Zipf stream (about half repeats) no longer than ``limit``: over fewer questions
     when the whole pool would make it longer."""
     size = len(pool)
+    bound = limit if cap is None else min(cap, limit)
     while True:
         stream = zipf_stream(size, random.Random(rng_seed), limit=cap)
         if len(stream) <= limit or size <= MIN_SAMPLES:
-            return recall_ops(pool, stream)
+            # Never past the budget, even when the smallest pool still ran long.
+            return recall_ops(pool, stream[: max(bound, MIN_SAMPLES)])
         size = max(MIN_SAMPLES, int(size * 0.8))
 
 

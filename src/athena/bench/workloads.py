@@ -222,8 +222,8 @@ def zipf_stream(
 ) -> list[int]:
     """Indices into ``n`` questions, Zipf(s) over a random popularity order.
 
-    The stream stops at the first length where at least ``repeat_share`` of its items repeat
-    an earlier one (or at ``limit``).
+    The stream stops at the first length of at least ``MIN_STREAM`` items (or ``limit``)
+    where at least ``repeat_share`` of its items repeat an earlier one, or at ``limit``.
 
     >>> stream = zipf_stream(200, random.Random(1))
     >>> repeats = len(stream) - len(set(stream))

@@ -74,6 +74,11 @@ def bench(
     chosen = EMBEDDER_CHOICES.get(embedder.strip().lower())
     if chosen is None:
         raise InvalidInput(f"unknown embedder {embedder!r}; choose static, transformer or both")
+    wanted = tuple(name.strip() for name in store.split(",") if name.strip())
+    if store != "all" and (not wanted or any(name not in STORES for name in wanted)):
+        raise InvalidInput(f"unknown store {store!r}; choose from {', '.join(STORES)}")
+    if store != "all" and quick:
+        raise InvalidInput("--store is for full mode; --quick always runs the locomo store")
     path = resolve_data(data)
     if not path.is_file():
         raise NotFound(f"no LoCoMo file at {path}; pass --data")
@@ -81,11 +86,7 @@ def bench(
     command += f" --embedder {embedder}" if not quick else ""
     command += f" --data {data}" if data is not None else ""
     plan = plan_for("quick" if quick else "full", path, out, chosen)
-    if store != "all" and not quick:
-        wanted = tuple(name.strip() for name in store.split(",") if name.strip())
-        unknown = [name for name in wanted if name not in STORES]
-        if unknown or not wanted:
-            raise InvalidInput(f"unknown store {store!r}; choose from {', '.join(STORES)}")
+    if store != "all":
         plan = replace(
             plan,
             stores=wanted,

@@ -105,7 +105,8 @@ def context(s: Situation) -> Context:
 
     A cost is only ever predicted from observations of the same regime, never extrapolated
     from another one (a fit across regimes once predicted 8 ms for a 1.3 ms recall)."""
-    scale = round(math.log2(max(s.sequential_ms, 1.0 / 16)))
+    estimate = s.sequential_ms if math.isfinite(s.sequential_ms) else 1.0
+    scale = round(math.log2(min(max(estimate, 1.0 / 16), 1e6)))
     others = max(s.inflight - 1, 0)
     load = 0 if others == 0 else 1 if others < 4 else 2 if others < 16 else 3
     pool = 2 if s.queue_depth > 0 else 1 if s.pool_busy > 0 else 0
@@ -121,12 +122,15 @@ class _Cell:
         self.n, self.mean, self.var = 0, 0.0, 0.0
 
     def add(self, value: float) -> None:
-        self.n += 1
+        n = self.n + 1
         # A plain mean at first, then exponentially weighted: the machine's load drifts.
-        alpha = max(1.0 / self.n, RECENCY)
+        alpha = max(1.0 / n, RECENCY)
         delta = value - self.mean
-        self.mean += alpha * delta
-        self.var = (1.0 - alpha) * (self.var + alpha * delta * delta)
+        self.mean, self.var = (
+            self.mean + alpha * delta,
+            (1.0 - alpha) * (self.var + alpha * delta * delta),
+        )
+        self.n = n  # last: a lock-free reader never sees a count without its mean
 
 
 class _CostModel:
@@ -143,7 +147,8 @@ class _CostModel:
             return prior, prior  # unknown: as uncertain as the estimate is large
         weight = cell.n / (cell.n + PRIOR_WEIGHT)
         mean = weight * cell.mean + (1.0 - weight) * prior
-        width = math.sqrt(cell.var / cell.n) + abs(prior - cell.mean) * (1.0 - weight)
+        effective = min(cell.n, 1.0 / RECENCY)  # an exponential mean remembers ~20 samples
+        width = math.sqrt(cell.var / effective) + abs(prior - cell.mean) * (1.0 - weight)
         return mean, width
 
     def update(self, key: Context, actual: float) -> None:
@@ -203,7 +208,9 @@ class StrategySelector:
             SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS
         ):
             best = Strategy.SEQUENTIAL  # not cheaper by enough to be worth the hand-off
-        chosen, why = best, "lowest predicted cost"
+            chosen, why = best, "sequential: no other strategy predicted cheaper by the margin"
+        else:
+            chosen, why = best, "lowest predicted cost"
         if len(options) > 1 and self._rng.random() < self.explore_rate:
             # Optimism in the face of uncertainty, but only among near-best options.
             near = [o for o in options if costs[o][0] <= EXPLORE_WITHIN * costs[best][0]]
@@ -240,7 +247,7 @@ class StrategySelector:
     def learn(self, strategy: Strategy, s: Situation, actual_ms: float) -> None:
         """Fold one measured latency into ``strategy``'s cost model."""
         model = self._models.get(strategy)
-        if model is None:
+        if model is None or not math.isfinite(actual_ms):
             return
         with self._lock:
             model.update(context(s), actual_ms)
