@@ -18,7 +18,8 @@ import pytest
 from athena.bench import oracle
 from athena.bench.arms import parallel_limit, percentile
 from athena.bench.runner import QUICK, plan_for, run, with_sizes
-from athena.bench.workloads import Ask, recall_ops, with_writes, zipf_stream
+from athena.bench.workloads import Ask, build_store, recall_ops, with_writes, zipf_stream
+from athena.embedding import load_embedder
 
 ROW_KEYS = {"scenario": str, "strategy": str, "embedder": str, "store": str}
 NUMBERS = ("p50_ms", "p95_ms", "p99_ms", "qps", "hit_rate", "ratio_vs_baseline")
@@ -134,3 +135,17 @@ def test_redraw_from_saved_sessions_gives_the_same_rows(out: Path, doc: dict[str
     assert again["rows"] == doc["rows"]
     assert again["regret"] == doc["regret"]
     assert (again_dir / "bench.md").read_text(encoding="utf-8").count("|") > 50
+
+
+def test_store_builds_share_the_given_embedder_cache(tmp_path: Path, locomo_path: Path) -> None:
+    """A regression: ``model or embedder`` dropped an empty (len 0, so falsy) cache, and every
+    bulk build embedded each of its 103k texts again (13 minutes with the transformer)."""
+    data = tmp_path / "two-conversations.json"
+    data.write_text(json.dumps(json.loads(locomo_path.read_text(encoding="utf-8"))[:2]))
+    model = load_embedder("static", cache_size=16_384)
+    small = build_store("locomo", "static", data, tmp_path, model=model)
+    distinct = model.misses
+    assert distinct > 0 and model.hits < distinct / 10
+    build_store("100k-tenants", "static", data, tmp_path, target=3 * small.memories, model=model)
+    assert model.misses == distinct  # every copy's texts came from the cache
+    assert model.hits >= 3 * small.memories

@@ -142,7 +142,8 @@ def build_store(
     for stale in folder.glob(partial.name + "*"):
         stale.unlink()
     start = time.perf_counter()
-    memory = Memory(partial, embedder=model or embedder, pool="off")
+    # Not `model or embedder`: an empty CachingEmbedder has len() 0, so it is falsy.
+    memory = Memory(partial, embedder=model if model is not None else embedder, pool="off")
     try:
         total = 0
         for copy in range(copies):
