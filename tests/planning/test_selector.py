@@ -108,3 +108,31 @@ def test_non_finite_inputs_neither_crash_nor_poison_the_model() -> None:
     assert sel.decide(s).strategy is Strategy.PARALLEL  # the rules, untouched
     for odd in (float("nan"), float("inf"), 0.0, 1e300):
         sel.decide(situation(seq_ms=odd))
+
+
+def test_a_new_regime_starts_from_what_each_strategy_cost_elsewhere() -> None:
+    """PARALLEL cost 1.3x the sequential estimate wherever it ran; in a context never seen
+    (a larger recall), the selector starts from that experience, not from the rules' 2x."""
+    rng = random.Random(5)
+    sel = StrategySelector(rng=rng, explore_rate=0.0)
+    seen = situation(seq_ms=2.0, pool=False)
+    for _ in range(50):
+        sel.learn(Strategy.SEQUENTIAL, seen, rng.uniform(1.9, 2.1))
+        sel.learn(Strategy.PARALLEL, seen, rng.uniform(2.5, 2.7))
+    unseen = situation(seq_ms=40.0, pool=False)
+    fresh = StrategySelector(rng=random.Random(5), explore_rate=0.0)
+    assert fresh.decide(unseen).strategy is Strategy.PARALLEL  # the rules alone
+    assert sel.decide(unseen).strategy is Strategy.SEQUENTIAL
+    cost, _ = sel.predict(Strategy.PARALLEL, unseen)
+    assert 48.0 <= cost <= 56.0  # about 1.3 x 40 ms
+
+
+def test_no_exploration_while_other_recalls_run() -> None:
+    sel = StrategySelector(rng=random.Random(0), explore_rate=1.0)
+    busy = Situation(3, 3.0, 1.3, 0.0, 0, 0.0, True, False, 6)  # five others in flight
+    assert {sel.decide(busy).strategy for _ in range(100)} == {Strategy.PARALLEL}
+    assert sel.explored == 0
+    idle = situation(seq_ms=3.0, benefit=1.3)  # all three near enough to explore
+    for _ in range(100):
+        sel.decide(idle)
+    assert sel.explored > 0

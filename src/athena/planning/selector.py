@@ -36,6 +36,8 @@ EXECUTING: Final = (Strategy.SEQUENTIAL, Strategy.PARALLEL, Strategy.DISTRIBUTED
 PRIOR_WEIGHT: Final = 2.0  # the rule estimate counts as two observations
 RECENCY: Final = 0.05  # weight of a new observation once a context has 20
 MAX_CELLS: Final = 4096
+RATIO_AFTER: Final = 10  # observations before a strategy's own cost ratio replaces the rules
+MIN_ESTIMATE_MS: Final = 0.05
 EXPLORE_RATE: Final = 0.05
 EXPLORE_WITHIN: Final = 1.5  # only explore strategies predicted within 1.5x of the best
 UCB_ALPHA: Final = 1.0
@@ -134,14 +136,23 @@ class _Cell:
 
 
 class _CostModel:
-    """One strategy's learned cost per context, blended with the rule estimate while a
-    context has few observations (the rule counts as ``PRIOR_WEIGHT`` of them)."""
+    """One strategy's learned cost per context, blended with a prior while a context has few
+    observations (the prior counts as ``PRIOR_WEIGHT`` of them).
+
+    The prior is the seed's rule estimate until the strategy has ``RATIO_AFTER``
+    observations anywhere; from then on it is what the strategy has cost relative to the
+    sequential estimate across every context (say 1.3x for PARALLEL on 2 cores), so a new
+    regime starts from this machine's experience instead of the rules' optimism."""
 
     def __init__(self) -> None:
         self.cells: dict[Context, _Cell] = {}
+        self.ratio = _Cell()
         self.n = 0
 
-    def predict(self, key: Context, prior: float) -> tuple[float, float]:
+    def predict(self, key: Context, rule: float, sequential_ms: float) -> tuple[float, float]:
+        prior = rule
+        if self.ratio.n >= RATIO_AFTER:
+            prior = self.ratio.mean * max(sequential_ms, MIN_ESTIMATE_MS)
         cell = self.cells.get(key)
         if cell is None or cell.n == 0:
             return prior, prior  # unknown: as uncertain as the estimate is large
@@ -151,7 +162,8 @@ class _CostModel:
         width = math.sqrt(cell.var / effective) + abs(prior - cell.mean) * (1.0 - weight)
         return mean, width
 
-    def update(self, key: Context, actual: float) -> None:
+    def update(self, key: Context, actual: float, sequential_ms: float) -> None:
+        self.ratio.add(actual / max(sequential_ms, MIN_ESTIMATE_MS))
         cell = self.cells.get(key)
         if cell is None:
             if len(self.cells) >= MAX_CELLS:
@@ -195,7 +207,8 @@ class StrategySelector:
 
     def predict(self, strategy: Strategy, s: Situation) -> tuple[float, float]:
         """Predicted cost in ms and its uncertainty."""
-        mean, width = self._models[strategy].predict(context(s), rule_estimate(strategy, s))
+        model = self._models[strategy]
+        mean, width = model.predict(context(s), rule_estimate(strategy, s), s.sequential_ms)
         return max(mean, 0.001), width
 
     def decide(self, s: Situation) -> Decision:
@@ -211,7 +224,9 @@ class StrategySelector:
             chosen, why = best, "sequential: no other strategy predicted cheaper by the margin"
         else:
             chosen, why = best, "lowest predicted cost"
-        if len(options) > 1 and self._rng.random() < self.explore_rate:
+        # Explore only when no other recall is running: under load a detour costs the tail
+        # latency of every recall waiting behind it, and what it measures is mostly the load.
+        if len(options) > 1 and s.inflight <= 1 and self._rng.random() < self.explore_rate:
             # Optimism in the face of uncertainty, but only among near-best options.
             near = [o for o in options if costs[o][0] <= EXPLORE_WITHIN * costs[best][0]]
             pick = min(near, key=lambda o: costs[o][0] - UCB_ALPHA * costs[o][1])
@@ -250,7 +265,7 @@ class StrategySelector:
         if model is None or not math.isfinite(actual_ms):
             return
         with self._lock:
-            model.update(context(s), actual_ms)
+            model.update(context(s), actual_ms, s.sequential_ms)
 
     def snapshot(self) -> dict[str, object]:
         counts: dict[str, int] = {}
