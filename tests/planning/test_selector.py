@@ -136,3 +136,15 @@ def test_no_exploration_while_other_recalls_run() -> None:
     for _ in range(100):
         sel.decide(idle)
     assert sel.explored > 0
+
+
+def test_only_sequential_runs_time_the_layers() -> None:
+    """A fan-out's per-layer times include the layers' contention: they must not inflate the
+    sequential estimate that every strategy's prediction is scaled by."""
+    g = DependencyGraph(cores=2)
+    g.observe("factual", {"episodic": 1.0, "semantic": 0.5}, {"episodic"}, False, 10, 1.6)
+    g.observe(
+        "factual", {"episodic": 9.0, "semantic": 9.0}, {"episodic"}, False, 10, 9.5, timed=False
+    )
+    assert g.estimate_ms(("episodic", "semantic")) == 1.5
+    assert g.snapshot() != DependencyGraph(cores=2).snapshot()  # contributions still counted

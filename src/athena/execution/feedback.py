@@ -102,6 +102,7 @@ class Feedback:
             cache == "hit",
             hits,
             actual_ms,
+            timed=strategy is Strategy.SEQUENTIAL and not fallback,
         )
         if cache == "miss" and not fallback:
             self.selector.learn(strategy, situation, actual_ms)

@@ -56,8 +56,12 @@ class DependencyGraph:
         cache_hit: bool,
         result_size: int,
         cost_ms: float,
+        *,
+        timed: bool = True,
     ) -> None:
-        """Learn from one executed recall."""
+        """Learn from one executed recall; its per-layer times only if ``timed``: the layers
+        ran one after another, alone (a fan-out's per-layer times include the layers'
+        contention for the GIL and the cores, and would inflate the sequential estimate)."""
         with self._lock:
             stats = self._types[query_type]
             stats.queries += 1
@@ -71,8 +75,8 @@ class DependencyGraph:
                     stats.contributed[name] += 1
                 for other in names[i + 1 :]:
                     stats.together[f"{name}+{other}"] += 1
-            if cache_hit:
-                return  # cached timings say nothing about the layers' cost
+            if cache_hit or not timed:
+                return  # cached or contended timings say nothing about the layers' cost
             for name, ms in layer_ms.items():
                 old = self._latency.get(name)
                 self._latency[name] = ms if old is None else old + EWMA * (ms - old)

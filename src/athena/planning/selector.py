@@ -229,6 +229,8 @@ class StrategySelector:
         if len(options) > 1 and s.inflight <= 1 and self._rng.random() < self.explore_rate:
             # Optimism in the face of uncertainty, but only among near-best options.
             near = [o for o in options if costs[o][0] <= EXPLORE_WITHIN * costs[best][0]]
+            if Strategy.SEQUENTIAL not in near:  # the reference is always worth measuring:
+                near.append(Strategy.SEQUENTIAL)  # its runs are what time the layers
             pick = min(near, key=lambda o: costs[o][0] - UCB_ALPHA * costs[o][1])
             if pick is not best:
                 chosen, why = pick, "exploring: optimistic cost within reach of the best"
