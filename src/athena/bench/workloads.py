@@ -223,8 +223,9 @@ def zipf_stream(
 ) -> list[int]:
     """Indices into ``n`` questions, Zipf(s) over a random popularity order.
 
-    The stream stops at the first length of at least ``MIN_STREAM`` items (or ``limit``)
-    where at least ``repeat_share`` of its items repeat an earlier one, or at ``limit``.
+    The stream stops at the first length of at least ``MIN_STREAM`` items (fewer for a pool
+    under 50 questions) where at least ``repeat_share`` of its items repeat an earlier one,
+    or at ``limit``.
 
     >>> stream = zipf_stream(200, random.Random(1))
     >>> repeats = len(stream) - len(set(stream))
@@ -251,8 +252,10 @@ def zipf_stream(
         repeats += item in seen
         seen.add(item)
         stream.append(item)
-        # Not before MIN_STREAM items: a lucky run of early repeats once ended a stream at 10.
-        if len(stream) >= min(MIN_STREAM, cap) and repeats >= repeat_share * len(stream):
+        # Not before MIN_STREAM items (a lucky run of early repeats once ended a stream at
+        # 10), nor past twice the pool before looking: a small pool repeats early anyway.
+        shortest = min(MIN_STREAM, 2 * n, cap)
+        if len(stream) >= shortest and repeats >= repeat_share * len(stream):
             break
     return stream
 
