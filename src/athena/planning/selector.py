@@ -224,13 +224,16 @@ class StrategySelector:
             chosen, why = best, "sequential: no other strategy predicted cheaper by the margin"
         else:
             chosen, why = best, "lowest predicted cost"
-        # Explore only when no other recall is running: under load a detour costs the tail
-        # latency of every recall waiting behind it, and what it measures is mostly the load.
-        if len(options) > 1 and s.inflight <= 1 and self._rng.random() < self.explore_rate:
+        if len(options) > 1 and self._rng.random() < self.explore_rate:
             # Optimism in the face of uncertainty, but only among near-best options.
             near = [o for o in options if costs[o][0] <= EXPLORE_WITHIN * costs[best][0]]
             if Strategy.SEQUENTIAL not in near:  # the reference is always worth measuring:
                 near.append(Strategy.SEQUENTIAL)  # its runs are what time the layers
+            if s.inflight > 1:
+                # Under load only the reference: a detour to threads or workers costs the tail
+                # of every recall waiting behind it. SEQUENTIAL holds nothing extra, and a
+                # server that is never idle must still learn what its layers cost.
+                near = [Strategy.SEQUENTIAL]
             pick = min(near, key=lambda o: costs[o][0] - UCB_ALPHA * costs[o][1])
             if pick is not best:
                 chosen, why = pick, "exploring: optimistic cost within reach of the best"
