@@ -271,9 +271,9 @@ class Tracer:
     def report(self) -> list[dict[str, Any]]:
         import tracemalloc
 
-        last = tracemalloc.take_snapshot()
-        if self.first is None:
+        if self.first is None:  # the run ended before warm-up did
             return []
+        last = tracemalloc.take_snapshot()
         keep = (tracemalloc.Filter(False, tracemalloc.__file__),)
         diff = last.filter_traces(keep).compare_to(self.first.filter_traces(keep), "traceback")
         out = []

@@ -3,8 +3,9 @@
 A valid full cache hit short-circuits to CACHE and a partial hit goes HYBRID. Otherwise
 each executing strategy has a cost model: measured latencies kept per coarse context
 (layers, the size of the sequential estimate, concurrent recalls, pool load; see
-:func:`context`), blended with the seed's rule estimate while a context has few
-observations, so a decision is a few dictionary lookups. The cheapest feasible strategy
+:func:`context`), blended while a context has few observations with a prior (the seed's
+rule estimate at first, then the strategy's cost ratio seen elsewhere), so a decision is a
+few dictionary lookups. The cheapest feasible strategy
 wins, and leaving SEQUENTIAL must pay a margin; with a small, capped probability the
 selector explores a strategy whose optimistic (lower-confidence-bound) cost is within
 reach of the best, so the model keeps learning without paying much for it.
@@ -225,15 +226,14 @@ class StrategySelector:
         else:
             chosen, why = best, "lowest predicted cost"
         if len(options) > 1 and self._rng.random() < self.explore_rate:
-            # Optimism in the face of uncertainty, but only among near-best options.
-            near = [o for o in options if costs[o][0] <= EXPLORE_WITHIN * costs[best][0]]
-            if Strategy.SEQUENTIAL not in near:  # the reference is always worth measuring:
-                near.append(Strategy.SEQUENTIAL)  # its runs are what time the layers
-            if s.inflight > 1:
-                # Under load only the reference: a detour to threads or workers costs the tail
-                # of every recall waiting behind it. SEQUENTIAL holds nothing extra, and a
-                # server that is never idle must still learn what its layers cost.
-                near = [Strategy.SEQUENTIAL]
+            # Optimism in the face of uncertainty, among near-best options and always the
+            # reference, whose runs are what time the layers. Under load only the reference:
+            # a detour to threads or workers costs the tail of every recall waiting behind it,
+            # and a server that is never idle must still learn what its layers cost.
+            near = [Strategy.SEQUENTIAL]
+            if s.inflight <= 1:
+                limit = EXPLORE_WITHIN * costs[best][0]
+                near += [o for o in options[1:] if costs[o][0] <= limit]
             pick = min(near, key=lambda o: costs[o][0] - UCB_ALPHA * costs[o][1])
             if pick is not best:
                 chosen, why = pick, "exploring: optimistic cost within reach of the best"
