@@ -22,9 +22,10 @@ def text_key(text: str) -> bytes:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest()
 
 
-# About 5 MB of 256-dim vectors: room for the queries an agent repeats. Every remember
-# brings a new text too, so a larger cache only fills (a 16,384-entry one took 27 minutes
-# of a steady soak to fill, 20 MB of RSS growth); bulk imports of repeated text pass their own.
+# About 5 MB of 256-dim vectors (estimated from entry sizes): room for the queries an agent
+# repeats. Every remember brings a new text too, so a larger cache only fills: at the soak's
+# 10 writes/s a 16,384-entry one needs about 27 minutes and 20 MB to fill. Bulk imports of
+# repeated text pass their own.
 DEFAULT_MAX_ENTRIES = 4_096
 
 
