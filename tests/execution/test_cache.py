@@ -197,6 +197,36 @@ def test_served_layers_are_marked_as_cached() -> None:
     assert served.cost_ms == 4.0
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    layers=st.lists(st.sampled_from(LAYERS), min_size=1, max_size=5, unique=True),
+    gens=st.dictionaries(st.sampled_from(LAYERS), st.integers(1, 5)),
+    zero=st.sets(st.sampled_from(LAYERS)),
+)
+def test_put_layers_stores_what_one_put_layer_per_layer_stores(
+    layers: list[str], gens: dict[str, int], zero: set[str]
+) -> None:
+    ttls = {layer: 0.0 for layer in zero}
+    one, _ = cache_with_clock(ttl_seconds=ttls)
+    batch, _ = cache_with_clock(ttl_seconds=ttls)
+    q = query(layers=layers)
+    results = [ranking(layer, (len(layer), 7)) for layer in layers]
+    for result in results:
+        one.put_layer(q, MODEL, 50, result, gens, cost_ms=3.0)
+    batch.put_layers(q, MODEL, 50, [(r, 3.0) for r in results], gens)
+    for probe in (gens, {**gens, "graph": gens.get("graph", 0) + 1}, {}):
+        a, b = one.get_layers(q, MODEL, 50, probe), batch.get_layers(q, MODEL, 50, probe)
+        assert a == b
+        assert set(a) <= set(layers) - zero
+    assert one.stats()["bytes"] == batch.stats()["bytes"]
+    foreign = [name for name in LAYERS if name not in layers]
+    if foreign:  # a foreign layer refuses the whole batch: nothing of it is stored
+        fresh, _ = cache_with_clock()
+        with pytest.raises(ValueError):
+            fresh.put_layers(q, MODEL, 50, [(results[0], 1.0), (ranking(foreign[0]), 1.0)], gens)
+        assert fresh.stats()["entries"] == 0
+
+
 def test_puts_refuse_other_tenants_and_foreign_layers() -> None:
     cache, _ = cache_with_clock()
     q = query(tenant="t1", layers=["semantic"])

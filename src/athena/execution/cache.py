@@ -74,7 +74,8 @@ class _Flight:
     __slots__ = ("done", "error", "owner", "value", "waiters")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        # Made by the first waiter (most flights have none, and an Event costs microseconds).
+        self.done: threading.Event | None = None
         self.value: Any = None
         self.error: BaseException | None = None
         self.owner = threading.get_ident()
@@ -91,15 +92,19 @@ class _SingleFlight:
         self._tasks = WeakKeyDictionary()
 
     def run(self, key: Hashable, fn: Callable[[], T], timeout: float | None) -> T:
+        me = threading.get_ident()
         with self._lock:
             flight = self._flights.get(key)
             if flight is None:
                 flight = self._flights[key] = _Flight()
-            elif flight.owner == threading.get_ident():
+            elif flight.owner == me:
                 raise RuntimeError("single_flight re-entered for a key this thread computes")
             else:
                 flight.waiters += 1
-        if flight.owner == threading.get_ident():  # the leader
+                if flight.done is None:
+                    flight.done = threading.Event()
+            done = flight.done
+        if flight.owner == me:  # the leader
             try:
                 flight.value = fn()
                 return cast(T, flight.value)
@@ -107,10 +112,13 @@ class _SingleFlight:
                 flight.error = exc
                 raise
             finally:
-                with self._lock:
+                with self._lock:  # after this no waiter can join, so `done` is final
                     del self._flights[key]
-                flight.done.set()
-        finished = flight.done.wait(timeout)
+                    done = flight.done
+                if done is not None:
+                    done.set()
+        assert done is not None
+        finished = done.wait(timeout)
         with self._lock:
             flight.waiters -= 1
         if not finished:
@@ -180,9 +188,15 @@ class _CacheCore:
         if entry.ttl <= 0 or entry.size > lru.max_bytes or lru.max_entries == 0:
             return
         with self._lock:
-            old = self._lru.data.get(key)
-            if old is None or not ck.supersedes(old, entry):  # a slow, older recall loses
-                self._lru.add(key, entry)
+            self._add([(key, entry)])
+
+    def _add(self, entries: Collection[tuple[Hashable, Entry]]) -> None:
+        """Add entries unless a newer one holds the key: a slow, older recall loses (lock held)."""
+        lru = self._lru
+        for key, entry in entries:
+            old = lru.data.get(key)
+            if old is None or not ck.supersedes(old, entry):
+                lru.add(key, entry)
 
     def _valid(self, key: Hashable, generations: Mapping[str, int], now: float) -> Entry | None:
         """The entry under ``key`` if servable; drops it if it never will be (lock held)."""
@@ -352,16 +366,46 @@ class ResultCache(_CacheCore):
 
         >>> # cache.put_layer(query, embedder.name, 50, result, generations_before, 3.2)
         """
-        layer = result.layer
-        if layer not in query.layers:
-            raise ValueError(f"layer {layer!r} is not one of the query's layers")
-        key = layer_key(query, model, layer, depth)
-        whole = dict(generations_read) if layer in WHOLE_TENANT_LAYERS else None
-        value = dataclasses.replace(result, source="cache")
-        ttl, size = self._ttl((layer,)), ck.key_size(key) + ck.layer_size(value)
-        gen = generations_read.get(layer, 0)
-        entry = Entry(value, self._clock(), ttl, whole, layer, gen, size, max(0.0, cost_ms), 1)
-        self._store(key, entry)
+        self.put_layers(query, model, depth, [(result, cost_ms)], generations_read)
+
+    def put_layers(
+        self,
+        query: RecallQuery,
+        model: str,
+        depth: int,
+        results: Collection[tuple[LayerResult, float]],
+        generations_read: Mapping[str, int],
+    ) -> None:
+        """:meth:`put_layer` for each (ranking, cost in ms) of one recall, under one lock.
+
+        >>> # cache.put_layers(query, embedder.name, 50, [(result, 3.2)], generations_before)
+        """
+        lru = self._lru
+        if lru.max_entries == 0 or not results:
+            return
+        text, now, whole = normalize_text(query.text), self._clock(), dict(generations_read)
+        base = ck.key_size(("layer", model, query.tenant, text))  # the same for every layer
+        entries: list[tuple[Hashable, Entry]] = []
+        for result, cost_ms in results:
+            layer = result.layer
+            if layer not in query.layers:
+                raise ValueError(f"layer {layer!r} is not one of the query's layers")
+            ttl = self._ttls.get(layer, 0.0)
+            if ttl <= 0:
+                continue
+            key = layer_key(query, model, layer, depth, text)
+            value = LayerResult(  # cheaper than dataclasses.replace, on every miss
+                layer, result.ids, result.scores, result.elapsed_ms, result.generation, "cache"
+            )
+            size = base + len(layer) + ck.layer_size(value)
+            if size > lru.max_bytes:
+                continue
+            gen = generations_read.get(layer, 0)
+            depends = whole if layer in WHOLE_TENANT_LAYERS else None
+            cost = max(0.0, cost_ms)
+            entries.append((key, Entry(value, now, ttl, depends, layer, gen, size, cost, 1)))
+        with self._lock:
+            self._add(entries)
 
     def lookup(
         self, query: RecallQuery, model: str, depth: int, generations: Mapping[str, int]

@@ -10,6 +10,7 @@ share one entry.
 
 from __future__ import annotations
 
+import functools
 import string
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
@@ -32,6 +33,7 @@ KEY_OVERHEAD: Final = 160
 _ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
+@functools.lru_cache(maxsize=4096)  # a recall keys its text 3 to 7 times; repeats are common
 def normalize_text(text: str) -> str:
     """The query text as keys see it: whitespace collapsed and stripped; ASCII lower-cased.
 

@@ -106,10 +106,8 @@ class RecallRun:
         self.results = results
         hits = engine.pipeline.hits(query, results)
         if uses_cache:  # forced executing strategies neither read nor fill the cache
-            for result in self.fresh.values():
-                engine.cache.put_layer(
-                    query, engine.model, depth, result, self.generations, result.elapsed_ms
-                )
+            fresh = [(result, result.elapsed_ms) for result in self.fresh.values()]
+            engine.cache.put_layers(query, engine.model, depth, fresh, self.generations)
             cost = sum(r.elapsed_ms for r in self.fresh.values())
             engine.cache.put_full(query, engine.model, self.generations, hits, cost)
         return hits

@@ -208,14 +208,18 @@ class StrategySelector:
 
     def predict(self, strategy: Strategy, s: Situation) -> tuple[float, float]:
         """Predicted cost in ms and its uncertainty."""
+        return self._predict(strategy, s, context(s))
+
+    def _predict(self, strategy: Strategy, s: Situation, key: Context) -> tuple[float, float]:
         model = self._models[strategy]
-        mean, width = model.predict(context(s), rule_estimate(strategy, s), s.sequential_ms)
+        mean, width = model.predict(key, rule_estimate(strategy, s), s.sequential_ms)
         return max(mean, 0.001), width
 
     def decide(self, s: Situation) -> Decision:
         """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``)."""
         options = self.feasible(s)
-        costs = {option: self.predict(option, s) for option in options}
+        key = context(s)
+        costs = {option: self._predict(option, s, key) for option in options}
         best = min(options, key=lambda o: (costs[o][0], EXECUTING.index(o)))
         sequential = costs[Strategy.SEQUENTIAL][0]
         if best is not Strategy.SEQUENTIAL and costs[best][0] > min(
