@@ -1,8 +1,10 @@
 """Write generations per (tenant, layer), read cheaply and never stale.
 
 The store bumps a generation in the same transaction as every write. This tracker caches
-them per tenant and drops the cache when a write commits in this process (the store's
-commit listener) or in any other process (SQLite's ``PRAGMA data_version`` moves).
+them per tenant and drops a tenant when a write to it commits in this process (the store's
+commit listener). When any other connection commits (another process, or this process's
+telemetry: ``PRAGMA data_version`` moves), it reads the store's write clock, one row that
+every generation bump moves: only if it moved are all cached generations dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class GenerationTracker:
         self._store = store
         self._cache: dict[str, dict[str, int]] = {}
         self._epoch = 0
+        self._clock = store.write_clock()
         self._lock = threading.Lock()
         self._local = threading.local()
         store.on_commit(self._committed)
@@ -41,11 +44,15 @@ class GenerationTracker:
         version = self._store.data_version()
         if getattr(self._local, "version", None) != version:
             # Another connection committed since this thread last looked: it may have been
-            # another process, whose writes our commit listener never heard of.
+            # another process, whose writes our commit listener never heard of. Read the
+            # clock after the version: a bump it misses moves the version again.
             self._local.version = version
+            clock = self._store.write_clock()
             with self._lock:
-                self._epoch += 1
-                self._cache.clear()
+                if clock != self._clock:
+                    self._clock = clock
+                    self._epoch += 1
+                    self._cache.clear()
         cached = self._cache.get(tenant)
         if cached is not None:
             return dict(cached)  # a copy: callers may keep or change theirs

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from athena.embedding.protocol import Embedder
 from athena.execution.aggregate import fuse
@@ -28,6 +28,9 @@ class Recall:
         if self.explain is not None:
             out["explain"] = dict(self.explain)
         return out
+
+
+HITS_SLACK: Final = 5  # candidates read beyond k at first, for ids gone and repeats
 
 
 def candidate_depth(k: int) -> int:
@@ -70,11 +73,17 @@ class Pipeline:
         """
         fused = fuse(results, query.layers)
         window = fused[: max(query.k * 3, query.k + 20)]
-        rows = {r.id: r for r in self.ctx.store.get(query.tenant, [i for i, _ in window])}
+        # Rows are read in chunks as the walk needs them: most recalls fill k slots from
+        # the first k + a few candidates, and reading a row costs more than ranking it.
+        chunk = query.k + HITS_SLACK
+        rows: dict[int, MemoryRow] = {}
         fresh: list[Hit] = []
         repeats: list[Hit] = []
         covered: set[str] = set()
-        for memory_id, score in window:
+        for position, (memory_id, score) in enumerate(window):
+            if position % chunk == 0:
+                ids = [i for i, _ in window[position : position + chunk]]
+                rows.update((r.id, r) for r in self.ctx.store.get(query.tenant, ids))
             row = rows.get(memory_id)
             if row is None:
                 continue

@@ -150,6 +150,25 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     INSERT INTO memory_changes (memory_id, tenant, layer)
     SELECT id, tenant, layer FROM memories ORDER BY id;
     """,
+    # 4: one counter that moves with every generation: a reader that sees the file change
+    # (PRAGMA data_version) tells a memory write from a telemetry or learned-state write
+    # with one row read, instead of forgetting every tenant's cached generations.
+    """
+    CREATE TABLE write_clock (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        n INTEGER NOT NULL
+    );
+    INSERT INTO write_clock (id, n) VALUES (1, 0);
+    CREATE TRIGGER generations_clock_ai AFTER INSERT ON generations BEGIN
+        UPDATE write_clock SET n = n + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER generations_clock_au AFTER UPDATE ON generations BEGIN
+        UPDATE write_clock SET n = n + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER generations_clock_ad AFTER DELETE ON generations BEGIN
+        UPDATE write_clock SET n = n + 1 WHERE id = 1;
+    END;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -182,6 +182,10 @@ def large_scopes(conn: sqlite3.Connection, at_least: int) -> list[tuple[str, str
     return [(r[0], r[1], int(r[2])) for r in rows]
 
 
+def write_clock(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT n FROM write_clock WHERE id = 1").fetchone()[0])
+
+
 def generations(conn: sqlite3.Connection, tenant: str) -> dict[str, int]:
     rows = conn.execute("SELECT layer, gen FROM generations WHERE tenant = ?", (tenant,))
     return {r[0]: int(r[1]) for r in rows}

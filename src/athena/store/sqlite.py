@@ -19,6 +19,7 @@ from athena.store.connection import (
     Writer,
     needs_immutable,
     open_connection,
+    translate,
     translated,
     unwritable,
 )
@@ -126,8 +127,14 @@ class SQLiteStore:
 
     def data_version(self) -> int:
         """Changes whenever another connection (any process) commits to the file."""
-        with translated():
+        try:  # not `translated()`: this runs on every recall, and a context manager costs
             return int(self._readers.get().execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def write_clock(self) -> int:
+        """Moves with every generation bump (any tenant, any process); nothing else moves it."""
+        return self._read(reads.write_clock)
 
     def close(self) -> None:
         with self._close_lock:

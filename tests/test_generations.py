@@ -1,0 +1,96 @@
+"""The generation tracker: cheap on the hit path, never stale across connections or processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from athena import Memory
+from athena.embedding import Embedder
+from athena.generations import GenerationTracker
+from athena.store.sqlite import SQLiteStore
+
+
+class CountingStore(SQLiteStore):
+    """A real store that counts how often the tracker reads generations from the file."""
+
+    reads = 0
+
+    def generations(self, tenant: str) -> dict[str, int]:
+        self.reads += 1
+        return super().generations(tenant)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CountingStore:
+    s = CountingStore(tmp_path / "g.db")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_write_clock_moves_with_every_generation_bump_only(tmp_path: Path) -> None:
+    with Memory(tmp_path / "m.db") as mem:
+        store = mem.store
+        before = store.write_clock()
+        mem.remember("one", tenant="a")
+        after_one = store.write_clock()
+        assert after_one > before
+        store.append_telemetry([(0.0, "a", "q", "sequential", "[]")], keep=10)
+        store.save_state("probe", "{}")
+        assert store.write_clock() == after_one  # telemetry and state are not memories
+        mem.remember("two", tenant="b")
+        assert store.write_clock() > after_one
+
+
+def test_other_connections_telemetry_keeps_cached_generations(
+    store: CountingStore, tmp_path: Path
+) -> None:
+    other = SQLiteStore(tmp_path / "g.db")  # another connection, as a second process has
+    try:
+        tracker = GenerationTracker(store)
+        for tenant in ("a", "b", "c"):
+            tracker.get(tenant)
+        assert store.reads == 3
+        for _ in range(5):
+            other.append_telemetry([(0.0, "a", "q", "sequential", "[]")], keep=10)
+            other.save_state("probe", "{}")
+            for tenant in ("a", "b", "c"):
+                assert tracker.get(tenant) == {}
+        assert store.reads == 3  # the file changed, but no generation did
+    finally:
+        other.close()
+
+
+def test_other_connections_memory_write_is_seen(store: CountingStore, tmp_path: Path) -> None:
+    tracker = GenerationTracker(store)
+    assert tracker.get("a") == {} and tracker.get("b") == {}
+    with Memory(tmp_path / "g.db") as other:
+        other.remember("from elsewhere", tenant="b")
+    assert tracker.get("b") == {"episodic": 1}
+    assert tracker.get("a") == {}
+
+
+WRITER = """
+import sys
+from athena import Memory
+with Memory(sys.argv[1]) as mem:
+    mem.remember("the spare key is under the blue flowerpot", tenant="t", key="spare")
+"""
+
+
+def test_a_cached_recall_sees_another_process_write(tmp_path: Path, embedder: Embedder) -> None:
+    path = tmp_path / "shared.db"
+    with Memory(path, embedder=embedder, pool="off") as mem:
+        mem.remember("the car key hangs by the door", tenant="t", key="car")
+        first = mem.recall("where is the spare key?", tenant="t", k=5)
+        again = mem.recall("where is the spare key?", tenant="t", k=5, explain=True)
+        assert again.explain is not None and again.explain["cache"] == "hit"
+        assert [h.key for h in first.hits] == ["car"]
+        mem.store.append_telemetry([(0.0, "t", "q", "sequential", "[]")], keep=10)
+        subprocess.run([sys.executable, "-c", WRITER, str(path)], check=True, timeout=120)
+        after = mem.recall("where is the spare key?", tenant="t", k=5, explain=True)
+        assert after.explain is not None and after.explain["cache"] != "hit"
+        assert {h.key for h in after.hits} == {"car", "spare"}
