@@ -106,7 +106,8 @@ def _throughput(plt: Any, sessions: Sequence[Session], regret: dict[str, Any]) -
         bound = s.details.get("p99_bound_ms")
         if bound:
             ax.axhline(bound, ls="--", color="red", lw=1, label="p99 bound")
-        ceiling = s.details.get("harness_ceiling_qps")
+        cached = scenario == "throughput cached" and "harness_ceiling_cached_qps" in s.details
+        ceiling = s.details.get("harness_ceiling_cached_qps" if cached else "harness_ceiling_qps")
         if ceiling:
             ax.axvline(ceiling, ls=":", color="grey", lw=1, label="harness ceiling")
         ax.set(
