@@ -70,6 +70,9 @@ def test_bench_json_shape(doc: dict[str, Any]) -> None:
             assert row[key] is None or isinstance(row[key], int | float)
     for key in ("vs_oracle", "share_over_10pct", "vs_best_fixed"):
         assert isinstance(doc["regret"][key], float)
+    decision = doc["regret"]["decision"]
+    assert decision["queries"] >= 1 and decision["vs_oracle"] >= 0.0  # priced picks >= best
+    assert set(decision["picks"]) <= {"sequential", "parallel", "distributed"}
     assert {g["met"] for g in doc["goals"]} <= {True, False, None}
 
 
@@ -102,6 +105,22 @@ def test_oracle_and_regret_by_hand() -> None:
     assert r.vs_best_fixed == pytest.approx((6.05 - 7.0) / 7.0)
     assert r.oracle_picks == {"parallel": 1, "sequential": 1, "distributed": 1}
     assert oracle.oracle({"a": 2.0, "b": 1.0}) == ("b", 1.0)
+
+
+def test_decision_regret_prices_each_pick_at_the_oracle_costs() -> None:
+    costs = [
+        {"sequential": 4.0, "parallel": 2.0},  # picks: parallel twice -> 0
+        {"sequential": 1.0, "parallel": 2.0},  # picks: sequential, parallel -> 1.5 vs 1
+        {"sequential": 3.0},  # a pick with no cost (infeasible) is left out -> 0
+    ]
+    picks = [["parallel", "parallel"], ["sequential", "parallel"], ["sequential", "distributed"]]
+    d = oracle.decision_regret(costs, picks)
+    assert d["vs_oracle"] == pytest.approx(round(0.5 / 3, 4))
+    assert d["share_over_10pct"] == pytest.approx(round(1 / 3, 4)) and d["queries"] == 3
+    assert d["picks"] == {"parallel": 3, "sequential": 2}
+    assert oracle.decision_regret([{"s": 1.0}], [["x"]]) == {}
+    with pytest.raises(ValueError):
+        oracle.decision_regret(costs, picks[:2])
 
 
 def test_regret_ignores_strategies_missing_somewhere() -> None:

@@ -12,6 +12,11 @@ with the others. Then:
 * ``vs_best_fixed``: (adaptive total - best fixed total) / best fixed total, the best fixed
   strategy being the one with the smallest total over the sample.
 
+The adaptive arm's cost mixes two things: which strategy it picked, and what its own path
+costs (cache key, single flight, cache fills, learning). :func:`decision_regret` isolates
+the first, the Bao measure proper: each pick priced at the oracle's own median for that
+strategy on that query.
+
 Adaptive can come out below the oracle on a query: its medians carry noise too, and it may
 search fewer layers (it drops layers that never contribute), which no forced run does.
 """
@@ -74,8 +79,8 @@ def regret(
     The best fixed strategy is chosen among those feasible on every query.
 
     >>> r = regret([{"s": 2.0, "p": 1.0}, {"s": 1.0, "p": 3.0}], [1.0, 1.5])
-    >>> r.vs_oracle, r.share_over_10pct, r.best_fixed, r.vs_best_fixed
-    (0.25, 0.5, 's', -0.1666666666666667)
+    >>> r.vs_oracle, r.share_over_10pct, r.best_fixed, round(r.vs_best_fixed, 4)
+    (0.25, 0.5, 's', -0.1667)
     """
     if len(costs) != len(adaptive) or not costs:
         raise ValueError("need one adaptive cost per query, and at least one query")
@@ -102,6 +107,37 @@ def regret(
     )
 
 
+def decision_regret(
+    costs: Sequence[Mapping[str, float]], picks: Sequence[Sequence[str]], over: float = OVER
+) -> dict[str, Any]:
+    """Regret of the selector's choices alone: each query's picks priced at ``costs``.
+
+    A pick with no measured cost (a strategy infeasible for that query) is left out.
+
+    >>> decision_regret([{"s": 2.0, "p": 1.0}, {"s": 1.0, "p": 3.0}], [["p", "s"], ["s"]])
+    {'vs_oracle': 0.25, 'share_over_10pct': 0.5, 'queries': 2, 'picks': {'p': 1, 's': 2}}
+    """
+    if len(costs) != len(picks):
+        raise ValueError("need the picks of every query")
+    rel: list[float] = []
+    counted: Counter[str] = Counter()
+    for strategy_costs, chosen in zip(costs, picks, strict=True):
+        priced = [strategy_costs[name] for name in chosen if name in strategy_costs]
+        if not priced:
+            continue
+        counted.update(name for name in chosen if name in strategy_costs)
+        best = oracle(strategy_costs)[1]
+        rel.append((statistics.fmean(priced) - best) / best)
+    if not rel:
+        return {}
+    return {
+        "vs_oracle": round(statistics.fmean(rel), 4),
+        "share_over_10pct": round(sum(r > over for r in rel) / len(rel), 4),
+        "queries": len(rel),
+        "picks": dict(sorted(counted.items())),
+    }
+
+
 def merge(parts: Sequence[tuple[Sequence[Mapping[str, float]], Sequence[float]]]) -> Regret:
     """One regret over several samples (stores, embedders), strategies feasible in all."""
     costs = [c for part_costs, _ in parts for c in part_costs]
@@ -116,6 +152,7 @@ class OracleRun:
     costs: list[dict[str, float]] = field(default_factory=list)
     adaptive: list[float] = field(default_factory=list)
     adaptive_picks: Counter[str] = field(default_factory=Counter)
+    picks: list[list[str]] = field(default_factory=list)  # per query in ``costs``: each run's
     runs: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
@@ -142,13 +179,15 @@ def measure(
     arms = [*forced, adaptive]
     for index, ask in enumerate(sample):
         times: dict[str, list[float]] = {arm.name: [] for arm in arms}
+        chosen: list[str] = []
         for rep in range(repeats):
             for arm in rotations(arms, index * repeats + rep):
                 arm.reset()
                 seen = arm.recorded()
                 times[arm.name].append(arm.recall(ask))
                 if arm is adaptive and arm.recorded() > seen:
-                    out.adaptive_picks[str(getattr(arm.telemetry()[-1], "strategy", "?"))] += 1
+                    chosen.append(str(getattr(arm.telemetry()[-1], "strategy", "?")))
+        out.adaptive_picks.update(chosen)
         for name, ms in times.items():
             out.runs[name].append(ms)
         medians = {n: statistics.median(ms) for n, ms in times.items() if all(m == m for m in ms)}
@@ -156,6 +195,7 @@ def measure(
         if mine is not None and medians:
             out.costs.append(medians)
             out.adaptive.append(mine)
+            out.picks.append(chosen)
         if advance:
             advance(1)
     return out

@@ -316,5 +316,14 @@ def markdown(doc: dict[str, Any], goals: Sequence[Goal], images: Sequence[str]) 
             f"{r.get('oracle_picks')}).",
             "",
         ]
+        d = r.get("decision") or {}
+        if d:
+            lines += [
+                f"The selector's choices alone, each priced at the oracle's median for it: "
+                f"vs_oracle {_cell(d.get('vs_oracle'))}, share_over_10pct "
+                f"{_cell(d.get('share_over_10pct'))} ({d.get('queries')} queries; picks "
+                f"{d.get('picks')}).",
+                "",
+            ]
     lines += [f"![{Path(i).stem}]({i})" for i in images]
     return "\n".join(lines) + "\n"

@@ -399,6 +399,13 @@ def _regret(parts: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     out = total.to_dict()
     out["per_query"] = [round(v, 4) for v in total.per_query]
     out["by_session"] = {name: oracle.regret(m.costs, m.adaptive).to_dict() for name, m in usable}
+    # The choices alone (older saved sessions kept no per-query picks: none then).
+    picked = [(name, m) for name, m in usable if len(getattr(m, "picks", ())) == len(m.costs)]
+    if picked:
+        costs = [c for _, m in picked for c in m.costs]
+        out["decision"] = oracle.decision_regret(costs, [p for _, m in picked for p in m.picks])
+        for name, m in picked:
+            out["by_session"][name]["decision"] = oracle.decision_regret(m.costs, m.picks)
     return out
 
 
