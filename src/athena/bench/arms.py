@@ -153,6 +153,11 @@ def open_arms(
     try:
         for name in names:
             arms.append(Arm(name, path, embedder, pools=pools))
+            if arms[-1].spec.pool == "eager":
+                # One pool at a time: on a large tenant each worker builds its indexes at
+                # start, and eight workers building at once on two cores overran the pool's
+                # start allowance (the one-tenant store's pools never came up).
+                wait_for_pools(arms[-1:])
         yield arms
     finally:
         for arm in arms:
