@@ -6,11 +6,13 @@ import json
 import random
 from pathlib import Path
 
+from athena import Memory
+from athena.embedding import Embedder
 from athena.execution.feedback import Feedback
 from athena.execution.telemetry import Telemetry, TelemetryRow
 from athena.planning.dependency_graph import DependencyGraph
 from athena.planning.selector import Decision, Situation, Strategy, StrategySelector
-from athena.records import make_query
+from athena.records import MemoryInput, make_query
 from athena.store.sqlite import SQLiteStore
 
 
@@ -58,3 +60,26 @@ def test_telemetry_rows_round_trip_and_old_or_broken_rows_are_skipped(tmp_path: 
         assert selector.snapshot()["observations"]["parallel"] == 2
     finally:
         store.close()
+
+
+def test_a_recall_that_builds_an_index_teaches_no_strategy_its_cost(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    with Memory(tmp_path / "b.db", embedder=embedder, pool="off") as mem:
+        words = ["river", "piano", "garden", "tiger", "cloud", "violet"]
+        mem.remember_many(
+            [MemoryInput("episodic", f"note {i} about the {words[i % 6]}", "t") for i in range(400)]
+        )
+        observed = lambda: sum(mem.engine.selector.snapshot()["observations"].values())  # noqa: E731
+        graph_before = mem.engine.graph.layer_ms("episodic")
+        mem.recall("what about the river?", tenant="t", strategy="sequential")  # builds
+        assert observed() == 0  # the build's cost taught nothing
+        assert mem.engine.graph.layer_ms("episodic") == graph_before
+        rows = mem.engine.telemetry.rows()
+        assert rows[-1].cache == "miss" and rows[-1].features == ()  # recorded, not replayed
+        mem.recall("and the piano?", tenant="t", strategy="sequential")  # indexes built
+        assert observed() == 1
+        assert mem.engine.graph.layer_ms("episodic") != graph_before
+        mem.remember("one more note about the garden", tenant="t")  # a small catch-up
+        mem.recall("the garden?", tenant="t", strategy="sequential")
+        assert observed() == 2  # still teaches: a few rows are the real cost of writes

@@ -28,6 +28,8 @@ from athena.records import LAYERS, Hit, RecallQuery
 from athena.store.protocol import Store
 
 POOL_REBUILD_S: Final = 5.0  # the shortest gap between two rebuilds of a broken pool
+# Index rows a recall may apply (a catch-up after a few writes) and still teach its cost.
+BUILD_ROWS: Final = 256
 STRATEGIES: Final = ("adaptive", "sequential", "parallel", "distributed", "cache", "hybrid")
 
 
@@ -165,6 +167,7 @@ class AdaptiveEngine:
                 return self._served(query, query_type, asked, full, start, explain)
         with self._lock:
             self._inflight += 1
+        loaded = self.pipeline.ctx.loaded()
         try:
             run = RecallRun(self, query, generations, strategy, timeout, query_type)
             hits = run.execute()
@@ -176,7 +179,10 @@ class AdaptiveEngine:
             with self._lock:
                 self._inflight -= 1
         actual = (time.perf_counter() - start) * 1000.0
-        self._learn(run, hits, actual)
+        # A recall that built an index (a tenant's first, or a catch-up after a bulk import)
+        # is recorded, but its cost teaches neither the selector nor the layer timings.
+        built = self.pipeline.ctx.loaded() - loaded > BUILD_ROWS
+        self._learn(run, hits, actual, built)
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)
 
@@ -232,7 +238,7 @@ class AdaptiveEngine:
             details = served_explain(query, query_type, asked, full, decision, actual)
         return Recall(hits=full.value, explain=details)
 
-    def _learn(self, run: RecallRun, hits: tuple[Hit, ...], actual_ms: float) -> None:
+    def _learn(self, run: RecallRun, hits: tuple[Hit, ...], actual_ms: float, built: bool) -> None:
         ids = {hit.id for hit in hits}
         contributed = {name for name, r in run.results.items() if ids.intersection(r.ids)}
         decision = run.decision
@@ -250,6 +256,7 @@ class AdaptiveEngine:
             len(hits),
             actual_ms,
             run.strategy != "adaptive",
+            built,
         )
 
     def stats(self) -> dict[str, Any]:

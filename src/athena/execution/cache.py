@@ -380,6 +380,9 @@ class ResultCache(_CacheCore):
 
         >>> # cache.put_layers(query, embedder.name, 50, [(result, 3.2)], generations_before)
         """
+        for result, _ in results:
+            if result.layer not in query.layers:
+                raise ValueError(f"layer {result.layer!r} is not one of the query's layers")
         lru = self._lru
         if lru.max_entries == 0 or not results:
             return
@@ -388,8 +391,6 @@ class ResultCache(_CacheCore):
         entries: list[tuple[Hashable, Entry]] = []
         for result, cost_ms in results:
             layer = result.layer
-            if layer not in query.layers:
-                raise ValueError(f"layer {layer!r} is not one of the query's layers")
             ttl = self._ttls.get(layer, 0.0)
             if ttl <= 0:
                 continue

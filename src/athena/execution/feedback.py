@@ -90,9 +90,12 @@ class Feedback:
         hits: int,
         actual_ms: float,
         forced: bool,
+        built: bool = False,
     ) -> None:
         """An executed recall: the graph learns layer costs and contributions; the strategy
-        that ran learns its cost, unless the cache muddied the measurement. A fallback from
+        that ran learns its cost, unless the cache muddied the measurement or the recall
+        ``built`` an index (a one-off that would make its strategy look slow for hundreds of
+        recalls: it once kept the adaptive arm on PARALLEL, 1.7x slower). A fallback from
         the pool teaches DISTRIBUTED what choosing it cost (the wait, then the fallback):
         without that, a pool that times out every task would be chosen again and again."""
         self.graph.observe(
@@ -102,13 +105,16 @@ class Feedback:
             cache == "hit",
             hits,
             actual_ms,
-            timed=strategy is Strategy.SEQUENTIAL and not fallback,
+            timed=strategy is Strategy.SEQUENTIAL and not fallback and not built,
         )
-        if cache == "miss" and not fallback:
+        if built:
+            pass
+        elif cache == "miss" and not fallback:
             self.selector.learn(strategy, situation, actual_ms)
         elif cache == "miss" and decision.strategy is Strategy.DISTRIBUTED:
             self.selector.learn(Strategy.DISTRIBUTED, situation, actual_ms)
-        features = tuple(situation.features().tolist())
+        # A built recall keeps no features, so a restart does not replay its cost either.
+        features = () if built else tuple(situation.features().tolist())
         self._record(
             query,
             query_type,

@@ -65,6 +65,11 @@ class LayerContext:
     indexes: VectorIndexes
     lexicon: LexicalIndexes
 
+    def loaded(self) -> int:
+        """Rows the in-memory indexes have applied so far: a recall that moved this by
+        much built an index, and its cost says nothing about its strategy's."""
+        return self.indexes.loaded + self.lexicon.loaded
+
 
 class MemoryLayer(Protocol):
     """One memory layer: its records, its write preparation and its search."""

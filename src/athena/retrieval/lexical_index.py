@@ -58,13 +58,15 @@ class LexicalIndex:
         self._total_length = 0
         self._dead = 0
 
-    def sync(self, store: ChangeFeed, generation: int) -> None:
-        """Apply the changes since the last sync (a no-op if ``generation`` is unchanged)."""
+    def sync(self, store: ChangeFeed, generation: int) -> int:
+        """Apply the changes since the last sync (a no-op if ``generation`` is unchanged);
+        returns how many it applied."""
         if generation == self._synced_generation:
-            return
+            return 0
         with self._lock:
             if generation == self._synced_generation:
-                return
+                return 0
+            applied = 0
             for seq, memory_id, text in store.changes_after(
                 self.tenant, self.layer, self._last_seq
             ):
@@ -72,9 +74,11 @@ class LexicalIndex:
                 if text is not None:
                     self._add(memory_id, text)
                 self._last_seq = seq
+                applied += 1
             if self._dead > max(COMPACT_MIN, len(self._position) // 4):
                 self._compact()
             self._synced_generation = generation
+            return applied
 
     def _add(self, memory_id: int, text: str) -> None:
         tokens = stems(text)
@@ -129,7 +133,8 @@ class LexicalIndex:
         ...     def changes_after(self, tenant, layer, after):
         ...         return [(1, 7, "red apples"), (2, 8, "green river")][after:]
         >>> index = LexicalIndex("t", "episodic")
-        >>> index.sync(Feed(), generation=1)
+        >>> index.sync(Feed(), generation=1)  # changes applied
+        2
         >>> index.search(["appl"], 5)[0][0]
         7
         """
@@ -212,6 +217,7 @@ class LexicalIndexes:
         self._store = store
         self._indexes: dict[tuple[str, str], LexicalIndex] = {}
         self._lock = threading.Lock()
+        self.loaded = 0  # changes applied by every sync so far (approximate)
 
     def search(
         self,
@@ -233,5 +239,7 @@ class LexicalIndexes:
         if index is None:
             with self._lock:
                 index = self._indexes.setdefault(key, LexicalIndex(tenant, layer))
-        index.sync(self._store, generation)
+        applied = index.sync(self._store, generation)
+        if applied:
+            self.loaded += applied
         return index

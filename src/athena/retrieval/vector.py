@@ -143,13 +143,14 @@ class VectorIndex:
     def kind(self) -> str:
         return type(self._state.backend).__name__
 
-    def sync(self, store: Store, generation: int) -> None:
-        """Load vectors written since the last sync (a no-op if ``generation`` is unchanged)."""
+    def sync(self, store: Store, generation: int) -> int:
+        """Load vectors written since the last sync (a no-op if ``generation`` is unchanged);
+        returns how many vectors and tombstones it applied."""
         if generation == self._synced_generation:
-            return
+            return 0
         with self._lock:
             if generation == self._synced_generation:
-                return
+                return 0
             state = self._state
             # Tombstones first: a memory deleted after this read is caught by the next sync,
             # one re-inserted after it comes back through its new vector.
@@ -170,6 +171,7 @@ class VectorIndex:
                     state = _compacted(state)
                 self._state = state
             self._synced_generation = generation
+            return len(gone) + len(batch.ids)
 
     def _append(self, state: _State, batch: VectorBatch) -> None:
         size = len(state.ids) + len(batch.ids)
@@ -245,6 +247,7 @@ class VectorIndexes:
         self._cutoff = hnsw_cutoff
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._lock = threading.Lock()
+        self.loaded = 0  # vectors and tombstones applied by every sync so far (approximate)
 
     def search(
         self, tenant: str, layer: str, generation: int, query: Floats, limit: int
@@ -261,5 +264,7 @@ class VectorIndexes:
                 index = self._indexes.setdefault(
                     key, VectorIndex(tenant, layer, self._model, self._cutoff)
                 )
-        index.sync(self._store, generation)
+        applied = index.sync(self._store, generation)
+        if applied:
+            self.loaded += applied
         return index
