@@ -159,3 +159,36 @@ def test_only_sequential_runs_time_the_layers() -> None:
     )
     assert g.estimate_ms(("episodic", "semantic")) == 1.5
     assert g.snapshot() != DependencyGraph(cores=2).snapshot()  # contributions still counted
+
+
+def test_under_load_an_unmeasured_strategy_is_priced_from_sequential_there() -> None:
+    """Idle, PARALLEL costs 1.5x SEQUENTIAL. Under ten concurrent recalls SEQUENTIAL is
+    measured at 40 ms (queueing); PARALLEL, never run there, must not keep its idle price."""
+    sel = StrategySelector(rng=random.Random(3), explore_rate=0.0)
+    idle = Situation(5, 0.6, 2.0, 0.0, 0, 0.0, True, False, 1)
+    for _ in range(30):
+        sel.learn(Strategy.SEQUENTIAL, idle, 1.4)
+        sel.learn(Strategy.PARALLEL, idle, 2.1)
+        sel.learn(Strategy.DISTRIBUTED, idle, 4.0)
+    assert sel.decide(idle).strategy is Strategy.SEQUENTIAL
+    loaded = Situation(5, 0.6, 2.0, 0.0, 0, 0.0, True, False, 10)
+    for _ in range(5):
+        sel.learn(Strategy.SEQUENTIAL, loaded, 40.0)
+    decision = sel.decide(loaded)
+    assert decision.strategy is Strategy.SEQUENTIAL, decision.reasoning
+    parallel, _ = sel.predict(Strategy.PARALLEL, loaded)
+    assert 50.0 < parallel < 70.0  # about 1.5 x 40 ms, not the idle 2 ms
+
+
+def test_under_load_a_strategy_that_is_cheaper_relative_to_sequential_still_wins() -> None:
+    """The relative prior does not lock in SEQUENTIAL: where PARALLEL halves the cost when
+    idle (many cores), it is chosen under load too."""
+    sel = StrategySelector(rng=random.Random(4), explore_rate=0.0)
+    idle = Situation(5, 8.0, 4.0, 0.0, 0, 0.0, False, False, 1)
+    for _ in range(30):
+        sel.learn(Strategy.SEQUENTIAL, idle, 8.0)
+        sel.learn(Strategy.PARALLEL, idle, 4.0)
+    loaded = Situation(5, 8.0, 4.0, 0.0, 0, 0.0, False, False, 10)
+    for _ in range(5):
+        sel.learn(Strategy.SEQUENTIAL, loaded, 30.0)
+    assert sel.decide(loaded).strategy is Strategy.PARALLEL

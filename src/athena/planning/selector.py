@@ -4,8 +4,9 @@ A valid full cache hit short-circuits to CACHE and a partial hit goes HYBRID. Ot
 each executing strategy has a cost model: measured latencies kept per coarse context
 (layers, the size of the sequential estimate, concurrent recalls, pool load; see
 :func:`context`), blended while a context has few observations with a prior (the seed's
-rule estimate at first, then the strategy's cost ratio seen elsewhere), so a decision is a
-few dictionary lookups. The cheapest feasible strategy
+rule estimate at first, then the strategy's cost ratio seen elsewhere: relative to what
+SEQUENTIAL costs in the same context once that is measured, else to the sequential
+estimate), so a decision is a few dictionary lookups. The cheapest feasible strategy
 wins, and leaving SEQUENTIAL must pay a margin; with a small, capped probability the
 selector explores a strategy whose optimistic (lower-confidence-bound) cost is within
 reach of the best, so the model keeps learning without paying much for it.
@@ -38,6 +39,7 @@ PRIOR_WEIGHT: Final = 2.0  # the rule estimate counts as two observations
 RECENCY: Final = 0.05  # weight of a new observation once a context has 20
 MAX_CELLS: Final = 4096
 RATIO_AFTER: Final = 10  # observations before a strategy's own cost ratio replaces the rules
+REFERENCE_AFTER: Final = 3  # SEQUENTIAL runs in a context before others' priors scale from it
 MIN_ESTIMATE_MS: Final = 0.05
 EXPLORE_RATE: Final = 0.05
 EXPLORE_WITHIN: Final = 1.5  # only explore strategies predicted within 1.5x of the best
@@ -148,11 +150,17 @@ class _CostModel:
     def __init__(self) -> None:
         self.cells: dict[Context, _Cell] = {}
         self.ratio = _Cell()
+        self.relative = _Cell()  # cost / SEQUENTIAL's measured cost in the same context
         self.n = 0
 
-    def predict(self, key: Context, rule: float, sequential_ms: float) -> tuple[float, float]:
+    def predict(
+        self, key: Context, rule: float, sequential_ms: float, reference: float | None = None
+    ) -> tuple[float, float]:
+        """``reference``: SEQUENTIAL's measured cost in this context, if it has one."""
         prior = rule
-        if self.ratio.n >= RATIO_AFTER:
+        if reference is not None and self.relative.n >= RATIO_AFTER:
+            prior = self.relative.mean * reference
+        elif self.ratio.n >= RATIO_AFTER:
             prior = self.ratio.mean * max(sequential_ms, MIN_ESTIMATE_MS)
         cell = self.cells.get(key)
         if cell is None or cell.n == 0:
@@ -163,8 +171,12 @@ class _CostModel:
         width = math.sqrt(cell.var / effective) + abs(prior - cell.mean) * (1.0 - weight)
         return mean, width
 
-    def update(self, key: Context, actual: float, sequential_ms: float) -> None:
+    def update(
+        self, key: Context, actual: float, sequential_ms: float, reference: float | None = None
+    ) -> None:
         self.ratio.add(actual / max(sequential_ms, MIN_ESTIMATE_MS))
+        if reference is not None:
+            self.relative.add(actual / max(reference, MIN_ESTIMATE_MS))
         cell = self.cells.get(key)
         if cell is None:
             if len(self.cells) >= MAX_CELLS:
@@ -212,8 +224,19 @@ class StrategySelector:
 
     def _predict(self, strategy: Strategy, s: Situation, key: Context) -> tuple[float, float]:
         model = self._models[strategy]
-        mean, width = model.predict(key, rule_estimate(strategy, s), s.sequential_ms)
+        reference = None if strategy is Strategy.SEQUENTIAL else self._reference(key)
+        mean, width = model.predict(key, rule_estimate(strategy, s), s.sequential_ms, reference)
         return max(mean, 0.001), width
+
+    def _reference(self, key: Context) -> float | None:
+        """SEQUENTIAL's measured cost in context ``key``, once it has a few observations.
+
+        Other strategies' priors scale from it: under load every recall slows down, and a
+        strategy never measured there must not look as cheap as it was when idle (10
+        concurrent recalls once sent the adaptive arm to PARALLEL 99 times in 120 because
+        SEQUENTIAL's queued cost was compared with PARALLEL's idle one)."""
+        cell = self._models[Strategy.SEQUENTIAL].cells.get(key)
+        return cell.mean if cell is not None and cell.n >= REFERENCE_AFTER else None
 
     def decide(self, s: Situation) -> Decision:
         """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``)."""
@@ -273,8 +296,10 @@ class StrategySelector:
         model = self._models.get(strategy)
         if model is None or not math.isfinite(actual_ms):
             return
+        key = context(s)
         with self._lock:
-            model.update(context(s), actual_ms, s.sequential_ms)
+            reference = None if strategy is Strategy.SEQUENTIAL else self._reference(key)
+            model.update(key, actual_ms, s.sequential_ms, reference)
 
     def snapshot(self) -> dict[str, object]:
         counts: dict[str, int] = {}
