@@ -1,0 +1,60 @@
+"""What the adaptive path adds to a cold recall: forced SEQUENTIAL vs ADAPTIVE, interleaved.
+
+``python benchmarks/miss_path.py [--queries 1000] [--out DIR] [--embedder static]`` builds (or
+reuses, under ``DIR/stores``) the LoCoMo store, then asks each question twice on one
+``Memory``, once per arm in a random order, emptying the result cache before every recall,
+so both arms run cold. Forced SEQUENTIAL neither reads nor fills the cache; ADAPTIVE pays for
+its cache key, single flight, the decision and the cache fills. The difference of medians is
+that overhead (the end-to-end part of the selector's regret). LoCoMo is read in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from pathlib import Path
+
+from athena.bench.workloads import build_store, working_copy
+from athena.memory import Memory
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--embedder", default="static")
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+    store = build_store("locomo", args.embedder, args.data, args.out)
+    memory = Memory(working_copy(store, args.out / "miss-path"), embedder=args.embedder, pool="off")
+    asks = list(store.asks)
+    rng = random.Random(1)
+    rng.shuffle(asks)
+    for ask in asks[:100]:  # build every tenant's indexes first
+        memory.recall(ask.text, tenant=ask.tenant, strategy="sequential")
+    times: dict[str, list[float]] = {"sequential": [], "adaptive": []}
+    for ask in asks[: args.queries]:
+        order = ["sequential", "adaptive"]
+        rng.shuffle(order)
+        for arm in order:
+            memory.engine.cache.clear()
+            start = time.perf_counter()
+            memory.recall(ask.text, tenant=ask.tenant, strategy=arm)
+            times[arm].append((time.perf_counter() - start) * 1000.0)
+    memory.close()
+    for arm, ms in times.items():
+        ms.sort()
+        print(
+            f"{arm:10s} p50 {statistics.median(ms):.3f} ms  mean {statistics.fmean(ms):.3f}"
+            f"  p90 {ms[int(0.9 * len(ms))]:.3f}  ({len(ms)} recalls)"
+        )
+    seq, ada = statistics.median(times["sequential"]), statistics.median(times["adaptive"])
+    print(f"adaptive - sequential: {ada - seq:+.3f} ms at p50 ({100 * (ada / seq - 1):+.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
