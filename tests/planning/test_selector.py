@@ -177,7 +177,7 @@ def test_under_load_an_unmeasured_strategy_is_priced_from_sequential_there() -> 
     decision = sel.decide(loaded)
     assert decision.strategy is Strategy.SEQUENTIAL, decision.reasoning
     parallel, _ = sel.predict(Strategy.PARALLEL, loaded)
-    assert 50.0 < parallel < 70.0  # about 1.5 x 40 ms, not the idle 2 ms
+    assert parallel > 30.0  # about 1.5 x SEQUENTIAL's cost there, not the idle 2 ms
 
 
 def test_under_load_a_strategy_that_is_cheaper_relative_to_sequential_still_wins() -> None:
@@ -192,3 +192,20 @@ def test_under_load_a_strategy_that_is_cheaper_relative_to_sequential_still_wins
     for _ in range(5):
         sel.learn(Strategy.SEQUENTIAL, loaded, 30.0)
     assert sel.decide(loaded).strategy is Strategy.PARALLEL
+
+
+def test_a_new_loaded_context_keeps_the_learned_order_of_strategies() -> None:
+    """A burst arrives: no strategy has run at this load yet, and SEQUENTIAL's running ratio
+    has drifted up with earlier queued recalls. PARALLEL, 1.5x SEQUENTIAL wherever both were
+    measured, must still not win on an idle-era price."""
+    sel = StrategySelector(rng=random.Random(5), explore_rate=0.0)
+    idle = Situation(5, 0.6, 2.0, 0.0, 0, 0.0, True, False, 1)
+    for _ in range(30):
+        sel.learn(Strategy.SEQUENTIAL, idle, 1.4)
+        sel.learn(Strategy.PARALLEL, idle, 2.1)
+    busy = Situation(5, 0.6, 2.0, 0.0, 0, 0.0, True, False, 3)
+    for _ in range(40):  # queued SEQUENTIAL recalls push its ratio up
+        sel.learn(Strategy.SEQUENTIAL, busy, 30.0)
+    burst = Situation(5, 0.6, 2.0, 0.0, 0, 0.0, True, False, 8)  # a context never seen
+    decision = sel.decide(burst)
+    assert decision.strategy is Strategy.SEQUENTIAL, decision.reasoning

@@ -154,14 +154,24 @@ class _CostModel:
         self.n = 0
 
     def predict(
-        self, key: Context, rule: float, sequential_ms: float, reference: float | None = None
+        self,
+        key: Context,
+        rule: float,
+        sequential_ms: float,
+        reference: float | None = None,
+        measured: bool = False,
     ) -> tuple[float, float]:
-        """``reference``: SEQUENTIAL's measured cost in this context, if it has one."""
-        prior = rule
+        """``reference``: SEQUENTIAL's predicted cost in this context (None for itself);
+        ``measured``: SEQUENTIAL has run in this context."""
+        prior, estimate = rule, max(sequential_ms, MIN_ESTIMATE_MS)
         if reference is not None and self.relative.n >= RATIO_AFTER:
             prior = self.relative.mean * reference
         elif self.ratio.n >= RATIO_AFTER:
-            prior = self.ratio.mean * max(sequential_ms, MIN_ESTIMATE_MS)
+            prior = self.ratio.mean * estimate
+        elif reference is not None:  # the rules, as a ratio to SEQUENTIAL's rule, scaled
+            prior = rule / estimate * reference
+            if measured:  # the optimistic rules alone never undercut a measured SEQUENTIAL
+                prior = max(prior, reference)
         cell = self.cells.get(key)
         if cell is None or cell.n == 0:
             return prior, prior  # unknown: as uncertain as the estimate is large
@@ -223,18 +233,23 @@ class StrategySelector:
         return self._predict(strategy, s, context(s))
 
     def _predict(self, strategy: Strategy, s: Situation, key: Context) -> tuple[float, float]:
+        """Predicted cost and width. Other strategies' priors scale from SEQUENTIAL's
+        prediction in the same context: under load every recall slows down, and a strategy
+        never measured there must not look as cheap as it was when idle (10 concurrent
+        recalls once sent the adaptive arm to PARALLEL 99 times in 120: SEQUENTIAL's queued
+        cost was compared with PARALLEL's idle one)."""
         model = self._models[strategy]
-        reference = None if strategy is Strategy.SEQUENTIAL else self._reference(key)
-        mean, width = model.predict(key, rule_estimate(strategy, s), s.sequential_ms, reference)
+        rule = rule_estimate(strategy, s)
+        reference, measured = None, False
+        if strategy is not Strategy.SEQUENTIAL:
+            reference = self._predict(Strategy.SEQUENTIAL, s, key)[0]
+            measured = self._measured(key) is not None
+        mean, width = model.predict(key, rule, s.sequential_ms, reference, measured)
         return max(mean, 0.001), width
 
-    def _reference(self, key: Context) -> float | None:
-        """SEQUENTIAL's measured cost in context ``key``, once it has a few observations.
-
-        Other strategies' priors scale from it: under load every recall slows down, and a
-        strategy never measured there must not look as cheap as it was when idle (10
-        concurrent recalls once sent the adaptive arm to PARALLEL 99 times in 120 because
-        SEQUENTIAL's queued cost was compared with PARALLEL's idle one)."""
+    def _measured(self, key: Context) -> float | None:
+        """SEQUENTIAL's measured cost in context ``key``, once it has a few observations:
+        what another strategy's cost there is learned relative to."""
         cell = self._models[Strategy.SEQUENTIAL].cells.get(key)
         return cell.mean if cell is not None and cell.n >= REFERENCE_AFTER else None
 
@@ -298,7 +313,7 @@ class StrategySelector:
             return
         key = context(s)
         with self._lock:
-            reference = None if strategy is Strategy.SEQUENTIAL else self._reference(key)
+            reference = None if strategy is Strategy.SEQUENTIAL else self._measured(key)
             model.update(key, actual_ms, s.sequential_ms, reference)
 
     def snapshot(self) -> dict[str, object]:
