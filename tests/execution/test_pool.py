@@ -143,6 +143,9 @@ def test_results_equal_run_layer_in_process(pool: ProcessWorkerPool, mem: Memory
             same_as_in_process(mem, req, pool.run(req, LAYERS, timeout=WAIT))
     health = pool.health()
     assert health["started"] and health["available"] and health["workers"] == 2
+    load = pool.load()  # the planner's cheap snapshot agrees with the full one
+    assert (load.workers, load.busy, load.queue_depth) == (2, 0, 0)
+    assert load.available and not load.saturated
     assert health["tasks_done"] >= 30 and health["tasks_failed"] == 0
     assert health["p95_latency_ms"] > 0 and health["avg_latency_ms"] > 0
 

@@ -130,17 +130,16 @@ class AdaptiveEngine:
         self, layers: tuple[str, ...], cached_fraction: float, *, light: bool = False
     ) -> Situation:
         backend = None if light else self._backend
-        health = backend.health() if backend is not None else {}
-        workers = max(int(health.get("workers", 0)), 1)
+        load = backend.load() if backend is not None else None
         return Situation(
             layers=len(layers),
             sequential_ms=self.graph.estimate_ms(layers),
             parallel_benefit=self.graph.parallel_benefit(layers),
             cached_fraction=cached_fraction,
-            queue_depth=int(health.get("queue_depth", 0)),
-            pool_busy=float(health.get("busy", 0)) / workers,
-            pool_available=backend is not None and backend.available,
-            pool_saturated=backend is not None and backend.saturated,
+            queue_depth=load.queue_depth if load else 0,
+            pool_busy=load.busy / max(load.workers, 1) if load else 0.0,
+            pool_available=load.available if load else False,
+            pool_saturated=load.saturated if load else False,
             inflight=self._inflight,
         )
 

@@ -26,6 +26,17 @@ Settle = list[tuple["Future[LayerResult]", "LayerResult | BaseException"]]
 GROW_COOLDOWN: Final = 2.0  # seconds between two latency-driven scale-ups
 
 
+@dataclass(frozen=True, slots=True)
+class PoolLoad:
+    """What the planner reads from a pool on every recall (``health()`` is for people)."""
+
+    workers: int
+    busy: int
+    queue_depth: int
+    available: bool
+    saturated: bool
+
+
 @runtime_checkable
 class WorkerBackend(Protocol):
     """Runs one task per layer on workers elsewhere and gathers their :class:`LayerResult`.
@@ -75,6 +86,9 @@ class WorkerBackend(Protocol):
 
     def health(self) -> dict[str, Any]:
         """Workers, busy, queue_depth, avg/p95 latency (ms), restarts, task counters, started."""
+
+    def load(self) -> PoolLoad:
+        """Workers, busy, queue depth, available, saturated: one consistent, cheap snapshot."""
 
     def close(self) -> None:
         """Stop every worker; idempotent."""

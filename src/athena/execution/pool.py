@@ -22,7 +22,7 @@ from typing import Any
 from athena.errors import InvalidInput, RecallTimeout
 from athena.execution import backend
 from athena.execution import worker as wk
-from athena.execution.backend import PoolLimits, Task
+from athena.execution.backend import PoolLimits, PoolLoad, Task
 from athena.execution.pool_core import PoolCore
 from athena.layers.protocol import LayerResult, SearchRequest
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
@@ -179,6 +179,25 @@ class ProcessWorkerPool:
         error = error or RecallTimeout(f"distributed recall took longer than {timeout:g} s")
         self._core.abandon(tasks, error)
         raise error
+
+    def load(self) -> PoolLoad:
+        """Workers, busy, queue depth, available and saturated, under one lock (no stats).
+
+        >>> # pool.load().busy
+        """
+        core = self._core
+        with core.cond:
+            fleet, depth = core.fleet, len(core.queue)
+            ready = fleet.of("ready")
+            live = fleet.live()
+            at_max = live >= self.limits.max_workers and fleet.pick() is None
+            return PoolLoad(
+                workers=live,
+                busy=sum(1 for w in ready if w.inflight),
+                queue_depth=depth,
+                available=core.state == "running" and bool(ready),
+                saturated=depth >= max(1, core.queue.size // 2) or (depth > 0 and at_max),
+            )
 
     def health(self) -> dict[str, Any]:
         """Workers, busy, queue depth, latencies, restarts, task counters and scaling events.
