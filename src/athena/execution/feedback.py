@@ -107,11 +107,11 @@ class Feedback:
             actual_ms,
             timed=strategy is Strategy.SEQUENTIAL and not fallback and not built,
         )
-        if built:
-            pass
-        elif cache == "miss" and not fallback:
+        if built or cache != "miss":
+            pass  # a build's one-off cost, or a cache-muddied one, teaches no strategy
+        elif not fallback:
             self.selector.learn(strategy, situation, actual_ms)
-        elif cache == "miss" and decision.strategy is Strategy.DISTRIBUTED:
+        elif decision.strategy is Strategy.DISTRIBUTED:
             self.selector.learn(Strategy.DISTRIBUTED, situation, actual_ms)
         # A built recall keeps no features, so a restart does not replay its cost either.
         features = () if built else tuple(situation.features().tolist())
