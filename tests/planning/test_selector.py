@@ -209,3 +209,17 @@ def test_a_new_loaded_context_keeps_the_learned_order_of_strategies() -> None:
     burst = Situation(5, 0.6, 2.0, 0.0, 0, 0.0, True, False, 8)  # a context never seen
     decision = sel.decide(burst)
     assert decision.strategy is Strategy.SEQUENTIAL, decision.reasoning
+
+
+def test_an_idle_ratio_never_undercuts_sequential_measured_under_load() -> None:
+    """DISTRIBUTED ran often enough to have a cost ratio, but never beside a measured
+    SEQUENTIAL: in a burst where SEQUENTIAL is measured, that idle ratio must not win."""
+    sel = StrategySelector(rng=random.Random(6), explore_rate=0.0)
+    fresh = Situation(5, 0.6, 2.0, 0.0, 0, 0.0, True, False, 1)
+    for _ in range(12):  # a context where only DISTRIBUTED was measured
+        sel.learn(Strategy.DISTRIBUTED, fresh, 0.9)
+    burst = Situation(5, 0.6, 2.0, 0.0, 0, 0.0, True, False, 8)
+    for _ in range(5):
+        sel.learn(Strategy.SEQUENTIAL, burst, 35.0)
+    decision = sel.decide(burst)
+    assert decision.strategy is Strategy.SEQUENTIAL, decision.reasoning

@@ -166,11 +166,13 @@ class _CostModel:
         prior, estimate = rule, max(sequential_ms, MIN_ESTIMATE_MS)
         if reference is not None and self.relative.n >= RATIO_AFTER:
             prior = self.relative.mean * reference
-        elif self.ratio.n >= RATIO_AFTER:
-            prior = self.ratio.mean * estimate
-        elif reference is not None:  # the rules, as a ratio to SEQUENTIAL's rule, scaled
-            prior = rule / estimate * reference
-            if measured:  # the optimistic rules alone never undercut a measured SEQUENTIAL
+        else:
+            if self.ratio.n >= RATIO_AFTER:
+                prior = self.ratio.mean * estimate
+            elif reference is not None:  # the rules, as a ratio to SEQUENTIAL's rule, scaled
+                prior = rule / estimate * reference
+            if reference is not None and measured:
+                # Not yet learned against SEQUENTIAL: never undercut a measured SEQUENTIAL.
                 prior = max(prior, reference)
         cell = self.cells.get(key)
         if cell is None or cell.n == 0:
