@@ -172,21 +172,19 @@ def evaluate(
             )
         )
     choices = (regret or {}).get("decision", {}).get("vs_oracle")
-    goals.append(
-        Goal(
-            f"selector regret ≤ {REGRET:.0%} vs the oracle (its choices, at the oracle's costs)",
-            "all sampled queries",
-            "–" if choices is None else f"{100 * choices:.1f}%",
-            None if choices is None else choices <= REGRET,
+    for what, value in (
+        ("selector regret ≤ {:.0%} vs the oracle (its choices, at the oracle's costs)", choices),
+        (
+            "adaptive arm ≤ {:.0%} over the oracle (end to end: choices and its own path)",
+            regret.get("vs_oracle") if regret else None,
+        ),
+    ):
+        goals.append(
+            Goal(
+                what.format(REGRET),
+                "all sampled queries",
+                "–" if value is None else f"{100 * value:.1f}%",
+                None if value is None else value <= REGRET,
+            )
         )
-    )
-    value = regret.get("vs_oracle") if regret else None
-    goals.append(
-        Goal(
-            f"adaptive arm ≤ {REGRET:.0%} over the oracle (end to end: choices and its own path)",
-            "all sampled queries",
-            "–" if value is None else f"{100 * value:.1f}%",
-            None if value is None else value <= REGRET,
-        )
-    )
     return goals

@@ -94,8 +94,7 @@ class ProcessWorkerPool:
     def available(self) -> bool:
         """Started, not closed, and at least one worker ready to take a task now (while
         every worker is being replaced, callers fall back rather than wait for a start)."""
-        with self._core.cond:
-            return self._core.state == "running" and bool(self._core.fleet.of("ready"))
+        return self.load().available
 
     @property
     def broken(self) -> bool:
@@ -106,11 +105,7 @@ class ProcessWorkerPool:
     @property
     def saturated(self) -> bool:
         """The queue is half full, or it is not empty with max_workers all busy."""
-        core = self._core
-        with core.cond:
-            depth, fleet = len(core.queue), core.fleet
-            at_max = fleet.live() >= self.limits.max_workers and fleet.pick() is None
-            return depth >= max(1, core.queue.size // 2) or (depth > 0 and at_max)
+        return self.load().saturated
 
     def submit(
         self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5

@@ -234,7 +234,9 @@ class StrategySelector:
         """Predicted cost in ms and its uncertainty."""
         return self._predict(strategy, s, context(s))
 
-    def _predict(self, strategy: Strategy, s: Situation, key: Context) -> tuple[float, float]:
+    def _predict(
+        self, strategy: Strategy, s: Situation, key: Context, reference: float | None = None
+    ) -> tuple[float, float]:
         """Predicted cost and width. Other strategies' priors scale from SEQUENTIAL's
         prediction in the same context: under load every recall slows down, and a strategy
         never measured there must not look as cheap as it was when idle (10 concurrent
@@ -242,9 +244,12 @@ class StrategySelector:
         cost was compared with PARALLEL's idle one)."""
         model = self._models[strategy]
         rule = rule_estimate(strategy, s)
-        reference, measured = None, False
-        if strategy is not Strategy.SEQUENTIAL:
-            reference = self._predict(Strategy.SEQUENTIAL, s, key)[0]
+        measured = False
+        if strategy is Strategy.SEQUENTIAL:
+            reference = None
+        else:
+            if reference is None:
+                reference = self._predict(Strategy.SEQUENTIAL, s, key)[0]
             measured = self._measured(key) is not None
         mean, width = model.predict(key, rule, s.sequential_ms, reference, measured)
         return max(mean, 0.001), width
@@ -259,7 +264,13 @@ class StrategySelector:
         """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``)."""
         options = self.feasible(s)
         key = context(s)
-        costs = {option: self._predict(option, s, key) for option in options}
+        sequential_cost = self._predict(Strategy.SEQUENTIAL, s, key)
+        costs = {  # SEQUENTIAL's prediction once: every other prior scales from it
+            option: sequential_cost
+            if option is Strategy.SEQUENTIAL
+            else self._predict(option, s, key, sequential_cost[0])
+            for option in options
+        }
         best = min(options, key=lambda o: (costs[o][0], EXECUTING.index(o)))
         sequential = costs[Strategy.SEQUENTIAL][0]
         if best is not Strategy.SEQUENTIAL and costs[best][0] > min(
