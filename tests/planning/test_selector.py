@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from athena.planning.analysis import classify
 from athena.planning.dependency_graph import MIN_OBSERVATIONS, DependencyGraph
 from athena.planning.selector import Situation, Strategy, StrategySelector
@@ -223,3 +225,34 @@ def test_an_idle_ratio_never_undercuts_sequential_measured_under_load() -> None:
         sel.learn(Strategy.SEQUENTIAL, burst, 35.0)
     decision = sel.decide(burst)
     assert decision.strategy is Strategy.SEQUENTIAL, decision.reasoning
+
+
+def test_a_busy_pool_does_not_make_sequential_unmeasured() -> None:
+    """One recall in a burst goes to the workers: the others now see a busy pool. SEQUENTIAL,
+    measured in that burst with the pool idle, keeps its price (it never touches the pool),
+    so the pool's unmeasured rule price cannot pull the next recall there too."""
+    sel = StrategySelector(rng=random.Random(7), explore_rate=0.0)
+    idle_pool = Situation(2, 5.8, 2.0, 0.0, 0, 0.0, True, False, 8)
+    for _ in range(10):
+        sel.learn(Strategy.SEQUENTIAL, idle_pool, 40.0)
+    busy_pool = Situation(2, 5.8, 2.0, 0.0, 1, 1.0, True, False, 8)
+    sequential, _ = sel.predict(Strategy.SEQUENTIAL, busy_pool)
+    assert sequential == pytest.approx(40.0, rel=0.05)
+    decision = sel.decide(busy_pool)
+    assert decision.strategy is Strategy.SEQUENTIAL, decision.reasoning
+
+
+def test_queued_recalls_do_not_price_an_idle_context() -> None:
+    """SEQUENTIAL's cost ratio under 100 concurrent recalls (queueing: 200x its estimate)
+    must not price it in a new idle context, where every rule-priced strategy would then
+    look cheaper than it (the pool, 1 ms of overhead, among them)."""
+    sel = StrategySelector(rng=random.Random(8), explore_rate=0.0)
+    idle = Situation(2, 0.6, 2.0, 0.0, 0, 0.0, True, False, 1)
+    for _ in range(20):
+        sel.learn(Strategy.SEQUENTIAL, idle, 1.2)
+    crowd = Situation(2, 0.6, 2.0, 0.0, 0, 0.0, True, False, 100)
+    for _ in range(200):
+        sel.learn(Strategy.SEQUENTIAL, crowd, 120.0)
+    new_idle = Situation(3, 7.5, 1.2, 0.0, 0, 0.0, True, False, 1)  # another scale: unmeasured
+    sequential, _ = sel.predict(Strategy.SEQUENTIAL, new_idle)
+    assert sequential == pytest.approx(2.0 * 7.5, rel=0.05)  # the idle ratio, not 200x

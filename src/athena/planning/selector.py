@@ -2,14 +2,15 @@
 
 A valid full cache hit short-circuits to CACHE and a partial hit goes HYBRID. Otherwise
 each executing strategy has a cost model: measured latencies kept per coarse context
-(layers, the size of the sequential estimate, concurrent recalls, pool load; see
-:func:`context`), blended while a context has few observations with a prior (the seed's
-rule estimate at first, then the strategy's cost ratio seen elsewhere: relative to what
-SEQUENTIAL costs in the same context once that is measured, else to the sequential
-estimate), so a decision is a few dictionary lookups. The cheapest feasible strategy
-wins, and leaving SEQUENTIAL must pay a margin; with a small, capped probability the
-selector explores a strategy whose optimistic (lower-confidence-bound) cost is within
-reach of the best, so the model keeps learning without paying much for it.
+(layers, the size of the sequential estimate, concurrent recalls, and for DISTRIBUTED
+pool load; see :func:`context`), blended while a context has few observations with a prior
+(the seed's rule estimate at first, then the strategy's cost ratio seen at the same
+concurrency: relative to what SEQUENTIAL costs in the same context once that is
+measured, else to the sequential estimate), so a decision is a few dictionary lookups.
+The cheapest feasible strategy wins, and leaving SEQUENTIAL must pay a margin; with a
+small, capped probability the selector explores a strategy whose optimistic
+(lower-confidence-bound) cost is within reach of the best, so the model keeps learning
+without paying much for it.
 """
 
 from __future__ import annotations
@@ -109,13 +110,23 @@ def context(s: Situation) -> Context:
     two, concurrent recalls (0, 1-3, 4-15, 16+ others) and pool load (idle, busy, queued).
 
     A cost is only ever predicted from observations of the same regime, never extrapolated
-    from another one (a fit across regimes once predicted 8 ms for a 1.3 ms recall)."""
+    from another one (a fit across regimes once predicted 8 ms for a 1.3 ms recall). Only
+    DISTRIBUTED's cost is kept per pool load (see :func:`cell_key`)."""
     estimate = s.sequential_ms if math.isfinite(s.sequential_ms) else 1.0
     scale = round(math.log2(min(max(estimate, 1.0 / 16), 1e6)))
     others = max(s.inflight - 1, 0)
     load = 0 if others == 0 else 1 if others < 4 else 2 if others < 16 else 3
     pool = 2 if s.queue_depth > 0 else 1 if s.pool_busy > 0 else 0
     return (s.layers, scale, load, pool)
+
+
+def cell_key(strategy: Strategy, key: Context) -> Context:
+    """Where ``strategy``'s cost in context ``key`` is kept: the pool's load is a dimension
+    of DISTRIBUTED's cost alone. SEQUENTIAL and PARALLEL never touch the pool, and split by
+    it they found every context unmeasured as soon as one recall went to the workers: then
+    SEQUENTIAL was priced from its prior and the pool looked cheap beside it, which sent the
+    next recall to the pool too (10 of 120 recalls in a burst of 10, p99 493 ms vs 41 ms)."""
+    return key if strategy is Strategy.DISTRIBUTED else (*key[:3], 0)
 
 
 class _Cell:
@@ -143,13 +154,15 @@ class _CostModel:
     observations (the prior counts as ``PRIOR_WEIGHT`` of them).
 
     The prior is the seed's rule estimate until the strategy has ``RATIO_AFTER``
-    observations anywhere; from then on it is what the strategy has cost relative to the
-    sequential estimate across every context (say 1.3x for PARALLEL on 2 cores), so a new
-    regime starts from this machine's experience instead of the rules' optimism."""
+    observations at the same concurrency; from then on it is what the strategy has cost
+    relative to the sequential estimate across every context of that concurrency (say 1.3x
+    for PARALLEL on 2 cores), so a new regime starts from this machine's experience instead
+    of the rules' optimism. Per concurrency: one ratio over all of them once priced an idle
+    recall from the queueing of 100 concurrent ones (13.7x the estimate, not 1.5x)."""
 
     def __init__(self) -> None:
         self.cells: dict[Context, _Cell] = {}
-        self.ratio = _Cell()
+        self.ratios: dict[int, _Cell] = {}  # cost / the sequential estimate, per concurrency
         self.relative = _Cell()  # cost / SEQUENTIAL's measured cost in the same context
         self.n = 0
 
@@ -164,15 +177,17 @@ class _CostModel:
         """``reference``: SEQUENTIAL's predicted cost in this context (None for itself);
         ``measured``: SEQUENTIAL has run in this context."""
         prior, estimate = rule, max(sequential_ms, MIN_ESTIMATE_MS)
+        ratio = self.ratios.get(key[2])
         if reference is not None and self.relative.n >= RATIO_AFTER:
             prior = self.relative.mean * reference
         else:
-            if self.ratio.n >= RATIO_AFTER:
-                prior = self.ratio.mean * estimate
+            if ratio is not None and ratio.n >= RATIO_AFTER:
+                prior = ratio.mean * estimate
             elif reference is not None:  # the rules, as a ratio to SEQUENTIAL's rule, scaled
                 prior = rule / estimate * reference
-            if reference is not None and measured:
-                # Not yet learned against SEQUENTIAL: never undercut a measured SEQUENTIAL.
+            if reference is not None and (measured or key[2] > 0):
+                # Not yet learned against SEQUENTIAL: never undercut a measured SEQUENTIAL,
+                # nor any SEQUENTIAL under load, where a wrong detour queues every recall.
                 prior = max(prior, reference)
         cell = self.cells.get(key)
         if cell is None or cell.n == 0:
@@ -186,7 +201,10 @@ class _CostModel:
     def update(
         self, key: Context, actual: float, sequential_ms: float, reference: float | None = None
     ) -> None:
-        self.ratio.add(actual / max(sequential_ms, MIN_ESTIMATE_MS))
+        ratio = self.ratios.get(key[2])
+        if ratio is None:
+            ratio = self.ratios[key[2]] = _Cell()
+        ratio.add(actual / max(sequential_ms, MIN_ESTIMATE_MS))
         if reference is not None:
             self.relative.add(actual / max(reference, MIN_ESTIMATE_MS))
         cell = self.cells.get(key)
@@ -251,13 +269,15 @@ class StrategySelector:
             if reference is None:
                 reference = self._predict(Strategy.SEQUENTIAL, s, key)[0]
             measured = self._measured(key) is not None
-        mean, width = model.predict(key, rule, s.sequential_ms, reference, measured)
+        mean, width = model.predict(
+            cell_key(strategy, key), rule, s.sequential_ms, reference, measured
+        )
         return max(mean, 0.001), width
 
     def _measured(self, key: Context) -> float | None:
         """SEQUENTIAL's measured cost in context ``key``, once it has a few observations:
         what another strategy's cost there is learned relative to."""
-        cell = self._models[Strategy.SEQUENTIAL].cells.get(key)
+        cell = self._models[Strategy.SEQUENTIAL].cells.get(cell_key(Strategy.SEQUENTIAL, key))
         return cell.mean if cell is not None and cell.n >= REFERENCE_AFTER else None
 
     def decide(self, s: Situation) -> Decision:
@@ -327,7 +347,7 @@ class StrategySelector:
         key = context(s)
         with self._lock:
             reference = None if strategy is Strategy.SEQUENTIAL else self._measured(key)
-            model.update(key, actual_ms, s.sequential_ms, reference)
+            model.update(cell_key(strategy, key), actual_ms, s.sequential_ms, reference)
 
     def snapshot(self) -> dict[str, object]:
         counts: dict[str, int] = {}
