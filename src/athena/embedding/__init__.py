@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+from athena.embedding.batching import BatchingEmbedder
 from athena.embedding.cache import DEFAULT_MAX_ENTRIES, CachingEmbedder
 from athena.embedding.protocol import Embedder, Vectors
 from athena.embedding.static import StaticEmbedder
@@ -62,13 +63,15 @@ def registered_name(embedder: Embedder) -> str | None:
 @functools.cache
 def _model(key: str) -> Embedder:
     # One model per process: loading costs 0.3 s (static) to 4 s (transformer), and the
-    # models are read-only and thread-safe behind their own locks.
-    return StaticEmbedder() if key == "static" else TransformerEmbedder()
+    # models are read-only and thread-safe behind their own locks. The transformer runs one
+    # call at a time: concurrent calls are batched into its next one.
+    return StaticEmbedder() if key == "static" else BatchingEmbedder(TransformerEmbedder())
 
 
 __all__ = [
     "DEFAULT_EMBEDDER",
     "EMBEDDER_NAMES",
+    "BatchingEmbedder",
     "CachingEmbedder",
     "Embedder",
     "StaticEmbedder",
