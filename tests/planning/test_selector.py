@@ -256,3 +256,20 @@ def test_queued_recalls_do_not_price_an_idle_context() -> None:
     new_idle = Situation(3, 7.5, 1.2, 0.0, 0, 0.0, True, False, 1)  # another scale: unmeasured
     sequential, _ = sel.predict(Strategy.SEQUENTIAL, new_idle)
     assert sequential == pytest.approx(2.0 * 7.5, rel=0.05)  # the idle ratio, not 200x
+
+
+def test_one_stall_does_not_make_sequential_look_expensive() -> None:
+    """Measured on LoCoMo with the transformer: among ~11 ms SEQUENTIAL recalls one took
+    about 200 ms (a stall, not the strategy). PARALLEL costs a little more every time; the
+    stall must not hand it the next recalls."""
+    rng = random.Random(5)
+    sel = StrategySelector(rng=rng, explore_rate=0.0)
+    s = Situation(5, 0.9, 2.0, 0.0, 0, 0.0, False, False, 1)
+    for i in range(18):
+        sel.learn(Strategy.SEQUENTIAL, s, 200.0 if i == 9 else rng.uniform(10.5, 11.5))
+    for _ in range(40):
+        sel.learn(Strategy.PARALLEL, s, rng.uniform(11.0, 12.0))
+    decision = sel.decide(s)
+    assert decision.strategy is Strategy.SEQUENTIAL, decision.reasoning
+    sequential, _ = sel.predict(Strategy.SEQUENTIAL, s)
+    assert sequential < 12.0
