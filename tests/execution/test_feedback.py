@@ -83,3 +83,37 @@ def test_a_recall_that_builds_an_index_teaches_no_strategy_its_cost(
         mem.remember("one more note about the garden", tenant="t")  # a small catch-up
         mem.recall("the garden?", tenant="t", strategy="sequential")
         assert observed() == 2  # still teaches: a few rows are the real cost of writes
+
+
+def test_cache_hits_are_stored_coalesced_and_load_as_one_row_per_recall(tmp_path: Path) -> None:
+    """A batch's full hits are written as one weighted row per (tenant, query type,
+    strategy); a restart sees every recall again, so hit rates survive it. Misses, which
+    teach the selector, keep a row each."""
+
+    def row(tenant: str, cache: str, ms: float) -> TelemetryRow:
+        return TelemetryRow(
+            1.0, tenant, "factual", "cache" if cache == "hit" else "sequential", 1.0, 0.0, ms,
+            cache, {}, ("episodic",), (), 1.0, 1.0, None, True,
+        )  # fmt: skip
+
+    store = SQLiteStore(tmp_path / "t.db")
+    try:
+        telemetry = Telemetry(store, flush_every=10_000)
+        for i in range(300):
+            telemetry.record(row("a" if i % 3 else "b", "hit", 0.02 + 0.01 * (i % 2)))
+        for _ in range(7):
+            telemetry.record(row("a", "miss", 1.5))
+        telemetry.flush()
+        assert len(store.read_telemetry(1000)) == 2 + 7  # two hit groups, seven misses
+        loaded = Telemetry(store).load()
+        assert len(loaded) == 307
+        assert sum(r.cache == "hit" for r in loaded) == 300
+        assert sum(r.tenant == "b" and r.cache == "hit" for r in loaded) == 100
+        hits = [r.actual_ms for r in loaded if r.cache == "hit"]
+        assert abs(sum(hits) / len(hits) - 0.025) < 1e-9  # the mean latency is kept
+        assert all(r.weight == 1 for r in loaded)
+        bad = row("a", "hit", 0.02)._replace(weight=0).to_json()
+        store.append_telemetry([(1.0, "a", "factual", "cache", bad)], 1000)
+        assert len(Telemetry(store).load()) == 307  # a row with a bad weight is skipped
+    finally:
+        store.close()

@@ -327,8 +327,10 @@ class ResultCache(_CacheCore):
 
         >>> # cache.put_full(query, embedder.name, generations_before, hits, cost_ms=8.5)
         """
-        if any(hit.tenant != query.tenant for hit in hits):
-            raise ValueError("a recall's hits must belong to the query's tenant")
+        tenant = query.tenant
+        for hit in hits:
+            if hit.tenant != tenant:
+                raise ValueError("a recall's hits must belong to the query's tenant")
         key = full_key(query, model)
         ttl, size = self._ttl(query.layers), ck.key_size(key) + ck.hits_size(hits)
         whole, width = dict(generations_read), len(query.layers)

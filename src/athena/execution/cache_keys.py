@@ -28,6 +28,8 @@ LayerKey = tuple[str, str, str, str, str, int, Filters]
 ENTRY_OVERHEAD: Final = 256
 HIT_OVERHEAD: Final = 200
 KEY_OVERHEAD: Final = 160
+SOURCE_OVERHEAD: Final = 40  # a short id string and its slot
+METADATA_OVERHEAD: Final = 96  # a key, a short value and a dict slot
 
 
 _ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -101,14 +103,15 @@ def key_size(key: tuple[Any, ...]) -> int:
 
 
 def hits_size(hits: tuple[Hit, ...]) -> int:
-    """Estimated bytes of a recall's hits (computed once, when the entry is stored)."""
-    total = ENTRY_OVERHEAD
+    """Estimated bytes of a recall's hits (computed once, when the entry is stored): the
+    strings that vary, plus fixed overheads per hit, per source and per metadata item.
+
+    An estimate that walks no metadata values: it runs on every cache fill.
+    """
+    total = ENTRY_OVERHEAD + len(hits) * (HIT_OVERHEAD + 16)
     for hit in hits:
-        total += HIT_OVERHEAD + 16 + len(hit.text) + len(hit.key) + len(hit.kind)
-        total += len(hit.session or "") + len(hit.actor or "")
-        total += sum(len(source) + 8 for source in hit.sources)
-        for name, value in hit.metadata.items():
-            total += len(str(name)) + (len(value) if isinstance(value, str) else 16)
+        total += len(hit.text) + len(hit.key) + len(hit.session or "")
+        total += SOURCE_OVERHEAD * len(hit.sources) + METADATA_OVERHEAD * len(hit.metadata)
     return total
 
 

@@ -57,7 +57,7 @@ class RecallRun:
                 self.cache_state = "hit"
                 self.decision = replace(
                     engine.selector.for_cache(True, self.situation.sequential_ms, 1.0, 0.0),
-                    reasoning="shared the execution of a concurrent identical recall",
+                    why="shared the execution of a concurrent identical recall",
                 )
             return hits
         return self._compute()

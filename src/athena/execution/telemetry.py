@@ -3,6 +3,12 @@
 Rows are buffered and written in batches by the store's writer (rotated to the newest
 ``keep`` rows), and reloaded at start so the dependency graph and the selector resume
 learning where they left off.
+
+Every recall keeps its own row in memory. On disk, the full cache hits of one batch are
+coalesced: one row per (tenant, query type, strategy) with their mean latency and a
+``weight`` saying how many hits it stands for (expanded again on load). A hit costs about
+18 µs in-process; writing a JSON row and an INSERT for each one added 10 µs to it, and a
+hit teaches the selector nothing when replayed.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class TelemetryRow(NamedTuple):
     success: bool
     features: tuple[float, ...] = ()
     forced: bool = False
+    weight: int = 1  # recalls this stored row stands for (cache hits are stored coalesced)
 
     def to_json(self) -> str:
         """The row as a JSON array of its fields in order (half the cost of an object)."""
@@ -57,6 +64,9 @@ class TelemetryRow(NamedTuple):
         raw["layers"] = tuple(raw["layers"])
         raw["contributed"] = tuple(raw["contributed"])
         raw["features"] = tuple(raw.get("features", ()))
+        weight = raw.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ValueError(f"a telemetry row's weight must be a positive integer: {weight!r}")
         return cls(**{name: raw[name] for name in cls._fields if name in raw})
 
 
@@ -79,6 +89,9 @@ class Telemetry:
         self._store = store
         self._rows: deque[TelemetryRow] = deque(maxlen=memory_rows)
         self._pending: list[TelemetryRow] = []
+        # Full cache hits waiting to be written: (tenant, query type, strategy) ->
+        # [first row, count, summed latency].
+        self._hits: dict[tuple[str, str, str], list[Any]] = {}
         self._lock = threading.Lock()
         self.keep = keep
         self.flush_every = flush_every
@@ -90,12 +103,17 @@ class Telemetry:
         """Reload the newest saved rows (oldest first) into memory and return them."""
         if self._store is None:
             return []
-        rows = []
+        rows: list[TelemetryRow] = []
         for text in self._store.read_telemetry(limit):
             try:
-                rows.append(TelemetryRow.from_json(text))
+                row = TelemetryRow.from_json(text)
             except (ValueError, KeyError, TypeError):
                 continue  # a row this version cannot read teaches nothing; never fail to open
+            if row.weight > 1:  # coalesced hits: one row per recall again
+                rows.extend([row._replace(weight=1)] * min(row.weight, limit))
+            else:
+                rows.append(row)
+        rows = rows[-limit:]
         with self._lock:
             self._rows.extend(rows)
         return rows
@@ -104,9 +122,19 @@ class Telemetry:
         """Keep ``row``; a background thread writes full batches, off the recall's path."""
         with self._lock:
             self._rows.append(row)
-            self._pending.append(row)
+            if row.cache == "hit":
+                key = (row.tenant, row.query_type, row.strategy)
+                group = self._hits.get(key)
+                if group is None:
+                    self._hits[key] = [row, 1, row.actual_ms]
+                else:
+                    group[1] += 1
+                    group[2] += row.actual_ms
+            else:
+                self._pending.append(row)
             self.recorded += 1
-            due = len(self._pending) == self.flush_every  # wake the flusher once per batch
+            # Wake the flusher once per batch of rows to write (a second passing also does).
+            due = len(self._pending) + len(self._hits) == self.flush_every
             if due and self._flusher is None and self._store is not None:
                 self._flusher = threading.Thread(
                     target=self._flush_loop, name="athena-telemetry", daemon=True
@@ -130,6 +158,9 @@ class Telemetry:
         """Write pending rows now (also called on close)."""
         with self._lock:
             batch, self._pending = self._pending, []
+            hits, self._hits = self._hits, {}
+        for first, count, total_ms in hits.values():
+            batch.append(first._replace(actual_ms=total_ms / count, weight=count))
         if batch and self._store is not None:
             try:
                 self._store.append_telemetry(
@@ -138,7 +169,7 @@ class Telemetry:
                 )
             except BaseException:
                 with self._lock:
-                    self._pending[:0] = batch
+                    self._pending[:0] = batch  # coalesced hits go back as their weighted rows
                 raise
 
     def rows(self) -> list[TelemetryRow]:

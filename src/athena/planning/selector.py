@@ -57,13 +57,31 @@ SWITCH_MIN_MS: Final = 0.25
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The selector's choice for one recall, with why and what it expects."""
+    """The selector's choice for one recall, with why and what it expects.
+
+    ``why`` is the short reason; ``predicted`` (each option's predicted ms) and ``setting``
+    are only formatted into :attr:`reasoning` when something reads it (explain, telemetry
+    inspection), not on every recall's path.
+
+    >>> Decision(Strategy.SEQUENTIAL, 1.0, "lowest predicted cost", 1.2, 1.0,
+    ...          (("sequential", 1.2), ("parallel", 1.5)), "over 5 layer(s)").reasoning
+    'lowest predicted cost: sequential≈1.20ms, parallel≈1.50ms over 5 layer(s)'
+    """
 
     strategy: Strategy
     confidence: float
-    reasoning: str
+    why: str
     estimated_ms: float
     estimated_speedup: float
+    predicted: tuple[tuple[str, float], ...] = ()
+    setting: str = ""
+
+    @property
+    def reasoning(self) -> str:
+        if not self.predicted:
+            return self.why
+        costs = ", ".join(f"{name}≈{ms:.2f}ms" for name, ms in self.predicted)
+        return f"{self.why}: {costs} {self.setting}".rstrip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +242,13 @@ class _CostModel:
         self.n += 1
 
 
+_SETTINGS: Final = {
+    (layers, up): f"over {layers} layer(s), pool {'up' if up else 'down'}"
+    for layers in range(16)
+    for up in (False, True)
+}
+
+
 class StrategySelector:
     """Chooses an execution strategy per recall and learns from what it cost.
 
@@ -325,11 +350,11 @@ class StrategySelector:
         decision = Decision(
             strategy=chosen,
             confidence=1.0 / (1.0 + width),
-            reasoning=f"{why}: "
-            + ", ".join(f"{o.value}≈{costs[o][0]:.2f}ms" for o in options)
-            + f" over {s.layers} layer(s), pool {'up' if s.pool_available else 'down'}",
+            why=why,
             estimated_ms=mean,
             estimated_speedup=sequential / mean if mean else 1.0,
+            predicted=tuple((o.value, costs[o][0]) for o in options),
+            setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
         )
         with self._lock:
             self.history.append(decision)
