@@ -90,6 +90,20 @@ def test_markdown_and_plots(out: Path) -> None:
         assert f"]({name})" in text
 
 
+def test_markdown_regret_table_has_a_row_per_session_and_one_for_all(
+    out: Path, doc: dict[str, Any]
+) -> None:
+    text = (out / "bench.md").read_text(encoding="utf-8")
+    regret = doc["regret"]
+    for name, r in [*regret["by_session"].items(), ("**all**", regret)]:
+        row = next(
+            line for line in text.splitlines() if line.startswith(f"| {name.replace('/', ', ')} |")
+        )
+        assert f"{r['vs_oracle'] * 100:.1f}% ({r['share_over_10pct'] * 100:.1f}%)" in row
+        assert f"{r['decision']['vs_oracle'] * 100:.1f}%" in row
+        assert f"({r['best_fixed']})" in row
+
+
 def test_oracle_and_regret_by_hand() -> None:
     costs = [
         {"sequential": 4.0, "parallel": 2.0, "distributed": 5.0},  # oracle: parallel 2

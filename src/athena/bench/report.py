@@ -305,25 +305,47 @@ def markdown(doc: dict[str, Any], goals: Sequence[Goal], images: Sequence[str]) 
                 + " |"
             )
         lines.append("")
-    r = doc["regret"]
-    if r:
-        lines += [
-            "### Regret against the per-query oracle",
-            "",
-            f"vs_oracle {_cell(r.get('vs_oracle'))}, share_over_10pct "
-            f"{_cell(r.get('share_over_10pct'))}, vs_best_fixed {_cell(r.get('vs_best_fixed'))}"
-            f" (best fixed: {r.get('best_fixed')}, {r.get('queries')} queries; oracle picks "
-            f"{r.get('oracle_picks')}).",
-            "",
-        ]
-        d = r.get("decision") or {}
-        if d:
-            lines += [
-                f"The selector's choices alone, each priced at the oracle's median for it: "
-                f"vs_oracle {_cell(d.get('vs_oracle'))}, share_over_10pct "
-                f"{_cell(d.get('share_over_10pct'))} ({d.get('queries')} queries; picks "
-                f"{d.get('picks')}).",
-                "",
-            ]
+    lines += regret_lines(doc["regret"])
     lines += [f"![{Path(i).stem}]({i})" for i in images]
     return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def _picks(picks: dict[str, int] | None) -> str:
+    ordered = sorted((picks or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{name} {count}" for name, count in ordered) or "–"
+
+
+def regret_lines(regret: dict[str, Any]) -> list[str]:
+    """The regret section: one row per session and one for all, choices and arm side by side.
+
+    >>> regret_lines({})
+    []
+    """
+    if not regret:
+        return []
+    lines = [
+        "### Regret against the per-query oracle",
+        "",
+        "Choices alone: each of the selector's picks priced at the oracle's own median for that "
+        "strategy on that query. End to end: the adaptive arm's own latency, its path included.",
+        "",
+        "| session | choices alone vs oracle (> 10% slower) | adaptive arm end to end vs oracle "
+        "(> 10% slower) | arm vs best fixed | oracle picks | selector picked |",
+        "|" + "---|" * 6,
+    ]
+    sessions = dict(regret.get("by_session") or {})
+    sessions["**all**"] = regret
+    for name, r in sessions.items():
+        d = r.get("decision") or {}
+        lines.append(
+            f"| {name.replace('/', ', ')} | {_pct(d.get('vs_oracle'))} "
+            f"({_pct(d.get('share_over_10pct'))}) | {_pct(r.get('vs_oracle'))} "
+            f"({_pct(r.get('share_over_10pct'))}) | {_pct(r.get('vs_best_fixed'))} "
+            f"({r.get('best_fixed', '–')}) | {_picks(r.get('oracle_picks'))} "
+            f"| {_picks(d.get('picks'))} |"
+        )
+    return [*lines, "", "(The selector's picks are over every run of each query.)", ""]
