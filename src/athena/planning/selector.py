@@ -53,6 +53,11 @@ DISTRIBUTED_OVERHEAD_MS: Final = 1.0
 # are a coin flip for the model, and the simple path then costs least to be wrong about.
 SWITCH_MARGIN: Final = 0.9
 SWITCH_MIN_MS: Final = 0.25
+# ... and the saving must also clear the measured noise: two standard errors of the two
+# medians' difference. On one 103k-memory tenant, with seven harness arms interleaved, the
+# same recall cost 2.0-10.7 ms run to run (bimodal, about 2.5 or 7); a median of a few
+# PARALLEL runs that landed low sent 57 of 120 oracle recalls to PARALLEL, 34% slower there.
+SWITCH_SE: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +318,16 @@ class StrategySelector:
         cell = self._models[Strategy.SEQUENTIAL].cells.get(cell_key(Strategy.SEQUENTIAL, key))
         return cell.mean if cell is not None and cell.n >= REFERENCE_AFTER else None
 
+    def _noise(self, strategy: Strategy, key: Context) -> float:
+        """The standard error of the difference between ``strategy``'s measured median cost
+        in context ``key`` and SEQUENTIAL's (0 for a cell not measured yet)."""
+        total = 0.0
+        for option in (strategy, Strategy.SEQUENTIAL):
+            cell = self._models[option].cells.get(cell_key(option, key))
+            if cell is not None and cell.n:
+                total += cell.var / min(cell.n, WINDOW)
+        return math.sqrt(total)
+
     def decide(self, s: Situation) -> Decision:
         """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``)."""
         options = self.feasible(s)
@@ -326,11 +341,11 @@ class StrategySelector:
         }
         best = min(options, key=lambda o: (costs[o][0], EXECUTING.index(o)))
         sequential = costs[Strategy.SEQUENTIAL][0]
-        if best is not Strategy.SEQUENTIAL and costs[best][0] > min(
-            SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS
-        ):
+        if best is not Strategy.SEQUENTIAL and costs[best][0] + SWITCH_SE * self._noise(
+            best, key
+        ) > min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS):
             best = Strategy.SEQUENTIAL  # not cheaper by enough to be worth the hand-off
-            chosen, why = best, "sequential: no other strategy predicted cheaper by the margin"
+            chosen, why = best, "sequential: none cheaper beyond the margin and the noise"
         else:
             chosen, why = best, "lowest predicted cost"
         if len(options) > 1 and self._rng.random() < self.explore_rate:
