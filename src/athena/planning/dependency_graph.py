@@ -18,6 +18,7 @@ from typing import Any, Final
 
 EWMA: Final = 0.1
 MIN_OBSERVATIONS: Final = 200  # a layer is skipped only after this many queries of a type
+MAX_KEPT: Final = 1024  # remembered select_layers answers (query types x layer sets)
 DEFAULT_LAYER_MS: Final = 1.0
 
 
@@ -46,6 +47,9 @@ class DependencyGraph:
         self.skip_layers = skip_layers
         self._types: dict[str, _TypeStats] = defaultdict(_TypeStats)
         self._latency: dict[str, float] = {}
+        # select_layers' answers, read on every adaptive recall (a cache hit included): they
+        # change only when a count crosses a threshold, and observe() clears them then.
+        self._kept: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def observe(
@@ -65,16 +69,21 @@ class DependencyGraph:
         with self._lock:
             stats = self._types[query_type]
             stats.queries += 1
+            crossed = stats.queries == MIN_OBSERVATIONS
             stats.cache_hits += int(cache_hit)
             stats.result_size += (result_size - stats.result_size) / stats.queries
             stats.cost_ms += (cost_ms - stats.cost_ms) / stats.queries
             names = sorted(layer_ms)
             for i, name in enumerate(names):
                 stats.used[name] += 1
+                crossed |= stats.used[name] == MIN_OBSERVATIONS
                 if name in contributed:
                     stats.contributed[name] += 1
+                    crossed |= stats.contributed[name] == 1
                 for other in names[i + 1 :]:
                     stats.together[f"{name}+{other}"] += 1
+            if crossed:
+                self._kept.clear()
             if cache_hit or not timed:
                 return  # cached or contended timings say nothing about the layers' cost
             for name, ms in layer_ms.items():
@@ -98,17 +107,31 @@ class DependencyGraph:
 
     def select_layers(self, query_type: str, layers: Sequence[str]) -> tuple[str, ...]:
         """``layers`` minus those that never contributed to this query type's results."""
+        asked = tuple(layers)
         if not self.skip_layers:
-            return tuple(layers)
-        stats = self._types.get(query_type)
-        if stats is None or stats.queries < MIN_OBSERVATIONS:
-            return tuple(layers)
-        keep = tuple(
-            name
-            for name in layers
-            if stats.used.get(name, 0) < MIN_OBSERVATIONS or stats.contributed.get(name, 0) > 0
-        )
-        return keep or tuple(layers)
+            return asked
+        key = (query_type, asked)
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept
+        with self._lock:  # computed and kept under the lock observe() clears them under
+            stats = self._types.get(query_type)
+            if stats is None or stats.queries < MIN_OBSERVATIONS:
+                kept = asked
+            else:
+                kept = (
+                    tuple(
+                        name
+                        for name in asked
+                        if stats.used.get(name, 0) < MIN_OBSERVATIONS
+                        or stats.contributed.get(name, 0) > 0
+                    )
+                    or asked
+                )
+            if len(self._kept) >= MAX_KEPT:
+                self._kept.clear()
+            self._kept[key] = kept
+        return kept
 
     def cache_worthiness(self, query_type: str) -> float:
         """Hit rate × result size × query frequency / query cost (the seed's formula)."""
@@ -156,3 +179,4 @@ class DependencyGraph:
                 stats.contributed.update(raw["contributed"])
                 stats.together.update(raw["together"])
                 self._types[name] = stats
+            self._kept.clear()

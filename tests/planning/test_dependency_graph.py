@@ -1,0 +1,45 @@
+"""The dependency graph's remembered layer choices never go stale."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from athena.planning import dependency_graph
+from athena.planning.dependency_graph import DependencyGraph
+
+LAYERS = ("episodic", "semantic", "procedural")
+observation = st.tuples(
+    st.sampled_from(["factual", "temporal"]),
+    st.sets(st.sampled_from(LAYERS), min_size=1),
+    st.sets(st.sampled_from(LAYERS)),
+    st.booleans(),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(observation, max_size=40))
+def test_remembered_layer_choices_match_a_fresh_computation(
+    observations: list[tuple[str, set[str], set[str], bool]],
+) -> None:
+    with mock.patch.object(dependency_graph, "MIN_OBSERVATIONS", 3):
+        graph = DependencyGraph(cores=2)
+        for query_type, used, contributed, hit in observations:
+            graph.observe(query_type, dict.fromkeys(used, 1.0), contributed & used, hit, 5, 1.0)
+            fresh = DependencyGraph(cores=2)
+            fresh.load_json(graph.to_json())  # the same counts, nothing remembered
+            for asked_type in ("factual", "temporal"):
+                assert graph.select_layers(asked_type, LAYERS) == fresh.select_layers(
+                    asked_type, LAYERS
+                )
+
+
+def test_a_layer_that_starts_contributing_is_searched_again() -> None:
+    graph = DependencyGraph(cores=2)
+    for _ in range(dependency_graph.MIN_OBSERVATIONS):
+        graph.observe("factual", {"episodic": 1.0, "procedural": 1.0}, {"episodic"}, False, 5, 2.0)
+    assert graph.select_layers("factual", ("episodic", "procedural")) == ("episodic",)
+    graph.observe("factual", {"episodic": 1.0, "procedural": 1.0}, {"procedural"}, False, 5, 2.0)
+    assert graph.select_layers("factual", ("episodic", "procedural")) == ("episodic", "procedural")
