@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import doctest
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -101,3 +102,23 @@ def test_deletes_compact_and_filters_search_deeper(tmp_path: Path, embedder: Emb
 
 def test_module_examples() -> None:
     assert doctest.testmod(lexical_index).failed == 0
+
+
+def test_postings_are_invisible_to_the_garbage_collector() -> None:
+    """Postings as array.array pairs were 740k collector-tracked objects over 110 tenants,
+    and a full collection a 124 ms stall; now neither the postings nor their dicts are."""
+    import gc
+
+    class Feed:
+        def changes_after(self, tenant: str, layer: str, after: int) -> list[Any]:
+            texts = [f"memory {i} about topic{i % 97} and word{i % 13}" for i in range(400)]
+            changes = [(i + 1, i + 1, t) for i, t in enumerate(texts)]
+            return changes + [(401 + i, i + 1, None) for i in range(150)]
+
+    index = lexical_index.LexicalIndex("t", "episodic")
+    index.sync(Feed(), generation=1)  # built, then compacted by the deletes
+    assert len(index) == 250 and index._dead == 0
+    assert index.search(["topic5"], 3)
+    for postings in (index._positions, index._tfs):
+        assert postings and not gc.is_tracked(postings)
+        assert not any(gc.is_tracked(v) for v in postings.values())

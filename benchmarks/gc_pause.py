@@ -1,0 +1,55 @@
+"""How long a full garbage collection stalls a process that holds a warmed ``Memory``.
+
+``python benchmarks/gc_pause.py [--store 100k-tenants] [--out DIR] [--embedder static]`` builds
+(or reuses, under ``DIR/stores``) the store, recalls one question in every tenant (which
+builds each tenant's indexes) and 500 more, then reports the objects the cyclic collector
+tracks, the most common of them, and the time of five full collections. Any recall can land
+in such a collection, so it bounds the tail of every strategy. LoCoMo is read in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import random
+import statistics
+import time
+from pathlib import Path
+
+from athena.bench.workloads import build_store, working_copy
+from athena.memory import Memory
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default="100k-tenants")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--embedder", default="static")
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+    store = build_store(args.store, args.embedder, args.data, args.out)
+    memory = Memory(working_copy(store, args.out / "gc-pause"), embedder=args.embedder, pool="off")
+    asks = list(store.asks)
+    random.Random(1).shuffle(asks)
+    first = {ask.tenant: ask for ask in reversed(asks)}
+    for ask in [*first.values(), *asks[:500]]:
+        memory.recall(ask.text, tenant=ask.tenant, strategy="sequential")
+    tracked = gc.get_objects()
+    kinds = collections.Counter(type(o).__name__ for o in tracked).most_common(5)
+    print(f"{store.name}: {len(first)} tenants, {len(tracked):,} tracked objects; most: {kinds}")
+    del tracked
+    pauses = []
+    for _ in range(5):
+        start = time.perf_counter()
+        gc.collect()
+        pauses.append((time.perf_counter() - start) * 1e3)
+    print("full collections, ms:", [round(p, 1) for p in pauses])
+    print(f"median {statistics.median(pauses):.1f} ms")
+    memory.close()
+
+
+if __name__ == "__main__":
+    main()
