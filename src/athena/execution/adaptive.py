@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 from athena.errors import InvalidInput, WorkerPoolUnavailable
+from athena.execution.admission import AdmissionGate, default_slots
 from athena.execution.aggregate import ResultAggregator
 from athena.execution.backend import WorkerBackend
 from athena.execution.cache import CachedHits, ResultCache
@@ -47,6 +48,7 @@ class AdaptiveEngine:
         selector: StrategySelector | None = None,
         graph: DependencyGraph | None = None,
         threads: int = 4,
+        admission: AdmissionGate | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -57,6 +59,7 @@ class AdaptiveEngine:
         self.feedback = Feedback(store, self.graph, self.selector)
         self.telemetry = self.feedback.telemetry
         self.parallel = ParallelExecutor(pipeline, threads)
+        self.admission = admission or AdmissionGate(default_slots())
         self.aggregator = ResultAggregator()
         self._backend_factory = backend
         self._backend: WorkerBackend | None = None
@@ -178,10 +181,12 @@ class AdaptiveEngine:
             with self._lock:
                 self._inflight -= 1
         actual = (time.perf_counter() - start) * 1000.0
+        # The wait for an execution slot is load, not the strategy's cost: it is not learnt.
+        cost = actual - run.queued_ms
         # A recall that built an index (a tenant's first, or a catch-up after a bulk import)
         # is recorded, but its cost teaches neither the selector nor the layer timings.
         built = self.pipeline.ctx.loaded() - loaded > BUILD_ROWS
-        self._learn(run, hits, actual, built)
+        self._learn(run, hits, cost, built)
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)
 
@@ -266,6 +271,7 @@ class AdaptiveEngine:
         pool["rebuilds"] = self.pool_rebuilds
         return {
             "cache": self.cache.stats(),
+            "admission": self.admission.stats(),
             "pool": pool,
             "telemetry": self.telemetry.summary(),
             "selector": self.selector.snapshot(),

@@ -47,6 +47,7 @@ class RecallRun:
         self.fresh: dict[str, LayerResult] = {}
         self.analysis: QueryAnalysis | None = None
         self.confidence = 1.0
+        self.queued_ms = 0.0  # waited for an execution slot (engine.admission)
 
     def execute(self) -> tuple[Hit, ...]:
         engine, query = self.engine, self.query
@@ -91,9 +92,25 @@ class RecallRun:
             self.decision = self._decide(missing)
             inner = self.decision.strategy
         self.executed = inner
+        request = None
+        remote: dict[str, LayerResult] | None = None
         if missing and inner is not None:
-            request = engine.pipeline.request(query, self.generations)
-            self.fresh = self._run(inner, request, missing)
+            request = engine.pipeline.request(query, self.generations)  # embeds: no slot held
+            if inner is Strategy.DISTRIBUTED:
+                remote = self._distributed(request, missing)  # None: it fell back
+        with engine.admission.slot(self.timeout) as waited:
+            self.queued_ms = waited * 1000.0
+            if remote is not None:
+                self.fresh = remote
+            elif request is not None and self.executed is not None:
+                timeout = None if self.timeout is None else max(self.timeout - waited, 0.0)
+                self.fresh = self._in_process(self.executed, request, missing, timeout)
+            hits = self._finish(cached, uses_cache, depth)
+        return hits
+
+    def _finish(self, cached: dict[str, Any], uses_cache: bool, depth: int) -> tuple[Hit, ...]:
+        """Merge cached and fresh layer results into hits; fill the cache."""
+        engine, query = self.engine, self.query
         results, self.confidence = engine.aggregator.merge(
             [
                 (
@@ -128,30 +145,40 @@ class RecallRun:
     def _choose(self, layers: tuple[str, ...]) -> Strategy:
         return self._decide(layers).strategy
 
-    def _run(
-        self, strategy: Strategy, request: SearchRequest, layers: tuple[str, ...]
+    def _distributed(
+        self, request: SearchRequest, layers: tuple[str, ...]
+    ) -> dict[str, LayerResult] | None:
+        """The layers run by the worker pool (no execution slot held while it works), or
+        None after switching to PARALLEL because the pool could not."""
+        engine = self.engine
+        backend = engine._pool()
+        if backend is None:
+            self.fallback = f"pool unavailable: {engine._backend_error or 'not configured'}"
+        elif not backend.available:  # every worker is being replaced: do not wait
+            self.fallback = "pool unavailable: no worker is ready"
+        else:
+            try:
+                return backend.run(request, layers, timeout=self.timeout or DISTRIBUTED_TIMEOUT)
+            except (WorkerPoolUnavailable, RecallTimeout) as exc:
+                self.fallback = f"pool failed: {exc}"
+        self.executed = Strategy.PARALLEL
+        return None
+
+    def _in_process(
+        self,
+        strategy: Strategy,
+        request: SearchRequest,
+        layers: tuple[str, ...],
+        timeout: float | None,
     ) -> dict[str, LayerResult]:
         engine = self.engine
-        if strategy is Strategy.DISTRIBUTED:
-            backend = engine._pool()
-            if backend is None:
-                self.fallback = f"pool unavailable: {engine._backend_error or 'not configured'}"
-            elif not backend.available:  # every worker is being replaced: do not wait
-                self.fallback = "pool unavailable: no worker is ready"
-            else:
-                try:
-                    return backend.run(request, layers, timeout=self.timeout or DISTRIBUTED_TIMEOUT)
-                except (WorkerPoolUnavailable, RecallTimeout) as exc:
-                    self.fallback = f"pool failed: {exc}"
-            self.executed = Strategy.PARALLEL
-            strategy = Strategy.PARALLEL
         if strategy is Strategy.PARALLEL and len(layers) > 1:
-            return engine.parallel.run(request, layers, self.timeout)
+            return engine.parallel.run(request, layers, timeout)
         start = time.monotonic()
         out = {}
         for name in layers:
             out[name] = engine.pipeline.run(name, request, "sequential")
-            if self.timeout is not None and time.monotonic() - start > self.timeout:
+            if timeout is not None and time.monotonic() - start > timeout:
                 raise RecallTimeout(f"recall exceeded its {self.timeout}s timeout")
         return out
 
@@ -170,6 +197,7 @@ class RecallRun:
             "estimated_ms": round(decision.estimated_ms, 3),
             "estimated_speedup": round(decision.estimated_speedup, 3),
             "actual_ms": round(actual_ms, 3),
+            "queued_ms": round(self.queued_ms, 3),
             "cache": self.cache_state,
             "result_confidence": round(self.confidence, 4),
             "layers": layers_ms,
@@ -206,6 +234,7 @@ def served_explain(
         "estimated_ms": 0.0,
         "estimated_speedup": round(decision.estimated_speedup, 3),
         "actual_ms": round(actual_ms, 3),
+        "queued_ms": 0.0,
         "cache": "hit",
         "result_confidence": round(full.confidence, 4),
         "cache_age_s": round(full.age_s, 3),

@@ -1,0 +1,131 @@
+"""Admission: how many recalls may execute in-process at once; the rest queue, first come
+first served.
+
+Under CPython's GIL, recalls on many threads do not overlap their Python work, they fight
+over it: every SQLite step and numpy call releases and retakes the GIL, and each retake
+against other runnable threads costs a switch. Measured on the 2-core machine, cold
+sequential recalls over ``100k-tenants`` (one Memory, closed loop) ran at about 610 qps on
+one thread but 160 qps on 64, the CPU per recall going from 1.6 ms to 9.2 ms; behind one
+slot the same 64 threads ran at about 680 qps (``docs/benchmarks.md``, "Admission"). So a
+burst, or a garbage-collection pause that lets requests pile up, turned into a congestion
+collapse below the arrival rate.
+
+The gate bounds the recalls whose layers run in this process (SEQUENTIAL and PARALLEL;
+a PARALLEL recall still fans its own layers out). Work that waits without the GIL is not
+admitted through it: the pool's DISTRIBUTED round trips, single-flight followers, cache
+hits. Waiters sleep on their own lock (not runnable, so not contending) and are handed the
+slot in arrival order, so the wait is a plain queue and the tail is bounded by it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from athena.errors import RecallTimeout
+
+MAX_SLOTS: Final = 1024
+
+
+def default_slots() -> int:
+    """One slot under the GIL (threads only add switches); a core each without it.
+
+    >>> default_slots() >= 1
+    True
+    """
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return 1 if gil else os.cpu_count() or 1
+
+
+class AdmissionGate:
+    """A FIFO counting gate: ``slots`` holders at once, the next waiter handed each release.
+
+    >>> gate = AdmissionGate(1)
+    >>> with gate.slot(timeout=1.0) as waited:
+    ...     waited >= 0.0
+    True
+    >>> gate.stats()["admitted"]
+    1
+    """
+
+    def __init__(self, slots: int) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"slots must be an integer from 1 to {MAX_SLOTS}, not {slots!r}")
+        self.slots = slots
+        self._free = slots
+        self._lock = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self.admitted = 0
+        self.queued = 0  # admissions that had to wait
+        self.timeouts = 0
+        self.waited_s = 0.0
+        self.max_queue = 0
+
+    def acquire(self, timeout: float | None = None) -> float:
+        """Take a slot, waiting in line up to ``timeout`` s; the seconds waited.
+
+        RecallTimeout if the slot did not come in time (nothing is held then).
+        """
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                self.admitted += 1
+                return 0.0
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+            self.max_queue = max(self.max_queue, len(self._waiters))
+        start = time.perf_counter()
+        granted = waiter.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+        waited = time.perf_counter() - start
+        with self._lock:
+            if not granted:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    granted = True  # handed over just as the wait ran out: it is ours
+            if not granted:
+                self.timeouts += 1
+                raise RecallTimeout(f"recall waited {waited:.3f}s for an execution slot")
+            self.admitted += 1
+            self.queued += 1
+            self.waited_s += waited
+        return waited
+
+    def release(self) -> None:
+        """Give the slot back: to the longest waiter if there is one."""
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().release()
+            elif self._free < self.slots:
+                self._free += 1
+            else:
+                raise RuntimeError("release of a slot that was not taken")
+
+    @contextmanager
+    def slot(self, timeout: float | None = None) -> Iterator[float]:
+        """Hold a slot for the ``with`` body; yields the seconds waited for it."""
+        waited = self.acquire(timeout)
+        try:
+            yield waited
+        finally:
+            self.release()
+
+    def stats(self) -> dict[str, float | int]:
+        """Counters: slots, admitted, queued (had to wait), timeouts, waited_ms, waiting."""
+        with self._lock:
+            return {
+                "slots": self.slots,
+                "admitted": self.admitted,
+                "queued": self.queued,
+                "timeouts": self.timeouts,
+                "waited_ms": round(self.waited_s * 1000.0, 3),
+                "waiting": len(self._waiters),
+                "max_queue": self.max_queue,
+            }

@@ -1,0 +1,231 @@
+"""The admission gate: at most ``slots`` recalls execute in-process at once, the rest queue
+first come first served, a queued recall honours its timeout, and the hits are unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from athena import AsyncMemory, Memory
+from athena.errors import RecallTimeout
+from athena.execution.adaptive import AdaptiveEngine
+from athena.execution.admission import AdmissionGate, default_slots
+from athena.layers import LayerContext, default_layers
+from athena.layers.episodic import EpisodicLayer
+from athena.layers.protocol import SearchRequest
+from athena.layers.semantic import SemanticLayer
+
+
+class Tracking:
+    """Counts how many searches of the wrapped layers are in flight at once."""
+
+    def __init__(self, pause_s: float) -> None:
+        self.pause_s = pause_s
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def around(self, search: Any, ctx: LayerContext, request: SearchRequest) -> Any:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            time.sleep(self.pause_s)  # releases the GIL: ungated threads would overlap here
+            return search(ctx, request)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+def tracked_layers(tracking: Tracking) -> dict[str, Any]:
+    class SlowEpisodic(EpisodicLayer):
+        def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
+            return tracking.around(super().search, ctx, request)  # type: ignore[no-any-return]
+
+    class SlowSemantic(SemanticLayer):
+        def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
+            return tracking.around(super().search, ctx, request)  # type: ignore[no-any-return]
+
+    layers = default_layers()
+    layers["episodic"], layers["semantic"] = SlowEpisodic(), SlowSemantic()
+    return layers
+
+
+def gated(slots: int) -> Any:
+    def build(pipeline: Any, store: Any) -> AdaptiveEngine:
+        return AdaptiveEngine(pipeline, store, admission=AdmissionGate(slots))
+
+    return build
+
+
+def fill(mem: Memory) -> None:
+    for i in range(12):
+        mem.remember(f"Alice visited city number {i} in spring.", tenant="t", session=f"s{i}")
+        mem.remember(f"Alice likes dish {i}.", tenant="t", layer="semantic", key=f"dish{i}")
+
+
+QUESTIONS = [f"Which city did Alice visit, number {i}?" for i in range(16)]
+
+
+def test_one_slot_runs_one_recall_at_a_time_and_hits_are_unchanged(tmp_path: Path) -> None:
+    tracking = Tracking(0.01)
+    mem = Memory(tmp_path / "m.db", engine=gated(1), layers=tracked_layers(tracking))
+    fill(mem)
+    expected = {q: mem.recall(q, tenant="t", strategy="sequential").hits for q in QUESTIONS}
+    tracking.peak = 0
+    got: dict[str, Any] = {}
+
+    def ask(q: str) -> None:
+        got[q] = mem.recall(q, tenant="t", strategy="sequential").hits
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in QUESTIONS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    admission = mem.execution_stats()["admission"]
+    mem.close()
+    assert got == expected
+    assert tracking.peak == 1
+    assert admission["slots"] == 1 and admission["queued"] > 0 and admission["waiting"] == 0
+
+
+def test_more_slots_let_recalls_overlap(tmp_path: Path) -> None:
+    tracking = Tracking(0.05)
+    mem = Memory(tmp_path / "m.db", engine=gated(4), layers=tracked_layers(tracking))
+    fill(mem)
+    threads = [
+        threading.Thread(
+            target=mem.recall, args=(q,), kwargs={"tenant": "t", "strategy": "sequential"}
+        )
+        for q in QUESTIONS[:4]
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mem.close()
+    assert tracking.peak > 1
+
+
+def test_a_parallel_recall_still_fans_out_inside_its_one_slot(tmp_path: Path) -> None:
+    tracking = Tracking(0.05)
+    mem = Memory(tmp_path / "m.db", engine=gated(1), layers=tracked_layers(tracking))
+    fill(mem)
+    mem.recall(QUESTIONS[0], tenant="t", strategy="parallel", layers=["episodic", "semantic"])
+    mem.close()
+    assert tracking.peak == 2
+
+
+def test_a_queued_recall_times_out_typed_and_nothing_is_lost(tmp_path: Path) -> None:
+    mem = Memory(tmp_path / "m.db", engine=gated(1))
+    fill(mem)
+    before = mem.recall(QUESTIONS[0], tenant="t", strategy="sequential").hits
+    gate = mem.engine.admission  # type: ignore[attr-defined]
+    gate.acquire()  # a long recall holds the only slot
+    with pytest.raises(RecallTimeout, match="execution slot"):
+        mem.recall(QUESTIONS[1], tenant="t", strategy="sequential", timeout=0.05)
+    gate.release()
+    assert gate.stats()["timeouts"] == 1 and gate.stats()["waiting"] == 0
+    assert mem.recall(QUESTIONS[0], tenant="t", strategy="sequential").hits == before
+    assert mem.stats()["memories"] == 24
+    mem.close()
+
+
+def test_the_wait_is_explained_and_not_learnt_as_the_strategy_cost(tmp_path: Path) -> None:
+    mem = Memory(tmp_path / "m.db", engine=gated(1))
+    fill(mem)
+    gate = mem.engine.admission  # type: ignore[attr-defined]
+    gate.acquire()
+    threading.Timer(0.2, gate.release).start()
+    out = mem.recall(QUESTIONS[2], tenant="t", explain=True)
+    assert out.explain is not None
+    assert out.explain["queued_ms"] >= 150.0
+    assert out.explain["actual_ms"] >= out.explain["queued_ms"]
+    row = mem.engine.telemetry.rows()[-1]  # type: ignore[attr-defined]
+    assert row.actual_ms < out.explain["actual_ms"] - 100.0
+    mem.close()
+
+
+def test_async_recalls_beyond_the_slots_all_answer(tmp_path: Path) -> None:
+    async def main() -> list[Any]:
+        async with AsyncMemory(tmp_path / "m.db", engine=gated(1)) as mem:
+            fill(mem.core)
+            return list(
+                await asyncio.gather(*(mem.recall(q, tenant="t", k=3) for q in QUESTIONS * 2))
+            )
+
+    answers = asyncio.run(main())
+    assert len(answers) == 32 and all(len(a.hits) == 3 for a in answers)
+
+
+def test_handoff_is_first_come_first_served() -> None:
+    gate = AdmissionGate(1)
+    gate.acquire()
+    order: list[int] = []
+
+    def waiter(i: int) -> None:
+        with gate.slot():
+            order.append(i)
+
+    threads = []
+    for i in range(6):
+        t = threading.Thread(target=waiter, args=(i,))
+        t.start()
+        while gate.stats()["waiting"] < i + 1:  # each is in line before the next arrives
+            time.sleep(0.001)
+        threads.append(t)
+    gate.release()
+    for t in threads:
+        t.join()
+    assert order == list(range(6))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1025, 1.5, True, "2"])
+def test_bad_slot_counts_are_refused(bad: Any) -> None:
+    with pytest.raises(ValueError, match="slots"):
+        AdmissionGate(bad)
+
+
+def test_release_without_acquire_is_an_error() -> None:
+    with pytest.raises(RuntimeError):
+        AdmissionGate(2).release()
+
+
+def test_default_is_one_slot_under_the_gil() -> None:
+    assert default_slots() >= 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    slots=st.integers(min_value=1, max_value=4),
+    holds=st.lists(st.floats(min_value=0.0, max_value=0.003), min_size=1, max_size=12),
+)
+def test_never_more_holders_than_slots(slots: int, holds: list[float]) -> None:
+    gate = AdmissionGate(slots)
+    now, peak, lock = [0], [0], threading.Lock()
+
+    def hold(seconds: float) -> None:
+        with gate.slot(timeout=5.0):
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            time.sleep(seconds)
+            with lock:
+                now[0] -= 1
+
+    threads = [threading.Thread(target=hold, args=(s,)) for s in holds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = gate.stats()
+    assert peak[0] <= slots
+    assert stats["admitted"] == len(holds) and stats["waiting"] == 0 and stats["timeouts"] == 0
