@@ -28,6 +28,9 @@ METRIC_NAMES = (
     "athena_writes_total",
     "athena_pool_workers",
     "athena_pool_queue_depth",
+    "athena_execution_slots",
+    "athena_recalls_waiting",
+    "athena_recall_queued_seconds_total",
     "athena_http_rejected_total",
 )
 
@@ -429,11 +432,18 @@ def test_serve_http_command_refuses_a_bad_tokens_file(tmp_path: Path) -> None:
     assert not (tmp_path / "x.db").exists()  # refused before opening anything
 
 
-def test_pool_gauges_follow_execution_stats(
+def test_engine_gauges_follow_execution_stats(
     api: httpx.Client, memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stats = {"cache": {}, "pool": {"workers": 3, "queue_depth": 2}, "telemetry": {}}
+    stats = {
+        "cache": {},
+        "pool": {"workers": 3, "queue_depth": 2},
+        "admission": {"slots": 1, "waiting": 4, "waited_ms": 1500.0},
+        "telemetry": {},
+    }
     monkeypatch.setattr(memory, "execution_stats", lambda: stats)
     text = api.get("/metrics").text
     assert "athena_pool_workers 3.0" in text and "athena_pool_queue_depth 2.0" in text
+    assert "athena_execution_slots 1.0" in text and "athena_recalls_waiting 4.0" in text
+    assert "athena_recall_queued_seconds_total 1.5" in text
     assert api.get("/v1/pool").json() == {"workers": 3, "queue_depth": 2}

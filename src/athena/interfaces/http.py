@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
@@ -154,22 +154,38 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # -- metrics ------------------------------------------------------------------------------
 
 
-class _PoolCollector(Collector):
-    """Worker-pool gauges read from ``execution_stats()["pool"]`` at scrape time."""
+class _EngineCollector(Collector):
+    """Worker-pool and admission gauges read from ``execution_stats()`` at scrape time."""
 
     def __init__(self, memory: Memory) -> None:
         self.memory = memory
 
     def collect(self) -> Iterable[Metric]:
         try:
-            pool = self.memory.execution_stats().get("pool") or {}
+            stats = self.memory.execution_stats()
         except Exception:
-            pool = {}
+            stats = {}
+        pool, admission = stats.get("pool") or {}, stats.get("admission") or {}
         yield GaugeMetricFamily(
             "athena_pool_workers", "Worker pool size.", _number(pool, "workers")
         )
         yield GaugeMetricFamily(
             "athena_pool_queue_depth", "Tasks waiting for a worker.", _number(pool, "queue_depth")
+        )
+        yield GaugeMetricFamily(
+            "athena_execution_slots",
+            "Recalls that may execute in-process at once.",
+            _number(admission, "slots"),
+        )
+        yield GaugeMetricFamily(
+            "athena_recalls_waiting",
+            "Recalls queued for an execution slot.",
+            _number(admission, "waiting"),
+        )
+        yield CounterMetricFamily(
+            "athena_recall_queued_seconds",
+            "Time recalls spent queued for an execution slot.",
+            _number(admission, "waited_ms") / 1000.0,
         )
 
 
@@ -211,7 +227,7 @@ class Metrics:
             self.cache.labels(result)
         for op in ("remember", "update", "forget"):
             self.writes.labels(op)
-        self.registry.register(_PoolCollector(memory))
+        self.registry.register(_EngineCollector(memory))
 
     def recall(self, explain: Mapping[str, Any] | None, seconds: float) -> None:
         explain = explain or {}
