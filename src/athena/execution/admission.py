@@ -3,12 +3,12 @@ first served.
 
 Under CPython's GIL, recalls on many threads do not overlap their Python work, they fight
 over it: every SQLite step and numpy call releases and retakes the GIL, and each retake
-against other runnable threads costs a switch. Measured on the 2-core machine, cold
-sequential recalls over ``100k-tenants`` (one Memory, closed loop) ran at about 610 qps on
-one thread but 160 qps on 64, the CPU per recall going from 1.6 ms to 9.2 ms; behind one
-slot the same 64 threads ran at about 680 qps (``docs/benchmarks.md``, "Admission"). So a
-burst, or a garbage-collection pause that lets requests pile up, turned into a congestion
-collapse below the arrival rate.
+against other runnable threads costs a switch. Measured on the 2-core machine
+(``benchmarks/admission.py``: cold SEQUENTIAL recalls over ``100k-tenants``, one process,
+closed loop), ungated recalls ran at about 480/s from one thread but 120/s from 64, the CPU
+per recall going from 2.1 ms to 12 ms; behind one slot the same 64 threads ran about 300/s
+(``docs/benchmarks.md``). So a burst, or a garbage-collection pause that lets requests pile
+up, turned into a congestion collapse below the arrival rate.
 
 The gate bounds the recalls whose layers run in this process (SEQUENTIAL and PARALLEL;
 a PARALLEL recall still fans its own layers out). Work that waits without the GIL is not
