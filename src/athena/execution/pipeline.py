@@ -98,6 +98,9 @@ class Pipeline:
         return tuple((fresh + repeats)[: query.k])
 
 
+NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
 def _hit(row: MemoryRow, score: float) -> Hit:
     return Hit(
         id=row.id,
@@ -113,6 +116,10 @@ def _hit(row: MemoryRow, score: float) -> Hit:
         created_at=row.created_at,
         updated_at=row.updated_at,
         sources=row.sources,
-        # Read-only: cached hits are shared by every caller that is served them.
-        metadata=MappingProxyType({**row.metadata, **row.attributes}),
+        # Read-only: cached hits are shared by every caller that is served them. Most
+        # memories have none, and they share one empty view: a view per hit was one more
+        # object for the garbage collector to walk per cached hit.
+        metadata=MappingProxyType({**row.metadata, **row.attributes})
+        if row.metadata or row.attributes
+        else NO_METADATA,
     )
