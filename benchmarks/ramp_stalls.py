@@ -25,6 +25,7 @@ from athena.bench.arms import open_arms, percentile, rotations, warm_up
 from athena.bench.loadgen import P99_BOUND_MS, arm_call, cycle, run_phase
 from athena.bench.runner import share_indexes
 from athena.bench.workloads import build_store, working_copy
+from athena.heap import settle_heap
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
 if not DATA.exists():
@@ -52,6 +53,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="do not freeze the warmed heap (settle_heap), as athena bench does",
+    )
     args = parser.parse_args()
     store = build_store("100k-tenants", "static", args.data, args.out)
     db = working_copy(store, args.out / "work-stalls")
@@ -64,6 +70,8 @@ def main() -> None:
         share_indexes(arms)
         tenants = sorted({a.tenant for a in asks})
         warm_up(arms, tenants, asks[:300], rounds=2, learn_budget_s=60)
+        if not args.no_settle:
+            settle_heap()
         gc.callbacks.append(collections)
         feed = cycle(asks[300:])
         count = max(1, round(args.rate * args.step_s))
@@ -96,7 +104,8 @@ def main() -> None:
                     flush=True,
                 )
         gc.callbacks.remove(collections)
-    print(f"\n100k-tenants, static, {args.rate}/s for {args.step_s} s per step, {started}\n")
+    settled = "not settled" if args.no_settle else "heap settled"
+    print(f"\n100k-tenants, static, {args.rate}/s, {args.step_s} s steps, {settled}, {started}\n")
     print("| arm | steps | p99 > 100 ms | steps with a full collection | p99 median | pauses |")
     print("|---|---|---|---|---|---|")
     for name, steps in summary.items():

@@ -27,6 +27,7 @@ from athena.bench.scenarios import fit, latency_scenarios
 from athena.bench.workloads import STORES, Store, build_store, working_copy
 from athena.embedding import load_embedder
 from athena.errors import InvalidInput
+from athena.heap import release_heap, settle_heap
 
 DATA_DEFAULT: Final = Path("../shared/data/locomo/locomo10.json")
 DATA_FALLBACK: Final = Path("/work/shared/data/locomo/locomo10.json")
@@ -182,6 +183,9 @@ def run_session(
                 learn_budget_s=sizes.budget_s / 2,
             )
         details["warm_up"] = warm
+        # A long-running process, as `athena serve` is: what start-up and warm-up made is kept
+        # out of the collector's full walks (run() releases it when the session ends).
+        details["heap_frozen"] = settle_heap()
         per_recall = float(warm["cold_recall_ms"] or 5.0)
         by = {arm.name: arm for arm in arms}
         # A strategy is feasible if its pool is up and it did not fall back while warming up.
@@ -309,6 +313,7 @@ def run(plan: Plan, command: str, bars: Bars = no_bars) -> dict[str, Any]:
         "sizes": {k: getattr(plan.sizes, k) for k in plan.sizes.__dataclass_fields__},
         "arms": list(plan.arms),
         "pools": plan.pools,
+        "heap": "each session freezes its warmed heap out of full collections (settle_heap)",
     }
     ladder = loadgen.rates(plan.sizes.ramp[0], plan.sizes.ramp[2], plan.sizes.ramp_factor)
     step_s = plan.sizes.ramp_step_s
@@ -343,7 +348,10 @@ def run(plan: Plan, command: str, bars: Bars = no_bars) -> dict[str, Any]:
                 "build_s": store.build_s,
             }
             print(f"== {name}/{embedder}: {store.memories} memories", file=sys.stderr, flush=True)
-            session, measured = run_session(store, plan, bars, ceiling)
+            try:
+                session, measured = run_session(store, plan, bars, ceiling)
+            finally:
+                release_heap()  # a closed session's objects are collectable again
             sessions.append(session)
             parts.append((f"{name}/{embedder}", measured))
             keep = plan.out / "sessions"  # raw results, so a report can be redrawn later

@@ -27,6 +27,7 @@ from starlette.responses import Response
 
 from athena import __version__
 from athena.errors import InvalidInput, StoreError
+from athena.heap import settle_heap
 from athena.importers.jsonl import parse_timestamp
 from athena.interfaces.http_auth import Admission, Gate, Principal, client_address, load_tokens
 from athena.interfaces.http_errors import ApiError, ApiJSON, install_error_handlers
@@ -449,6 +450,7 @@ def serve_http(
             max_inflight=max_inflight,
             rate_limit_per_minute=rate_limit_per_minute,
         )
+        settle_heap()  # start-up's objects out of every later full collection's walk
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     finally:
         memory.close()

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from athena import __version__
 from athena.errors import AthenaError, InvalidInput
+from athena.heap import settle_heap
 from athena.importers.jsonl import parse_timestamp
 from athena.memory import Memory
 from athena.records import LAYERS, MAX_K, MAX_QUERY_CHARS, MAX_TEXT_CHARS, check_tenant
@@ -226,6 +227,7 @@ def serve_mcp(
         memory = Memory(db, embedder=embedder)
     try:
         server = build_server(memory)
+        settle_heap()  # start-up's objects out of every later full collection's walk
         if transport == "stdio":
             server.run("stdio")
         else:
