@@ -11,9 +11,10 @@ per recall going from 2.1 ms to 12 ms; behind one slot the same 64 threads ran a
 up, turned into a congestion collapse below the arrival rate.
 
 The gate bounds the recalls whose layers run in this process (SEQUENTIAL and PARALLEL;
-a PARALLEL recall still fans its own layers out). Work that waits without the GIL is not
-admitted through it: the pool's DISTRIBUTED round trips, single-flight followers, cache
-hits. Waiters sleep on their own lock (not runnable, so not contending) and are handed the
+a PARALLEL recall still fans its own layers out), and the merge into hits after them. Work
+that waits without the GIL holds no slot: the query embedding, the pool's DISTRIBUTED round
+trip (its recall takes a slot only for the merge after it), single-flight followers, full
+cache hits. Waiters sleep on their own lock (not runnable, so not contending) and are handed the
 slot in arrival order, so the wait is a plain queue and the tail is bounded by it.
 """
 
