@@ -45,59 +45,42 @@ def test_rows_come_back_exactly_and_in_order(batch: list[TelemetryRow]) -> None:
     assert ring.rows() == batch
 
 
+def row(i: int, layers_ms: dict[str, float], contributed: tuple[str, ...] = ()) -> TelemetryRow:
+    return TelemetryRow(
+        at=float(i),
+        tenant="t",
+        query_type="factual",
+        strategy="sequential",
+        confidence=1.0,
+        estimated_ms=1.0,
+        actual_ms=1.0,
+        cache="miss",
+        layers_ms=layers_ms,
+        layers=tuple(layers_ms),
+        contributed=contributed,
+        speedup_estimated=1.0,
+        speedup_actual=1.0,
+        fallback=None,
+        success=True,
+        features=(1.0, 2.0),
+    )
+
+
 def test_the_ring_is_bounded_and_keeps_the_newest() -> None:
     ring = Telemetry(None, memory_rows=3)
-    made = [
-        TelemetryRow(
-            float(i),
-            "t",
-            "factual",
-            "sequential",
-            1.0,
-            1.0,
-            1.0,
-            "miss",
-            {"episodic": float(i)},
-            ("episodic",),
-            (),
-            1.0,
-            1.0,
-            None,
-            True,
-        )
-        for i in range(5)
-    ]
-    for row in made:
-        ring.record(row)
+    made = [row(i, {"episodic": float(i)}) for i in range(5)]
+    for made_row in made:
+        ring.record(made_row)
     assert ring.rows() == made[2:]
 
 
 def test_kept_rows_are_not_tracked_by_the_collector() -> None:
     ring = Telemetry(None)
     for i in range(200):
-        ring.record(
-            TelemetryRow(
-                float(i),
-                "t",
-                "factual",
-                "sequential",
-                1.0,
-                1.0,
-                1.0,
-                "miss",
-                {"episodic": 0.5, "graph": 0.25},
-                ("episodic", "graph"),
-                ("graph",),
-                1.0,
-                1.0,
-                None,
-                True,
-                (1.0, 2.0),
-            )
-        )
+        ring.record(row(i, {"episodic": 0.5, "graph": 0.25}, ("graph",)))
     # A tuple is untracked once all it holds is; its new inner tuple goes at the same pass,
     # so the row at the next (in a live process, young passes run long before a full one).
     gc.collect()
     gc.collect()
     kept = list(ring._rows)
-    assert len(kept) == 200 and not any(gc.is_tracked(row) for row in kept)
+    assert len(kept) == 200 and not any(gc.is_tracked(packed) for packed in kept)
