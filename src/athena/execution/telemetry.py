@@ -193,7 +193,8 @@ def _pack(row: TelemetryRow) -> tuple[Any, ...]:
     """``row`` as a plain tuple whose ``layers_ms`` is a flat tuple (layer, ms, layer, ms…).
 
     Every field is then a number, a string, None or a plain tuple of those, so the garbage
-    collector untracks the tuple at its first pass and never scans the ring again. Held as
+    collector untracks the tuple within its first young collections (the new inner tuple at
+    one pass, the row at the next), long before a full collection would walk it. Held as
     named tuples (a tuple subclass, never untracked) with a dict inside, one engine's 10,000
     rows were 10,000 tracked objects that every full collection walked.
 
