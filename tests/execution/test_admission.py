@@ -4,6 +4,8 @@ first come first served, a queued recall honours its timeout, and the hits are u
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -199,8 +201,14 @@ def test_release_without_acquire_is_an_error() -> None:
         AdmissionGate(2).release()
 
 
-def test_default_is_one_slot_under_the_gil() -> None:
-    assert default_slots() >= 1
+def test_default_is_one_slot_under_the_gil_and_a_core_each_without(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    assert default_slots() == 1
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert default_slots() == 6
 
 
 @settings(max_examples=25, deadline=None)
