@@ -21,6 +21,7 @@ from athena.generations import GenerationTracker
 from athena.layers import LayerContext, MemoryLayer, default_layers
 from athena.records import MemoryInput, check_tenant, check_timeout, make_query
 from athena.retrieval.lexical_index import LexicalIndexes
+from athena.retrieval.snapshots import for_store
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF, VectorIndexes
 from athena.store.sqlite import SQLiteStore
 from athena.writing import check_mapping, check_timestamp, prepare
@@ -34,6 +35,11 @@ MAX_ID = 2**63 - 1  # SQLite's largest rowid
 
 class Memory:
     """An agent's memory in one SQLite file.
+
+    ``index_snapshots`` (default on) keeps the vector graphs of large scopes (past
+    ``hnsw_cutoff`` memories) in ``<path>.indexes/``, so the next process (a pool worker, a
+    restart) loads them instead of building them; the directory is a cache and may be
+    deleted at any time (delete it too when restoring an older copy of the database).
 
     >>> import tempfile, os
     >>> mem = Memory(os.path.join(tempfile.mkdtemp(), "m.db"))
@@ -53,20 +59,26 @@ class Memory:
         pool: str = "lazy",
         hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
         layers: Mapping[str, MemoryLayer] | None = None,
+        index_snapshots: bool = True,
     ) -> None:
         self.store = SQLiteStore(path)
         try:
             self.embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
             self.layers = dict(layers or default_layers())
             self.generations = GenerationTracker(self.store)
+            snapshots = (
+                for_store(self.store.path, self.store.identity(), self.store.vector_seq_high)
+                if index_snapshots
+                else None
+            )
             ctx = LayerContext(
                 self.store,
-                VectorIndexes(self.store, self.embedder.name, hnsw_cutoff),
+                VectorIndexes(self.store, self.embedder.name, hnsw_cutoff, snapshots),
                 LexicalIndexes(self.store),
             )
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
             if engine is None:
-                engine = _engine_factory(execution, pool, embedder, hnsw_cutoff)
+                engine = _engine_factory(execution, pool, embedder, hnsw_cutoff, index_snapshots)
             self.engine: RecallEngine = engine(self.pipeline, self.store)
             self._backfill_vectors()
         except BaseException:
@@ -294,7 +306,7 @@ class Memory:
 
 
 def _engine_factory(
-    execution: str, pool: str, embedder: str | Embedder, hnsw_cutoff: int
+    execution: str, pool: str, embedder: str | Embedder, hnsw_cutoff: int, snapshots: bool
 ) -> Callable[[Pipeline, SQLiteStore], RecallEngine]:
     """``execution``: "adaptive" (default) or "sequential" (the reference path only).
 
@@ -317,7 +329,9 @@ def _engine_factory(
         if pool != "off" and name is not None:
 
             def backend() -> ProcessWorkerPool:
-                return ProcessWorkerPool(store.path, name, hnsw_cutoff=hnsw_cutoff)
+                return ProcessWorkerPool(
+                    store.path, name, hnsw_cutoff=hnsw_cutoff, index_snapshots=snapshots
+                )
 
         return AdaptiveEngine(pipeline, store, backend=backend, eager_pool=pool == "eager")
 

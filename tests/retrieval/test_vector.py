@@ -53,3 +53,26 @@ def test_long_lived_index_equals_a_fresh_one(
             got = _search(memory, live, "lisbon word 7", 4)
         fresh = VectorIndexes(memory.store, memory.embedder.name)
         assert got == _search(memory, fresh, "lisbon word 7", 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 300), st.data())
+def test_the_same_vector_scores_the_same_wherever_it_sits(size: int, data: st.DataObject) -> None:
+    import numpy as np
+
+    from athena.retrieval.vector import ExactBackend
+
+    rng = np.random.default_rng(size)
+    matrix = rng.random((size, 256), dtype=np.float32)
+    twin, query = rng.random(256, dtype=np.float32), rng.random(256, dtype=np.float32)
+    spots = data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=6, unique=True))
+    spots.append(size - 1)  # the tail rows are where BLAS switches kernels
+    spots = sorted(set(spots))
+    matrix[spots] = twin
+    backend = ExactBackend(256)
+    backend.add(matrix)
+    scores, positions = backend.search(query, size)
+    tied = [s for s, p in zip(scores.tolist(), positions.tolist(), strict=True) if p in spots]
+    assert len(set(tied)) == 1  # BLAS's tail kernel would give the last rows another ulp
+    ranked = [p for p in positions.tolist() if p in spots]
+    assert ranked == spots  # equal scores rank by position, every time

@@ -7,11 +7,13 @@ generation moves. Nothing outside SQLite can disagree with it after a crash.
 Per (tenant, layer), search is exact (one matrix product) while the set is small; past
 ``hnsw_cutoff`` vectors it switches to a faiss HNSW graph. A vector replaced by an update
 leaves its old position behind; such positions are skipped, and the index is rebuilt when
-they pile up.
+they pile up. A built graph is saved as a snapshot beside the database (see
+:mod:`athena.retrieval.snapshots`), so the next process loads it instead of building it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -19,7 +21,10 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from athena.retrieval.snapshots import IndexSnapshots, Snapshot
 from athena.store.protocol import Store, VectorBatch
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HNSW_CUTOFF: Final = 20_000
 HNSW_M: Final = 16
@@ -59,6 +64,12 @@ def limit_blas_threads() -> None:
 
 _BLAS_LIMITED = False
 EXACT_COMPACT_MIN = 64  # superseded vectors an exact index keeps before it compacts
+EXACT_BLOCK = 64  # an exact index's rows come in whole blocks of this many (see search)
+SNAPSHOT_AFTER = 5_000  # vectors a graph takes in before it is saved (again); see snapshots.py
+
+
+def _rows_for(n: int) -> int:
+    return max(EXACT_BLOCK, -(-n // EXACT_BLOCK) * EXACT_BLOCK)
 
 
 class ExactBackend:
@@ -72,14 +83,18 @@ class ExactBackend:
     def add(self, matrix: Floats) -> None:
         needed = self._size + len(matrix)
         if needed > len(self._matrix):
-            grown = np.zeros((max(needed, 2 * len(self._matrix), 64), matrix.shape[1]), np.float32)
+            rows = _rows_for(max(needed, 2 * len(self._matrix)))
+            grown = np.zeros((rows, matrix.shape[1]), np.float32)
             grown[: self._size] = self._matrix[: self._size]
             self._matrix = grown
         self._matrix[self._size : needed] = matrix
         self._size = needed
 
     def search(self, query: Floats, limit: int) -> tuple[Floats, npt.NDArray[np.int64]]:
-        scores = self._matrix[: self._size] @ query
+        # Over whole blocks of rows (the unused ones are zeros): BLAS computes the rows past
+        # the last block of 4 in another kernel, so the same vector would score an ulp apart
+        # depending on where it sits, and ties would rank by an index's history.
+        scores = (self._matrix[: _rows_for(self._size)] @ query)[: self._size]
         limit = min(limit, self._size)
         if limit <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
@@ -115,6 +130,27 @@ class HnswBackend:
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
+    def dump(self) -> npt.NDArray[np.uint8]:
+        """The graph and its vectors, serialised (see :mod:`athena.retrieval.snapshots`)."""
+        import faiss
+
+        return faiss.serialize_index(self._index)
+
+    @classmethod
+    def restore(cls, graph: npt.NDArray[np.uint8]) -> HnswBackend:
+        """A backend from :meth:`dump`'s bytes, with this module's search settings."""
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        backend = cls.__new__(cls)
+        index = faiss.deserialize_index(graph)
+        if not isinstance(index, faiss.IndexHNSWFlat):
+            raise ValueError(f"a snapshot holds a {type(index).__name__}, not an HNSW graph")
+        backend._index = index
+        backend._index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        backend._index.hnsw.efSearch = HNSW_EF_SEARCH
+        return backend
+
 
 @dataclass(slots=True)
 class _State:
@@ -131,10 +167,17 @@ class VectorIndex:
     """The vectors of one (tenant, layer, model), searchable by cosine similarity."""
 
     def __init__(
-        self, tenant: str, layer: str, model: str, hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF
+        self,
+        tenant: str,
+        layer: str,
+        model: str,
+        hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
+        snapshots: IndexSnapshots | None = None,
     ) -> None:
         self.tenant, self.layer, self.model = tenant, layer, model
         self.hnsw_cutoff = hnsw_cutoff
+        self._snapshots = snapshots
+        self._unsaved = 0  # vectors added to an HNSW graph since it was last saved or loaded
         self._lock = threading.Lock()
         self._state = _State(None, [], [], {})
         self._synced_generation: int | None = None
@@ -151,27 +194,94 @@ class VectorIndex:
         with self._lock:
             if generation == self._synced_generation:
                 return 0
-            state = self._state
-            # Tombstones first: a memory deleted after this read is caught by the next sync,
-            # one re-inserted after it comes back through its new vector.
-            gone = store.deleted_after(self.tenant, self.layer, state.last_change)
-            batch = store.vectors_after(self.tenant, self.layer, self.model, state.last_seq)
-            for change, memory_id in gone:
-                if state.latest.pop(memory_id, None) is not None:
-                    state.dead += 1
-                state.last_change = change
-            if len(batch.ids):
-                if state.dead > 1_000 and state.dead > len(state.ids) // 3:
-                    batch = store.vectors_after(self.tenant, self.layer, self.model, 0)
-                    state = _State(None, [], [], {}, last_change=state.last_change)
-                self._append(state, batch)
-                if isinstance(state.backend, ExactBackend) and state.dead > max(
-                    EXACT_COMPACT_MIN, len(state.latest) // 4
-                ):
-                    state = _compacted(state)
-                self._state = state
-            self._synced_generation = generation
-            return len(gone) + len(batch.ids)
+            if self._state.backend is None and self._snapshots is not None:
+                return self._first_sync(store, self._snapshots, generation)
+            return self._catch_up(store, generation)
+
+    def _first_sync(self, store: Store, snapshots: IndexSnapshots, generation: int) -> int:
+        """Start from the scope's snapshot if there is one. If the scope turns out to need a
+        graph, build it under the cross-process lock (or load what another process built
+        meanwhile); :meth:`_catch_up` saves it."""
+        if self._restore(snapshots):
+            return self._catch_up(store, generation)
+        read = self._read_after(store, _State(None, [], [], {}))
+        if len(read[1].ids) <= self.hnsw_cutoff:
+            return self._catch_up(store, generation, read)
+        with snapshots.building(self.tenant, self.layer, self.model):
+            if self._restore(snapshots):  # another process built it while this one waited
+                return self._catch_up(store, generation)
+            return self._catch_up(store, generation, read)
+
+    def _restore(self, snapshots: IndexSnapshots) -> bool:
+        snap = snapshots.load(self.tenant, self.layer, self.model)
+        if snap is None:
+            return False
+        ids, seqs = snap.ids.tolist(), snap.seqs.tolist()
+        try:
+            backend = HnswBackend.restore(snap.graph)
+        except Exception as exc:  # a damaged graph is a cache miss, never a failed recall
+            log.warning("ignoring the index snapshot of %s/%s: %s", self.tenant, self.layer, exc)
+            return False
+        if len(backend) != len(ids):
+            return False
+        latest = dict(zip(snap.live_ids.tolist(), snap.live_seqs.tolist(), strict=True))
+        self._state = _State(backend, ids, seqs, latest, snap.last_seq, snap.dead, snap.last_change)
+        self._unsaved = 0
+        return True
+
+    def _save(self) -> None:
+        state = self._state
+        if self._snapshots is None or not isinstance(state.backend, HnswBackend):
+            return
+        snap = Snapshot(
+            state.backend.dump(),
+            np.asarray(state.ids, np.int64),
+            np.asarray(state.seqs, np.int64),
+            np.fromiter(state.latest.keys(), np.int64, len(state.latest)),
+            np.fromiter(state.latest.values(), np.int64, len(state.latest)),
+            state.last_seq,
+            state.dead,
+            state.last_change,
+        )
+        if self._snapshots.save(self.tenant, self.layer, self.model, snap):
+            self._unsaved = 0
+
+    def _read_after(self, store: Store, state: _State) -> tuple[list[tuple[int, int]], VectorBatch]:
+        # Tombstones first: a memory deleted after this read is caught by the next sync,
+        # one re-inserted after it comes back through its new vector.
+        gone = store.deleted_after(self.tenant, self.layer, state.last_change)
+        return gone, store.vectors_after(self.tenant, self.layer, self.model, state.last_seq)
+
+    def _catch_up(
+        self,
+        store: Store,
+        generation: int,
+        read: tuple[list[tuple[int, int]], VectorBatch] | None = None,
+    ) -> int:
+        state = self._state
+        gone, batch = read or self._read_after(store, state)
+        for change, memory_id in gone:
+            if state.latest.pop(memory_id, None) is not None:
+                state.dead += 1
+            state.last_change = change
+        if len(batch.ids):
+            if state.dead > 1_000 and state.dead > len(state.ids) // 3:
+                batch = store.vectors_after(self.tenant, self.layer, self.model, 0)
+                state = _State(None, [], [], {}, last_change=state.last_change)
+            before = state.backend
+            self._append(state, batch)
+            if isinstance(state.backend, ExactBackend) and state.dead > max(
+                EXACT_COMPACT_MIN, len(state.latest) // 4
+            ):
+                state = _compacted(state)
+            self._state = state
+            if isinstance(state.backend, HnswBackend):
+                built = state.backend is not before  # a new graph holds everything loaded
+                self._unsaved = len(state.ids) if built else self._unsaved + len(batch.ids)
+                if built or self._unsaved >= SNAPSHOT_AFTER:
+                    self._save()
+        self._synced_generation = generation
+        return len(gone) + len(batch.ids)
 
     def _append(self, state: _State, batch: VectorBatch) -> None:
         size = len(state.ids) + len(batch.ids)
@@ -241,10 +351,17 @@ def _compacted(state: _State) -> _State:
 class VectorIndexes:
     """The indexes of every (tenant, layer) for one embedding model."""
 
-    def __init__(self, store: Store, model: str, hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF) -> None:
+    def __init__(
+        self,
+        store: Store,
+        model: str,
+        hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
+        snapshots: IndexSnapshots | None = None,
+    ) -> None:
         self._store = store
         self._model = model
         self._cutoff = hnsw_cutoff
+        self.snapshots = snapshots
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._lock = threading.Lock()
         self.loaded = 0  # vectors and tombstones applied by every sync so far (approximate)
@@ -255,6 +372,11 @@ class VectorIndexes:
         """Sync the (tenant, layer) index to ``generation``, then search it."""
         return self.warm(tenant, layer, generation).search(query, limit)
 
+    def has_snapshot(self, tenant: str, layer: str) -> bool:
+        """Whether a snapshot of the (tenant, layer) graph is saved (loading it is quick)."""
+        snaps = self.snapshots
+        return snaps is not None and snaps.path(tenant, layer, self._model).exists()
+
     def warm(self, tenant: str, layer: str, generation: int) -> VectorIndex:
         """The (tenant, layer) index, built or caught up to ``generation``."""
         key = (tenant, layer)
@@ -262,7 +384,7 @@ class VectorIndexes:
         if index is None:
             with self._lock:
                 index = self._indexes.setdefault(
-                    key, VectorIndex(tenant, layer, self._model, self._cutoff)
+                    key, VectorIndex(tenant, layer, self._model, self._cutoff, self.snapshots)
                 )
         applied = index.sync(self._store, generation)
         if applied:

@@ -142,6 +142,12 @@ class Store(Protocol):
     def vector_seqs(self, ids: Sequence[int], model: str) -> dict[int, int]:
         """The current vector seq of each id (missing if deleted)."""
 
+    def vector_seq_high(self) -> int:
+        """The highest vector seq ever assigned (0 before the first vector)."""
+
+    def identity(self) -> str | None:
+        """A random id minted with the database (None if its schema predates it)."""
+
     def changes_after(
         self, tenant: str, layer: str, after_seq: int
     ) -> list[tuple[int, int, str | None]]:

@@ -169,6 +169,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         UPDATE write_clock SET n = n + 1 WHERE id = 1;
     END;
     """,
+    # 5: a random identity for this database, minted once: files cached beside it (vector
+    # index snapshots) name the database they were made from, so they are never applied
+    # to another file that happens to sit at the same path.
+    """
+    CREATE TABLE store_identity (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        uuid TEXT NOT NULL
+    );
+    INSERT INTO store_identity (id, uuid) VALUES (1, lower(hex(randomblob(16))));
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

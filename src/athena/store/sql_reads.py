@@ -149,6 +149,19 @@ def vector_seqs(conn: sqlite3.Connection, ids: Sequence[int], model: str) -> dic
     return {int(r[0]): int(r[1]) for r in rows}
 
 
+def vector_seq_high(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'vectors'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def identity(conn: sqlite3.Connection) -> str | None:
+    try:
+        row = conn.execute("SELECT uuid FROM store_identity WHERE id = 1").fetchone()
+    except sqlite3.OperationalError:  # a read-only file whose schema predates it
+        return None
+    return str(row[0]) if row else None
+
+
 def changes_after(
     conn: sqlite3.Connection, tenant: str, layer: str, after_seq: int
 ) -> list[tuple[int, int, str | None]]:

@@ -198,6 +198,12 @@ class SQLiteStore:
     def vector_seqs(self, ids: Sequence[int], model: str) -> dict[int, int]:
         return self._read(reads.vector_seqs, ids, model)
 
+    def vector_seq_high(self) -> int:
+        return self._read(reads.vector_seq_high)
+
+    def identity(self) -> str | None:
+        return self._read(reads.identity)
+
     def changes_after(
         self, tenant: str, layer: str, after_seq: int
     ) -> list[tuple[int, int, str | None]]:

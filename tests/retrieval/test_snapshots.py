@@ -1,0 +1,194 @@
+"""Vector index snapshots: a graph built once is loaded by the next index (another
+process too), catches up exactly on what was written since, and a snapshot that cannot be
+trusted (another database, one restored from an older copy, a damaged file) is ignored."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from athena import Memory
+from athena.retrieval.snapshots import IndexSnapshots, for_store
+from athena.retrieval.vector import VectorIndexes
+from athena.store.sqlite import SQLiteStore
+
+CUTOFF = 30  # past this many vectors a scope gets a graph (the default is 20,000)
+QUERIES = ("a walk by the river", "dinner with friends", "memory 7", "the lisbon trip")
+
+
+def _fill(memory: Memory, n: int, start: int = 0) -> list[int]:
+    texts = [f"memory {i}: {QUERIES[i % 4]} number {i}" for i in range(start, start + n)]
+    return [memory.remember(t, tenant="t", layer="semantic") for t in texts]
+
+
+def _indexes(memory: Memory, snapshots: bool = True, cutoff: int = CUTOFF) -> VectorIndexes:
+    store = memory.store
+    snaps = for_store(store.path, store.identity(), store.vector_seq_high) if snapshots else None
+    return VectorIndexes(store, memory.embedder.name, cutoff, snaps)
+
+
+def _answers(memory: Memory, indexes: VectorIndexes, limit: int = 8) -> list[list[int]]:
+    generation = memory.generations.get("t")["semantic"]
+    vectors = memory.embedder.embed(list(QUERIES))
+    return [[i for i, _ in indexes.search("t", "semantic", generation, v, limit)] for v in vectors]
+
+
+def _exact(memory: Memory) -> list[list[int]]:
+    return _answers(memory, _indexes(memory, snapshots=False, cutoff=10_000))
+
+
+def _memory(path: Path) -> Memory:
+    return Memory(path, embedder="static", execution="sequential", hnsw_cutoff=CUTOFF)
+
+
+def test_a_built_graph_is_saved_and_the_next_index_loads_it(tmp_path: Path) -> None:
+    with _memory(tmp_path / "s.db") as memory:
+        _fill(memory, 60)
+        first = _indexes(memory)
+        built = _answers(memory, first)
+        assert first.snapshots is not None and first.snapshots.saved == 1
+        assert first._indexes[("t", "semantic")].kind == "HnswBackend"
+        assert list((tmp_path / "s.db.indexes").glob("*.npz"))
+
+        second = _indexes(memory)
+        assert _answers(memory, second) == built == _exact(memory)
+        assert second.snapshots is not None
+        assert (second.snapshots.loaded, second.snapshots.saved) == (1, 0)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "update", "delete"]), st.integers(0, 59)), max_size=25
+    )
+)
+def test_a_loaded_snapshot_catches_up_on_later_writes_exactly(
+    tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[str, int]]
+) -> None:
+    with _memory(tmp_path_factory.mktemp("snap") / "s.db") as memory:
+        ids = _fill(memory, 60)
+        _answers(memory, _indexes(memory))  # builds and saves the graph
+        for n, (op, which) in enumerate(edits):
+            if op == "add":
+                ids += _fill(memory, 1, start=100 + n)
+            elif op == "update" and ids[which] > 0:
+                memory.update(ids[which], tenant="t", text=f"the lisbon trip, take {n}")
+            elif op == "delete" and ids[which] > 0:
+                memory.forget(ids[which], tenant="t")
+                ids[which] = -1
+        loaded = _indexes(memory)
+        assert _answers(memory, loaded) == _exact(memory)
+        assert loaded.snapshots is not None and loaded.snapshots.loaded == 1
+
+
+def test_a_new_database_at_the_same_path_ignores_the_old_snapshots(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with _memory(path) as memory:
+        _fill(memory, 60)
+        _answers(memory, _indexes(memory))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with _memory(path) as memory:  # a new file: a new identity
+        _fill(memory, 45, start=500)
+        fresh = _indexes(memory)
+        assert _answers(memory, fresh) == _exact(memory)
+        assert fresh.snapshots is not None and fresh.snapshots.loaded == 0
+
+
+def test_a_snapshot_newer_than_a_restored_database_is_ignored(tmp_path: Path) -> None:
+    path, backup = tmp_path / "s.db", tmp_path / "backup.db"
+    with _memory(path) as memory:
+        _fill(memory, 40)
+        source = sqlite3.connect(path)
+        dest = sqlite3.connect(backup)
+        source.backup(dest)  # a copy of the database before the last 30 memories
+        dest.close()
+        source.close()
+        _fill(memory, 30, start=40)
+        _answers(memory, _indexes(memory))  # the snapshot knows all 70
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(backup, path)  # restored over the file; the .indexes directory stays
+    with _memory(path) as memory:
+        restored = _indexes(memory)
+        assert _answers(memory, restored) == _exact(memory)
+        assert restored.snapshots is not None and restored.snapshots.loaded == 0
+
+
+def test_a_damaged_snapshot_is_rebuilt_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _memory(tmp_path / "s.db") as memory:
+        _fill(memory, 60)
+        _answers(memory, _indexes(memory))
+        (snapshot,) = (tmp_path / "s.db.indexes").glob("*.npz")
+        snapshot.write_bytes(snapshot.read_bytes()[:5000])  # torn
+        rebuilt = _indexes(memory)
+        assert _answers(memory, rebuilt) == _exact(memory)
+        assert rebuilt.snapshots is not None
+        assert (rebuilt.snapshots.loaded, rebuilt.snapshots.saved) == (0, 1)
+        assert "ignoring the index snapshot" in caplog.text
+        again = _indexes(memory)
+        _answers(memory, again)
+        assert again.snapshots is not None and again.snapshots.loaded == 1
+
+
+def test_an_unwritable_snapshot_directory_turns_snapshots_off_not_recalls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "s.db.indexes").write_text("a file where the directory would be")
+    with _memory(tmp_path / "s.db") as memory:
+        _fill(memory, 60)
+        indexes = _indexes(memory)
+        assert _answers(memory, indexes) == _exact(memory)
+        assert indexes.snapshots is not None and indexes.snapshots.saved == 0
+        assert "index snapshots are off" in caplog.text
+
+
+def test_snapshots_can_be_turned_off(tmp_path: Path) -> None:
+    with Memory(tmp_path / "s.db", hnsw_cutoff=CUTOFF, index_snapshots=False) as memory:
+        _fill(memory, 60)
+        memory.recall("the lisbon trip", tenant="t", k=3)
+    assert not (tmp_path / "s.db.indexes").exists()
+
+
+def _warm_in_a_process(path: str, model: str) -> tuple[int, int]:
+    store = SQLiteStore(path, readonly=True)
+    try:
+        snaps = for_store(store.path, store.identity(), store.vector_seq_high)
+        assert snaps is not None
+        indexes = VectorIndexes(store, model, CUTOFF, snaps)
+        indexes.warm("t", "semantic", store.generations("t")["semantic"])
+        return snaps.loaded, snaps.saved
+    finally:
+        store.close()
+
+
+def test_two_processes_build_a_scope_once(tmp_path: Path) -> None:
+    with _memory(tmp_path / "s.db") as memory:
+        _fill(memory, 400)
+        model = memory.embedder.name
+    with mp.get_context("spawn").Pool(2) as pool:
+        counts = pool.starmap(_warm_in_a_process, [(str(tmp_path / "s.db"), model)] * 2)
+    assert sorted(counts) == [(0, 1), (1, 0)]  # one built and saved it, the other loaded it
+
+
+def test_snapshot_names_are_per_database_and_scope(tmp_path: Path) -> None:
+    one = IndexSnapshots(tmp_path, "one", lambda: 0)
+    other = IndexSnapshots(tmp_path, "other", lambda: 0)
+    names = {
+        one.path("t", "semantic", "m"),
+        one.path("t", "episodic", "m"),
+        one.path("u", "semantic", "m"),
+        one.path("t", "semantic", "n"),
+        other.path("t", "semantic", "m"),
+    }
+    assert len(names) == 5
