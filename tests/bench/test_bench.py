@@ -182,3 +182,28 @@ def test_store_builds_share_the_given_embedder_cache(tmp_path: Path, locomo_path
     build_store("100k-tenants", "static", data, tmp_path, target=3 * small.memories, model=model)
     assert model.misses == distinct  # every copy's texts came from the cache
     assert model.hits >= 3 * small.memories
+
+
+def test_a_working_copy_brings_the_stores_index_snapshots(tmp_path: Path) -> None:
+    from athena import Memory
+    from athena.bench.workloads import Store, working_copy
+
+    pristine = tmp_path / "pristine.db"
+    with Memory(pristine, hnsw_cutoff=30, pool="off") as memory:
+        for i in range(50):
+            memory.remember(f"note {i} on the lisbon trip", tenant="t", layer="semantic")
+        assert memory.prepare_indexes() == 1
+    store = Store("locomo", "static", pristine, 50, 1, (), 0.0)
+    stale = tmp_path / "work" / "locomo-static.db.indexes" / "stale.npz"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"from an earlier run")
+    copy = working_copy(store, tmp_path / "work")
+    assert not stale.exists()
+    with Memory(copy, hnsw_cutoff=30, pool="off") as memory:
+        assert memory.recall("lisbon", tenant="t", k=2).hits
+        memory.remember("a write into the copy", tenant="t", layer="semantic")
+        snaps = memory.pipeline.ctx.indexes.snapshots
+        assert snaps is not None and snaps.loaded == 1  # same identity: the copy loads them
+    (original,) = Path(f"{pristine}.indexes").glob("*.npz")
+    (copied,) = Path(f"{copy}.indexes").glob("*.npz")
+    assert original.read_bytes() == copied.read_bytes()

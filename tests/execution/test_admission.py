@@ -141,6 +141,38 @@ def test_a_queued_recall_times_out_typed_and_nothing_is_lost(tmp_path: Path) -> 
     mem.close()
 
 
+class SlowQueries:
+    """The static model, taking ``pause_s`` per query embedding (a busy transformer)."""
+
+    def __init__(self, pause_s: float) -> None:
+        from athena.embedding import load_embedder
+
+        self.inner, self.pause_s, self.slow = load_embedder("static"), pause_s, False
+        self.name, self.dim = self.inner.name, self.inner.dim
+
+    def embed(self, texts: Any) -> Any:
+        if self.slow:
+            time.sleep(self.pause_s)
+        return self.inner.embed(texts)
+
+
+def test_the_slot_wait_gets_only_what_the_embedding_left_of_the_timeout(tmp_path: Path) -> None:
+    embedder = SlowQueries(0.25)
+    mem = Memory(tmp_path / "m.db", embedder=embedder, engine=gated(1))  # type: ignore[arg-type]
+    fill(mem)
+    embedder.slow = True
+    gate = mem.engine.admission  # type: ignore[attr-defined]
+    gate.acquire()  # a long recall holds the only slot for 0.8 s
+    threading.Timer(0.8, gate.release).start()
+    start = time.monotonic()
+    with pytest.raises(RecallTimeout, match="execution slot"):
+        mem.recall(QUESTIONS[1], tenant="t", strategy="sequential", timeout=0.4)
+    assert time.monotonic() - start < 0.6  # given the whole 0.4 s, the wait ended at 0.65 s
+    time.sleep(0.5)
+    assert mem.recall(QUESTIONS[1], tenant="t", strategy="sequential", timeout=5).hits
+    mem.close()
+
+
 def test_the_wait_is_explained_and_not_learnt_as_the_strategy_cost(tmp_path: Path) -> None:
     mem = Memory(tmp_path / "m.db", engine=gated(1))
     fill(mem)

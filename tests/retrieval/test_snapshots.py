@@ -192,3 +192,17 @@ def test_snapshot_names_are_per_database_and_scope(tmp_path: Path) -> None:
         other.path("t", "semantic", "m"),
     }
     assert len(names) == 5
+
+
+def test_prepare_indexes_builds_the_graphs_once_for_every_later_process(tmp_path: Path) -> None:
+    with _memory(tmp_path / "s.db") as memory:
+        _fill(memory, 60)
+        memory.remember("a small scope stays exact", tenant="u", layer="semantic")
+        assert [s[:2] for s in memory.large_scopes()] == [("t", "semantic")]
+        assert memory.prepare_indexes() == 1
+        assert memory.pipeline.ctx.indexes.snapshots is not None
+        assert memory.pipeline.ctx.indexes.snapshots.saved == 1
+    with _memory(tmp_path / "s.db") as memory:
+        assert [h.id for h in memory.recall("the lisbon trip", tenant="t", k=3).hits]
+        snaps = memory.pipeline.ctx.indexes.snapshots
+        assert snaps is not None and (snaps.loaded, snaps.saved) == (1, 0)

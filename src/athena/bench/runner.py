@@ -314,6 +314,8 @@ def run(plan: Plan, command: str, bars: Bars = no_bars) -> dict[str, Any]:
         "arms": list(plan.arms),
         "pools": plan.pools,
         "heap": "each session freezes its warmed heap out of full collections (settle_heap)",
+        "indexes": "each store's vector graphs are built once, when the store is built, and"
+        " saved as snapshots that every session's processes load (Memory.prepare_indexes)",
     }
     ladder = loadgen.rates(plan.sizes.ramp[0], plan.sizes.ramp[2], plan.sizes.ramp_factor)
     step_s = plan.sizes.ramp_step_s
@@ -346,6 +348,7 @@ def run(plan: Plan, command: str, bars: Bars = no_bars) -> dict[str, Any]:
                 "memories": store.memories,
                 "tenants": store.tenants,
                 "build_s": store.build_s,
+                "graphs_s": store.graphs_s,
             }
             print(f"== {name}/{embedder}: {store.memories} memories", file=sys.stderr, flush=True)
             try:

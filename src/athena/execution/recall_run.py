@@ -48,6 +48,7 @@ class RecallRun:
         self.analysis: QueryAnalysis | None = None
         self.confidence = 1.0
         self.queued_ms = 0.0  # waited for an execution slot (engine.admission)
+        self.started = time.monotonic()
 
     def execute(self) -> tuple[Hit, ...]:
         engine, query = self.engine, self.query
@@ -98,15 +99,22 @@ class RecallRun:
             request = engine.pipeline.request(query, self.generations)  # embeds: no slot held
             if inner is Strategy.DISTRIBUTED:
                 remote = self._distributed(request, missing)  # None: it fell back
-        with engine.admission.slot(self.timeout) as waited:
+        left = self.left()  # the embedding and a pool round trip have spent some of it
+        with engine.admission.slot(left) as waited:
             self.queued_ms = waited * 1000.0
             if remote is not None:
                 self.fresh = remote
             elif request is not None and self.executed is not None:
-                timeout = None if self.timeout is None else max(self.timeout - waited, 0.0)
+                timeout = None if left is None else max(left - waited, 0.0)
                 self.fresh = self._in_process(self.executed, request, missing, timeout)
             hits = self._finish(cached, uses_cache, depth)
         return hits
+
+    def left(self) -> float | None:
+        """Seconds of the recall's timeout not yet spent (None: no timeout)."""
+        if self.timeout is None:
+            return None
+        return max(self.timeout - (time.monotonic() - self.started), 0.0)
 
     def _finish(self, cached: dict[str, Any], uses_cache: bool, depth: int) -> tuple[Hit, ...]:
         """Merge cached and fresh layer results into hits; fill the cache."""
@@ -157,8 +165,13 @@ class RecallRun:
         elif not backend.available:  # every worker is being replaced: do not wait
             self.fallback = "pool unavailable: no worker is ready"
         else:
+            left = self.left()
+            if left is not None and left <= 0:
+                raise RecallTimeout(f"recall exceeded its {self.timeout}s timeout")
             try:
-                return backend.run(request, layers, timeout=self.timeout or DISTRIBUTED_TIMEOUT)
+                return backend.run(
+                    request, layers, timeout=DISTRIBUTED_TIMEOUT if left is None else left
+                )
             except (WorkerPoolUnavailable, RecallTimeout) as exc:
                 self.fallback = f"pool failed: {exc}"
         self.executed = Strategy.PARALLEL

@@ -360,7 +360,7 @@ class VectorIndexes:
     ) -> None:
         self._store = store
         self._model = model
-        self._cutoff = hnsw_cutoff
+        self.cutoff = hnsw_cutoff
         self.snapshots = snapshots
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._lock = threading.Lock()
@@ -384,7 +384,7 @@ class VectorIndexes:
         if index is None:
             with self._lock:
                 index = self._indexes.setdefault(
-                    key, VectorIndex(tenant, layer, self._model, self._cutoff, self.snapshots)
+                    key, VectorIndex(tenant, layer, self._model, self.cutoff, self.snapshots)
                 )
         applied = index.sync(self._store, generation)
         if applied:
