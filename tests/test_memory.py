@@ -171,3 +171,14 @@ async def test_async_face_shares_the_core(tmp_path: Path, embedder: Embedder) ->
         assert all(len(r.hits) == 5 for r in results)
         with pytest.raises(InvalidInput):
             await mem.recall("", tenant="t")
+
+
+def test_execution_gauges_are_the_pool_and_admission_sections_of_the_stats(
+    memory: Memory,
+) -> None:
+    memory.remember("the sky is blue", tenant="t")
+    memory.recall("sky", tenant="t")
+    gauges, stats = memory.execution_gauges(), memory.execution_stats()
+    assert set(gauges) == {"pool", "admission"}
+    assert gauges == {"pool": stats["pool"], "admission": stats["admission"]}
+    assert gauges["admission"]["admitted"] >= 1

@@ -280,6 +280,11 @@ class Memory:
         """The execution layer's state: ``cache``, ``pool``, ``telemetry``, ``selector``."""
         return self.engine.stats()
 
+    def execution_gauges(self) -> dict[str, Any]:
+        """Only the ``pool`` and ``admission`` sections of :meth:`execution_stats`, without
+        summarising telemetry: what a metrics scrape reads."""
+        return self.engine.gauges()
+
     def tenants(self) -> list[str]:
         return self.store.tenants()
 
@@ -390,6 +395,7 @@ class AsyncMemory:
         self.stats = _threaded(self.core.stats)
         self.get = _threaded(self.core.get)
         self.execution_stats = _threaded(self.core.execution_stats)
+        self.execution_gauges = _threaded(self.core.execution_gauges)
 
     async def recall(self, query: str, **options: Any) -> Recall:
         """:meth:`Memory.recall`, awaitable: a valid cache hit is served on the event loop

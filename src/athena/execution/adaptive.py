@@ -263,16 +263,18 @@ class AdaptiveEngine:
             built,
         )
 
-    def stats(self) -> dict[str, Any]:
+    def gauges(self) -> dict[str, Any]:
         backend = self._backend
         pool: dict[str, Any] = backend.health() if backend is not None else {"started": False}
         if self._backend_error:
             pool["error"] = self._backend_error
         pool["rebuilds"] = self.pool_rebuilds
+        return {"pool": pool, "admission": self.admission.stats()}
+
+    def stats(self) -> dict[str, Any]:
         return {
             "cache": self.cache.stats(),
-            "admission": self.admission.stats(),
-            "pool": pool,
+            **self.gauges(),
             "telemetry": self.telemetry.summary(),
             "selector": self.selector.snapshot(),
             "graph": self.graph.snapshot(),

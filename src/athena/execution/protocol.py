@@ -35,4 +35,7 @@ class RecallEngine(Protocol):
     def stats(self) -> dict[str, Any]:
         """Execution state: ``cache``, ``pool``, ``telemetry`` and ``selector`` sections."""
 
+    def gauges(self) -> dict[str, Any]:
+        """The ``pool`` and ``admission`` sections alone: cheap enough for every scrape."""
+
     def close(self) -> None: ...

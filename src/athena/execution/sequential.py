@@ -58,5 +58,8 @@ class SequentialEngine:
     def stats(self) -> dict[str, Any]:
         return {"cache": {}, "pool": {}, "telemetry": {}, "selector": {"strategy": "sequential"}}
 
+    def gauges(self) -> dict[str, Any]:
+        return {"pool": {}, "admission": {}}
+
     def close(self) -> None:
         return None

@@ -156,14 +156,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class _EngineCollector(Collector):
-    """Worker-pool and admission gauges read from ``execution_stats()`` at scrape time."""
+    """Worker-pool and admission gauges read from ``execution_gauges()`` at scrape time."""
 
     def __init__(self, memory: Memory) -> None:
         self.memory = memory
 
     def collect(self) -> Iterable[Metric]:
         try:
-            stats = self.memory.execution_stats()
+            stats = self.memory.execution_gauges()
         except Exception:
             stats = {}
         pool, admission = stats.get("pool") or {}, stats.get("admission") or {}
@@ -388,7 +388,8 @@ def create_app(
         return ApiJSON(data)
 
     async def section(name: str) -> Response:
-        data = await run(memory.execution_stats)
+        cheap = name in ("pool", "admission")  # no telemetry summary needed for these
+        data = await run(memory.execution_gauges if cheap else memory.execution_stats)
         return ApiJSON(data.get(name) or {})
 
     @app.get("/v1/telemetry", dependencies=[Depends(global_access)], **global_routes)
