@@ -53,7 +53,7 @@ def pools_arm(
             if all(h.get("ready", 0) >= h.get("min_workers", 2) for h in health):
                 all_ready = time.perf_counter() - start
                 break
-            if all(h.get("ready", 0) >= 2 or h.get("state") == "broken" for h in health):
+            if all(h.get("ready", 0) >= 2 or _broken(h) for h in health):
                 break  # a pool that failed to start never will
             time.sleep(0.1)
         fell_back = failed = 0
@@ -70,7 +70,8 @@ def pools_arm(
                 fell_back += bool(got.explain and got.explain.get("fallback"))
         health = [m.execution_stats()["pool"] for m in mems]
         return {
-            "broken": sum(h.get("state") == "broken" for h in health),
+            "broken": sum(_broken(h) for h in health),
+            "errors": sorted({str(h["error"]) for h in health if h.get("error")}),
             "first_ready_s": first,
             "all_ready_s": all_ready,
             "recalls": len(questions) * pools,
@@ -83,6 +84,10 @@ def pools_arm(
     finally:
         for mem in mems:
             mem.close()
+
+
+def _broken(health: dict[str, Any]) -> bool:
+    return health.get("state") == "broken" or bool(health.get("error"))
 
 
 def first_recall_arm(db: Path, model: Embedder, snapshots: bool, tenant: str, text: str) -> float:
@@ -147,6 +152,9 @@ def main() -> None:
             f"| {spread(p50s)} | {sum(r['restarts'] for r in runs)} "
             f"| {sum(r['timeouts'] for r in runs)} | {sum(r['broken'] for r in runs)} |"
         )
+    for name, runs in results.items():
+        for error in sorted({e for r in runs for e in r["errors"]}):
+            print(f"\n{name}: {error}")
     tenant, text = asks[0]
     firsts = interleaved(
         args.reps,
