@@ -20,6 +20,7 @@ from athena.execution.sequential import SequentialEngine
 from athena.generations import GenerationTracker
 from athena.layers import LayerContext, MemoryLayer, default_layers
 from athena.records import MemoryInput, check_tenant, check_timeout, make_query
+from athena.retrieval.lexical_index import SNAPSHOT_MIN as LEXICAL_SNAPSHOT_MIN
 from athena.retrieval.lexical_index import LexicalIndexes
 from athena.retrieval.snapshots import for_store
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF, VectorIndexes
@@ -66,15 +67,11 @@ class Memory:
             self.embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
             self.layers = dict(layers or default_layers())
             self.generations = GenerationTracker(self.store)
-            snapshots = (
-                for_store(self.store.path, self.store.identity(), self.store.vector_seq_high)
-                if index_snapshots
-                else None
-            )
+            snapshots = for_store(self.store) if index_snapshots else None
             ctx = LayerContext(
                 self.store,
                 VectorIndexes(self.store, self.embedder.name, hnsw_cutoff, snapshots),
-                LexicalIndexes(self.store),
+                LexicalIndexes(self.store, snapshots),
             )
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
             if engine is None:
@@ -289,24 +286,29 @@ class Memory:
         return self.store.tenants()
 
     def prepare_indexes(self, advance: Callable[[int], None] | None = None) -> int:
-        """Build (or load) the vector graph of every scope large enough for one, and save
-        its snapshot, so no later process builds it; returns how many scopes it prepared.
-        ``advance(1)`` is called per scope. Worth it after a bulk import of 20k+ memories
-        into one (tenant, layer): building such a graph takes tens of seconds.
+        """Build (or load) the vector graph and the lexical index of every scope large
+        enough to have them saved, and save their snapshots, so no later process builds
+        them; returns how many scopes it prepared. ``advance(1)`` is called per scope.
+        Worth it after a bulk import of 20k+ memories into one (tenant, layer): building
+        such a graph takes tens of seconds.
 
         >>> # mem.remember_many(items); mem.prepare_indexes()  # 1, for 75k turns in one tenant
         """
-        indexes = self.pipeline.ctx.indexes
-        scopes = self.store.large_scopes(indexes.cutoff + 1)
-        for tenant, layer, _ in scopes:
-            indexes.warm(tenant, layer, self.store.generations(tenant).get(layer, 0))
+        ctx, scopes = self.pipeline.ctx, self.large_scopes()
+        for tenant, layer, size in scopes:
+            generation = self.store.generations(tenant).get(layer, 0)
+            if size > ctx.indexes.cutoff:
+                ctx.indexes.warm(tenant, layer, generation)
+            if size > LEXICAL_SNAPSHOT_MIN:
+                ctx.lexicon.warm(tenant, layer, generation)
             if advance is not None:
                 advance(1)
         return len(scopes)
 
     def large_scopes(self) -> list[tuple[str, str, int]]:
         """(tenant, layer, memories) of the scopes :meth:`prepare_indexes` would prepare."""
-        return self.store.large_scopes(self.pipeline.ctx.indexes.cutoff + 1)
+        cutoff = min(self.pipeline.ctx.indexes.cutoff, LEXICAL_SNAPSHOT_MIN)
+        return self.store.large_scopes(cutoff + 1)
 
     def _backfill_vectors(self) -> None:
         # Memories written with another embedder have no vector for this one yet. A

@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from athena import Memory
+from athena.retrieval import lexical_index
+from athena.retrieval.lexical import query_stems
+from athena.retrieval.lexical_index import LexicalIndexes
 from athena.retrieval.snapshots import IndexSnapshots, for_store
 from athena.retrieval.vector import VectorIndexes
 from athena.store.sqlite import SQLiteStore
@@ -29,7 +32,7 @@ def _fill(memory: Memory, n: int, start: int = 0) -> list[int]:
 
 def _indexes(memory: Memory, snapshots: bool = True, cutoff: int = CUTOFF) -> VectorIndexes:
     store = memory.store
-    snaps = for_store(store.path, store.identity(), store.vector_seq_high) if snapshots else None
+    snaps = for_store(store) if snapshots else None
     return VectorIndexes(store, memory.embedder.name, cutoff, snaps)
 
 
@@ -163,7 +166,7 @@ def test_snapshots_can_be_turned_off(tmp_path: Path) -> None:
 def _warm_in_a_process(path: str, model: str) -> tuple[int, int]:
     store = SQLiteStore(path, readonly=True)
     try:
-        snaps = for_store(store.path, store.identity(), store.vector_seq_high)
+        snaps = for_store(store)
         assert snaps is not None
         indexes = VectorIndexes(store, model, CUTOFF, snaps)
         indexes.warm("t", "semantic", store.generations("t")["semantic"])
@@ -181,17 +184,77 @@ def test_two_processes_build_a_scope_once(tmp_path: Path) -> None:
     assert sorted(counts) == [(0, 1), (1, 0)]  # one built and saved it, the other loaded it
 
 
-def test_snapshot_names_are_per_database_and_scope(tmp_path: Path) -> None:
-    one = IndexSnapshots(tmp_path, "one", lambda: 0)
-    other = IndexSnapshots(tmp_path, "other", lambda: 0)
+def test_snapshot_names_are_per_database_kind_and_scope(tmp_path: Path) -> None:
+    one = IndexSnapshots(tmp_path, "one", {})
+    other = IndexSnapshots(tmp_path, "other", {})
     names = {
-        one.path("t", "semantic", "m"),
-        one.path("t", "episodic", "m"),
-        one.path("u", "semantic", "m"),
-        one.path("t", "semantic", "n"),
-        other.path("t", "semantic", "m"),
+        one.path("vector", "t", "semantic", "m"),
+        one.path("vector", "t", "episodic", "m"),
+        one.path("vector", "u", "semantic", "m"),
+        one.path("vector", "t", "semantic", "n"),
+        one.path("lexical", "t", "semantic", "m"),
+        other.path("vector", "t", "semantic", "m"),
     }
-    assert len(names) == 5
+    assert len(names) == 6
+
+
+def _lexical(memory: Memory, indexes: LexicalIndexes) -> list[list[tuple[int, float]]]:
+    generation = memory.generations.get("t")["semantic"]
+    return [indexes.search("t", "semantic", generation, query_stems(q), 8) for q in (*QUERIES, "7")]
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "update", "delete"]), st.integers(0, 59)), max_size=25
+    )
+)
+def test_a_lexical_snapshot_loads_and_catches_up_bit_for_bit(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    edits: list[tuple[str, int]],
+) -> None:
+    monkeypatch.setattr(lexical_index, "SNAPSHOT_MIN", 30)
+    with _memory(tmp_path_factory.mktemp("lex") / "s.db") as memory:
+        ids = _fill(memory, 60)
+        built = LexicalIndexes(memory.store, for_store(memory.store))
+        _lexical(memory, built)
+        assert built.snapshots is not None and built.snapshots.saved == 1
+        for n, (op, which) in enumerate(edits):
+            if op == "add":
+                ids += _fill(memory, 1, start=100 + n)
+            elif op == "update" and ids[which] > 0:
+                memory.update(ids[which], tenant="t", text=f"the lisbon trip, take {n}")
+            elif op == "delete" and ids[which] > 0:
+                memory.forget(ids[which], tenant="t")
+                ids[which] = -1
+        loaded = LexicalIndexes(memory.store, for_store(memory.store))
+        assert _lexical(memory, loaded) == _lexical(memory, LexicalIndexes(memory.store))
+        assert loaded.snapshots is not None and loaded.snapshots.loaded == 1
+
+
+def test_a_damaged_or_outdated_lexical_snapshot_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lexical_index, "SNAPSHOT_MIN", 30)
+    with _memory(tmp_path / "s.db") as memory:
+        _fill(memory, 60)
+        _lexical(memory, LexicalIndexes(memory.store, for_store(memory.store)))
+        expected = _lexical(memory, LexicalIndexes(memory.store))
+        files = {p.name for p in (tmp_path / "s.db.indexes").glob("*.npz")}
+        for snapshot in (tmp_path / "s.db.indexes").glob("*.npz"):
+            snapshot.write_bytes(snapshot.read_bytes()[:3000])  # torn: ignored, rebuilt
+        again = LexicalIndexes(memory.store, for_store(memory.store))
+        assert _lexical(memory, again) == expected
+        assert again.snapshots is not None and again.snapshots.loaded == 0
+        monkeypatch.setattr(lexical_index, "STEMS_VERSION", 2)  # stems() changed
+        newer = LexicalIndexes(memory.store, for_store(memory.store))
+        assert _lexical(memory, newer) == expected
+        assert newer.snapshots is not None and newer.snapshots.loaded == 0
+        now = {p.name for p in (tmp_path / "s.db.indexes").glob("*.npz")}
+        assert len(files) == 1 and len(now) == 2 and files < now  # one per stems() version
 
 
 def test_prepare_indexes_builds_the_graphs_once_for_every_later_process(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from athena.embedding import Embedder
 from athena.locomo.data import Conversation, load_locomo
@@ -46,6 +46,7 @@ ZIPF_S: Final = 1.1
 REPEAT_SHARE: Final = 0.5
 WRITE_SHARE: Final = 0.1
 ONE_TENANT: Final = "one"
+SNAPSHOTS: Final = 2  # what prepare_indexes saves: 1 vector graphs, 2 also lexical indexes
 
 Advance = Callable[[int], None]
 
@@ -139,9 +140,10 @@ def build_store(
     meta = path.with_suffix(".json")
     asks = asks_for(name, conversations, copies)
     if path.exists() and meta.exists():
-        saved = json.loads(meta.read_text(encoding="utf-8"))
-        if "graphs_s" not in saved:  # built before index snapshots: make them now
+        saved: dict[str, Any] = json.loads(meta.read_text(encoding="utf-8"))
+        if saved.get("snapshots") != SNAPSHOTS:  # built before these snapshots: make them now
             saved["graphs_s"] = prepare_indexes(path, model if model is not None else embedder)
+            saved["snapshots"] = SNAPSHOTS
             meta.write_text(json.dumps(saved), encoding="utf-8")
         counts = saved["memories"], saved["tenants"]
         return Store(name, embedder, path, *counts, asks, saved["build_s"], saved["graphs_s"])
@@ -174,13 +176,14 @@ def build_store(
     build_s = time.perf_counter() - start
     partial.rename(path)
     graphs_s = prepare_indexes(path, model if model is not None else embedder)
-    saved = {"memories": total, "tenants": tenants, "build_s": round(build_s, 2)}
-    meta.write_text(json.dumps({**saved, "graphs_s": graphs_s}), encoding="utf-8")
+    built = {"memories": total, "tenants": tenants, "build_s": round(build_s, 2)}
+    built.update(graphs_s=graphs_s, snapshots=SNAPSHOTS)
+    meta.write_text(json.dumps(built), encoding="utf-8")
     return Store(name, embedder, path, total, tenants, asks, build_s, graphs_s)
 
 
 def prepare_indexes(path: Path, embedder: str | Embedder) -> float:
-    """Build the store's vector graphs and save their snapshots (``<path>.indexes/``), as
+    """Build the store's large indexes and save their snapshots (``<path>.indexes/``), as
     ``athena import`` does after a bulk import; returns the seconds it took."""
     start = time.perf_counter()
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -189,7 +192,7 @@ def prepare_indexes(path: Path, embedder: str | Embedder) -> float:
     finally:
         conn.close()
     if large:  # else there is nothing to build, and no embedder to load
-        memory = Memory(path, embedder=embedder, pool="off")
+        memory = Memory(path, embedder=embedder, execution="sequential")  # learns nothing
         try:
             memory.prepare_indexes()
         finally:

@@ -94,15 +94,11 @@ def _initialise(config: WorkerConfig) -> tuple[SQLiteStore, Callable[..., tuple[
         store.data_version()  # fail now, not on the first task, if the file is unreadable
         embedder = load_embedder(config.embedder)
         layers = default_layers()
-        snapshots = (
-            for_store(store.path, store.identity(), store.vector_seq_high)
-            if config.index_snapshots
-            else None
-        )
+        snapshots = for_store(store) if config.index_snapshots else None
         ctx = LayerContext(
             store,
             VectorIndexes(store, embedder.name, config.hnsw_cutoff, snapshots),
-            LexicalIndexes(store),
+            LexicalIndexes(store, snapshots),
         )
         warm_indexes(ctx, WARM_AT_LEAST, WARM_BUDGET_S)
     except BaseException:

@@ -16,6 +16,7 @@ from typing import Final
 import Stemmer
 
 MAX_TERMS: Final = 32
+STEMS_VERSION: Final = 1  # bump whenever stems() changes: saved lexical snapshots then rebuild
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 
 STOPWORDS: Final = frozenset(

@@ -2,7 +2,9 @@
 
 The text lives in SQLite; an index is a cache of it, built on first use and caught up from
 the ``memory_changes`` feed when the scope's write generation moves (tombstones included),
-like the vector indexes. Every statistic BM25 uses (document count, average length, each
+like the vector indexes (and, past 20,000 documents, saved as a snapshot that the next
+process loads instead of stemming every text again; see :mod:`athena.retrieval.snapshots`).
+Every statistic BM25 uses (document count, average length, each
 term's document frequency) is the scope's own, so a tenant's ranking is a function of its
 own memories only: another tenant's writes can neither reorder it nor be inferred from it,
 and the (tenant, layer) generation is a complete validity key for a cached answer.
@@ -14,22 +16,28 @@ query-term order, and ties break on the memory id.
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 import threading
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from athena.retrieval.lexical import stems
+from athena.retrieval.lexical import STEMS_VERSION, stems
+from athena.retrieval.snapshots import IndexSnapshots
+
+log = logging.getLogger(__name__)
 
 K1: Final = 1.2
 B: Final = 0.75
 COMPACT_MIN: Final = 64  # superseded documents kept before the postings are compacted
+SNAPSHOT_MIN: Final = 20_000  # documents past which a built index is saved as a snapshot
+SNAPSHOT_AFTER: Final = 5_000  # changes applied before a saved index is saved again
 MAX_TF: Final = 65_535
 # Postings are two dicts of bytearrays (native uint32 positions, uint16 term frequencies),
 # not array.array pairs: an array or a tuple holding one is tracked by the cyclic garbage
@@ -53,8 +61,10 @@ class ChangeFeed(Protocol):
 class LexicalIndex:
     """BM25 over the live memories of one (tenant, layer)."""
 
-    def __init__(self, tenant: str, layer: str) -> None:
+    def __init__(self, tenant: str, layer: str, snapshots: IndexSnapshots | None = None) -> None:
         self.tenant, self.layer = tenant, layer
+        self._snapshots = snapshots
+        self._unsaved = 0  # changes applied since the last snapshot was saved or loaded
         self._lock = threading.Lock()
         self._synced_generation: int | None = None
         self._last_seq = 0
@@ -75,19 +85,92 @@ class LexicalIndex:
         with self._lock:
             if generation == self._synced_generation:
                 return 0
-            applied = 0
-            for seq, memory_id, text in store.changes_after(
-                self.tenant, self.layer, self._last_seq
-            ):
-                self._drop(memory_id)
-                if text is not None:
-                    self._add(memory_id, text)
-                self._last_seq = seq
-                applied += 1
-            if self._dead > max(COMPACT_MIN, len(self._position) // 4):
-                self._compact()
-            self._synced_generation = generation
-            return applied
+            snaps = self._snapshots
+            if snaps is None or self._last_seq or self._synced_generation is not None:
+                return self._apply(store, generation)
+            if self._restore(snaps):  # a first sync: start from the snapshot if there is one
+                return self._apply(store, generation)
+            changes = store.changes_after(self.tenant, self.layer, 0)
+            if len(changes) <= SNAPSHOT_MIN:
+                return self._apply(store, generation, changes)
+            with snaps.building(*self._scope()):  # one process builds, the others load
+                if self._restore(snaps):
+                    return self._apply(store, generation)
+                return self._apply(store, generation, changes)
+
+    def _apply(
+        self,
+        store: ChangeFeed,
+        generation: int,
+        changes: list[tuple[int, int, str | None]] | None = None,
+    ) -> int:
+        if changes is None:
+            changes = store.changes_after(self.tenant, self.layer, self._last_seq)
+        for seq, memory_id, text in changes:
+            self._drop(memory_id)
+            if text is not None:
+                self._add(memory_id, text)
+            self._last_seq = seq
+        if self._dead > max(COMPACT_MIN, len(self._position) // 4):
+            self._compact()
+        self._synced_generation = generation
+        self._unsaved += len(changes)
+        snaps, size = self._snapshots, len(self._position)
+        due = self._unsaved >= min(SNAPSHOT_AFTER, size)  # a new build: at once
+        if snaps is not None and size > SNAPSHOT_MIN and due:
+            self._save(snaps)
+        return len(changes)
+
+    def _scope(self) -> tuple[str, str, str, str]:
+        return ("lexical", self.tenant, self.layer, f"stems-{STEMS_VERSION}")
+
+    def _save(self, snaps: IndexSnapshots) -> None:
+        terms = list(self._positions)
+        counts = np.fromiter((len(self._tfs[t]) // 2 for t in terms), np.int64, len(terms))
+        arrays: dict[str, npt.NDArray[Any]] = {
+            "ids": np.frombuffer(self._ids, np.int64),
+            "lengths": np.frombuffer(self._lengths, np.uint32),
+            "live": np.frombuffer(self._live, np.uint8),
+            "terms": np.frombuffer("\0".join(terms).encode(), np.uint8),
+            "counts": counts,
+            "positions": np.frombuffer(b"".join(self._positions.values()), np.uint32),
+            "tfs": np.frombuffer(b"".join(self._tfs.values()), np.uint16),
+        }
+        if snaps.save(*self._scope(), arrays, self._last_seq):
+            self._unsaved = 0
+
+    def _restore(self, snaps: IndexSnapshots) -> bool:
+        snap = snaps.load(*self._scope())
+        if snap is None:
+            return False
+        try:
+            ids, lengths, live = snap["ids"], snap["lengths"], snap["live"].astype(bool)
+            terms = bytes(snap["terms"]).decode().split("\0") if len(snap["counts"]) else []
+            ends = np.cumsum(snap["counts"]).tolist()
+            positions, tfs = snap["positions"].tobytes(), snap["tfs"].tobytes()
+            if len(terms) != len(ends) or not len(ids) == len(lengths) == len(live):
+                raise ValueError("its arrays disagree")
+            if ends and (ends[-1] * 4 != len(positions) or ends[-1] * 2 != len(tfs)):
+                raise ValueError("its postings are cut short")
+        except Exception as exc:
+            log.warning("ignoring the lexical snapshot of %s/%s: %s", self.tenant, self.layer, exc)
+            return False
+        starts = [0, *ends[:-1]]
+        self._positions = {
+            t: bytearray(positions[4 * a : 4 * b])
+            for t, a, b in zip(terms, starts, ends, strict=True)
+        }
+        self._tfs = {
+            t: bytearray(tfs[2 * a : 2 * b]) for t, a, b in zip(terms, starts, ends, strict=True)
+        }
+        self._ids, self._lengths = array("q", ids.tobytes()), array("I", lengths.tobytes())
+        self._live = bytearray(live.astype(np.uint8).tobytes())
+        alive = np.nonzero(live)[0]
+        self._position = dict(zip(ids[alive].tolist(), alive.tolist(), strict=True))
+        self._total_length = int(lengths[alive].sum())
+        self._dead = len(ids) - len(alive)
+        self._last_seq, self._unsaved = snap["last_seq"], 0
+        return True
 
     def _add(self, memory_id: int, text: str) -> None:
         tokens = stems(text)
@@ -223,8 +306,9 @@ def _top(
 class LexicalIndexes:
     """The lexical indexes of every (tenant, layer), built on first use."""
 
-    def __init__(self, store: ChangeFeed) -> None:
+    def __init__(self, store: ChangeFeed, snapshots: IndexSnapshots | None = None) -> None:
         self._store = store
+        self.snapshots = snapshots
         self._indexes: dict[tuple[str, str], LexicalIndex] = {}
         self._lock = threading.Lock()
         self.loaded = 0  # changes applied by every sync so far (approximate)
@@ -248,7 +332,7 @@ class LexicalIndexes:
         index = self._indexes.get(key)
         if index is None:
             with self._lock:
-                index = self._indexes.setdefault(key, LexicalIndex(tenant, layer))
+                index = self._indexes.setdefault(key, LexicalIndex(tenant, layer, self.snapshots))
         applied = index.sync(self._store, generation)
         if applied:
             self.loaded += applied

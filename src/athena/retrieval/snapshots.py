@@ -24,10 +24,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,98 +42,83 @@ FORMAT: Final = 1
 LOCK_WAIT_S: Final = 600.0  # longer than any build: past it a process builds on its own
 LOCK_POLL_S: Final = 0.05
 
-Ints = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One index's state: the serialised graph and which memory each position holds."""
-
-    graph: npt.NDArray[np.uint8]
-    ids: Ints  # memory id at each position of the graph
-    seqs: Ints  # the vector seq at each position
-    live_ids: Ints  # memories whose newest vector is in the graph (deleted ones are not)
-    live_seqs: Ints
-    last_seq: int
-    dead: int
-    last_change: int
+Arrays = Mapping[str, npt.NDArray[Any]]
 
 
 class IndexSnapshots:
     """Snapshots of one database's large indexes, in one directory.
 
+    An index hands over its state as named arrays; ``kind`` ("vector", "lexical") picks the
+    sequence a snapshot's ``last_seq`` is checked against (``highs[kind]()``: the highest
+    seq the database ever assigned in the feed that index catches up from).
+
     >>> import tempfile
-    >>> snaps = IndexSnapshots(Path(tempfile.mkdtemp()) / "a.db.indexes", "ab12", lambda: 0)
-    >>> snaps.load("tenant", "episodic", "static") is None
+    >>> snaps = IndexSnapshots(Path(tempfile.mkdtemp()) / "a.db.indexes", "ab12", {})
+    >>> snaps.load("vector", "tenant", "episodic", "static") is None
     True
     """
 
-    def __init__(self, directory: Path, identity: str, seq_high: Callable[[], int]) -> None:
+    def __init__(
+        self, directory: Path, identity: str, highs: Mapping[str, Callable[[], int]]
+    ) -> None:
         self.directory, self.identity = directory, identity
-        self._seq_high = seq_high
+        self._highs = highs
         self._writable = True
         self._lock = threading.Lock()
         self.loaded = self.saved = 0
 
-    def path(self, tenant: str, layer: str, model: str) -> Path:
+    def path(self, kind: str, tenant: str, layer: str, model: str) -> Path:
         """The file of one scope's snapshot (a hash: tenant names may hold any character)."""
-        digest = hashlib.sha256(json.dumps([self.identity, tenant, layer, model]).encode())
+        digest = hashlib.sha256(json.dumps([self.identity, kind, tenant, layer, model]).encode())
         return self.directory / f"{digest.hexdigest()[:32]}.npz"
 
-    def _meta(self, tenant: str, layer: str, model: str) -> str:
+    def _meta(self, kind: str, tenant: str, layer: str, model: str) -> str:
+        from athena import __version__  # here: the package imports this module
+
+        scope = [kind, tenant, layer, model]
         return json.dumps(
-            {"format": FORMAT, "store": self.identity, "scope": [tenant, layer, model]}
+            {"format": FORMAT, "athena": __version__, "store": self.identity, "scope": scope}
         )
 
-    def load(self, tenant: str, layer: str, model: str) -> Snapshot | None:
-        """The scope's snapshot, or None when there is none or it cannot be trusted."""
-        path = self.path(tenant, layer, model)
+    def load(self, kind: str, tenant: str, layer: str, model: str) -> dict[str, Any] | None:
+        """The scope's arrays (with ``last_seq``), or None when there is no snapshot or it
+        cannot be trusted."""
+        path = self.path(kind, tenant, layer, model)
         try:
             with np.load(path, allow_pickle=False) as data:
-                if str(data["meta"]) != self._meta(tenant, layer, model):
-                    raise ValueError("it was made for another database or scope")
-                snap = Snapshot(
-                    data["graph"],
-                    data["ids"],
-                    data["seqs"],
-                    data["live_ids"],
-                    data["live_seqs"],
-                    *(int(v) for v in data["counters"]),
-                )
+                if str(data["meta"]) != self._meta(kind, tenant, layer, model):
+                    raise ValueError("it was made for another database, scope or version")
+                arrays: dict[str, Any] = {name: data[name] for name in data.files}
         except FileNotFoundError:
             return None
         except Exception as exc:  # a torn, foreign or damaged file is a cache miss
             log.warning("ignoring the index snapshot %s: %s", path, exc)
             return None
-        if len(snap.ids) != len(snap.seqs) or len(snap.live_ids) != len(snap.live_seqs):
-            log.warning("ignoring the index snapshot %s: its arrays disagree", path)
-            return None
-        if snap.last_seq > self._seq_high():
+        arrays["last_seq"] = int(arrays.pop("last_seq"))
+        high = self._highs.get(kind)
+        if high is not None and arrays["last_seq"] > high():
             log.warning("ignoring the index snapshot %s: newer than the database", path)
             return None
         self.loaded += 1
-        return snap
+        return arrays
 
-    def save(self, tenant: str, layer: str, model: str, snap: Snapshot) -> bool:
+    def save(
+        self, kind: str, tenant: str, layer: str, model: str, arrays: Arrays, last_seq: int
+    ) -> bool:
         """Write the scope's snapshot atomically; False (logged once) if it cannot be."""
         if not self._writable:
             return False
-        path = self.path(tenant, layer, model)
+        path = self.path(kind, tenant, layer, model)
         aside = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            counters = np.array([snap.last_seq, snap.dead, snap.last_change], np.int64)
+            payload: dict[str, Any] = {
+                **arrays,
+                "meta": np.array(self._meta(kind, tenant, layer, model)),
+                "last_seq": np.array(last_seq, np.int64),
+            }
             with open(aside, "wb") as out:
-                np.savez(
-                    out,
-                    meta=np.array(self._meta(tenant, layer, model)),
-                    graph=snap.graph,
-                    ids=snap.ids,
-                    seqs=snap.seqs,
-                    live_ids=snap.live_ids,
-                    live_seqs=snap.live_seqs,
-                    counters=counters,
-                )
+                np.savez(out, **payload)
             os.replace(aside, path)
         except OSError as exc:
             with self._lock:
@@ -148,14 +132,15 @@ class IndexSnapshots:
         return True
 
     @contextlib.contextmanager
-    def building(self, tenant: str, layer: str, model: str) -> Iterator[None]:
+    def building(self, kind: str, tenant: str, layer: str, model: str) -> Iterator[None]:
         """Hold the scope's build lock across processes (best effort: without a writable
         directory or ``fcntl``, or after :data:`LOCK_WAIT_S`, it yields unlocked)."""
         handle = None
         if fcntl is not None and self._writable:
+            lock = self.path(kind, tenant, layer, model).with_suffix(".lock")
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                handle = open(self.path(tenant, layer, model).with_suffix(".lock"), "a+b")  # noqa: SIM115
+                handle = open(lock, "a+b")  # noqa: SIM115
             except OSError:
                 handle = None
         try:
@@ -184,14 +169,32 @@ def _acquire(fd: int) -> bool:
             return False  # a file system without locks
 
 
-def for_store(
-    path: Path, identity: str | None, seq_high: Callable[[], int]
-) -> IndexSnapshots | None:
-    """The snapshots of the database at ``path`` (``<path>.indexes/``), None without an identity.
+def for_store(store: SnapshotSource) -> IndexSnapshots | None:
+    """The snapshots of ``store``'s database (``<path>.indexes/``), None without an identity.
 
-    >>> for_store(Path("athena.db"), None, lambda: 0) is None
-    True
+    >>> import tempfile
+    >>> from athena.store.sqlite import SQLiteStore
+    >>> store = SQLiteStore(Path(tempfile.mkdtemp()) / "a.db")
+    >>> for_store(store).directory.name
+    'a.db.indexes'
+    >>> store.close()
     """
+    identity = store.identity()
     if identity is None:
         return None
-    return IndexSnapshots(path.with_name(path.name + ".indexes"), identity, seq_high)
+    path = store.path
+    highs = {"vector": store.vector_seq_high, "lexical": store.change_seq_high}
+    return IndexSnapshots(path.with_name(path.name + ".indexes"), identity, highs)
+
+
+class SnapshotSource(Protocol):
+    """What :func:`for_store` reads of a store."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def identity(self) -> str | None: ...
+
+    def vector_seq_high(self) -> int: ...
+
+    def change_seq_high(self) -> int: ...

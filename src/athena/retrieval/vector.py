@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from athena.retrieval.snapshots import IndexSnapshots, Snapshot
+from athena.retrieval.snapshots import IndexSnapshots
 from athena.store.protocol import Store, VectorBatch
 
 log = logging.getLogger(__name__)
@@ -207,25 +207,26 @@ class VectorIndex:
         read = self._read_after(store, _State(None, [], [], {}))
         if len(read[1].ids) <= self.hnsw_cutoff:
             return self._catch_up(store, generation, read)
-        with snapshots.building(self.tenant, self.layer, self.model):
+        with snapshots.building("vector", self.tenant, self.layer, self.model):
             if self._restore(snapshots):  # another process built it while this one waited
                 return self._catch_up(store, generation)
             return self._catch_up(store, generation, read)
 
     def _restore(self, snapshots: IndexSnapshots) -> bool:
-        snap = snapshots.load(self.tenant, self.layer, self.model)
+        snap = snapshots.load("vector", self.tenant, self.layer, self.model)
         if snap is None:
             return False
-        ids, seqs = snap.ids.tolist(), snap.seqs.tolist()
         try:
-            backend = HnswBackend.restore(snap.graph)
+            backend = HnswBackend.restore(snap["graph"])
+            ids, seqs = snap["ids"].tolist(), snap["seqs"].tolist()
+            latest = dict(zip(snap["live_ids"].tolist(), snap["live_seqs"].tolist(), strict=True))
+            dead, last_change = (int(v) for v in snap["counters"])
         except Exception as exc:  # a damaged graph is a cache miss, never a failed recall
             log.warning("ignoring the index snapshot of %s/%s: %s", self.tenant, self.layer, exc)
             return False
-        if len(backend) != len(ids):
+        if len(backend) != len(ids) or len(ids) != len(seqs):
             return False
-        latest = dict(zip(snap.live_ids.tolist(), snap.live_seqs.tolist(), strict=True))
-        self._state = _State(backend, ids, seqs, latest, snap.last_seq, snap.dead, snap.last_change)
+        self._state = _State(backend, ids, seqs, latest, snap["last_seq"], dead, last_change)
         self._unsaved = 0
         return True
 
@@ -233,17 +234,16 @@ class VectorIndex:
         state = self._state
         if self._snapshots is None or not isinstance(state.backend, HnswBackend):
             return
-        snap = Snapshot(
-            state.backend.dump(),
-            np.asarray(state.ids, np.int64),
-            np.asarray(state.seqs, np.int64),
-            np.fromiter(state.latest.keys(), np.int64, len(state.latest)),
-            np.fromiter(state.latest.values(), np.int64, len(state.latest)),
-            state.last_seq,
-            state.dead,
-            state.last_change,
-        )
-        if self._snapshots.save(self.tenant, self.layer, self.model, snap):
+        arrays: dict[str, npt.NDArray[Any]] = {
+            "graph": state.backend.dump(),
+            "ids": np.asarray(state.ids, np.int64),
+            "seqs": np.asarray(state.seqs, np.int64),
+            "live_ids": np.fromiter(state.latest.keys(), np.int64, len(state.latest)),
+            "live_seqs": np.fromiter(state.latest.values(), np.int64, len(state.latest)),
+            "counters": np.array([state.dead, state.last_change], np.int64),
+        }
+        args = (self.tenant, self.layer, self.model, arrays, state.last_seq)
+        if self._snapshots.save("vector", *args):
             self._unsaved = 0
 
     def _read_after(self, store: Store, state: _State) -> tuple[list[tuple[int, int]], VectorBatch]:
@@ -375,7 +375,7 @@ class VectorIndexes:
     def has_snapshot(self, tenant: str, layer: str) -> bool:
         """Whether a snapshot of the (tenant, layer) graph is saved (loading it is quick)."""
         snaps = self.snapshots
-        return snaps is not None and snaps.path(tenant, layer, self._model).exists()
+        return snaps is not None and snaps.path("vector", tenant, layer, self._model).exists()
 
     def warm(self, tenant: str, layer: str, generation: int) -> VectorIndex:
         """The (tenant, layer) index, built or caught up to ``generation``."""

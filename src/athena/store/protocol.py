@@ -145,6 +145,9 @@ class Store(Protocol):
     def vector_seq_high(self) -> int:
         """The highest vector seq ever assigned (0 before the first vector)."""
 
+    def change_seq_high(self) -> int:
+        """The highest ``memory_changes`` seq ever assigned (0 before the first change)."""
+
     def identity(self) -> str | None:
         """A random id minted with the database (None if its schema predates it)."""
 

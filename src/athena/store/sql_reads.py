@@ -154,6 +154,11 @@ def vector_seq_high(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def change_seq_high(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memory_changes'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def identity(conn: sqlite3.Connection) -> str | None:
     try:
         row = conn.execute("SELECT uuid FROM store_identity WHERE id = 1").fetchone()

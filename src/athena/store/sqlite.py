@@ -201,6 +201,9 @@ class SQLiteStore:
     def vector_seq_high(self) -> int:
         return self._read(reads.vector_seq_high)
 
+    def change_seq_high(self) -> int:
+        return self._read(reads.change_seq_high)
+
     def identity(self) -> str | None:
         return self._read(reads.identity)
 
