@@ -269,3 +269,13 @@ def test_prepare_indexes_builds_the_graphs_once_for_every_later_process(tmp_path
         assert [h.id for h in memory.recall("the lisbon trip", tenant="t", k=3).hits]
         snaps = memory.pipeline.ctx.indexes.snapshots
         assert snaps is not None and (snaps.loaded, snaps.saved) == (1, 0)
+
+
+def test_a_process_with_a_higher_cutoff_searches_exactly_not_from_a_graph(tmp_path: Path) -> None:
+    with _memory(tmp_path / "s.db") as memory:
+        _fill(memory, 60)
+        _answers(memory, _indexes(memory))  # a graph, saved
+        exact = _indexes(memory, cutoff=1_000)
+        assert _answers(memory, exact) == _exact(memory)
+        assert exact._indexes[("t", "semantic")].kind == "ExactBackend"
+        assert exact.snapshots is not None and exact.snapshots.loaded == 0

@@ -170,6 +170,7 @@ class LexicalIndex:
         self._total_length = int(lengths[alive].sum())
         self._dead = len(ids) - len(alive)
         self._last_seq, self._unsaved = snap["last_seq"], 0
+        snaps.loaded += 1
         return True
 
     def _add(self, memory_id: int, text: str) -> None:

@@ -65,7 +65,7 @@ class IndexSnapshots:
         self._highs = highs
         self._writable = True
         self._lock = threading.Lock()
-        self.loaded = self.saved = 0
+        self.loaded = self.saved = 0  # snapshots indexes started from; snapshots written
 
     def path(self, kind: str, tenant: str, layer: str, model: str) -> Path:
         """The file of one scope's snapshot (a hash: tenant names may hold any character)."""
@@ -99,7 +99,6 @@ class IndexSnapshots:
         if high is not None and arrays["last_seq"] > high():
             log.warning("ignoring the index snapshot %s: newer than the database", path)
             return None
-        self.loaded += 1
         return arrays
 
     def save(

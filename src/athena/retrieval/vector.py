@@ -226,8 +226,11 @@ class VectorIndex:
             return False
         if len(backend) != len(ids) or len(ids) != len(seqs):
             return False
+        if len(latest) <= self.hnsw_cutoff:  # this process searches a scope this size exactly
+            return False
         self._state = _State(backend, ids, seqs, latest, snap["last_seq"], dead, last_change)
         self._unsaved = 0
+        snapshots.loaded += 1
         return True
 
     def _save(self) -> None:
