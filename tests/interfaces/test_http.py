@@ -432,16 +432,19 @@ def test_serve_http_command_refuses_a_bad_tokens_file(tmp_path: Path) -> None:
     assert not (tmp_path / "x.db").exists()  # refused before opening anything
 
 
-def test_engine_gauges_follow_execution_stats(
+def test_engine_gauges_follow_execution_gauges_not_the_full_stats(
     api: httpx.Client, memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stats = {
-        "cache": {},
+    gauges = {
         "pool": {"workers": 3, "queue_depth": 2},
         "admission": {"slots": 1, "waiting": 4, "waited_ms": 1500.0},
-        "telemetry": {},
     }
-    monkeypatch.setattr(memory, "execution_stats", lambda: stats)
+
+    def full_stats() -> dict[str, object]:
+        raise AssertionError("a scrape must not summarise telemetry")
+
+    monkeypatch.setattr(memory, "execution_gauges", lambda: gauges)
+    monkeypatch.setattr(memory, "execution_stats", full_stats)
     text = api.get("/metrics").text
     assert "athena_pool_workers 3.0" in text and "athena_pool_queue_depth 2.0" in text
     assert "athena_execution_slots 1.0" in text and "athena_recalls_waiting 4.0" in text
