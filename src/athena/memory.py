@@ -37,10 +37,11 @@ MAX_ID = 2**63 - 1  # SQLite's largest rowid
 class Memory:
     """An agent's memory in one SQLite file.
 
-    ``index_snapshots`` (default on) keeps the vector graphs of large scopes (past
-    ``hnsw_cutoff`` memories) in ``<path>.indexes/``, so the next process (a pool worker, a
-    restart) loads them instead of building them; the directory is a cache and may be
-    deleted at any time (delete it too when restoring an older copy of the database).
+    ``index_snapshots`` (default on) keeps the vector graphs and BM25 indexes of large
+    scopes (past ``hnsw_cutoff`` and 20,000 memories) in ``<path>.indexes/``, so the next
+    process (a pool worker, a restart) loads them instead of building them; the directory
+    is a cache and may be deleted at any time (delete it too when restoring an older copy
+    of the database).
 
     >>> import tempfile, os
     >>> mem = Memory(os.path.join(tempfile.mkdtemp(), "m.db"))

@@ -498,6 +498,8 @@ def test_import_jsonl_happy_path(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     report = out_json(db, "import", "jsonl", str(path))
     assert report["memories"] == 1203 and report["per_second"] > 0
+    assert report["prepared_scopes"] == 0  # no scope past 20,000 memories: nothing to save
+    assert not (tmp_path / "j.db.indexes").exists()
     assert out_json(db, "stats")["memories"] == 1203
     hit = out_json(db, "recall", "Who is a pilot?", "-t", "k")["hits"][0]
     assert (hit["text"], hit["sources"], hit["event_time"]) == (

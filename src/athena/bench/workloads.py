@@ -36,6 +36,7 @@ from athena.embedding import Embedder
 from athena.locomo.data import Conversation, load_locomo
 from athena.locomo.importer import conversation_memories, import_locomo
 from athena.memory import Memory
+from athena.retrieval.lexical_index import SNAPSHOT_MIN as LEXICAL_SNAPSHOT_MIN
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 from athena.store.sql_reads import large_scopes
 
@@ -79,7 +80,7 @@ class Store:
     tenants: int
     asks: tuple[Ask, ...]
     build_s: float
-    graphs_s: float = 0.0  # building its vector graphs' snapshots (not part of build_s)
+    graphs_s: float = 0.0  # building its large indexes' snapshots (not part of build_s)
 
 
 def copies_for(memories_per_copy: int, target: int) -> int:
@@ -188,7 +189,7 @@ def prepare_indexes(path: Path, embedder: str | Embedder) -> float:
     start = time.perf_counter()
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        large = large_scopes(conn, DEFAULT_HNSW_CUTOFF + 1)
+        large = large_scopes(conn, min(DEFAULT_HNSW_CUTOFF, LEXICAL_SNAPSHOT_MIN) + 1)
     finally:
         conn.close()
     if large:  # else there is nothing to build, and no embedder to load

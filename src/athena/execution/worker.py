@@ -54,7 +54,7 @@ class WorkerConfig:
     db_path: str
     embedder: str
     hnsw_cutoff: int
-    index_snapshots: bool = True  # load (and save) the database's vector index snapshots
+    index_snapshots: bool = True  # load (and save) the database's index snapshots
 
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:

@@ -303,14 +303,14 @@ def import_jsonl_command(ctx: typer.Context, file: File, json_out: Json = False)
     with progress_bar("memories", len(numbered)) as bar:
         count = write_batches(memory, [item for _, item in numbered], bar)
     seconds = time.perf_counter() - start
-    graphs = _prepare_indexes(memory)
+    prepared = _prepare_indexes(memory)
     if json_out:
         emit_json(
             {
                 "memories": count,
                 "seconds": round(seconds, 3),
                 "per_second": _rate(count, seconds),
-                "index_graphs": graphs,
+                "prepared_scopes": prepared,
             }
         )
     else:
@@ -320,12 +320,12 @@ def import_jsonl_command(ctx: typer.Context, file: File, json_out: Json = False)
 
 
 def _prepare_indexes(memory: Memory) -> int:
-    """After an import: build and save the vector graphs of scopes past the HNSW cutoff
-    (tens of seconds each), so the first recall on them need not."""
+    """After an import: build and save the indexes of scopes past 20,000 memories (tens of
+    seconds each), so no first recall on them has to."""
     scopes = memory.large_scopes()
     if not scopes:
         return 0
-    with progress_bar("index graphs", len(scopes)) as bar:
+    with progress_bar("indexes of large scopes", len(scopes)) as bar:
         return memory.prepare_indexes(advance=bar)
 
 
@@ -349,7 +349,7 @@ def import_locomo_command(ctx: typer.Context, file: File, json_out: Json = False
     with progress_bar("conversations", len(conversations)) as bar:
         report = import_locomo(memory, file, progress=bar)
     rate = round(report.per_second, 1)
-    graphs = _prepare_indexes(memory)
+    prepared = _prepare_indexes(memory)
     if json_out:
         emit_json(
             {
@@ -357,7 +357,7 @@ def import_locomo_command(ctx: typer.Context, file: File, json_out: Json = False
                 "memories": report.memories,
                 "seconds": round(report.seconds, 3),
                 "per_second": rate,
-                "index_graphs": graphs,
+                "prepared_scopes": prepared,
             }
         )
     else:

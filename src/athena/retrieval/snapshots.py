@@ -1,12 +1,13 @@
-"""Vector index snapshots: a built HNSW graph kept in a file beside the database.
+"""Index snapshots: a large scope's built indexes kept in files beside the database.
 
-Building the graph of a large scope is the slowest thing Athena does (75k vectors: about
-30 s of CPU on the 2-core benchmark machine; reading the same graph back: 0.2 s). Every
-process that searches the scope would build it again: each pool worker at start and on
-every restart, a restarted server on its first recall. A snapshot is written once the
-graph is built, and the next process loads it and catches up from the store like any
-index does (vectors with a newer ``seq``, tombstones with a newer change seq), so a
-snapshot that is older than the data is still exact after its first sync.
+Building the HNSW graph of a large scope is the slowest thing Athena does (75k vectors:
+about 30 s of CPU on the 2-core benchmark machine; reading the same graph back: 0.5 s), and
+its BM25 index takes seconds more. Every process that searches the scope would build them
+again: each pool worker at start and on every restart, a restarted server on its first
+recall. A snapshot is written once an index is built, and the next process loads it and
+catches up from the store like any index does (vectors with a newer ``seq``, changes and
+tombstones with a newer change seq), so a snapshot older than the data is still exact
+after its first sync.
 
 A snapshot names the database it was made from (the store's random identity) and its
 scope; one from another database, one claiming vectors the database never had (a backup
@@ -89,12 +90,12 @@ class IndexSnapshots:
                 if str(data["meta"]) != self._meta(kind, tenant, layer, model):
                     raise ValueError("it was made for another database, scope or version")
                 arrays: dict[str, Any] = {name: data[name] for name in data.files}
+                arrays["last_seq"] = int(arrays.pop("last_seq"))
         except FileNotFoundError:
             return None
         except Exception as exc:  # a torn, foreign or damaged file is a cache miss
             log.warning("ignoring the index snapshot %s: %s", path, exc)
             return None
-        arrays["last_seq"] = int(arrays.pop("last_seq"))
         high = self._highs.get(kind)
         if high is not None and arrays["last_seq"] > high():
             log.warning("ignoring the index snapshot %s: newer than the database", path)
