@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from athena import Memory
 from athena.embedding import Embedder
@@ -18,10 +21,15 @@ class CountingStore(SQLiteStore):
     """A real store that counts how often the tracker reads generations from the file."""
 
     reads = 0
+    versions = 0
 
     def generations(self, tenant: str) -> dict[str, int]:
         self.reads += 1
         return super().generations(tenant)
+
+    def data_version(self) -> int:
+        self.versions += 1
+        return super().data_version()
 
 
 @pytest.fixture
@@ -94,3 +102,36 @@ def test_a_cached_recall_sees_another_process_write(tmp_path: Path, embedder: Em
         after = mem.recall("where is the spare key?", tenant="t", k=5, explain=True)
         assert after.explain is not None and after.explain["cache"] != "hit"
         assert {h.key for h in after.hits} == {"car", "spare"}
+
+
+def test_sqlite_is_asked_again_only_after_a_commit(store: CountingStore, tmp_path: Path) -> None:
+    tracker = GenerationTracker(store)
+    tracker.get("a")
+    asked = store.versions
+    for _ in range(50):
+        assert tracker.get("a") == {}
+    assert store.versions == asked  # the WAL-index header did not move: nobody committed
+    with Memory(tmp_path / "g.db") as other:  # another connection, not heard by the listener
+        other.remember("from elsewhere", tenant="a")
+    assert tracker.get("a") == {"episodic": 1}
+    assert store.versions > asked
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["write", "telemetry", "read"]), st.sampled_from("ab"))))
+def test_generations_are_never_stale_across_connections(ops: list[tuple[str, str]]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "g.db"
+        mine = SQLiteStore(path)
+        try:
+            with Memory(path, pool="off") as other:
+                tracker = GenerationTracker(mine)
+                for op, tenant in ops:
+                    if op == "write":
+                        other.remember("a note", tenant=tenant)
+                    elif op == "telemetry":
+                        other.store.append_telemetry([(0.0, tenant, "q", "cache", "[]")], keep=10)
+                    for name in "ab":
+                        assert tracker.get(name) == mine.generations(name)
+        finally:
+            mine.close()

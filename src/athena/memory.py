@@ -19,7 +19,7 @@ from athena.execution.protocol import RecallEngine
 from athena.execution.sequential import SequentialEngine
 from athena.generations import GenerationTracker
 from athena.layers import LayerContext, MemoryLayer, default_layers
-from athena.records import MemoryInput, check_tenant, check_timeout, make_query
+from athena.records import MemoryInput, RequestMemo, check_tenant, check_timeout
 from athena.retrieval.lexical_index import SNAPSHOT_MIN as LEXICAL_SNAPSHOT_MIN
 from athena.retrieval.lexical_index import LexicalIndexes
 from athena.retrieval.snapshots import for_store
@@ -64,6 +64,7 @@ class Memory:
         index_snapshots: bool = True,
     ) -> None:
         self.store = SQLiteStore(path)
+        self._requests = RequestMemo()
         try:
             self.embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
             self.layers = dict(layers or default_layers())
@@ -215,7 +216,7 @@ class Memory:
 
         >>> # mem.recall("when is the dentist?", tenant="t", k=5, layers=["prospective"])
         """
-        request = make_query(query, tenant, k, layers, since, until, session, actor, kinds)
+        request = self._requests.make(query, tenant, k, layers, since, until, session, actor, kinds)
         timeout = check_timeout(timeout)
         generations = self._generations(request.tenant)
         return self.engine.recall(
@@ -246,7 +247,7 @@ class Memory:
 
         >>> # mem.recall_cached("where is the key?", tenant="t") or mem.recall(...)
         """
-        request = make_query(query, tenant, k, layers, since, until, session, actor, kinds)
+        request = self._requests.make(query, tenant, k, layers, since, until, session, actor, kinds)
         check_timeout(timeout)
         generations = self._generations(request.tenant)
         return self.engine.cached(request, generations, strategy=strategy, explain=explain)

@@ -84,3 +84,50 @@ def test_kept_rows_are_not_tracked_by_the_collector() -> None:
     gc.collect()
     kept = list(ring._rows)
     assert len(kept) == 200 and not any(gc.is_tracked(packed) for packed in kept)
+
+
+hit_args = st.tuples(
+    st.text(max_size=8),
+    st.sampled_from(["factual", "temporal"]),
+    st.lists(names, unique=True, min_size=1).map(tuple),
+    floats,
+    floats,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(hit_args, max_size=20))
+def test_a_hit_built_packed_is_the_row_record_keeps_for_it(
+    hits: list[tuple[str, str, tuple[str, ...], float, float]],
+) -> None:
+    fast, slow = Telemetry(None, memory_rows=50), Telemetry(None, memory_rows=50)
+    for tenant, query_type, layers, confidence, actual_ms in hits:
+        fast.record_hit(tenant, query_type, layers, confidence, actual_ms)
+        made = TelemetryRow(0.0, tenant, query_type, "cache", confidence, 0.0, actual_ms,
+                            "hit", {}, layers, (), 0.0, 0.0, None, True)  # fmt: skip
+        slow.record(made)
+    kept = [r._replace(at=0.0) for r in fast.rows()]
+    assert kept == slow.rows()
+    assert fast.recorded == slow.recorded == len(hits)
+
+
+class Saved:
+    """The store's telemetry seam: what a flush writes."""
+
+    def __init__(self) -> None:
+        self.rows: list[TelemetryRow] = []
+
+    def append_telemetry(self, rows: list[tuple[object, ...]], keep: int) -> None:
+        self.rows.extend(TelemetryRow.from_json(str(r[-1])) for r in rows)
+
+
+def test_hits_are_flushed_as_one_weighted_row_per_tenant_and_type() -> None:
+    saved = Saved()
+    ring = Telemetry(saved, flush_every=1_000)  # type: ignore[arg-type]
+    for ms in (0.02, 0.04, 0.06):
+        ring.record_hit("t", "factual", ("semantic",), 1.0, ms)
+    ring.record_hit("u", "factual", ("semantic",), 1.0, 0.5)
+    ring.flush()
+    by_tenant = {r.tenant: r for r in saved.rows}
+    assert by_tenant["t"].weight == 3 and abs(by_tenant["t"].actual_ms - 0.04) < 1e-12
+    assert by_tenant["u"].weight == 1 and by_tenant["u"].cache == "hit"

@@ -43,3 +43,31 @@ def test_a_layer_that_starts_contributing_is_searched_again() -> None:
     assert graph.select_layers("factual", ("episodic", "procedural")) == ("episodic",)
     graph.observe("factual", {"episodic": 1.0, "procedural": 1.0}, {"procedural"}, False, 5, 2.0)
     assert graph.select_layers("factual", ("episodic", "procedural")) == ("episodic", "procedural")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["factual", "temporal"]),
+            st.booleans(),
+            st.integers(0, 50),
+            st.floats(0, 100),
+        ),
+        max_size=40,
+    )
+)
+def test_a_hit_observed_on_its_own_path_counts_as_observe_counts_it(
+    events: list[tuple[str, bool, int, float]],
+) -> None:
+    slow, fast = DependencyGraph(), DependencyGraph()
+    for query_type, hit, size, ms in events:
+        if hit:
+            slow.observe(query_type, {}, set(), True, size, ms)
+            fast.observe_hit(query_type, size, ms)
+        else:
+            for graph in (slow, fast):
+                graph.observe(query_type, {"episodic": ms}, {"episodic"}, False, size, ms)
+        asked = ("episodic", "semantic")
+        assert fast.select_layers(query_type, asked) == slow.select_layers(query_type, asked)
+    assert fast.snapshot() == slow.snapshot()

@@ -232,13 +232,18 @@ class AdaptiveEngine:
         start: float,
         explain: bool,
     ) -> Recall:
-        """A valid full cache hit: the short-circuit path, kept to a few dozen µs."""
-        sequential = self.graph.estimate_ms(query.layers)
-        decision = self.selector.for_cache(True, sequential, 1.0, 0.0)
+        """A valid full cache hit: the short-circuit path, kept to a few dozen µs.
+
+        Nothing is planned for a hit: the selector's CACHE decision (its reasoning and a
+        sequential estimate) is built only when ``explain`` asks for it.
+        """
         actual = (time.perf_counter() - start) * 1000.0
-        self.feedback.served(query, query_type, decision, full.confidence, len(full.value), actual)
+        self.feedback.served(query, query_type, full.confidence, len(full.value), actual)
+        self.selector.served()
         details = None
         if explain:
+            sequential = self.graph.estimate_ms(query.layers)
+            decision = self.selector.for_cache(True, sequential, 1.0, 0.0, record=False)
             details = served_explain(query, query_type, asked, full, decision, actual)
         return Recall(hits=full.value, explain=details)
 

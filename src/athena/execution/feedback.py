@@ -8,6 +8,7 @@ path) and on close, and both are restored at start.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Mapping
@@ -32,8 +33,7 @@ class Feedback:
         self.graph = graph
         self.selector = selector
         self.telemetry = Telemetry(store)
-        self._lock = threading.Lock()
-        self._since_save = 0
+        self._recalls = itertools.count(1)  # recalls recorded; a save every SAVE_EVERY
 
     def restore(self) -> None:
         """Reload the saved graph, and replay saved telemetry into the selector."""
@@ -50,31 +50,12 @@ class Feedback:
         self.store.save_state(GRAPH_STATE, self.graph.to_json())
 
     def served(
-        self,
-        query: RecallQuery,
-        query_type: str,
-        decision: Decision,
-        confidence: float,
-        hits: int,
-        actual_ms: float,
+        self, query: RecallQuery, query_type: str, confidence: float, hits: int, actual_ms: float
     ) -> None:
         """A full cache hit: counted for cache worthiness; no strategy learns from it."""
-        self.graph.observe(query_type, {}, set(), True, hits, actual_ms)
-        self._record(
-            query,
-            query_type,
-            "cache",
-            decision,
-            confidence,
-            actual_ms,
-            "hit",
-            {},
-            (),
-            None,
-            True,
-            (),
-            False,
-        )
+        self.graph.observe_hit(query_type, hits, actual_ms)
+        self.telemetry.record_hit(query.tenant, query_type, query.layers, confidence, actual_ms)
+        self._count()
 
     def executed(
         self,
@@ -195,12 +176,13 @@ class Feedback:
                 forced=forced,
             )
         )
-        with self._lock:
-            self._since_save += 1
-            due = self._since_save >= SAVE_EVERY
-            if due:
-                self._since_save = 0
-        if due:  # off the recall's path: a save is a write transaction
+        self._count()
+
+    def _count(self) -> None:
+        # next() on an itertools.count is atomic under the GIL: no lock on a hit's path.
+        if (
+            next(self._recalls) % SAVE_EVERY == 0
+        ):  # off the recall's path: a save is a write transaction
             threading.Thread(target=self._save_quietly, name="athena-save", daemon=True).start()
 
     def _save_quietly(self) -> None:

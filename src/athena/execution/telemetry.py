@@ -92,7 +92,7 @@ class Telemetry:
         self._rows: deque[tuple[Any, ...]] = deque(maxlen=memory_rows)
         self._pending: list[TelemetryRow] = []
         # Full cache hits waiting to be written: (tenant, query type, strategy) ->
-        # [first row, count, summed latency].
+        # [first row (packed), count, summed latency].
         self._hits: dict[tuple[str, str, str], list[Any]] = {}
         self._lock = threading.Lock()
         self.keep = keep
@@ -122,29 +122,62 @@ class Telemetry:
 
     def record(self, row: TelemetryRow) -> None:
         """Keep ``row``; a background thread writes full batches, off the recall's path."""
+        if row.cache == "hit":
+            self._hit(_pack(row))
+            return
         packed = _pack(row)
         with self._lock:
             self._rows.append(packed)
-            if row.cache == "hit":
-                key = (row.tenant, row.query_type, row.strategy)
-                group = self._hits.get(key)
-                if group is None:
-                    self._hits[key] = [row, 1, row.actual_ms]
-                else:
-                    group[1] += 1
-                    group[2] += row.actual_ms
-            else:
-                self._pending.append(row)
+            self._pending.append(row)
             self.recorded += 1
-            # Wake the flusher once per batch of rows to write (a second passing also does).
             due = len(self._pending) + len(self._hits) == self.flush_every
-            if due and self._flusher is None and self._store is not None:
+        if due:
+            self._wake()
+
+    def record_hit(
+        self,
+        tenant: str,
+        query_type: str,
+        layers: tuple[str, ...],
+        confidence: float,
+        actual_ms: float,
+    ) -> None:
+        """Keep the row of a full cache hit, built packed: what :meth:`record` keeps for
+        a ``cache="hit"`` row with no estimate (a hit is served, not planned), at a third
+        of the cost on the path a cached recall takes (tens of µs in all).
+
+        >>> t = Telemetry(None)
+        >>> t.record_hit("t", "factual", ("semantic",), 1.0, 0.02)
+        >>> t.rows()[0].cache, t.rows()[0].strategy
+        ('hit', 'cache')
+        """
+        packed = (time.time(), tenant, query_type, "cache", confidence, 0.0, actual_ms, "hit")
+        self._hit((*packed, (), layers, (), 0.0, 0.0, None, True, (), False, 1))
+
+    def _hit(self, packed: tuple[Any, ...]) -> None:
+        key = (packed[1], packed[2], packed[3])  # tenant, query type, strategy
+        with self._lock:
+            self._rows.append(packed)
+            group = self._hits.get(key)
+            if group is None:
+                self._hits[key] = [packed, 1, packed[6]]
+            else:
+                group[1] += 1
+                group[2] += packed[6]
+            self.recorded += 1
+            due = len(self._pending) + len(self._hits) == self.flush_every
+        if due:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the flusher once per batch of rows to write (a second passing also does)."""
+        with self._lock:
+            if self._flusher is None and self._store is not None:
                 self._flusher = threading.Thread(
                     target=self._flush_loop, name="athena-telemetry", daemon=True
                 )
                 self._flusher.start()
-        if due:
-            self._due.set()
+        self._due.set()
 
     def _flush_loop(self) -> None:
         while True:
@@ -163,7 +196,7 @@ class Telemetry:
             batch, self._pending = self._pending, []
             hits, self._hits = self._hits, {}
         for first, count, total_ms in hits.values():
-            batch.append(first._replace(actual_ms=total_ms / count, weight=count))
+            batch.append(_unpack(first)._replace(actual_ms=total_ms / count, weight=count))
         if batch and self._store is not None:
             try:
                 self._store.append_telemetry(

@@ -89,6 +89,10 @@ class Decision:
         return f"{self.why}: {costs} {self.setting}".rstrip()
 
 
+# What the history keeps for each full cache hit (see StrategySelector.served).
+_SERVED: Final = Decision(Strategy.CACHE, 1.0, "valid full cache hit", 0.0, 1.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Situation:
     """What the selector looks at."""
@@ -376,16 +380,28 @@ class StrategySelector:
         return decision
 
     def for_cache(
-        self, full: bool, sequential_ms: float, cached_fraction: float, cached_ms: float
+        self,
+        full: bool,
+        sequential_ms: float,
+        cached_fraction: float,
+        cached_ms: float,
+        *,
+        record: bool = True,
     ) -> Decision:
-        """CACHE on a full hit, HYBRID on a partial one."""
+        """CACHE on a full hit, HYBRID on a partial one (kept in the history if ``record``)."""
         strategy = Strategy.CACHE if full else Strategy.HYBRID
         what = "valid full cache hit" if full else f"{cached_fraction:.0%} of layers cached"
         speedup = sequential_ms / max(cached_ms, 1e-3)
         decision = Decision(strategy, 1.0, what, cached_ms, speedup)
-        with self._lock:
-            self.history.append(decision)
+        if record:
+            with self._lock:
+                self.history.append(decision)
         return decision
+
+    def served(self) -> None:
+        """Count a full cache hit in the history, as a CACHE decision (one shared object:
+        a hit is served on its own path, which builds no decision)."""
+        self.history.append(_SERVED)  # deque.append is atomic
 
     def learn(self, strategy: Strategy, s: Situation, actual_ms: float) -> None:
         """Fold one measured latency into ``strategy``'s cost model."""
