@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from athena.bench.arms import Arm, Samples, percentile, rotations
+from athena.bench.arms import Arm, Samples, percentile, turn_order
 from athena.bench.workloads import Ask
 from athena.errors import AthenaError
 
@@ -175,7 +175,7 @@ def bursts(
     offsets = [b * interval for b in range(per_block) for _ in range(concurrency)]
     seen = {arm.name: arm.recorded() for arm in arms}
     for block in range(blocks):
-        for arm in rotations(arms, block):
+        for arm in turn_order(arms, block):
             picked = [next(feeds[arm.name]) for _ in offsets]
             phase = run_phase(arm_call(arm, REQUEST_TIMEOUT_S), picked, offsets, concurrency)
             samples = out[arm.name]
@@ -246,7 +246,7 @@ def ramp(
     live = list(arms)
     hot = list(asks[: max(1, min(len(asks), HOT))])
     for index, rate in enumerate(ladder):
-        for arm in rotations(live, index):
+        for arm in turn_order(live, index):
             count = max(1, round(rate * step_s))
             arm.reset()
             if cached:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from athena.bench.arms import Arm, rotations
+from athena.bench.arms import Arm, turn_order
 from athena.bench.workloads import Ask
 
 OVER: Final = 0.10
@@ -181,7 +181,7 @@ def measure(
         times: dict[str, list[float]] = {arm.name: [] for arm in arms}
         chosen: list[str] = []
         for rep in range(repeats):
-            for arm in rotations(arms, index * repeats + rep):
+            for arm in turn_order(arms, index * repeats + rep):
                 arm.reset()
                 seen = arm.recorded()
                 times[arm.name].append(arm.recall(ask))

@@ -51,4 +51,4 @@ def hybrid_search(
         (vector_ids(ctx, layer, request, depth), VECTOR_WEIGHT),
         *(extra or []),
     ]
-    return rrf((ids, w) for ids, w in rankings if ids)[:depth]
+    return rrf(((ids, w) for ids, w in rankings if ids), limit=depth)
