@@ -92,3 +92,21 @@ async def test_async_hit_is_served_without_a_thread(
         await memory.remember("Caroline went hiking in Patagonia.", tenant="t")
         fresh = await memory.recall(QUESTION, tenant="t", k=5)  # stale entry: a new recall
         assert any("Patagonia" in hit.text for hit in fresh.hits)
+
+
+def test_a_hit_over_fewer_layers_reuses_its_narrowed_query(
+    seeded: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    engine: Any = seeded.engine
+    narrowed = ("episodic", "semantic")
+    monkeypatch.setattr(engine.graph, "select_layers", lambda query_type, layers: narrowed)
+    first = seeded.recall(QUESTION, tenant="t", k=5, explain=True)
+    again = seeded.recall(QUESTION, tenant="t", k=5, explain=True)
+    assert first.explain is not None and again.explain is not None
+    assert again.explain["cache"] == "hit" and again.hits == first.hits
+    request = seeded._requests.make(QUESTION, "t", 5, None)
+    made = engine._narrowed(request, narrowed)
+    assert made is engine._narrowed(request, narrowed)  # no replace() on every hit
+    assert made == replace(request, layers=narrowed)
