@@ -64,3 +64,15 @@ def test_the_store_unmaps_its_watch_when_it_closes(tmp_path: Path) -> None:
     assert store.wal_header() is not None
     store.close()
     assert store.wal_header() is None
+
+
+def test_a_read_racing_close_falls_back_instead_of_failing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "r.db")
+    assert store.wal_header() is not None
+    watch = store._watch
+    assert watch is not None
+    watch.close()  # as close() does while another thread is between its two steps
+    try:
+        assert store.wal_header() is None
+    finally:
+        store.close()

@@ -147,7 +147,10 @@ class SQLiteStore:
             watch = self._open_watch()
             if watch is None:
                 return None
-        return watch.header()
+        try:
+            return watch.header()
+        except ValueError:  # unmapped by a close() racing this read: ask SQLite instead
+            return None
 
     def _open_watch(self) -> WalWatch | None:
         with self._close_lock:
