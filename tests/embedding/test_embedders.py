@@ -344,3 +344,16 @@ def test_auto_falls_back_to_torch_when_onnx_cannot_load(monkeypatch: pytest.Monk
 def test_an_unknown_runtime_is_refused() -> None:
     with pytest.raises(InvalidInput, match="auto, onnx, torch"):
         TransformerEmbedder(runtime="tensorflow")
+
+
+def test_an_unwritable_cache_folder_falls_back_to_a_private_temporary_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from athena.embedding import onnx_runtime
+
+    wanted = tmp_path / "cache" / "graph.onnx"
+    assert onnx_runtime._writable(wanted) == wanted
+    monkeypatch.setattr(onnx_runtime.os, "access", lambda path, mode: False)  # read-only
+    chosen = onnx_runtime._writable(wanted)
+    assert chosen != wanted and chosen.name == "graph.onnx"
+    assert chosen.parent.name.startswith("athena-") and chosen.parent.is_dir()

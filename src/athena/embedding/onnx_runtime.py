@@ -55,13 +55,28 @@ def cache_dir() -> Path:
     return Path(base) / "athena"
 
 
-def graph_path(model_dir: Path) -> Path:
+def graph_path(model_dir: Path, folder: Path | None = None) -> Path:
     """The cached graph of the model in ``model_dir``: named by its weights' digest."""
     digest = hashlib.blake2b(digest_size=8)
     with open(model_dir / "model.safetensors", "rb") as weights:
         for block in iter(lambda: weights.read(1 << 20), b""):
             digest.update(block)
-    return cache_dir() / f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}.onnx"
+    name = f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}.onnx"
+    return (folder or cache_dir()) / name
+
+
+def _writable(path: Path) -> Path:
+    """``path``, or the same name in a private temporary folder if its folder cannot be
+    written (a read-only home): the graph is then exported once per boot, not never."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if os.access(path.parent, os.W_OK):
+            return path
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"athena-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    fallback.mkdir(mode=0o700, exist_ok=True)
+    return fallback / path.name
 
 
 def export(model_dir: Path, target: Path) -> None:
@@ -128,6 +143,8 @@ class OnnxMiniLM:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: nothing on stdout for the MCP server
         path = graph_path(model_dir)
+        if not path.exists():
+            path = _writable(path)
         for attempt in (1, 2):
             if not path.exists():
                 export(model_dir, path)
