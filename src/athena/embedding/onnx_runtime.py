@@ -81,6 +81,9 @@ def _writable(path: Path) -> Path:
 
 def export(model_dir: Path, target: Path) -> None:
     """Export the model's encoder to ``target`` with torch (the only step that needs it)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never ask the hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
     from transformers import AutoModel
 

@@ -180,9 +180,8 @@ class Feedback:
 
     def _count(self) -> None:
         # next() on an itertools.count is atomic under the GIL: no lock on a hit's path.
-        if (
-            next(self._recalls) % SAVE_EVERY == 0
-        ):  # off the recall's path: a save is a write transaction
+        due = next(self._recalls) % SAVE_EVERY == 0
+        if due:  # off the recall's path: a save is a write transaction
             threading.Thread(target=self._save_quietly, name="athena-save", daemon=True).start()
 
     def _save_quietly(self) -> None:

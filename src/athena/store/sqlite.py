@@ -25,7 +25,6 @@ from athena.store.connection import (
 )
 from athena.store.protocol import MemoryRow, PreparedMemory, RowFilter, VectorBatch
 from athena.store.schema import SCHEMA_VERSION, migrate
-from athena.store.wal_watch import WalWatch
 
 T = TypeVar("T")
 Listener = Callable[[set[tuple[str, str]]], None]
@@ -73,8 +72,6 @@ class SQLiteStore:
         self._writer = Writer(self.path, self._notify)
         self._closed = False
         self._close_lock = threading.Lock()
-        self._watch: WalWatch | None = None
-        self._watch_tried = False
         if fell_back:
             self._check_schema()  # nobody can migrate it: it must be this version already
 
@@ -135,34 +132,6 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 
-    def wal_header(self) -> bytes | None:
-        """The WAL-index header (:mod:`athena.store.wal_watch`): every commit to the file,
-        from any process, changes it. None when it cannot be read (then ask
-        :meth:`data_version`). Read it *before* asking SQLite, so a commit racing the two
-        reads changes it again."""
-        watch = self._watch
-        if watch is None:
-            if self._watch_tried:
-                return None
-            watch = self._open_watch()
-            if watch is None:
-                return None
-        try:
-            return watch.header()
-        except ValueError:  # unmapped by a close() racing this read: ask SQLite instead
-            return None
-
-    def _open_watch(self) -> WalWatch | None:
-        with self._close_lock:
-            if self._closed or self._watch_tried:
-                return self._watch
-            self._watch_tried = True
-            if self._readers.immutable:
-                return None
-            self.data_version()  # this thread's reader now holds the file and its -shm
-            self._watch = WalWatch.open(self.path)
-            return self._watch
-
     def write_clock(self) -> int:
         """Moves with every generation bump (any tenant, any process); nothing else moves it."""
         return self._read(reads.write_clock)
@@ -172,9 +141,6 @@ class SQLiteStore:
             if self._closed:
                 return
             self._closed = True
-            watch, self._watch = self._watch, None
-        if watch is not None:  # unmapped before any connection closes (see wal_watch)
-            watch.close()
         # Readers first: the writer's last act is a WAL checkpoint, which open readers limit.
         self._readers.close()
         self._writer.close()
