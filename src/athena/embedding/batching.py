@@ -19,7 +19,7 @@ from athena.embedding.protocol import Embedder, Vectors
 from athena.errors import EmbedderError
 
 # Texts per coalesced model call. Not the model's own 64: on ONNX Runtime a text costs the
-# same in a batch of 10 as of 64 (4.3 and 4.8 ms; benchmarks/transformer_runtime.py), and a
+# same in a batch of 10 as of 64 (4.3 and 4.7 ms; benchmarks/transformer_runtime.py), and a
 # batch answers no caller until all of it is done, while the recalls answered so far could
 # run their layers on the other core (the model releases the GIL). Under 100 concurrent
 # queries, 64 at a time kept every recall waiting ~300 ms for its batch; 16 at a time lets
