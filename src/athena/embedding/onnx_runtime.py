@@ -55,14 +55,14 @@ def cache_dir() -> Path:
     return Path(base) / "athena"
 
 
-def graph_path(model_dir: Path, folder: Path | None = None) -> Path:
+def graph_path(model_dir: Path) -> Path:
     """The cached graph of the model in ``model_dir``: named by its weights' digest."""
     digest = hashlib.blake2b(digest_size=8)
     with open(model_dir / "model.safetensors", "rb") as weights:
         for block in iter(lambda: weights.read(1 << 20), b""):
             digest.update(block)
     name = f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}.onnx"
-    return (folder or cache_dir()) / name
+    return cache_dir() / name
 
 
 def _writable(path: Path) -> Path:
@@ -74,8 +74,11 @@ def _writable(path: Path) -> Path:
             return path
     except OSError:
         pass
-    fallback = Path(tempfile.gettempdir()) / f"athena-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    fallback = Path(tempfile.gettempdir()) / f"athena-{uid}"
     fallback.mkdir(mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid") and fallback.stat().st_uid != uid:  # someone else's folder
+        raise PermissionError(f"{fallback} belongs to another user")
     return fallback / path.name
 
 
