@@ -25,6 +25,13 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 TEXTS = ["a dog barks", "a puppy is barking", "stock market fell", "the cat sleeps on the sofa"]
 
 
+def _run_quietly(code: str) -> None:
+    """Run ``code`` in a fresh interpreter: it must succeed and print nothing on stdout."""
+    result = _subprocess(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
 def _subprocess(code: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
@@ -189,9 +196,7 @@ def test_static_needs_no_torch() -> None:
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    result = _subprocess(code)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
+    _run_quietly(code)
 
 
 def test_transformer_without_torch_raises_embedder_error(tmp_path: Path) -> None:
@@ -257,9 +262,7 @@ def test_transformer_prints_nothing_to_stdout() -> None:
         "e = load_embedder('transformer')\n"
         "assert e.embed(['hello', 'world']).shape == (2, 384)\n"
     )
-    result = _subprocess(code)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
+    _run_quietly(code)
 
 
 # --- the transformer's runtimes -------------------------------------------------------------
@@ -298,9 +301,7 @@ def test_onnx_runtime_needs_no_torch_once_exported(transformer: TransformerEmbed
         "assert e.runtime == 'onnx', e.runtime\n"
         "assert 'transformers' not in sys.modules\n"
     )
-    result = _subprocess(code)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
+    _run_quietly(code)
 
 
 @pytest.mark.transformer

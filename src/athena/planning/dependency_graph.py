@@ -32,6 +32,14 @@ class _TypeStats:
     result_size: float = 0.0
     cost_ms: float = 0.0
 
+    def count(self, cache_hit: bool, result_size: int, cost_ms: float) -> bool:
+        """Count one recall of this type; whether that crossed ``MIN_OBSERVATIONS``."""
+        self.queries += 1
+        self.cache_hits += int(cache_hit)
+        self.result_size += (result_size - self.result_size) / self.queries
+        self.cost_ms += (cost_ms - self.cost_ms) / self.queries
+        return self.queries == MIN_OBSERVATIONS
+
 
 class DependencyGraph:
     """Learned layer relationships.
@@ -68,11 +76,7 @@ class DependencyGraph:
         contention for the GIL and the cores, and would inflate the sequential estimate)."""
         with self._lock:
             stats = self._types[query_type]
-            stats.queries += 1
-            crossed = stats.queries == MIN_OBSERVATIONS
-            stats.cache_hits += int(cache_hit)
-            stats.result_size += (result_size - stats.result_size) / stats.queries
-            stats.cost_ms += (cost_ms - stats.cost_ms) / stats.queries
+            crossed = stats.count(cache_hit, result_size, cost_ms)
             names = sorted(layer_ms)
             for i, name in enumerate(names):
                 stats.used[name] += 1
@@ -99,12 +103,7 @@ class DependencyGraph:
         1
         """
         with self._lock:
-            stats = self._types[query_type]
-            stats.queries += 1
-            stats.cache_hits += 1
-            stats.result_size += (result_size - stats.result_size) / stats.queries
-            stats.cost_ms += (cost_ms - stats.cost_ms) / stats.queries
-            if stats.queries == MIN_OBSERVATIONS:
+            if self._types[query_type].count(True, result_size, cost_ms):
                 self._kept.clear()
 
     def layer_ms(self, layer: str) -> float:
