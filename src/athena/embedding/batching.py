@@ -21,9 +21,9 @@ from athena.errors import EmbedderError
 # Texts per coalesced model call. Not the model's own 64: on ONNX Runtime a text costs the
 # same in a batch of 10 as of 64 (4.3 and 4.7 ms; benchmarks/transformer_runtime.py), and a
 # batch answers no caller until all of it is done, while the recalls answered so far could
-# run their layers on the other core (the model releases the GIL). Under 100 concurrent
-# queries, 64 at a time kept every recall waiting ~300 ms for its batch; 16 at a time lets
-# the first ones start after ~70 ms. One call with more texts (an import) still goes whole.
+# run their layers on the other core (the model releases the GIL): a batch of 64 took 303
+# ms, one of 10 43 ms. Measured with benchmarks/embed_batching.py, 100 concurrent embeds:
+# p50 511 ms capped at 64, 350 ms at 16. One call with more texts (an import) goes whole.
 MAX_BATCH: Final = 16
 
 
