@@ -21,10 +21,15 @@ class CountingStore(SQLiteStore):
     """A real store that counts how often the tracker reads generations from the file."""
 
     reads = 0
+    versions = 0
 
     def generations(self, tenant: str) -> dict[str, int]:
         self.reads += 1
         return super().generations(tenant)
+
+    def data_version(self) -> int:
+        self.versions += 1
+        return super().data_version()
 
 
 @pytest.fixture
@@ -97,6 +102,19 @@ def test_a_cached_recall_sees_another_process_write(tmp_path: Path, embedder: Em
         after = mem.recall("where is the spare key?", tenant="t", k=5, explain=True)
         assert after.explain is not None and after.explain["cache"] != "hit"
         assert {h.key for h in after.hits} == {"car", "spare"}
+
+
+def test_sqlite_is_asked_again_only_after_a_commit(store: CountingStore, tmp_path: Path) -> None:
+    tracker = GenerationTracker(store)
+    tracker.get("a")
+    asked = store.versions
+    for _ in range(50):
+        assert tracker.get("a") == {}
+    assert store.versions == asked  # the WAL-index header did not move: nobody committed
+    with Memory(tmp_path / "g.db") as other:  # another connection, not heard by the listener
+        other.remember("from elsewhere", tenant="a")
+    assert tracker.get("a") == {"episodic": 1}
+    assert store.versions > asked
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,6 +5,8 @@ them per tenant and drops a tenant when a write to it commits in this process (t
 commit listener). When any other connection commits (another process, or this process's
 telemetry: ``PRAGMA data_version`` moves), it reads the store's write clock, one row that
 every generation bump moves: only if it moved are all cached generations dropped.
+Before asking SQLite it reads the WAL-index header through a mapping (no system call): while
+that reads as it did when this thread last asked, nobody has committed since.
 """
 
 from __future__ import annotations
@@ -41,18 +43,11 @@ class GenerationTracker:
 
     def get(self, tenant: str) -> dict[str, int]:
         """The generation of each layer of ``tenant`` (absent layers were never written)."""
-        version = self._store.data_version()
-        if getattr(self._local, "version", None) != version:
-            # Another connection committed since this thread last looked: it may have been
-            # another process, whose writes our commit listener never heard of. Read the
-            # clock after the version: a bump it misses moves the version again.
-            self._local.version = version
-            clock = self._store.write_clock()
-            with self._lock:
-                if clock != self._clock:
-                    self._clock = clock
-                    self._epoch += 1
-                    self._cache.clear()
+        local = self._local
+        header = self._store.wal_header()  # before data_version: a commit between moves it
+        if header is None or header != getattr(local, "header", None):
+            self._check(local)
+            local.header = header
         cached = self._cache.get(tenant)
         if cached is not None:
             return dict(cached)  # a copy: callers may keep or change theirs
@@ -62,3 +57,17 @@ class GenerationTracker:
             if epoch == self._epoch:  # no commit landed while we read
                 self._cache[tenant] = dict(fresh)
         return fresh
+
+    def _check(self, local: threading.local) -> None:
+        version = self._store.data_version()
+        if getattr(local, "version", None) != version:
+            # Another connection committed since this thread last looked: it may have been
+            # another process, whose writes our commit listener never heard of. Read the
+            # clock after the version: a bump it misses moves the version again.
+            local.version = version
+            clock = self._store.write_clock()
+            with self._lock:
+                if clock != self._clock:
+                    self._clock = clock
+                    self._epoch += 1
+                    self._cache.clear()

@@ -25,6 +25,7 @@ from athena.store.connection import (
 )
 from athena.store.protocol import MemoryRow, PreparedMemory, RowFilter, VectorBatch
 from athena.store.schema import SCHEMA_VERSION, migrate
+from athena.store.wal_watch import WalWatch
 
 T = TypeVar("T")
 Listener = Callable[[set[tuple[str, str]]], None]
@@ -72,6 +73,8 @@ class SQLiteStore:
         self._writer = Writer(self.path, self._notify)
         self._closed = False
         self._close_lock = threading.Lock()
+        self._watch: WalWatch | None = None
+        self._watch_tried = False
         if fell_back:
             self._check_schema()  # nobody can migrate it: it must be this version already
 
@@ -131,6 +134,28 @@ class SQLiteStore:
             return int(self._readers.get().execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error as exc:
             raise translate(exc) from exc
+
+    def wal_header(self) -> bytes | None:
+        """The WAL-index header (:mod:`athena.store.wal_watch`): every commit to the file,
+        from any process, changes it. None when it cannot be read (then ask
+        :meth:`data_version`). Read it *before* asking SQLite, so a commit racing the two
+        reads changes it again."""
+        watch = self._watch if self._watch_tried else self._open_watch()
+        if watch is None:
+            return None
+        with self._close_lock:  # never read once closed: the mapping is safe only while open
+            return None if self._closed else watch.header()
+
+    def _open_watch(self) -> WalWatch | None:
+        with self._close_lock:
+            if self._closed or self._watch_tried:
+                return self._watch
+            self._watch_tried = True
+            if self._readers.immutable:
+                return None
+            self.data_version()  # this thread's reader now holds the file and its -shm
+            self._watch = WalWatch.open(self.path)
+            return self._watch
 
     def write_clock(self) -> int:
         """Moves with every generation bump (any tenant, any process); nothing else moves it."""
