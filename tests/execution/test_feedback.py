@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+import threading
 from pathlib import Path
+
+import pytest
 
 from athena import Memory
 from athena.embedding import Embedder
+from athena.execution import feedback as feedback_module
 from athena.execution.feedback import Feedback
 from athena.execution.telemetry import Telemetry, TelemetryRow
 from athena.planning.dependency_graph import DependencyGraph
@@ -117,3 +122,85 @@ def test_cache_hits_are_stored_coalesced_and_load_as_one_row_per_recall(tmp_path
         assert len(Telemetry(store).load()) == 307  # a row with a bad weight is skipped
     finally:
         store.close()
+
+
+def _hits_counted(store: SQLiteStore) -> tuple[Feedback, StrategySelector]:
+    selector = StrategySelector(rng=random.Random(0), explore_rate=0.0)
+    return Feedback(store, DependencyGraph(cores=2), selector), selector
+
+
+def test_a_noted_hit_is_counted_before_anything_reads_it(tmp_path: Path) -> None:
+    """Hits are noted with one append and counted later; every reader sees them all, in
+    order before a later executed recall, with the time each was served."""
+    store = SQLiteStore(tmp_path / "n.db")
+    try:
+        feedback, selector = _hits_counted(store)
+        query = make_query("where is the key?", "t", layers=["semantic"])
+        for _ in range(5):
+            feedback.served(query, "factual", 1.0, 3, 0.02)
+        assert feedback.telemetry.recorded == 5  # reading the count settles first
+        rows = feedback.telemetry.rows()
+        assert [r.cache for r in rows] == ["hit"] * 5
+        assert all(a.at <= b.at for a, b in itertools.pairwise(rows))
+        assert feedback.graph.snapshot()["types"]["factual"]["cache_hits"] == 5
+        assert sum(d.strategy is Strategy.CACHE for d in selector.history) == 5
+        feedback.served(query, "factual", 1.0, 3, 0.02)
+        s = Situation(1, 1.0, 1.0, 0.0, 0, 0.0, False, False, 0)
+        decision = Decision(Strategy.SEQUENTIAL, 1.0, "test", 1.0, 1.0)
+        feedback.executed(
+            query, "factual", decision, Strategy.SEQUENTIAL, s, "miss", {"semantic": 1.0},
+            set(), None, 0, 1.0, True,
+        )  # fmt: skip
+        assert [r.cache for r in feedback.telemetry.rows()][-2:] == ["hit", "miss"]
+        feedback.served(query, "factual", 1.0, 3, 0.02)
+        feedback.save()  # saved with every hit counted
+        assert (
+            json.loads(store.load_state("dependency_graph") or "{}")["types"]["factual"][
+                "cache_hits"
+            ]
+            == 7
+        )
+    finally:
+        store.close()
+
+
+def test_noted_hits_are_bounded_and_each_counted_once_across_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feedback_module, "SETTLE_AT", 16)
+    store = SQLiteStore(tmp_path / "b.db")
+    try:
+        feedback, selector = _hits_counted(store)
+        query = make_query("where is the key?", "t", layers=["semantic"])
+
+        def serve() -> None:
+            for _ in range(500):
+                feedback.served(query, "factual", 1.0, 3, 0.02)
+                assert len(feedback._noted) <= 16 + 4  # settled on the hit's path when full
+
+        def read() -> None:
+            for _ in range(50):
+                feedback.telemetry.rows()
+
+        threads = [threading.Thread(target=serve) for _ in range(4)]
+        threads.append(threading.Thread(target=read))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert feedback.telemetry.recorded == 2000
+        assert feedback.graph.snapshot()["types"]["factual"]["cache_hits"] == 2000
+        assert len(selector.history) == min(2000, selector.history.maxlen or 2000)
+    finally:
+        store.close()
+
+
+def test_stats_count_the_hits_served(tmp_path: Path, embedder: Embedder) -> None:
+    with Memory(tmp_path / "s.db", embedder=embedder, pool="off") as mem:
+        mem.remember("the key is under the mat", tenant="t")
+        for _ in range(3):
+            mem.recall("where is the key?", tenant="t")
+        stats = mem.engine.stats()
+        assert stats["selector"]["decisions"].get("cache") == 2
+        assert stats["graph"]["types"]["factual"]["cache_hits"] == 2
+        assert [r.cache for r in mem.engine.telemetry.rows()] == ["miss", "hit", "hit"]

@@ -254,7 +254,6 @@ class AdaptiveEngine:
         """
         actual = (time.perf_counter() - start) * 1000.0
         self.feedback.served(query, query_type, full.confidence, len(full.value), actual)
-        self.selector.served()
         details = None
         if explain:
             sequential = self.graph.estimate_ms(query.layers)
@@ -292,6 +291,7 @@ class AdaptiveEngine:
         return {"pool": pool, "admission": self.admission.stats()}
 
     def stats(self) -> dict[str, Any]:
+        self.feedback.settle()  # the graph and the selector count the hits noted so far
         return {
             "cache": self.cache.stats(),
             **self.gauges(),

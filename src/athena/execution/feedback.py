@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Final
 
@@ -23,6 +24,9 @@ from athena.store.protocol import Store
 
 GRAPH_STATE: Final = "dependency_graph"
 SAVE_EVERY: Final = 500
+SETTLE_AT: Final = 1024  # noted hits counted at once on a hit's path, at most
+
+Noted = tuple[float, str, str, tuple[str, ...], float, int, float]
 
 
 class Feedback:
@@ -33,7 +37,9 @@ class Feedback:
         self.graph = graph
         self.selector = selector
         self.telemetry = Telemetry(store)
+        self.telemetry.settle = self.settle
         self._recalls = itertools.count(1)  # recalls recorded; a save every SAVE_EVERY
+        self._noted: deque[Noted] = deque()  # full cache hits not counted yet
 
     def restore(self) -> None:
         """Reload the saved graph, and replay saved telemetry into the selector."""
@@ -46,16 +52,48 @@ class Feedback:
 
     def save(self) -> None:
         """Flush telemetry and persist the dependency graph."""
+        self.settle()
         self.telemetry.flush()
         self.store.save_state(GRAPH_STATE, self.graph.to_json())
 
     def served(
         self, query: RecallQuery, query_type: str, confidence: float, hits: int, actual_ms: float
     ) -> None:
-        """A full cache hit: counted for cache worthiness; no strategy learns from it."""
-        self.graph.observe_hit(query_type, hits, actual_ms)
-        self.telemetry.record_hit(query.tenant, query_type, query.layers, confidence, actual_ms)
-        self._count()
+        """A full cache hit: noted now (one append), counted by :meth:`settle`.
+
+        Counting a hit (the graph's cache worthiness, a telemetry row, the selector's
+        history, the save schedule) took 12 µs of a 42 µs hit measured right after another
+        engine's recall, most of it in reaching a dozen cold objects; settled together, the
+        hits cost a fraction of that. Nothing a hit counts is read before it is settled:
+        every executed recall, every read of the telemetry, stats and save settle first.
+        """
+        noted = self._noted
+        noted.append(
+            (time.time(), query.tenant, query_type, query.layers, confidence, hits, actual_ms)
+        )
+        if len(noted) >= SETTLE_AT:
+            self.settle()
+
+    def settle(self) -> None:
+        """Count the noted cache hits (safe from any thread: each is taken once).
+
+        >>> # feedback.served(query, "factual", 1.0, 10, 0.02); feedback.settle()
+        """
+        noted, graph, record, served = (
+            self._noted,
+            self.graph,
+            self.telemetry.record_hit,
+            self.selector.served,
+        )
+        while noted:
+            try:
+                at, tenant, query_type, layers, confidence, hits, actual_ms = noted.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            graph.observe_hit(query_type, hits, actual_ms)
+            record(tenant, query_type, layers, confidence, actual_ms, at)
+            served()
+            self._count()
 
     def executed(
         self,
@@ -79,6 +117,7 @@ class Feedback:
         recalls: it once kept the adaptive arm on PARALLEL, 1.7x slower). A fallback from
         the pool teaches DISTRIBUTED what choosing it cost (the wait, then the fallback):
         without that, a pool that times out every task would be chosen again and again."""
+        self.settle()
         self.graph.observe(
             query_type,
             layers_ms or dict.fromkeys(query.layers, 0.0),
@@ -121,6 +160,7 @@ class Feedback:
         error: BaseException,
     ) -> None:
         """A recall that raised: recorded with success false (the error is re-raised)."""
+        self.settle()
         decision = Decision(Strategy.SEQUENTIAL, 0.0, type(error).__name__, 0.0, 1.0)
         self._record(
             query,

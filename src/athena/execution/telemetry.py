@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple
 
 from athena.errors import AthenaError
@@ -97,7 +97,10 @@ class Telemetry:
         self._lock = threading.Lock()
         self.keep = keep
         self.flush_every = flush_every
-        self.recorded = 0
+        self._recorded = 0
+        # Called before the rows are read or written: the Feedback that owns this telemetry
+        # counts there the cache hits it noted but has not recorded yet.
+        self.settle: Callable[[], None] = _nothing
         self._due = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -129,10 +132,16 @@ class Telemetry:
         with self._lock:
             self._rows.append(packed)
             self._pending.append(row)
-            self.recorded += 1
+            self._recorded += 1
             due = len(self._pending) + len(self._hits) == self.flush_every
         if due:
             self._wake()
+
+    @property
+    def recorded(self) -> int:
+        """Rows recorded since creation (the noted hits counted first)."""
+        self.settle()
+        return self._recorded
 
     def record_hit(
         self,
@@ -141,17 +150,19 @@ class Telemetry:
         layers: tuple[str, ...],
         confidence: float,
         actual_ms: float,
+        at: float | None = None,
     ) -> None:
-        """Keep the row of a full cache hit, built packed: what :meth:`record` keeps for
-        a ``cache="hit"`` row with no estimate (a hit is served, not planned), at a third
-        of the cost on the path a cached recall takes (tens of µs in all).
+        """Keep the row of a full cache hit (served at ``at``, default now), built packed:
+        what :meth:`record` keeps for a ``cache="hit"`` row with no estimate (a hit is
+        served, not planned), at a third of the cost.
 
         >>> t = Telemetry(None)
         >>> t.record_hit("t", "factual", ("semantic",), 1.0, 0.02)
         >>> t.rows()[0].cache, t.rows()[0].strategy
         ('hit', 'cache')
         """
-        packed = (time.time(), tenant, query_type, "cache", confidence, 0.0, actual_ms, "hit")
+        when = time.time() if at is None else at
+        packed = (when, tenant, query_type, "cache", confidence, 0.0, actual_ms, "hit")
         self._hit((*packed, (), layers, (), 0.0, 0.0, None, True, (), False, 1))
 
     def _hit(self, packed: tuple[Any, ...]) -> None:
@@ -164,7 +175,7 @@ class Telemetry:
             else:
                 group[1] += 1
                 group[2] += packed[6]
-            self.recorded += 1
+            self._recorded += 1
             due = len(self._pending) + len(self._hits) == self.flush_every
         if due:
             self._wake()
@@ -192,6 +203,7 @@ class Telemetry:
 
     def flush(self) -> None:
         """Write pending rows now (also called on close)."""
+        self.settle()
         with self._lock:
             batch, self._pending = self._pending, []
             hits, self._hits = self._hits, {}
@@ -210,6 +222,7 @@ class Telemetry:
 
     def rows(self) -> list[TelemetryRow]:
         """The rows kept in memory, oldest first."""
+        self.settle()
         with self._lock:
             packed = list(self._rows)
         return [_unpack(p) for p in packed]
@@ -220,6 +233,10 @@ class Telemetry:
 
 
 LAYERS_MS: Final = TelemetryRow._fields.index("layers_ms")
+
+
+def _nothing() -> None:
+    return None
 
 
 def _pack(row: TelemetryRow) -> tuple[Any, ...]:
