@@ -1,10 +1,12 @@
 """Concurrent query embeddings, one model call each vs batched: bursts, arms interleaved.
 
-``python benchmarks/embed_batching.py [--bursts 20] [--sizes 10,100] [--max-batch 64,16]``
+``python benchmarks/embed_batching.py [--bursts 20] [--sizes 10,100] [--max-batch 64,16]
+[--lanes 1]``
 loads the packaged transformer once and sends bursts of N simultaneous ``embed([question])``
 calls (distinct LoCoMo questions, no cache in front) through arms on that one model:
 ``plain`` (the model's own lock, one call at a time) and one :class:`BatchingEmbedder` per
-cap on the texts of one model call (``batched-64``, ``batched-16``). Arms alternate burst by
+cap on the texts of one model call (``batched-64``, ``batched-16``) and per number of lanes a
+batch is split over (``batched-16x2``: two model calls at once). Arms alternate burst by
 burst, the order turning and reversing. Latency runs from the burst's start to each
 caller's return; the report gives p50, p99 and the model calls per burst.
 """
@@ -51,12 +53,16 @@ def main() -> None:
     parser.add_argument(
         "--max-batch", default="64,16", help="one batched arm per cap on texts per model call"
     )
+    parser.add_argument("--lanes", default="1", help="one batched arm per number of lanes")
     args = parser.parse_args()
     model = TransformerEmbedder()
     model.embed(["warm up"])
     batched = {
-        f"batched-{cap}": BatchingEmbedder(model, max_batch=int(cap))
+        f"batched-{cap}" + (f"x{lanes}" if lanes != "1" else ""): BatchingEmbedder(
+            model, max_batch=int(cap), lanes=int(lanes)
+        )
         for cap in args.max_batch.split(",")
+        for lanes in args.lanes.split(",")
     }
     arms: dict[str, Embedder] = {"plain": model, **batched}
     pool_texts = questions(args.data)

@@ -99,3 +99,67 @@ def test_the_transformer_is_batched_behind_the_cache() -> None:
     embedder = load_embedder("transformer")
     assert isinstance(embedder.inner, BatchingEmbedder)  # type: ignore[attr-defined]
     assert embedder.name == "transformer:all-MiniLM-L6-v2"
+
+
+class _Concurrent(_Slow):
+    """A model that runs calls from several threads at once; records where each ran."""
+
+    concurrent = True
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        super().__init__(fail_on)
+        self.threads: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.threads.append(threading.current_thread().name)
+        return super().embed(texts)
+
+
+def test_a_batch_is_split_over_the_lanes_when_the_model_runs_calls_at_once() -> None:
+    inner = _Concurrent()
+    embedder = BatchingEmbedder(inner, lanes=2)
+    texts = [f"question number {i}" for i in range(9)]
+    out = embedder.embed(texts)
+    np.testing.assert_allclose(out, inner.model.embed(texts), rtol=1e-6, atol=1e-6)  # in order
+    assert sorted(inner.sizes) == [4, 5]
+    assert sum(name.startswith("athena-embed") for name in inner.threads) == 1
+    inner.sizes.clear()
+    assert embedder.embed(["one"]).shape == (1, inner.dim)
+    assert inner.sizes == [1]  # one text: one call
+
+
+def test_a_model_that_takes_turns_is_never_split() -> None:
+    inner = _Slow()  # no ``concurrent``: calls must take turns
+    embedder = BatchingEmbedder(inner, lanes=2)
+    embedder.embed([f"q {i}" for i in range(8)])
+    assert inner.sizes == [8]
+    with pytest.raises(ValueError):
+        BatchingEmbedder(inner, lanes=0)
+
+
+def test_a_split_batch_that_fails_in_a_helper_fails_its_callers_only() -> None:
+    inner = _Concurrent(fail_on="poison")
+    embedder = BatchingEmbedder(inner, lanes=2)
+    out = _concurrently(embedder, [["fine"], ["also fine", "more"], ["x", "poison"]])
+    assert isinstance(out[2], EmbedderError)
+    for texts, vectors in zip([["fine"], ["also fine", "more"]], out[:2], strict=True):
+        assert isinstance(vectors, np.ndarray)
+        np.testing.assert_allclose(vectors, inner.model.embed(texts), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.transformer
+def test_the_transformer_split_over_threads_gives_the_vectors_of_one_call() -> None:
+    """The real model on ONNX Runtime: concurrent calls, split over two lanes, return what
+    one unsplit call does (the session and its tokenizer are shared by the threads)."""
+    from athena.embedding.transformer import TransformerEmbedder
+
+    model = TransformerEmbedder()
+    model.load()
+    if not model.concurrent:
+        pytest.skip("the torch runtime takes turns; nothing is split")
+    batches = [[f"When did Caroline go to the support group, time {i}?"] * (1 + i % 3)
+               for i in range(12)]  # fmt: skip
+    out = _concurrently(BatchingEmbedder(model, lanes=2), batches)
+    for texts, vectors in zip(batches, out, strict=True):
+        assert isinstance(vectors, np.ndarray)
+        np.testing.assert_allclose(vectors, model.embed(texts), rtol=1e-5, atol=1e-5)

@@ -330,6 +330,8 @@ def test_auto_falls_back_to_torch_when_onnx_cannot_load(monkeypatch: pytest.Monk
         raise ImportError("No module named 'onnxruntime'")
 
     class Torch:
+        concurrent = False
+
         def encode(self, texts: list[str], batch_size: int) -> Vectors:
             return np.ones((len(texts), 384), np.float32) / np.sqrt(384)
 

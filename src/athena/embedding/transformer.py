@@ -31,7 +31,10 @@ RUNTIMES: Final = ("auto", "onnx", "torch")
 
 
 class Runtime(Protocol):
-    """What runs the model: L2-normalised vectors of ``texts``, ``batch_size`` at a time."""
+    """What runs the model: L2-normalised vectors of ``texts``, ``batch_size`` at a time.
+    ``concurrent``: whether :meth:`encode` may run in several threads at once."""
+
+    concurrent: bool
 
     def encode(self, texts: Sequence[str], batch_size: int) -> Vectors: ...
 
@@ -49,6 +52,8 @@ def _model_dir() -> Path:
 
 class TorchMiniLM:
     """The model through sentence-transformers on torch (the reference runtime)."""
+
+    concurrent = False  # its fast tokenizer is reconfigured on every call
 
     def __init__(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -122,8 +127,9 @@ class TransformerEmbedder:
         self._batch_size = batch_size
         self.runtime = chosen  # after load: the one that runs, "onnx" or "torch"
         self._model: Runtime | None = None
-        # Guards loading and encoding: the HF fast tokenizer is reconfigured on every call and
-        # fails under concurrent use; the model already uses every core we give it.
+        # Guards loading, and encoding on torch: the HF fast tokenizer is reconfigured on
+        # every call there and fails under concurrent use. ONNX Runtime's session and its
+        # tokenizer (configured once) run calls from several threads at once.
         self._lock = threading.Lock()
 
     @property
@@ -135,6 +141,17 @@ class TransformerEmbedder:
     def dim(self) -> int:
         """Vector dimension: 384."""
         return 384
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether :meth:`embed` runs calls from several threads at once (ONNX Runtime,
+        once loaded); on torch they take turns.
+
+        >>> TransformerEmbedder().concurrent  # not loaded yet
+        False
+        """
+        model = self._model
+        return model is not None and model.concurrent
 
     def load(self) -> None:
         """Load the model now instead of on the first :meth:`embed`; raises ``EmbedderError``.
@@ -156,8 +173,11 @@ class TransformerEmbedder:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
-        with self._lock:
-            model = self._model
-            assert model is not None
+        model = self._model
+        assert model is not None
+        if model.concurrent:
             out = model.encode(list(texts), self._batch_size)
+        else:
+            with self._lock:
+                out = model.encode(list(texts), self._batch_size)
         return np.ascontiguousarray(out, dtype=np.float32).reshape(len(texts), self.dim)

@@ -297,13 +297,20 @@ class ResultCache(_CacheCore):
     flight_key = staticmethod(ck.flight_key)
 
     def get_full(
-        self, query: RecallQuery, model: str, generations: Mapping[str, int]
+        self,
+        query: RecallQuery,
+        model: str,
+        generations: Mapping[str, int],
+        key: Hashable | None = None,
     ) -> CachedHits | None:
         """The recall's hits if a valid entry holds them; counts a hit (a miss: nothing).
+        ``key``: ``full_key(query, model)`` if the caller kept it.
 
         >>> # cached = cache.get_full(query, embedder.name, tracker.get(query.tenant))
         """
-        key, now = full_key(query, model), self._clock()
+        if key is None:
+            key = full_key(query, model)
+        now = self._clock()
         with self._lock:
             entry = self._valid(key, generations, now)
             if entry is None:

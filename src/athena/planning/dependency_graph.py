@@ -58,6 +58,9 @@ class DependencyGraph:
         # select_layers' answers, read on every adaptive recall (a cache hit included): they
         # change only when a count crosses a threshold, and observe() clears them then.
         self._kept: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        # Moves whenever those answers may change: a plan kept by a caller is current while
+        # the version it was made at is.
+        self.version = 0
         self._lock = threading.Lock()
 
     def observe(
@@ -87,7 +90,7 @@ class DependencyGraph:
                 for other in names[i + 1 :]:
                     stats.together[f"{name}+{other}"] += 1
             if crossed:
-                self._kept.clear()
+                self._forget_kept()
             if cache_hit or not timed:
                 return  # cached or contended timings say nothing about the layers' cost
             for name, ms in layer_ms.items():
@@ -104,7 +107,12 @@ class DependencyGraph:
         """
         with self._lock:
             if self._types[query_type].count(True, result_size, cost_ms):
-                self._kept.clear()
+                self._forget_kept()
+
+    def _forget_kept(self) -> None:
+        """Drop the remembered layer choices (lock held); plans made before are stale."""
+        self._kept.clear()
+        self.version += 1
 
     def layer_ms(self, layer: str) -> float:
         return self._latency.get(layer, DEFAULT_LAYER_MS)
@@ -145,7 +153,7 @@ class DependencyGraph:
                     or asked
                 )
             if len(self._kept) >= MAX_KEPT:
-                self._kept.clear()
+                self._forget_kept()
             self._kept[key] = kept
         return kept
 
@@ -195,4 +203,4 @@ class DependencyGraph:
                 stats.contributed.update(raw["contributed"])
                 stats.together.update(raw["together"])
                 self._types[name] = stats
-            self._kept.clear()
+            self._forget_kept()
