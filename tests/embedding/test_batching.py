@@ -109,9 +109,11 @@ class _Concurrent(_Slow):
     def __init__(self, fail_on: str | None = None) -> None:
         super().__init__(fail_on)
         self.threads: list[str] = []
+        self.ran: list[tuple[str, tuple[str, ...]]] = []  # (thread, texts) of each call
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         self.threads.append(threading.current_thread().name)
+        self.ran.append((threading.current_thread().name, tuple(texts)))
         return super().embed(texts)
 
 
@@ -123,6 +125,7 @@ def test_a_batch_is_split_over_the_lanes_when_the_model_runs_calls_at_once() -> 
     np.testing.assert_allclose(out, inner.model.embed(texts), rtol=1e-6, atol=1e-6)  # in order
     assert sorted(inner.sizes) == [4, 5]
     assert sum(name.startswith("athena-embed") for name in inner.threads) == 1
+    assert embedder.calls == 2  # two model calls made
     inner.sizes.clear()
     assert embedder.embed(["one"]).shape == (1, inner.dim)
     assert inner.sizes == [1]  # one text: one call
@@ -140,6 +143,9 @@ def test_a_model_that_takes_turns_is_never_split() -> None:
 def test_a_split_batch_that_fails_in_a_helper_fails_its_callers_only() -> None:
     inner = _Concurrent(fail_on="poison")
     embedder = BatchingEmbedder(inner, lanes=2)
+    with pytest.raises(EmbedderError):
+        embedder.embed(["fine", "x", "y", "poison"])  # "y", "poison" go to the helper
+    assert next(name for name, texts in inner.ran if "poison" in texts).startswith("athena-embed")
     out = _concurrently(embedder, [["fine"], ["also fine", "more"], ["x", "poison"]])
     assert isinstance(out[2], EmbedderError)
     for texts, vectors in zip([["fine"], ["also fine", "more"]], out[:2], strict=True):

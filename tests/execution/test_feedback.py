@@ -6,6 +6,7 @@ import itertools
 import json
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,27 @@ def test_stats_count_the_hits_served(tmp_path: Path, embedder: Embedder) -> None
         assert stats["selector"]["decisions"].get("cache") == 2
         assert stats["graph"]["types"]["factual"]["cache_hits"] == 2
         assert [r.cache for r in mem.engine.telemetry.rows()] == ["miss", "hit", "hit"]
+
+
+def test_a_reader_waits_for_hits_another_thread_is_counting(tmp_path: Path) -> None:
+    """A hit taken by one thread's settle, and not counted yet, is not missed by a reader:
+    it waits for the count in progress."""
+    store = SQLiteStore(tmp_path / "w.db")
+    try:
+        feedback, _ = _hits_counted(store)
+        slow, started = feedback.graph.observe_hit, threading.Event()
+
+        def observe_slowly(*args: object) -> None:
+            started.set()
+            time.sleep(0.3)
+            slow(*args)  # type: ignore[arg-type]
+
+        feedback.graph.observe_hit = observe_slowly  # type: ignore[method-assign]
+        feedback.served(make_query("where is the key?", "t"), "factual", 1.0, 3, 0.02)
+        counting = threading.Thread(target=feedback.settle)
+        counting.start()
+        assert started.wait(10)
+        assert [r.cache for r in feedback.telemetry.rows()] == ["hit"]  # waited for it
+        counting.join()
+    finally:
+        store.close()

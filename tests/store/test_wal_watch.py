@@ -56,7 +56,7 @@ def test_the_header_moves_with_another_process_commit_and_not_with_reads(tmp_pat
     path = tmp_path / "w.db"
     conn = wal_db(path)
     try:
-        watch = WalWatch.open(path)
+        watch = WalWatch.open(f"{path}-shm")
         assert watch is not None
         before = watch.header()
         for _ in range(3):
@@ -68,6 +68,8 @@ def test_the_header_moves_with_another_process_commit_and_not_with_reads(tmp_pat
         conn.execute("INSERT INTO t VALUES (3)")
         conn.commit()
         assert watch.header() != after
+        watch.release()
+        assert watch.header() is None  # a released watch reads nothing
     finally:
         conn.close()
 
@@ -78,7 +80,7 @@ def test_no_wal_index_means_no_watch(tmp_path: Path) -> None:
     conn.execute("CREATE TABLE t (x)")
     conn.commit()
     try:
-        assert WalWatch.open(path) is None  # rollback journal: no -shm at all
+        assert WalWatch.open(f"{path}-shm") is None  # rollback journal: no -shm at all
     finally:
         conn.close()
 
@@ -121,20 +123,58 @@ def test_watching_and_closing_stores_keeps_sqlites_lock(tmp_path: Path) -> None:
 
 def test_a_symlinked_database_is_watched_where_sqlite_keeps_its_index(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
-    conn = wal_db(tmp_path / "real" / "d.db")
+    wal_db(tmp_path / "real" / "d.db").close()
     (tmp_path / "link.db").symlink_to(tmp_path / "real" / "d.db")
     stale = tmp_path / "link.db-shm"  # a leftover beside the link must not be what is read
     stale.write_bytes(b"\1" * 32768)
+    store = SQLiteStore(tmp_path / "link.db")
     try:
-        watch = WalWatch.open(tmp_path / "link.db")
-        assert watch is not None
-        before = watch.header()
+        before = store.wal_header()
+        assert before is not None
         subprocess.run(
             [sys.executable, "-c", COMMIT, str(tmp_path / "link.db")], check=True, timeout=60
         )
-        assert watch.header() != before
+        assert store.wal_header() != before
     finally:
-        conn.close()
+        store.close()
+
+
+@pytest.mark.parametrize("name", ["x%41.db", "a #1?.db"])
+def test_a_name_sqlite_would_read_as_a_uri_is_the_file_opened_and_watched(
+    tmp_path: Path, name: str
+) -> None:
+    """``x%41.db`` once opened ``xA.db`` (the path went into a file: URI unescaped), and a
+    leftover ``x%41.db-shm`` would then have been watched instead of ``xA.db``'s."""
+    (tmp_path / f"{name}-shm").write_bytes(b"\1" * 32768)  # a leftover under the given name
+    store = SQLiteStore(tmp_path / name)
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == [name]
+        before = store.wal_header()
+        assert before is not None
+        subprocess.run([sys.executable, "-c", COMMIT.replace("INSERT INTO t VALUES (2)",
+                        "CREATE TABLE IF NOT EXISTS u (x)"), str(tmp_path / name)],
+                       check=True, timeout=60)  # fmt: skip
+        assert store.wal_header() != before
+    finally:
+        store.close()
+
+
+def test_an_entry_in_use_is_never_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the limit only unused entries of deleted files go: an open store whose -shm was
+    deleted under it (a cleaned directory) keeps its mapping, and SQLite its locks."""
+    live = SQLiteStore(tmp_path / "live.db")
+    try:
+        assert live.wal_header() is not None
+        (tmp_path / "live.db-shm").unlink()
+        monkeypatch.setattr(wal_watch, "LIMIT", wal_watch.watched())
+        other = SQLiteStore(tmp_path / "other.db")
+        try:
+            other.wal_header()  # at the limit: releases what it may
+            assert live.wal_header() is not None  # still mapped: no ValueError, no None
+        finally:
+            other.close()
+    finally:
+        live.close()
 
 
 def test_past_the_limit_deleted_files_are_released_first(

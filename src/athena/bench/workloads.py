@@ -38,6 +38,7 @@ from athena.locomo.importer import conversation_memories, import_locomo
 from athena.memory import Memory
 from athena.retrieval.lexical_index import SNAPSHOT_MIN as LEXICAL_SNAPSHOT_MIN
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
+from athena.store.connection import file_uri
 from athena.store.sql_reads import large_scopes
 
 STORES: Final = ("locomo", "100k-tenants", "100k-one-tenant")
@@ -187,7 +188,7 @@ def prepare_indexes(path: Path, embedder: str | Embedder) -> float:
     """Build the store's large indexes and save their snapshots (``<path>.indexes/``), as
     ``athena import`` does after a bulk import; returns the seconds it took."""
     start = time.perf_counter()
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(path) + "?mode=ro", uri=True)
     try:
         large = large_scopes(conn, min(DEFAULT_HNSW_CUTOFF, LEXICAL_SNAPSHOT_MIN) + 1)
     finally:
@@ -229,7 +230,7 @@ def working_copy(store: Store, work_dir: Path) -> Path:
     target = work_dir / f"{store.name}-{store.embedder}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{target}{suffix}").unlink(missing_ok=True)
-    source = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+    source = sqlite3.connect(file_uri(store.path) + "?mode=ro", uri=True)
     try:
         dest = sqlite3.connect(target)
         try:

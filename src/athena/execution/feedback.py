@@ -12,7 +12,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from athena.errors import AthenaError
@@ -24,9 +24,44 @@ from athena.store.protocol import Store
 
 GRAPH_STATE: Final = "dependency_graph"
 SAVE_EVERY: Final = 500
-SETTLE_AT: Final = 1024  # noted hits counted at once on a hit's path, at most
+SETTLE_AT: Final = 256  # noted hits counted at once on a hit's path, at most (about 1 ms)
 
 Noted = tuple[float, str, str, tuple[str, ...], float, int, float]
+
+
+class NotedHits:
+    """Full cache hits noted on the hit's path (one append) and counted later, together.
+
+    >>> counted = []
+    >>> hits = NotedHits(counted.append)
+    >>> hits.note((0.0, "t", "factual", ("semantic",), 1.0, 3, 0.02)); hits.settle()
+    >>> len(counted), len(hits)
+    (1, 0)
+    """
+
+    def __init__(self, count: Callable[[Noted], None]) -> None:
+        self._noted: deque[Noted] = deque()
+        self._count = count
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self._noted)
+
+    def note(self, hit: Noted) -> None:
+        """Note one hit; past :data:`SETTLE_AT` waiting, count them all now."""
+        noted = self._noted
+        noted.append(hit)
+        if len(noted) >= SETTLE_AT:
+            self.settle()
+
+    def settle(self) -> None:
+        """Count every hit noted before this call. One thread counts at a time, and a
+        caller waits for a count in progress, so none it noted is still in flight when it
+        returns; it counts only what waited when it began (more may be noted meanwhile)."""
+        with self._lock:
+            noted, count = self._noted, self._count
+            for _ in range(len(noted)):
+                count(noted.popleft())
 
 
 class Feedback:
@@ -39,7 +74,7 @@ class Feedback:
         self.telemetry = Telemetry(store)
         self.telemetry.settle = self.settle
         self._recalls = itertools.count(1)  # recalls recorded; a save every SAVE_EVERY
-        self._noted: deque[Noted] = deque()  # full cache hits not counted yet
+        self._noted = NotedHits(self._count_hit)  # full cache hits not counted yet
 
     def restore(self) -> None:
         """Reload the saved graph, and replay saved telemetry into the selector."""
@@ -63,37 +98,29 @@ class Feedback:
 
         Counting a hit (the graph's cache worthiness, a telemetry row, the selector's
         history, the save schedule) took 12 µs of a 42 µs hit measured right after another
-        engine's recall, most of it in reaching a dozen cold objects; settled together, the
-        hits cost a fraction of that. Nothing a hit counts is read before it is settled:
-        every executed recall, every read of the telemetry, stats and save settle first.
+        engine's recall, most of it in reaching a dozen cold objects; counted together, the
+        hits cost a fraction of that, off the hit's timer. Whatever reports the counts (the
+        telemetry's rows and count, stats, save) settles first, and so does every executed
+        or failed recall before it records itself; the graph's layer choice may run up to
+        :data:`SETTLE_AT` hits behind.
         """
-        noted = self._noted
-        noted.append(
+        self._noted.note(
             (time.time(), query.tenant, query_type, query.layers, confidence, hits, actual_ms)
         )
-        if len(noted) >= SETTLE_AT:
-            self.settle()
 
     def settle(self) -> None:
-        """Count the noted cache hits (safe from any thread: each is taken once).
+        """Count the noted cache hits (from any thread; see :meth:`NotedHits.settle`).
 
         >>> # feedback.served(query, "factual", 1.0, 10, 0.02); feedback.settle()
         """
-        noted, graph, record, served = (
-            self._noted,
-            self.graph,
-            self.telemetry.record_hit,
-            self.selector.served,
-        )
-        while noted:
-            try:
-                at, tenant, query_type, layers, confidence, hits, actual_ms = noted.popleft()
-            except IndexError:  # another thread took the last one
-                return
-            graph.observe_hit(query_type, hits, actual_ms)
-            record(tenant, query_type, layers, confidence, actual_ms, at)
-            served()
-            self._count()
+        self._noted.settle()
+
+    def _count_hit(self, hit: Noted) -> None:
+        at, tenant, query_type, layers, confidence, hits, actual_ms = hit
+        self.graph.observe_hit(query_type, hits, actual_ms)
+        self.telemetry.record_hit(tenant, query_type, layers, confidence, actual_ms, at)
+        self.selector.served()
+        self._count()
 
     def executed(
         self,

@@ -18,6 +18,7 @@ import os
 import queue
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -67,6 +68,17 @@ def translated() -> Iterator[None]:
 CACHE_PRAGMA = "PRAGMA cache_size = -16384"  # 16 MiB per connection; reads also use mmap
 
 
+def file_uri(path: Path | str) -> str:
+    """A ``file:`` URI naming exactly ``path``: ``%``, ``?`` and ``#`` (and anything not
+    plain) percent-escaped, so SQLite opens that file and not another (``x%41.db`` once
+    opened ``xA.db``).
+
+    >>> file_uri("/tmp/x%41 #1?.db")
+    'file:/tmp/x%2541%20%231%3F.db'
+    """
+    return "file:" + urllib.parse.quote(str(path), safe="/")
+
+
 def open_connection(
     path: Path | str, *, readonly: bool = False, immutable: bool = False
 ) -> sqlite3.Connection:
@@ -79,7 +91,7 @@ def open_connection(
     with translated():
         if target == ":memory:":
             raise StoreError("SQLiteStore needs a file path (readers and writer share it)")
-        uri = f"file:{target}"
+        uri = file_uri(target)
         if readonly:
             uri += "?mode=ro&immutable=1" if immutable else "?mode=ro"
         conn = sqlite3.connect(

@@ -154,7 +154,10 @@ class SQLiteStore:
             if self._readers.immutable:
                 return None
             self.data_version()  # this thread's reader now holds the file and its -shm
-            self._watch = WalWatch.open(self.path)
+            listed = self._readers.get().execute("PRAGMA database_list").fetchall()
+            files = [row[2] for row in listed if row[1] == "main" and row[2]]
+            # The file SQLite opened (symlinks resolved): its -shm is beside it.
+            self._watch = WalWatch.open(files[0] + "-shm") if files else None
             return self._watch
 
     def write_clock(self) -> int:
@@ -166,6 +169,9 @@ class SQLiteStore:
             if self._closed:
                 return
             self._closed = True
+            watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.release()  # before the connections close: SQLite may then delete the -shm
         # Readers first: the writer's last act is a WAL checkpoint, which open readers limit.
         self._readers.close()
         self._writer.close()

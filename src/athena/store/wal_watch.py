@@ -19,10 +19,10 @@ on it, SQLite's own included (its shared lock on the -shm's "DMS" byte tells a n
 index is live; without it the next process to open the file re-initialises and truncates
 it, and a mapping then faults with SIGBUS). So the -shm is opened once per file and process,
 and its descriptor and mapping (CPython's mmap keeps a duplicate descriptor) stay open for
-the life of the process, shared by every store on that file. Only an entry whose file has
-been deleted is ever released: SQLite deletes the -shm when the last connection of all
-closes, and nobody can hold a lock on a deleted file. At most :data:`LIMIT` files are
-watched at once; past that a store asks SQLite every time.
+the life of the process, shared by every store on that file. Only an entry that no open
+store uses and whose file has been deleted is ever released: SQLite deletes the -shm when
+the last connection of all closes, and nobody can hold a lock on a deleted file. At most
+:data:`LIMIT` files are watched at once; past that a store asks SQLite every time.
 
 A mapping is read only while its store is open (the store holds a connection that has
 mapped the -shm, so SQLite keeps its lock and nobody truncates the file). Where there is no
@@ -36,14 +36,16 @@ import mmap
 import os
 import threading
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 HEADER_BYTES: Final = 96  # both copies of WalIndexHdr; the checkpoint info after them is not read
 LIMIT: Final = 64
 
 _lock = threading.Lock()
-_watched: dict[tuple[int, int], tuple[int, mmap.mmap]] = {}  # (st_dev, st_ino) -> fd, map
+# (st_dev, st_ino) -> [descriptor, mapping, watches not yet released]
+_watched: dict[tuple[int, int], list[Any]] = {}
 _kept: list[int] = []  # a second descriptor of a watched file, opened in a race: never closed
+_RELEASED: Final[list[Any]] = [-1, None, 0]  # what a released watch holds: it reads None
 
 
 class WalWatch:
@@ -54,27 +56,28 @@ class WalWatch:
     >>> conn = sqlite3.connect(path); conn.execute("PRAGMA journal_mode=WAL").fetchall()
     [('wal',)]
     >>> _ = conn.execute("CREATE TABLE t (x)"); conn.commit()
-    >>> watch = WalWatch.open(path)
+    >>> watch = WalWatch.open(path + "-shm")
     >>> before = watch.header()
     >>> _ = conn.execute("INSERT INTO t VALUES (1)"); conn.commit()
     >>> watch.header() != before
     True
-    >>> conn.close()
+    >>> watch.release(); conn.close()
     """
 
-    __slots__ = ("_map",)
+    __slots__ = ("_entry",)
 
-    def __init__(self, mapped: mmap.mmap) -> None:
-        self._map = mapped
+    def __init__(self, entry: list[Any]) -> None:
+        self._entry = entry
 
     @classmethod
-    def open(cls, database: str | Path) -> WalWatch | None:
-        """Watch ``database``'s -shm (where SQLite puts it: beside the file a symlink names);
-        None if there is no usable one. Call it only while a connection of this process has
-        the database open and has read from it (so SQLite has mapped and locked the -shm)."""
+    def open(cls, shm: str | Path) -> WalWatch | None:
+        """Watch the -shm file ``shm`` (the name SQLite uses: its database file's, from
+        ``PRAGMA database_list``, plus ``-shm``); None if there is no usable one. Call it
+        only while a connection of this process has the database open and has read from it
+        (so SQLite has mapped and locked the -shm), and :meth:`release` it before that
+        connection closes."""
         if not hasattr(mmap, "MAP_SHARED") or not hasattr(mmap, "PROT_READ"):
             return None
-        shm = os.path.realpath(database) + "-shm"
         try:
             stat = os.stat(shm)
         except OSError:
@@ -84,17 +87,30 @@ class WalWatch:
         with _lock:
             entry = _watched.get((stat.st_dev, stat.st_ino))
             if entry is None:
-                entry = _watch(shm)
-        if entry is None or entry[1][:HEADER_BYTES] == bytes(HEADER_BYTES):
-            return None  # never written: not a live wal-index
-        return cls(entry[1])
+                entry = _watch(os.fspath(shm))
+            if entry is None or entry[1][:HEADER_BYTES] == bytes(HEADER_BYTES):
+                return None  # never written: not a live wal-index
+            entry[2] += 1
+        return cls(entry)
 
-    def header(self) -> bytes:
-        """The header as it reads now (96 bytes); different after every commit."""
-        return self._map[:HEADER_BYTES]
+    def header(self) -> bytes | None:
+        """The header as it reads now (96 bytes), different after every commit; None if it
+        cannot be read (ask SQLite)."""
+        try:
+            return self._entry[1][:HEADER_BYTES]  # type: ignore[no-any-return]
+        except (TypeError, ValueError):  # released, or unmapped: never expected while open
+            return None
+
+    def release(self) -> None:
+        """This watch is done (its store is closing): the entry may be released once its
+        file is deleted and no other watch uses it. Idempotent per watch."""
+        with _lock:
+            if self._entry[2] > 0:
+                self._entry[2] -= 1
+            self._entry = _RELEASED
 
 
-def _watch(shm: str) -> tuple[int, mmap.mmap] | None:
+def _watch(shm: str) -> list[Any] | None:
     """Open and map ``shm`` (under ``_lock``); None when full or it cannot be mapped."""
     if len(_watched) >= LIMIT:
         _release_deleted()
@@ -116,18 +132,19 @@ def _watch(shm: str) -> tuple[int, mmap.mmap] | None:
     except (OSError, ValueError):
         _kept.append(fd)  # closing it could drop SQLite's locks on this file
         return None
-    _watched[key] = (fd, mapped)
+    _watched[key] = [fd, mapped, 0]
     return _watched[key]
 
 
 def _release_deleted() -> None:
-    """Close the entries whose -shm was deleted (nobody can lock a deleted file)."""
-    for key, (fd, mapped) in list(_watched.items()):
+    """Close the entries no open store uses whose -shm was deleted (nobody can lock a
+    deleted file, and SQLite deletes it only when the last connection of all closes)."""
+    for key, (fd, mapped, users) in list(_watched.items()):
         try:
             deleted = os.fstat(fd).st_nlink == 0
         except OSError:
             deleted = False
-        if deleted:
+        if deleted and users == 0:
             del _watched[key]
             mapped.close()
             os.close(fd)
