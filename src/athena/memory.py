@@ -7,13 +7,17 @@ same core (each call runs on a worker thread), so there is no twin class to drif
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from athena.embedding import Embedder, load_embedder, registered_name
-from athena.errors import InvalidInput, NotFound
+from athena.embedding import Embedder, batch_width, load_embedder, registered_name
+from athena.errors import InvalidInput, NotFound, RecallTimeout
+from athena.execution.admission import default_concurrency
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.protocol import RecallEngine
 from athena.execution.sequential import SequentialEngine
@@ -32,6 +36,7 @@ T = TypeVar("T")
 DEFAULT_PATH = "athena.db"
 BACKFILL_BATCH = 1024
 MAX_ID = 2**63 - 1  # SQLite's largest rowid
+REQUEUED_S = 0.001  # a queued recall that waited longer looks in the cache again
 
 
 class Memory:
@@ -287,6 +292,32 @@ class Memory:
     def tenants(self) -> list[str]:
         return self.store.tenants()
 
+    def recall_queued(self, query: str, queued_at: float, **options: Any) -> Recall:
+        """:meth:`recall` for a call queued since ``queued_at`` (``time.perf_counter``) by an
+        async face: an answer cached while it waited is served from the cache, and the wait
+        counts against ``timeout`` (RecallTimeout once it is spent).
+
+        >>> # await loop.run_in_executor(pool, mem.recall_queued, "q?", time.perf_counter())
+        """
+        waited = time.perf_counter() - queued_at
+        if waited > REQUEUED_S:  # a recall ahead of it may have cached this answer
+            hit = self.recall_cached(query, **options)
+            if hit is not None:
+                return hit
+        timeout = check_timeout(options.get("timeout"))
+        if timeout is not None and waited > 0:
+            left = timeout - waited
+            if left <= 0:
+                raise RecallTimeout(f"recall waited {waited:.3f}s in the queue for a thread")
+            options = {**options, "timeout": left}
+        return self.recall(query, **options)
+
+    @property
+    def concurrency(self) -> int:
+        """How many recalls an async face should hand to threads at once
+        (:func:`~athena.execution.admission.default_concurrency` for this embedder)."""
+        return default_concurrency(batch_width(self.embedder))
+
     def prepare_indexes(self, advance: Callable[[int], None] | None = None) -> int:
         """Build (or load) the vector graph and the lexical index of every scope large
         enough to have them saved, and save their snapshots, so no later process builds
@@ -386,11 +417,25 @@ def _threaded(method: Callable[P, T]) -> Callable[P, Any]:
 class AsyncMemory:
     """The async face of :class:`Memory`: the same core, each call on a worker thread.
 
+    At most ``concurrency`` recalls run on threads at once (default
+    :attr:`Memory.concurrency`), on threads of its own; the others wait in its queue, in
+    arrival order, and one that finds its answer cached by then is served from the cache.
+    More threads only fight over the GIL: bursts of 100 cold recalls ran 1.4-1.8x faster
+    bounded (``athena.execution.admission``).
+
     >>> # async with AsyncMemory("m.db") as mem: await mem.recall("...", tenant="t")
     """
 
-    def __init__(self, path: str | Path = DEFAULT_PATH, **options: Any) -> None:
+    def __init__(
+        self, path: str | Path = DEFAULT_PATH, *, concurrency: int | None = None, **options: Any
+    ) -> None:
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise InvalidInput(f"concurrency must be a positive integer, not {concurrency!r}")
         self.core = Memory(path, **options)
+        self.concurrency = self.core.concurrency if concurrency is None else concurrency
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="athena-recall")
         self.remember = _threaded(self.core.remember)
         self.remember_many = _threaded(self.core.remember_many)
         self.recall_cached = self.core.recall_cached
@@ -403,16 +448,20 @@ class AsyncMemory:
 
     async def recall(self, query: str, **options: Any) -> Recall:
         """:meth:`Memory.recall`, awaitable: a valid cache hit is served on the event loop
-        (no thread hop), anything else runs on a worker thread.
+        (no thread hop); anything else runs on one of ``concurrency`` threads, waiting for
+        one in arrival order (see :meth:`Memory.recall_queued`).
 
         >>> # hits = (await mem.recall("where is the key?", tenant="t", k=5)).hits
         """
         hit = self.core.recall_cached(query, **options)
         if hit is not None:
             return hit
-        return await asyncio.to_thread(functools.partial(self.core.recall, query, **options))
+        queued = functools.partial(self.core.recall_queued, query, time.perf_counter(), **options)
+        run = functools.partial(contextvars.copy_context().run, queued)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, run)
 
     async def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.core.close)
 
     async def __aenter__(self) -> AsyncMemory:

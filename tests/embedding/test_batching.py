@@ -9,7 +9,13 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from athena.embedding import BatchingEmbedder, StaticEmbedder, load_embedder
+from athena.embedding import (
+    BatchingEmbedder,
+    CachingEmbedder,
+    StaticEmbedder,
+    batch_width,
+    load_embedder,
+)
 from athena.embedding.protocol import Vectors
 from athena.errors import EmbedderError
 
@@ -169,3 +175,9 @@ def test_the_transformer_split_over_threads_gives_the_vectors_of_one_call() -> N
     for texts, vectors in zip(batches, out, strict=True):
         assert isinstance(vectors, np.ndarray)
         np.testing.assert_allclose(vectors, model.embed(texts), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_width_is_found_through_wrappers() -> None:
+    assert batch_width(load_embedder("static")) == 1
+    wrapped = CachingEmbedder(BatchingEmbedder(StaticEmbedder(), max_batch=8))
+    assert batch_width(wrapped) == 8

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from athena import AsyncMemory, Memory
-from athena.errors import RecallTimeout
+from athena.errors import InvalidInput, RecallTimeout
 from athena.execution.adaptive import AdaptiveEngine
-from athena.execution.admission import AdmissionGate, default_slots
+from athena.execution.admission import AdmissionGate, default_concurrency, default_slots
 from athena.layers import LayerContext, default_layers
 from athena.layers.episodic import EpisodicLayer
 from athena.layers.protocol import SearchRequest
@@ -269,3 +269,84 @@ def test_never_more_holders_than_slots(slots: int, holds: list[float]) -> None:
     stats = gate.stats()
     assert peak[0] <= slots
     assert stats["admitted"] == len(holds) and stats["waiting"] == 0 and stats["timeouts"] == 0
+
+
+def test_the_async_face_hands_at_most_its_concurrency_to_threads(tmp_path: Path) -> None:
+    """Eight slots in the engine, two threads in the async face: two recalls at a time."""
+
+    def peak(concurrency: int) -> tuple[int, list[Any]]:
+        tracking = Tracking(0.03)
+
+        async def main() -> list[Any]:
+            async with AsyncMemory(
+                tmp_path / f"m{concurrency}.db",
+                engine=gated(8),
+                layers=tracked_layers(tracking),
+                concurrency=concurrency,
+            ) as mem:
+                fill(mem.core)
+                asks = (
+                    mem.recall(q, tenant="t", k=3, strategy="sequential") for q in QUESTIONS[:8]
+                )
+                return list(await asyncio.gather(*asks))
+
+        answers = asyncio.run(main())
+        return tracking.peak, answers
+
+    bounded, answers = peak(2)
+    assert bounded == 2  # they overlap, but never more than two
+    assert len(answers) == 8 and all(len(a.hits) == 3 for a in answers)
+    wider, _ = peak(6)
+    assert wider > 2  # the async face's bound, not the engine, held the first run to two
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "4"])
+def test_bad_async_concurrency_is_refused(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(InvalidInput, match="concurrency"):
+        AsyncMemory(tmp_path / "m.db", concurrency=bad)
+    assert not (tmp_path / "m.db").exists()  # refused before a file was made
+
+
+def test_default_concurrency_fills_a_batch_and_two_threads_a_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_concurrency() == 4 and default_concurrency(16) == 16
+    mem = Memory(tmp_path / "m.db")  # static: no batching
+    try:
+        assert mem.concurrency == 4
+    finally:
+        mem.close()
+
+
+def test_a_queued_recall_is_served_from_what_was_cached_while_it_waited(tmp_path: Path) -> None:
+    mem = Memory(tmp_path / "m.db")
+    fill(mem)
+    first = mem.recall(QUESTIONS[0], tenant="t", k=3)
+    hits = mem.engine.cache.stats()["hits"]  # type: ignore[attr-defined]
+    again = mem.recall_queued(QUESTIONS[0], time.perf_counter() - 0.5, tenant="t", k=3)
+    assert again.hits == first.hits
+    assert mem.engine.cache.stats()["hits"] == hits + 1  # type: ignore[attr-defined]
+    mem.close()
+
+
+def test_a_queued_recall_counts_its_wait_against_the_timeout(tmp_path: Path) -> None:
+    mem = Memory(tmp_path / "m.db")
+    fill(mem)
+    before = mem.stats("t")
+    with pytest.raises(RecallTimeout, match="queue"):
+        mem.recall_queued(QUESTIONS[1], time.perf_counter() - 2.0, tenant="t", timeout=1.0)
+    seen: list[Any] = []
+    recall = mem.recall
+
+    def spy(query: str, **options: Any) -> Any:
+        seen.append(options["timeout"])
+        return recall(query, **options)
+
+    mem.recall = spy  # type: ignore[method-assign]
+    mem.recall_queued(QUESTIONS[2], time.perf_counter() - 0.4, tenant="t", timeout=5.0)
+    assert 4.0 < seen[0] < 4.61  # what the wait left of it
+    with pytest.raises(InvalidInput):  # bad input is refused as recall refuses it
+        mem.recall_queued(QUESTIONS[2], time.perf_counter() - 0.4, tenant="t", timeout=-1)
+    assert mem.stats("t") == before
+    mem.close()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from athena.embedding import Embedder
-from athena.errors import NotFound, RecallTimeout, StoreError, StoreLocked
+from athena.errors import InvalidInput, NotFound, RecallTimeout, StoreError, StoreLocked
 from athena.interfaces.http import create_app
 from athena.memory import Memory
 from athena.records import MAX_K, MAX_QUERY_CHARS
@@ -450,3 +450,28 @@ def test_engine_gauges_follow_execution_gauges_not_the_full_stats(
     assert "athena_execution_slots 1.0" in text and "athena_recalls_waiting 4.0" in text
     assert "athena_recall_queued_seconds_total 1.5" in text
     assert api.get("/v1/pool").json() == {"workers": 3, "queue_depth": 2}
+
+
+@pytest.mark.parametrize("bad", [0, -3, True])
+def test_bad_recall_concurrency_is_refused(memory: Memory, bad: Any) -> None:
+    with pytest.raises(InvalidInput, match="concurrency"):
+        create_app(memory, concurrency=bad)
+
+
+def test_recalls_beyond_the_thread_bound_all_answer(memory: Memory) -> None:
+    with serving(create_app(memory, concurrency=1)) as client:
+        for i in range(6):
+            remember(client, "bound", f"Bob packed item {i} for the trip.")
+        answers: list[httpx.Response] = []
+
+        def ask(i: int) -> None:
+            body = {"query": f"what did Bob pack, item {i}?", "k": 2}
+            answers.append(client.post("/v1/tenants/bound/recall", json=body))
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(answers) == 8 and all(r.status_code == 200 for r in answers)
+    assert all(len(r.json()["hits"]) == 2 for r in answers)

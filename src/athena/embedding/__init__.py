@@ -60,6 +60,23 @@ def registered_name(embedder: Embedder) -> str | None:
     return family if family in ("static", "transformer") else None
 
 
+def batch_width(embedder: Embedder) -> int:
+    """How many texts ``embedder`` gains from receiving at once: a batching wrapper's
+    ``max_batch`` (found through any wrappers' ``inner``), else 1.
+
+    >>> batch_width(load_embedder("static")), batch_width(BatchingEmbedder(StaticEmbedder()))
+    (1, 16)
+    """
+    seen: Embedder | None = embedder
+    for _ in range(8):  # wrappers nest a level or two; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, BatchingEmbedder):
+            return seen.max_batch
+        seen = getattr(seen, "inner", None)
+    return 1
+
+
 @functools.cache
 def _model(key: str) -> Embedder:
     # One model per process: loading costs 0.3 s (static) to 4 s (transformer), and the
@@ -77,6 +94,7 @@ __all__ = [
     "StaticEmbedder",
     "TransformerEmbedder",
     "Vectors",
+    "batch_width",
     "load_embedder",
     "registered_name",
 ]

@@ -78,6 +78,11 @@ class BatchingEmbedder:
         return self._inner
 
     @property
+    def max_batch(self) -> int:
+        """The most texts one model call takes."""
+        return self._max
+
+    @property
     def name(self) -> str:
         """The inner embedder's name."""
         return self._inner.name

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from athena import __version__
+from athena import Recall, __version__
 from athena.errors import InvalidInput, StoreError
 from athena.heap import settle_heap
 from athena.importers.jsonl import parse_timestamp
@@ -47,6 +47,21 @@ Stamp = float | str | None
 async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a blocking Memory call on a worker thread."""
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+class RecallThreads:
+    """At most ``limit`` recalls on threads at once; the others wait on the event loop
+    (an anyio limiter, made on first use: it belongs to the running loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, memory: Memory, query: str, options: dict[str, Any]) -> Recall:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.limit)
+        call = functools.partial(memory.recall_queued, query, time.perf_counter(), **options)
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
 
 def _stamp(value: Stamp, what: str) -> float | None:
@@ -255,12 +270,21 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     max_inflight: int = 64,
     rate_limit_per_minute: int | None = None,
+    concurrency: int | None = None,
 ) -> FastAPI:
     """The HTTP API over ``memory``. ``tokens`` turns bearer auth on (token -> tenants,
-    ``None`` = all tenants). The caller keeps ownership of ``memory``."""
-    for name, value in (("max_body_bytes", max_body_bytes), ("max_inflight", max_inflight)):
+    ``None`` = all tenants). At most ``concurrency`` recalls (default
+    ``memory.concurrency``) run on threads at once; the rest wait on the event loop. The
+    caller keeps ownership of ``memory``."""
+    threads = memory.concurrency if concurrency is None else concurrency
+    for name, value in (
+        ("max_body_bytes", max_body_bytes),
+        ("max_inflight", max_inflight),
+        ("concurrency", threads),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidInput(f"{name} must be a positive integer")
+    recall_threads = RecallThreads(threads)
     gate = Gate(tokens, rate_limit_per_minute)
     metrics = Metrics(memory)
     app = FastAPI(
@@ -344,7 +368,7 @@ def create_app(
         # A valid cache hit is answered here on the event loop; only a miss takes a thread.
         result = memory.recall_cached(body.query, **options)
         if result is None:
-            result = await run(memory.recall, body.query, **options)
+            result = await recall_threads.run(memory, body.query, options)
         metrics.recall(result.explain, time.perf_counter() - start)
         out = result.to_dict()
         if not body.explain:
