@@ -469,3 +469,30 @@ def test_workers_warm_the_largest_scopes_within_budget(tmp_path: Path) -> None:
             assert warm_indexes(ctx, at_least=1, budget_s=-1.0) == []  # budget spent
         finally:
             store.close()
+
+
+def test_a_workers_index_build_is_reported_and_teaches_no_strategy_cost(tmp_path: Path) -> None:
+    """A worker new to a tenant builds its indexes: that recall's cost is recorded but not
+    learnt, as a build in this process is not (on 100k-tenants such a recall took 21-54 ms,
+    4 ms once the worker had the tenant)."""
+    items = [
+        MemoryInput(layer="episodic", text=f"Note {i}: Zed filed report {i}.", tenant="big")
+        for i in range(400)
+    ]
+    with Memory(tmp_path / "b.db") as memory:
+        memory.remember_many(items)
+        result = run_layer(
+            memory.layers, memory.pipeline.ctx, "episodic", request(memory, tenant="big"), "x"
+        )
+        assert result.loaded >= 400  # this process built the tenant's episodic indexes
+        again = run_layer(
+            memory.layers, memory.pipeline.ctx, "episodic", request(memory, tenant="big"), "x"
+        )
+        assert again.loaded == 0
+        rows = []
+        for i in range(8):  # forced DISTRIBUTED reads no cache: every one runs on a worker
+            memory.recall(f"which report did Zed file, {i}?", tenant="big", strategy="distributed")
+            rows.append(memory.engine.telemetry.rows()[-1])  # type: ignore[attr-defined]
+        assert all(row.strategy == "distributed" for row in rows)
+        assert rows[0].features == ()  # the first worker to see the tenant built: not learnt
+        assert any(row.features for row in rows)  # a worker that had them: learnt

@@ -192,8 +192,11 @@ class AdaptiveEngine:
         # The wait for an execution slot is load, not the strategy's cost: it is not learnt.
         cost = actual - run.queued_ms
         # A recall that built an index (a tenant's first, or a catch-up after a bulk import)
-        # is recorded, but its cost teaches neither the selector nor the layer timings.
-        built = self.pipeline.ctx.loaded() - loaded > BUILD_ROWS
+        # is recorded, but its cost teaches neither the selector nor the layer timings. Pool
+        # workers build their own: a worker new to a tenant took 21-54 ms for a DISTRIBUTED
+        # recall that took 4 ms once it had the tenant's indexes (100k-tenants, static).
+        remote = sum(r.loaded for r in run.fresh.values() if r.source == "distributed")
+        built = self.pipeline.ctx.loaded() - loaded + remote > BUILD_ROWS
         self._learn(run, hits, cost, built)
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)

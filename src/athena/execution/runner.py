@@ -15,7 +15,10 @@ def run_layer(
     request: SearchRequest,
     source: str,
 ) -> LayerResult:
-    """Search one layer and wrap its ranking in a :class:`LayerResult`."""
+    """Search one layer and wrap its ranking in a :class:`LayerResult`, with the index rows
+    the search loaded (on other threads of this process too: an estimate there, exact in a
+    pool worker, which runs one task at a time)."""
+    loaded = ctx.loaded()
     start = time.perf_counter()
     ranked = layers[name].search(ctx, request)
     elapsed = (time.perf_counter() - start) * 1000.0
@@ -26,4 +29,5 @@ def run_layer(
         elapsed_ms=elapsed,
         generation=request.generations.get(name, 0),
         source=source,
+        loaded=ctx.loaded() - loaded,
     )

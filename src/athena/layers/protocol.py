@@ -45,6 +45,7 @@ class LayerResult:
     elapsed_ms: float = 0.0
     generation: int = 0
     source: str = "sequential"
+    loaded: int = 0  # index rows loaded to answer it (a build or a catch-up), where it ran
 
 
 @dataclass(frozen=True, slots=True)
