@@ -123,7 +123,7 @@ class Faults:
         # The backend's own health() (what execution_stats()["pool"] reports), read
         # directly: the full execution_stats() also summarises telemetry, which is slow
         # under load and would throttle the faults.
-        backend = self.memory.engine._backend
+        backend = self.memory.engine.pools.backend
         pool = backend.health() if backend is not None else {}
         return [int(p) for p in pool.get("pids", []) if p not in self.stopped]
 

@@ -107,8 +107,8 @@ def test_a_hit_over_fewer_layers_reuses_its_narrowed_query(
     assert first.explain is not None and again.explain is not None
     assert again.explain["cache"] == "hit" and again.hits == first.hits
     request = seeded._requests.make(QUESTION, "t", 5, None)
-    made = engine._narrowed(request, narrowed)
-    assert made is engine._narrowed(request, narrowed)  # no replace() on every hit
+    made = engine.plans.narrowed(request, narrowed)
+    assert made is engine.plans.narrowed(request, narrowed)  # no replace() on every hit
     assert made == replace(request, layers=narrowed)
 
 
@@ -121,7 +121,7 @@ def test_a_kept_plan_follows_the_graphs_layer_choice(
 
     engine: Any = seeded.engine
     request = seeded._requests.make(QUESTION, "t", 5, None)
-    plan = engine._plan_layers(request, "adaptive")
+    plan = engine.plans.plan(request, "adaptive")
     assert plan[2] is request and plan[3] == full_key(request, engine.model)  # all layers
     chosen: list[tuple[str, ...]] = []
 
@@ -130,15 +130,15 @@ def test_a_kept_plan_follows_the_graphs_layer_choice(
         return ("episodic", "semantic")
 
     monkeypatch.setattr(engine.graph, "select_layers", select)
-    assert engine._plan_layers(request, "adaptive") == plan  # kept: the graph did not move
+    assert engine.plans.plan(request, "adaptive") == plan  # kept: the graph did not move
     assert chosen == []
     with engine.graph._lock:
         engine.graph._forget_kept()  # as observe() does when a count crosses a threshold
-    moved = engine._plan_layers(request, "adaptive")
+    moved = engine.plans.plan(request, "adaptive")
     assert chosen and moved[2].layers == ("episodic", "semantic")
     assert moved[3] == full_key(moved[2], engine.model)
-    assert engine._plan_layers(request, "cache")[2] is request  # only adaptive narrows
+    assert engine.plans.plan(request, "cache")[2] is request  # only adaptive narrows
     other = seeded._requests.make("Who painted the lake?", "u", 5, None)
-    assert engine._plan_layers(other, "adaptive")[2].text == "Who painted the lake?"
+    assert engine.plans.plan(other, "adaptive")[2].text == "Who painted the lake?"
     seeded.recall(QUESTION, tenant="t", k=5)
     assert seeded.recall_cached(QUESTION, tenant="t", k=5) is not None  # the kept key hits

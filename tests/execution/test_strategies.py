@@ -103,7 +103,7 @@ def test_pool_that_cannot_start_falls_back_and_records_it(tmp_path: Path) -> Non
         mem.remember("the red fox", tenant="t")
         mem.remember("the red fox jumps", tenant="t", layer="semantic")
         engine = mem.engine
-        engine._backend_factory = lambda: __import__(  # type: ignore[attr-defined]
+        engine.pools._factory = lambda: __import__(  # type: ignore[attr-defined]
             "athena.execution.pool", fromlist=["ProcessWorkerPool"]
         ).ProcessWorkerPool(tmp_path / "does-not-exist.db", "static")
         expected = mem.recall("red fox", tenant="t", strategy="sequential").hits

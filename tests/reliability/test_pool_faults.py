@@ -60,7 +60,7 @@ def test_every_recall_is_answered_while_workers_die(tmp_path: Path) -> None:
 
 
 def _health(memory: Memory) -> dict[str, Any]:
-    backend = memory.engine._backend
+    backend = memory.engine.pools.backend
     assert backend is not None
     return backend.health()
 
@@ -102,7 +102,7 @@ def test_broken_pool_is_rebuilt_and_recalls_do_not_wait_for_it(tmp_path: Path) -
         for i in range(20):
             memory.remember(f"Caroline went hiking in the Alps, trip {i}.", tenant="t")
         memory.recall("Where did Caroline hike?", tenant="t", strategy="distributed")
-        broken = memory.engine._backend
+        broken = memory.engine.pools.backend
         assert broken is not None
         broken._core.shutdown("broken", "injected: every worker died")  # type: ignore[attr-defined]
         began = time.monotonic()
@@ -112,9 +112,9 @@ def test_broken_pool_is_rebuilt_and_recalls_do_not_wait_for_it(tmp_path: Path) -
         assert explain is not None and explain["fallback"], explain
         assert time.monotonic() - began < 2.0  # fell back at once: no task timeout waited out
         deadline = time.monotonic() + 30
-        while memory.engine._backend is broken and time.monotonic() < deadline:
+        while memory.engine.pools.backend is broken and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert memory.engine._backend is not broken
+        assert memory.engine.pools.backend is not broken
         assert memory.execution_stats()["pool"]["rebuilds"] == 1
         explain = memory.recall(
             "Where did Caroline hike?", tenant="t", strategy="distributed", explain=True

@@ -271,9 +271,9 @@ def wait_for_pools(arms: Sequence[Arm], timeout: float = POOL_START_S) -> dict[s
         if arm.spec.pool == "off":
             continue
         if arm.spec.pool == "lazy":
-            start = getattr(arm.memory.engine, "_pool", None)  # what a forced recall calls
-            if start is not None:
-                start()
+            pools = getattr(arm.memory.engine, "pools", None)  # what a forced recall starts
+            if pools is not None:
+                pools.get()
         while time.monotonic() < deadline:
             pool = arm.pool()
             if pool.get("available") or pool.get("error"):

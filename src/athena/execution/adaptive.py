@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import replace
+from collections.abc import Callable
 from typing import Any, Final
 
-from athena.errors import InvalidInput, WorkerPoolUnavailable
+from athena.errors import InvalidInput
 from athena.execution.admission import AdmissionGate, default_slots
 from athena.execution.aggregate import ResultAggregator
 from athena.execution.backend import WorkerBackend
@@ -21,22 +20,16 @@ from athena.execution.cache import CachedHits, ResultCache
 from athena.execution.feedback import Feedback
 from athena.execution.parallel import ParallelExecutor
 from athena.execution.pipeline import Pipeline, Recall
+from athena.execution.plans import RecallPlans
+from athena.execution.pool_keeper import PoolKeeper
 from athena.execution.recall_run import RecallRun, served_explain
-from athena.planning.analysis import classify
 from athena.planning.dependency_graph import DependencyGraph
 from athena.planning.selector import Situation, StrategySelector
-from athena.records import LAYERS, Hit, RecallQuery
+from athena.records import Hit, RecallQuery
 from athena.store.protocol import Store
 
-POOL_REBUILD_S: Final = 5.0  # the shortest gap between two rebuilds of a broken pool
 # Index rows a recall may apply (a catch-up after a few writes) and still teach its cost.
 BUILD_ROWS: Final = 256
-NARROWED_KEPT: Final = 4096  # queries kept narrowed to the layers the graph selects
-PLANS_KEPT: Final = 4096  # plans of recent query objects, per kind (adaptive or not)
-
-# A query object's plan: (the query, the graph's version, its type, the layers asked, the
-# query to run, its full cache key).
-Plan = tuple[RecallQuery, int, str, tuple[str, ...], RecallQuery, Hashable]
 STRATEGIES: Final = ("adaptive", "sequential", "parallel", "distributed", "cache", "hybrid")
 
 
@@ -67,81 +60,20 @@ class AdaptiveEngine:
         self.parallel = ParallelExecutor(pipeline, threads)
         self.admission = admission or AdmissionGate(default_slots())
         self.aggregator = ResultAggregator()
-        self._backend_factory = backend
-        self._backend: WorkerBackend | None = None
-        self._backend_error: str | None = None
+        self.plans = RecallPlans(self.graph, self.cache, self.model)
         self._lock = threading.Lock()
-        self._pool_lock = threading.Lock()  # held while the pool starts (seconds)
         self._inflight = 0
-        self._rebuilding, self._rebuilt_at, self._closed = False, float("-inf"), False
-        self.pool_rebuilds = 0
-        self._narrow: dict[tuple[RecallQuery, tuple[str, ...]], RecallQuery] = {}
-        self._plans: tuple[dict[int, Plan], dict[int, Plan]] = ({}, {})  # other, adaptive
         self.feedback.restore()
-        if eager_pool and backend is not None:
-            threading.Thread(target=self._pool, name="athena-pool-start", daemon=True).start()
+        self.pools = PoolKeeper(backend, eager=eager_pool)
 
     def save(self) -> None:
         """Flush telemetry and persist the dependency graph."""
         self.feedback.save()
 
-    # -- the pool ---------------------------------------------------------------------------
-
-    def _pool(self) -> WorkerBackend | None:
-        """The worker pool, started on first use (never per recall); None if it cannot run.
-
-        A pool that broke after it ran is rebuilt on a background thread, at most once per
-        ``POOL_REBUILD_S``; until the new one is up, recalls fall back without waiting.
-        """
-        backend = self._backend
-        if backend is not None and backend.broken:
-            self._rebuild(backend)
-        if self._backend is not None or self._backend_factory is None:
-            return self._backend
-        with self._pool_lock:
-            if self._backend is None and self._backend_error is None:
-                backend = self._backend_factory()
-                try:
-                    backend.start()
-                    self._backend = backend
-                except WorkerPoolUnavailable as exc:
-                    self._backend_error = str(exc)
-                    backend.close()
-        return self._backend
-
-    def _rebuild(self, broken: WorkerBackend) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if self._rebuilding or now - self._rebuilt_at < POOL_REBUILD_S:
-                return
-            self._rebuilding, self._rebuilt_at = True, now
-        threading.Thread(
-            target=self._replace_pool, args=(broken,), name="athena-pool-rebuild", daemon=True
-        ).start()
-
-    def _replace_pool(self, broken: WorkerBackend) -> None:
-        assert self._backend_factory is not None
-        try:
-            fresh = self._backend_factory()
-            try:
-                fresh.start()
-            except WorkerPoolUnavailable:
-                fresh.close()  # the broken one stays; the next rebuild may succeed
-                return
-            with self._pool_lock:
-                swapped = self._backend is broken and not self._closed
-                if swapped:
-                    self._backend, self.pool_rebuilds = fresh, self.pool_rebuilds + 1
-            (broken if swapped else fresh).close()  # whichever pool is not in use
-        finally:
-            with self._lock:
-                self._rebuilding = False
-
     def _situation(
         self, layers: tuple[str, ...], cached_fraction: float, *, light: bool = False
     ) -> Situation:
-        backend = None if light else self._backend
-        load = backend.load() if backend is not None else None
+        load = None if light else self.pools.load()
         return Situation(
             layers=len(layers),
             sequential_ms=self.graph.estimate_ms(layers),
@@ -170,7 +102,7 @@ class AdaptiveEngine:
                 f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}"
             )
         start = time.perf_counter()
-        query_type, asked, query, key = self._plan_layers(query, strategy)
+        query_type, asked, query, key = self.plans.plan(query, strategy)
         if strategy in ("adaptive", "cache", "hybrid"):
             full = self.cache.get_full(query, self.model, generations, key)
             if full is not None:
@@ -217,52 +149,11 @@ class AdaptiveEngine:
         if strategy not in ("adaptive", "cache", "hybrid"):
             return None
         start = time.perf_counter()
-        query_type, asked, query, key = self._plan_layers(query, strategy)
+        query_type, asked, query, key = self.plans.plan(query, strategy)
         full = self.cache.get_full(query, self.model, generations, key)
         if full is None:
             return None
         return self._served(query, query_type, asked, full, start, explain)
-
-    def _plan_layers(
-        self, query: RecallQuery, strategy: str
-    ) -> tuple[str, tuple[str, ...], RecallQuery, Hashable]:
-        """The query type, the layers asked for, the query over the layers to run, and its
-        full cache key.
-
-        Kept per query object (``Memory`` hands out one object per repeated plain request)
-        while the dependency graph's layer choices stand: the adaptive arm's hit paid for
-        the choice and the key on every repeat, 5-20% over the other caching arms' hit in
-        run 16. The kept plan holds its query, so an id is never mistaken for another's.
-        """
-        adaptive = strategy == "adaptive"
-        plans = self._plans[adaptive]
-        plan = plans.get(id(query))
-        version = self.graph.version
-        if plan is not None and plan[0] is query and plan[1] == version:
-            return plan[2], plan[3], plan[4], plan[5]
-        query_type, asked, run = classify(query.text), query.layers, query
-        if adaptive and asked == LAYERS:
-            chosen = self.graph.select_layers(query_type, asked)
-            if chosen != asked:
-                run = self._narrowed(query, chosen)
-        key = self.cache.full_key(run, self.model)
-        if len(plans) >= PLANS_KEPT:
-            plans.clear()
-        plans[id(query)] = (query, version, query_type, asked, run, key)
-        return query_type, asked, run, key
-
-    def _narrowed(self, query: RecallQuery, layers: tuple[str, ...]) -> RecallQuery:
-        """``query`` over ``layers`` only, the same object each time it is asked again:
-        ``dataclasses.replace`` cost 3 µs on every adaptive cache hit once the graph had
-        learned to skip a layer (run 12: the adaptive arm's hit 1.4x HYBRID's there)."""
-        key = (query, layers)
-        narrowed = self._narrow.get(key)
-        if narrowed is None:
-            narrowed = replace(query, layers=layers)
-            if len(self._narrow) >= NARROWED_KEPT:
-                self._narrow.clear()
-            self._narrow[key] = narrowed
-        return narrowed
 
     def _served(
         self,
@@ -309,12 +200,7 @@ class AdaptiveEngine:
         )
 
     def gauges(self) -> dict[str, Any]:
-        backend = self._backend
-        pool: dict[str, Any] = backend.health() if backend is not None else {"started": False}
-        if self._backend_error:
-            pool["error"] = self._backend_error
-        pool["rebuilds"] = self.pool_rebuilds
-        return {"pool": pool, "admission": self.admission.stats()}
+        return {"pool": self.pools.health(), "admission": self.admission.stats()}
 
     def stats(self) -> dict[str, Any]:
         self.feedback.settle()  # the graph and the selector count the hits noted so far
@@ -331,7 +217,4 @@ class AdaptiveEngine:
             self.save()
         finally:
             self.parallel.close()
-            with self._pool_lock:
-                self._closed = True
-            if self._backend is not None:
-                self._backend.close()
+            self.pools.close()

@@ -146,7 +146,7 @@ class RecallRun:
         if forced is None:  # adaptive, or cache/hybrid that found nothing cached
             return self.engine.selector.decide(self.situation)
         if forced is Strategy.DISTRIBUTED:
-            self.engine._pool()
+            self.engine.pools.get()
         estimate, _ = self.engine.selector.predict(forced, self.situation)
         return Decision(forced, 1.0, f"forced {forced.value}", estimate, 1.0)
 
@@ -159,9 +159,9 @@ class RecallRun:
         """The layers run by the worker pool (no execution slot held while it works), or
         None after switching to PARALLEL because the pool could not."""
         engine = self.engine
-        backend = engine._pool()
+        backend = engine.pools.get()
         if backend is None:
-            self.fallback = f"pool unavailable: {engine._backend_error or 'not configured'}"
+            self.fallback = f"pool unavailable: {engine.pools.error or 'not configured'}"
         elif not backend.available:  # every worker is being replaced: do not wait
             self.fallback = "pool unavailable: no worker is ready"
         else:

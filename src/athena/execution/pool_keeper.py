@@ -1,0 +1,109 @@
+"""The engine's worker pool, kept: started on first use, rebuilt when it breaks, closed once.
+
+The pool itself is any :class:`~athena.execution.backend.WorkerBackend`; this holds the one
+an engine uses and replaces it, so a recall never starts a pool (or waits for one to start
+again) on its own path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from athena.errors import WorkerPoolUnavailable
+from athena.execution.backend import PoolLoad, WorkerBackend
+
+POOL_REBUILD_S: Final = 5.0  # the shortest gap between two rebuilds of a broken pool
+
+
+class PoolKeeper:
+    """Starts, rebuilds and closes the worker pool that ``factory`` builds.
+
+    >>> keeper = PoolKeeper(None)  # no pool configured
+    >>> keeper.get() is None, keeper.health()["started"]
+    (True, False)
+    """
+
+    def __init__(self, factory: Callable[[], WorkerBackend] | None, *, eager: bool = False) -> None:
+        self._factory = factory
+        self.backend: WorkerBackend | None = None
+        self.error: str | None = None  # why the pool could not start, if it could not
+        self.rebuilds = 0
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()  # held while the pool starts (seconds)
+        self._rebuilding, self._rebuilt_at, self._closed = False, float("-inf"), False
+        if eager and factory is not None:
+            threading.Thread(target=self.get, name="athena-pool-start", daemon=True).start()
+
+    def get(self) -> WorkerBackend | None:
+        """The worker pool, started on first use (never per recall); None if it cannot run.
+
+        A pool that broke after it ran is rebuilt on a background thread, at most once per
+        ``POOL_REBUILD_S``; until the new one is up, recalls fall back without waiting.
+        """
+        backend = self.backend
+        if backend is not None and backend.broken:
+            self._rebuild(backend)
+        if self.backend is not None or self._factory is None:
+            return self.backend
+        with self._start_lock:
+            if self.backend is None and self.error is None:
+                backend = self._factory()
+                try:
+                    backend.start()
+                    self.backend = backend
+                except WorkerPoolUnavailable as exc:
+                    self.error = str(exc)
+                    backend.close()
+        return self.backend
+
+    def load(self) -> PoolLoad | None:
+        """The running pool's load, without starting one (None if none runs)."""
+        backend = self.backend
+        return backend.load() if backend is not None else None
+
+    def _rebuild(self, broken: WorkerBackend) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._rebuilding or now - self._rebuilt_at < POOL_REBUILD_S:
+                return
+            self._rebuilding, self._rebuilt_at = True, now
+        threading.Thread(
+            target=self._replace, args=(broken,), name="athena-pool-rebuild", daemon=True
+        ).start()
+
+    def _replace(self, broken: WorkerBackend) -> None:
+        assert self._factory is not None
+        try:
+            fresh = self._factory()
+            try:
+                fresh.start()
+            except WorkerPoolUnavailable:
+                fresh.close()  # the broken one stays; the next rebuild may succeed
+                return
+            with self._start_lock:
+                swapped = self.backend is broken and not self._closed
+                if swapped:
+                    self.backend, self.rebuilds = fresh, self.rebuilds + 1
+            (broken if swapped else fresh).close()  # whichever pool is not in use
+        finally:
+            with self._lock:
+                self._rebuilding = False
+
+    def health(self) -> dict[str, Any]:
+        """The pool's health (``started`` false if none runs), its start error, rebuilds."""
+        backend = self.backend
+        pool: dict[str, Any] = backend.health() if backend is not None else {"started": False}
+        if self.error:
+            pool["error"] = self.error
+        pool["rebuilds"] = self.rebuilds
+        return pool
+
+    def close(self) -> None:
+        """Close the pool; a rebuild finishing later closes its own pool instead."""
+        with self._start_lock:
+            self._closed = True
+        if self.backend is not None:
+            self.backend.close()
