@@ -7,9 +7,11 @@ Each migration runs once, in order, inside one transaction, and records its vers
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Final
 
 from athena.errors import StoreError
+from athena.store.connection import open_connection, translated
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: memories of all layers, their lexical index, vectors, graph, generations.
@@ -182,6 +184,32 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def initialise(path: Path) -> None:
+    """Create the database at ``path``, or bring it to this version, in WAL mode.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "s.db"
+    >>> initialise(path); initialise(path)  # the second finds nothing to do
+    >>> path.is_file()
+    True
+    """
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a database file")
+    conn = open_connection(path)
+    try:
+        with translated():
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                migrate(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    finally:
+        conn.close()
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -36,7 +36,12 @@ import mmap
 import os
 import threading
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+from athena.store.connection import translated
+
+if TYPE_CHECKING:
+    from athena.store.connection import Readers
 
 HEADER_BYTES: Final = 96  # both copies of WalIndexHdr; the checkpoint info after them is not read
 LIMIT: Final = 64
@@ -108,6 +113,65 @@ class WalWatch:
             if self._entry[2] > 0:
                 self._entry[2] -= 1
             self._entry = _RELEASED
+
+
+class WalGate:
+    """One store's watch on its file's WAL-index header: opened on first use, read only
+    while the store is open (the mapping is safe only then), released when it closes.
+
+    >>> import tempfile, os
+    >>> from athena.store.sqlite import SQLiteStore
+    >>> store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "g.db"))
+    >>> gate = WalGate(store._readers)
+    >>> len(gate.header() or bytes(HEADER_BYTES))
+    96
+    >>> gate.close(), gate.close(), gate.header()
+    (True, False, None)
+    >>> store.close()
+    """
+
+    def __init__(self, readers: Readers) -> None:
+        self._readers = readers
+        self._lock = threading.Lock()
+        self._closed = False
+        self._watch: WalWatch | None = None
+        self._tried = False
+
+    def header(self) -> bytes | None:
+        """The header now; None when there is no watch (ask SQLite) or the gate is closed."""
+        watch = self._watch if self._tried else self._open()
+        if watch is None:
+            return None
+        with self._lock:  # never read once closed: the mapping is safe only while open
+            return None if self._closed else watch.header()
+
+    def close(self) -> bool:
+        """Release the watch; True the first time (the store should close its connections
+        after this: SQLite may then delete the -shm), False once closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.release()
+        return True
+
+    def _open(self) -> WalWatch | None:
+        with self._lock:
+            if self._closed or self._tried:
+                return self._watch
+            self._tried = True
+            if self._readers.immutable:
+                return None
+            conn = self._readers.get()
+            with translated():  # this thread's reader now holds the file and its -shm
+                conn.execute("PRAGMA data_version").fetchone()
+            listed = conn.execute("PRAGMA database_list").fetchall()
+            files = [row[2] for row in listed if row[1] == "main" and row[2]]
+            # The file SQLite opened (symlinks resolved): its -shm is beside it.
+            self._watch = WalWatch.open(files[0] + "-shm") if files else None
+            return self._watch
 
 
 def _watch(shm: str) -> list[Any] | None:
