@@ -30,7 +30,7 @@ from athena.execution import shm
 from athena.execution.backend import WorkerBackend
 from athena.execution.pool import ProcessWorkerPool
 from athena.execution.runner import run_layer
-from athena.layers.protocol import SearchRequest
+from athena.layers.protocol import LayerResult, SearchRequest
 from athena.records import MemoryInput, make_query
 
 TENANTS = ("acme", "globex")
@@ -496,3 +496,29 @@ def test_a_workers_index_build_is_reported_and_teaches_no_strategy_cost(tmp_path
         assert all(row.strategy == "distributed" for row in rows)
         assert rows[0].features == ()  # the first worker to see the tenant built: not learnt
         assert any(row.features for row in rows)  # a worker that had them: learnt
+        keeper = memory.engine.pools  # type: ignore[attr-defined]
+        assert keeper.is_warm("big") == bool(rows[-1].features)  # warm after a run built nothing
+
+
+def test_a_background_warm_up_makes_a_tenant_warm_in_the_pool(tmp_path: Path) -> None:
+    items = [
+        MemoryInput(layer="episodic", text=f"Note {i}: Ann signed form {i}.", tenant="big")
+        for i in range(400)
+    ]
+    with Memory(tmp_path / "w.db") as memory:
+        memory.remember_many(items)
+        keeper = memory.engine.pools  # type: ignore[attr-defined]
+        assert keeper.get() is not None and not keeper.is_warm("big")
+        req = request(memory, "which form did Ann sign?", tenant="big")
+        deadline = time.monotonic() + WAIT
+        runs = 0
+        while not keeper.is_warm("big") and time.monotonic() < deadline:
+            if keeper.warm("big", req, ["episodic"]):
+                runs += 1
+            while keeper.warming and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert keeper.is_warm("big")  # a warm-up's run found the tenant's indexes loaded
+        assert runs >= 2  # the first built them, so it did not count as warm
+        built = LayerResult("episodic", (), (), loaded=400)
+        assert keeper.served("big", {"episodic": built})  # a run that built: cold again
+        assert not keeper.is_warm("big")

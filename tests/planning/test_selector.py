@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -293,3 +294,18 @@ def test_a_few_lucky_runs_do_not_move_a_bimodal_sequential() -> None:
     for _ in range(6):
         steady.learn(Strategy.PARALLEL, s, 3.3)
     assert steady.decide(s).strategy is Strategy.PARALLEL
+
+
+def test_exploring_the_pool_for_a_tenant_its_workers_lack_warms_it_instead() -> None:
+    """Exploration never charges a caller a worker's index build: it asks for a warm-up."""
+    sel = StrategySelector(rng=random.Random(1), explore_rate=1.0)
+    s = Situation(3, 2.0, 1.5, 0.0, 0, 0.0, True, False, 1)
+    for i in range(12):
+        sel.learn(Strategy.SEQUENTIAL, s, 2.0)
+        sel.learn(Strategy.PARALLEL, s, 2.6)
+        sel.learn(Strategy.DISTRIBUTED, s, 1.0 if i % 2 else 3.4)  # uncertain: worth a look
+    warm = sel.decide(s)
+    assert warm.strategy is Strategy.DISTRIBUTED and not warm.warm_pool
+    assert warm.why.startswith("exploring")
+    cold = sel.decide(replace(s, pool_warm=False))
+    assert cold.strategy is Strategy.SEQUENTIAL and cold.warm_pool

@@ -21,15 +21,13 @@ from athena.execution.feedback import Feedback
 from athena.execution.parallel import ParallelExecutor
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.plans import RecallPlans
-from athena.execution.pool_keeper import PoolKeeper
+from athena.execution.pool_keeper import BUILD_ROWS, PoolKeeper
 from athena.execution.recall_run import RecallRun, served_explain
 from athena.planning.dependency_graph import DependencyGraph
 from athena.planning.selector import Situation, StrategySelector
 from athena.records import Hit, RecallQuery
 from athena.store.protocol import Store
 
-# Index rows a recall may apply (a catch-up after a few writes) and still teach its cost.
-BUILD_ROWS: Final = 256
 STRATEGIES: Final = ("adaptive", "sequential", "parallel", "distributed", "cache", "hybrid")
 
 
@@ -71,7 +69,12 @@ class AdaptiveEngine:
         self.feedback.save()
 
     def _situation(
-        self, layers: tuple[str, ...], cached_fraction: float, *, light: bool = False
+        self,
+        layers: tuple[str, ...],
+        cached_fraction: float,
+        *,
+        light: bool = False,
+        tenant: str | None = None,
     ) -> Situation:
         load = None if light else self.pools.load()
         return Situation(
@@ -84,6 +87,7 @@ class AdaptiveEngine:
             pool_available=load.available if load else False,
             pool_saturated=load.saturated if load else False,
             inflight=self._inflight,
+            pool_warm=tenant is None or self.pools.is_warm(tenant),
         )
 
     # -- recall -----------------------------------------------------------------------------
@@ -127,8 +131,10 @@ class AdaptiveEngine:
         # is recorded, but its cost teaches neither the selector nor the layer timings. Pool
         # workers build their own: a worker new to a tenant took 21-54 ms for a DISTRIBUTED
         # recall that took 4 ms once it had the tenant's indexes (100k-tenants, static).
-        remote = sum(r.loaded for r in run.fresh.values() if r.source == "distributed")
-        built = self.pipeline.ctx.loaded() - loaded + remote > BUILD_ROWS
+        pooled = {n: r for n, r in run.fresh.items() if r.source == "distributed"}
+        built = self.pipeline.ctx.loaded() - loaded > BUILD_ROWS
+        if pooled:
+            built = self.pools.served(query.tenant, pooled) or built
         self._learn(run, hits, cost, built)
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from athena.errors import WorkerPoolUnavailable
+from athena.errors import AthenaError, WorkerPoolUnavailable
 from athena.execution.backend import PoolLoad, WorkerBackend
+from athena.layers.protocol import LayerResult, SearchRequest
 
 POOL_REBUILD_S: Final = 5.0  # the shortest gap between two rebuilds of a broken pool
+# Index rows a recall may apply (a catch-up after a few writes) and still teach its cost.
+BUILD_ROWS: Final = 256
+WARM_KEPT: Final = 4096  # tenants remembered as warm in the pool
+WARM_TIMEOUT_S: Final = 30.0
 
 
 class PoolKeeper:
@@ -34,6 +39,8 @@ class PoolKeeper:
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()  # held while the pool starts (seconds)
         self._rebuilding, self._rebuilt_at, self._closed = False, float("-inf"), False
+        self._warm: dict[str, None] = {}  # tenants whose last pool run built nothing
+        self._warming = False
         if eager and factory is not None:
             threading.Thread(target=self.get, name="athena-pool-start", daemon=True).start()
 
@@ -64,6 +71,60 @@ class PoolKeeper:
         backend = self.backend
         return backend.load() if backend is not None else None
 
+    def is_warm(self, tenant: str) -> bool:
+        """Whether the pool's last run for ``tenant`` found its indexes loaded."""
+        return tenant in self._warm
+
+    def served(self, tenant: str, results: Mapping[str, LayerResult]) -> bool:
+        """Note a pool run for ``tenant``: warm if its workers built nothing. Returns
+        whether they built (loaded more than ``BUILD_ROWS`` index rows)."""
+        built = sum(r.loaded for r in results.values()) > BUILD_ROWS
+        with self._lock:
+            if built:
+                self._warm.pop(tenant, None)
+            else:
+                if len(self._warm) >= WARM_KEPT:
+                    self._warm.clear()
+                self._warm[tenant] = None
+        return built
+
+    def warm(self, tenant: str, request: SearchRequest, layers: Sequence[str]) -> bool:
+        """Run ``request`` on the pool in the background, at the lowest priority and with
+        its answer dropped, so the workers it lands on load ``tenant``'s indexes; one such
+        run at a time. Returns whether one started.
+
+        >>> # keeper.warm("t", pipeline.request(query, generations), ["episodic"])
+        """
+        backend = self.backend
+        if backend is None or not backend.available:
+            return False
+        with self._lock:
+            if self._warming:
+                return False
+            self._warming = True
+        threading.Thread(
+            target=self._warm_run,
+            args=(backend, tenant, request, tuple(layers)),
+            name="athena-pool-warm",
+            daemon=True,
+        ).start()
+        return True
+
+    @property
+    def warming(self) -> bool:
+        return self._warming
+
+    def _warm_run(
+        self, backend: WorkerBackend, tenant: str, request: SearchRequest, layers: Sequence[str]
+    ) -> None:
+        try:
+            self.served(tenant, backend.run(request, layers, priority=0, timeout=WARM_TIMEOUT_S))
+        except AthenaError:
+            pass  # a warm-up that failed leaves the tenant cold; a later one may succeed
+        finally:
+            with self._lock:
+                self._warming = False
+
     def _rebuild(self, broken: WorkerBackend) -> None:
         now = time.monotonic()
         with self._lock:
@@ -87,6 +148,8 @@ class PoolKeeper:
                 swapped = self.backend is broken and not self._closed
                 if swapped:
                     self.backend, self.rebuilds = fresh, self.rebuilds + 1
+                    with self._lock:
+                        self._warm.clear()  # new workers hold no tenant yet
             (broken if swapped else fresh).close()  # whichever pool is not in use
         finally:
             with self._lock:

@@ -75,7 +75,9 @@ class RecallRun:
         elif uses_cache:
             engine.cache.record_miss()
         missing = tuple(name for name in query.layers if name not in cached)
-        self.situation = engine._situation(missing, len(cached) / len(query.layers))
+        self.situation = engine._situation(
+            missing, len(cached) / len(query.layers), tenant=query.tenant
+        )
         self.analysis = QueryAnalysis(
             query_type=self.query_type,
             layers=query.layers,
@@ -97,6 +99,8 @@ class RecallRun:
         remote: dict[str, LayerResult] | None = None
         if missing and inner is not None:
             request = engine.pipeline.request(query, self.generations)  # embeds: no slot held
+            if self.decision is not None and self.decision.warm_pool:
+                engine.pools.warm(query.tenant, request, missing)
             if inner is Strategy.DISTRIBUTED:
                 remote = self._distributed(request, missing)  # None: it fell back
         left = self.left()  # the embedding and a pool round trip have spent some of it
