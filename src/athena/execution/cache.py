@@ -156,7 +156,8 @@ def _landed(tasks: dict[Hashable, Any], key: Hashable, task: asyncio.Task[Any]) 
 
 
 class _CacheCore:
-    """Storage, validity, counting and single flight; :class:`ResultCache` adds lookups.
+    """Storage, validity, counting and single flight; :class:`_LayerRankings` adds layers'
+    rankings and :class:`ResultCache` full recalls and lookups.
 
     ``ttl_seconds`` overrides :data:`DEFAULT_TTLS` per layer; ``clock`` is injectable.
     """
@@ -283,66 +284,10 @@ class _CacheCore:
         return self._flights.waiters(key)
 
 
-class ResultCache(_CacheCore):
-    """Full recalls and per-layer rankings, keyed exactly and checked against generations.
-
-    >>> from athena.records import make_query
-    >>> cache, q = ResultCache(), make_query("where is the key?", "t", layers=["semantic"])
-    >>> cache.put_full(q, "m", {"semantic": 3}, (), cost_ms=12.0)
-    >>> cache.get_full(q, "m", {"semantic": 3}) is not None, cache.get_full(q, "m", {"semantic": 4})
-    (True, None)
+class _LayerRankings(_CacheCore):
+    """Single layers' rankings, one entry per (query, layer, depth): what completes a recall
+    the full entry cannot answer. :class:`ResultCache` adds full recalls and lookups.
     """
-
-    full_key = staticmethod(full_key)
-    flight_key = staticmethod(ck.flight_key)
-
-    def get_full(
-        self,
-        query: RecallQuery,
-        model: str,
-        generations: Mapping[str, int],
-        key: Hashable | None = None,
-    ) -> CachedHits | None:
-        """The recall's hits if a valid entry holds them; counts a hit (a miss: nothing).
-        ``key``: ``full_key(query, model)`` if the caller kept it.
-
-        >>> # cached = cache.get_full(query, embedder.name, tracker.get(query.tenant))
-        """
-        if key is None:
-            key = full_key(query, model)
-        now = self._clock()
-        with self._lock:
-            entry = self._valid(key, generations, now)
-            if entry is None:
-                return None
-            self._lru.data.move_to_end(key)
-            counts = self._counts
-            counts.hits += 1
-            counts.queries_avoided += entry.width
-            counts.latency_saved_ms += entry.cost_ms
-        return CachedHits(entry.value, *trust(entry, now), entry.cost_ms)
-
-    def put_full(
-        self,
-        query: RecallQuery,
-        model: str,
-        generations_read: Mapping[str, int],
-        hits: tuple[Hit, ...],
-        cost_ms: float,
-    ) -> None:
-        """Store a recall's hits, tagged with the generations read *before* it ran.
-
-        >>> # cache.put_full(query, embedder.name, generations_before, hits, cost_ms=8.5)
-        """
-        tenant = query.tenant
-        for hit in hits:
-            if hit.tenant != tenant:
-                raise ValueError("a recall's hits must belong to the query's tenant")
-        key = full_key(query, model)
-        ttl, size = self._ttl(query.layers), ck.key_size(key) + ck.hits_size(hits)
-        whole, width = dict(generations_read), len(query.layers)
-        entry = Entry(hits, self._clock(), ttl, whole, "", 0, size, max(0.0, cost_ms), width)
-        self._store(key, entry)
 
     def get_layers(
         self, query: RecallQuery, model: str, depth: int, generations: Mapping[str, int]
@@ -416,6 +361,68 @@ class ResultCache(_CacheCore):
             entries.append((key, Entry(value, now, ttl, depends, layer, gen, size, cost, 1)))
         with self._lock:
             self._add(entries)
+
+
+class ResultCache(_LayerRankings):
+    """Full recalls and per-layer rankings, keyed exactly and checked against generations.
+
+    >>> from athena.records import make_query
+    >>> cache, q = ResultCache(), make_query("where is the key?", "t", layers=["semantic"])
+    >>> cache.put_full(q, "m", {"semantic": 3}, (), cost_ms=12.0)
+    >>> cache.get_full(q, "m", {"semantic": 3}) is not None, cache.get_full(q, "m", {"semantic": 4})
+    (True, None)
+    """
+
+    full_key = staticmethod(full_key)
+    flight_key = staticmethod(ck.flight_key)
+
+    def get_full(
+        self,
+        query: RecallQuery,
+        model: str,
+        generations: Mapping[str, int],
+        key: Hashable | None = None,
+    ) -> CachedHits | None:
+        """The recall's hits if a valid entry holds them; counts a hit (a miss: nothing).
+        ``key``: ``full_key(query, model)`` if the caller kept it.
+
+        >>> # cached = cache.get_full(query, embedder.name, tracker.get(query.tenant))
+        """
+        if key is None:
+            key = full_key(query, model)
+        now = self._clock()
+        with self._lock:
+            entry = self._valid(key, generations, now)
+            if entry is None:
+                return None
+            self._lru.data.move_to_end(key)
+            counts = self._counts
+            counts.hits += 1
+            counts.queries_avoided += entry.width
+            counts.latency_saved_ms += entry.cost_ms
+        return CachedHits(entry.value, *trust(entry, now), entry.cost_ms)
+
+    def put_full(
+        self,
+        query: RecallQuery,
+        model: str,
+        generations_read: Mapping[str, int],
+        hits: tuple[Hit, ...],
+        cost_ms: float,
+    ) -> None:
+        """Store a recall's hits, tagged with the generations read *before* it ran.
+
+        >>> # cache.put_full(query, embedder.name, generations_before, hits, cost_ms=8.5)
+        """
+        tenant = query.tenant
+        for hit in hits:
+            if hit.tenant != tenant:
+                raise ValueError("a recall's hits must belong to the query's tenant")
+        key = full_key(query, model)
+        ttl, size = self._ttl(query.layers), ck.key_size(key) + ck.hits_size(hits)
+        whole, width = dict(generations_read), len(query.layers)
+        entry = Entry(hits, self._clock(), ttl, whole, "", 0, size, max(0.0, cost_ms), width)
+        self._store(key, entry)
 
     def lookup(
         self, query: RecallQuery, model: str, depth: int, generations: Mapping[str, int]

@@ -108,17 +108,7 @@ class Telemetry:
         """Reload the newest saved rows (oldest first) into memory and return them."""
         if self._store is None:
             return []
-        rows: list[TelemetryRow] = []
-        for text in self._store.read_telemetry(limit):
-            try:
-                row = TelemetryRow.from_json(text)
-            except (ValueError, KeyError, TypeError):
-                continue  # a row this version cannot read teaches nothing; never fail to open
-            if row.weight > 1:  # coalesced hits: one row per recall again
-                rows.extend([row._replace(weight=1)] * min(row.weight, limit))
-            else:
-                rows.append(row)
-        rows = rows[-limit:]
+        rows = _saved_rows(self._store, limit)
         with self._lock:
             self._rows.extend(map(_pack, rows))
         return rows
@@ -185,21 +175,10 @@ class Telemetry:
         with self._lock:
             if self._flusher is None and self._store is not None:
                 self._flusher = threading.Thread(
-                    target=self._flush_loop, name="athena-telemetry", daemon=True
+                    target=_flush_forever, args=(self,), name="athena-telemetry", daemon=True
                 )
                 self._flusher.start()
         self._due.set()
-
-    def _flush_loop(self) -> None:
-        while True:
-            self._due.wait(timeout=1.0)  # a batch is full, or a second passed
-            self._due.clear()
-            try:
-                self.flush()
-            except AthenaError:
-                # The store is closing or failing; rows stay in memory, and the next
-                # flush (or close) tries again. A recall never fails for telemetry.
-                time.sleep(1.0)
 
     def flush(self) -> None:
         """Write pending rows now (also called on close)."""
@@ -237,6 +216,34 @@ LAYERS_MS: Final = TelemetryRow._fields.index("layers_ms")
 
 def _nothing() -> None:
     return None
+
+
+def _flush_forever(telemetry: Telemetry) -> None:
+    """The flusher thread: write a batch when one is full, or a second passed."""
+    while True:
+        telemetry._due.wait(timeout=1.0)
+        telemetry._due.clear()
+        try:
+            telemetry.flush()
+        except AthenaError:
+            # The store is closing or failing; rows stay in memory, and the next
+            # flush (or close) tries again. A recall never fails for telemetry.
+            time.sleep(1.0)
+
+
+def _saved_rows(store: Store, limit: int) -> list[TelemetryRow]:
+    """The newest ``limit`` rows ``store`` holds, oldest first, coalesced hits expanded."""
+    rows: list[TelemetryRow] = []
+    for text in store.read_telemetry(limit):
+        try:
+            row = TelemetryRow.from_json(text)
+        except (ValueError, KeyError, TypeError):
+            continue  # a row this version cannot read teaches nothing; never fail to open
+        if row.weight > 1:  # coalesced hits: one row per recall again
+            rows.extend([row._replace(weight=1)] * min(row.weight, limit))
+        else:
+            rows.append(row)
+    return rows[-limit:]
 
 
 def _pack(row: TelemetryRow) -> tuple[Any, ...]:

@@ -40,6 +40,32 @@ class _TypeStats:
         self.cost_ms += (cost_ms - self.cost_ms) / self.queries
         return self.queries == MIN_OBSERVATIONS
 
+    def to_dict(self) -> dict[str, Any]:
+        """These counts as plain JSON values (the form :meth:`from_dict` reads back)."""
+        return {
+            "queries": self.queries,
+            "used": dict(self.used),
+            "contributed": dict(self.contributed),
+            "together": dict(self.together),
+            "cache_hits": self.cache_hits,
+            "result_size": self.result_size,
+            "cost_ms": self.cost_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> _TypeStats:
+        """Counts saved by :meth:`to_dict`."""
+        stats = cls(
+            queries=int(raw["queries"]),
+            cache_hits=int(raw["cache_hits"]),
+            result_size=float(raw["result_size"]),
+            cost_ms=float(raw["cost_ms"]),
+        )
+        stats.used.update(raw["used"])
+        stats.contributed.update(raw["contributed"])
+        stats.together.update(raw["together"])
+        return stats
+
 
 class DependencyGraph:
     """Learned layer relationships.
@@ -169,21 +195,8 @@ class DependencyGraph:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {
-                "latency_ms": dict(self._latency),
-                "types": {
-                    name: {
-                        "queries": s.queries,
-                        "used": dict(s.used),
-                        "contributed": dict(s.contributed),
-                        "together": dict(s.together),
-                        "cache_hits": s.cache_hits,
-                        "result_size": s.result_size,
-                        "cost_ms": s.cost_ms,
-                    }
-                    for name, s in self._types.items()
-                },
-            }
+            types = {name: s.to_dict() for name, s in self._types.items()}
+            return {"latency_ms": dict(self._latency), "types": types}
 
     def to_json(self) -> str:
         return json.dumps(self.snapshot(), sort_keys=True)
@@ -193,14 +206,5 @@ class DependencyGraph:
         with self._lock:
             self._latency = {k: float(v) for k, v in data.get("latency_ms", {}).items()}
             for name, raw in data.get("types", {}).items():
-                stats = _TypeStats(
-                    queries=int(raw["queries"]),
-                    cache_hits=int(raw["cache_hits"]),
-                    result_size=float(raw["result_size"]),
-                    cost_ms=float(raw["cost_ms"]),
-                )
-                stats.used.update(raw["used"])
-                stats.contributed.update(raw["contributed"])
-                stats.together.update(raw["together"])
-                self._types[name] = stats
+                self._types[name] = _TypeStats.from_dict(raw)
             self._forget_kept()
