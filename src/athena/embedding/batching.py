@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Final
 
 import numpy as np
 
+from athena.embedding.lanes import Lanes
 from athena.embedding.protocol import Embedder, Vectors
 from athena.errors import EmbedderError
 
@@ -63,9 +63,7 @@ class BatchingEmbedder:
             raise ValueError("max_batch and lanes must be positive")
         self._inner = inner
         self._max = max_batch
-        self._lanes = lanes
-        self._helpers: ThreadPoolExecutor | None = None
-        self._helpers_pid = 0  # a forked child starts its own: the parent's thread is gone
+        self._lanes = Lanes(inner, lanes)
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
         self._busy = False
@@ -159,7 +157,7 @@ class BatchingEmbedder:
         texts = [text for request in batch for text in request.texts]
         calls = 1
         try:
-            vectors, calls = self._embed(texts)
+            vectors, calls = self._lanes.embed(texts)
             if vectors.shape != (len(texts), self.dim):
                 raise EmbedderError(
                     f"{self.name} returned shape {vectors.shape}, expected {(len(texts), self.dim)}"
@@ -173,28 +171,3 @@ class BatchingEmbedder:
             request.result, request.error = vectors[start : start + len(request.texts)], None
             start += len(request.texts)
         return calls
-
-    def _embed(self, texts: list[str]) -> tuple[Vectors, int]:
-        """``texts`` in one model call, or split into up to ``lanes`` calls run at once when
-        the inner embedder allows it (the rows come back in order either way); with the
-        number of calls made."""
-        lanes = min(self._lanes, len(texts))
-        if lanes < 2 or not getattr(self._inner, "concurrent", False):
-            return self._inner.embed(texts), 1
-        size = -(-len(texts) // lanes)
-        parts = [texts[i : i + size] for i in range(0, len(texts), size)]
-        helpers = self._helpers
-        if helpers is None or self._helpers_pid != os.getpid():
-            with self._lock:
-                if self._helpers is None or self._helpers_pid != os.getpid():
-                    self._helpers = ThreadPoolExecutor(
-                        self._lanes - 1, thread_name_prefix="athena-embed"
-                    )
-                    self._helpers_pid = os.getpid()
-                helpers = self._helpers
-        others: list[Future[Vectors]] = [helpers.submit(self._inner.embed, p) for p in parts[1:]]
-        try:
-            first = self._inner.embed(parts[0])  # this thread runs a share too
-        finally:
-            wait(others)  # never more than ``lanes`` model calls, even when this one failed
-        return np.concatenate([first, *(f.result() for f in others)]), len(parts)

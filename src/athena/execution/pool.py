@@ -14,13 +14,14 @@ import asyncio
 import threading
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future
-from concurrent.futures import wait as wait_futures
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from athena.errors import InvalidInput, RecallTimeout
+from athena.errors import InvalidInput
 from athena.execution import backend
+from athena.execution import pool_answers as answers
+from athena.execution import pool_report as report
 from athena.execution import worker as wk
 from athena.execution.backend import PoolLimits, PoolLoad, Task
 from athena.execution.pool_core import PoolCore
@@ -130,9 +131,7 @@ class ProcessWorkerPool:
         >>> # results = pool.run(request, ["episodic", "semantic"], priority=8, timeout=2.0)
         """
         backend.check_call(request, layers, priority, timeout)
-        tasks = self._enqueue(request, layers, priority)
-        wait_futures([t.future for t in tasks], timeout, return_when=FIRST_EXCEPTION)
-        return self._outcome(tasks, timeout)
+        return answers.gather(self._core, self._enqueue(request, layers, priority), timeout)
 
     async def arun(
         self,
@@ -150,78 +149,23 @@ class ProcessWorkerPool:
         if self._core.state == "new":
             await asyncio.to_thread(self.start)
         tasks = self._enqueue(request, layers, priority)
-        waiters = [asyncio.wrap_future(t.future) for t in tasks]
-        try:
-            if waiters:
-                await asyncio.wait(waiters, timeout=timeout, return_when=FIRST_EXCEPTION)
-        except asyncio.CancelledError:
-            self._core.abandon(tasks, RecallTimeout("the recall was cancelled"))
-            raise
-        finally:
-            for waiter in waiters:  # read every outcome so asyncio never logs one as lost
-                _ = waiter.cancel() or waiter.cancelled() or waiter.exception()
-        return self._outcome(tasks, timeout)
+        return await answers.gather_async(self._core, tasks, timeout)
 
     def _enqueue(self, request: SearchRequest, layers: Sequence[str], priority: int) -> list[Task]:
         names = backend.check_call(request, layers, priority, 1.0)
         self.start()
         return self._core.enqueue(request, names, priority) if names else []
 
-    def _outcome(self, tasks: list[Task], timeout: float) -> dict[str, LayerResult]:
-        done = [t.future for t in tasks if t.future.done() and not t.future.cancelled()]
-        error = next((e for f in done if (e := f.exception()) is not None), None)
-        if error is None and len(done) == len(tasks):
-            return {t.layer: t.future.result() for t in tasks}
-        error = error or RecallTimeout(f"distributed recall took longer than {timeout:g} s")
-        self._core.abandon(tasks, error)
-        raise error
-
     def load(self) -> PoolLoad:
         """Workers, busy, queue depth, available and saturated, under one lock (no stats).
 
         >>> # pool.load().busy
         """
-        core = self._core
-        with core.cond:
-            fleet, depth = core.fleet, len(core.queue)
-            ready = fleet.of("ready")
-            live = fleet.live()
-            at_max = live >= self.limits.max_workers and fleet.pick() is None
-            return PoolLoad(
-                workers=live,
-                busy=sum(1 for w in ready if w.inflight),
-                queue_depth=depth,
-                available=core.state == "running" and bool(ready),
-                saturated=depth >= max(1, core.queue.size // 2) or (depth > 0 and at_max),
-            )
+        return report.load(self._core)
 
     def health(self) -> dict[str, Any]:
         """Workers, busy, queue depth, latencies, restarts, task counters and scaling events.
 
         >>> # pool.health()["workers"], pool.health()["p95_latency_ms"]
         """
-        core = self._core
-        with core.cond:
-            fleet, limits = core.fleet, self.limits
-            busy = [w for w in fleet.of("ready") if w.inflight]
-            return {
-                "backend": "process",
-                "start_method": self.start_method,
-                "started": core.startup_ms is not None,
-                "startup_ms": core.startup_ms,
-                "available": self.available,
-                "saturated": self.saturated,
-                "state": core.state,
-                "error": core.error,
-                "workers": fleet.live(),
-                "ready": len(fleet.of("ready")),
-                "starting": len(fleet.of("starting")),
-                "busy": len(busy),
-                "min_workers": limits.min_workers,
-                "max_workers": limits.max_workers,
-                "queue_depth": len(core.queue),
-                "queue_size": core.queue.size,
-                "pids": [w.process.pid for w in fleet.of("ready", "starting")],
-                "busy_pids": [w.process.pid for w in busy],
-                **core.stats.snapshot(),
-            }
+        return report.health(self._core, self.start_method)
