@@ -58,16 +58,17 @@ class ChangeFeed(Protocol):
     ) -> list[tuple[int, int, str | None]]: ...
 
 
-class LexicalIndex:
-    """BM25 over the live memories of one (tenant, layer)."""
+class LexicalPostings:
+    """The inverted index of one (tenant, layer): its documents by position and each term's
+    postings (compacted as superseded documents pile up), and their BM25 scores.
+    :class:`LexicalIndex` keeps it in step with the store, snapshots it and searches it.
 
-    def __init__(self, tenant: str, layer: str, snapshots: IndexSnapshots | None = None) -> None:
+    >>> len(LexicalPostings("t", "episodic"))
+    0
+    """
+
+    def __init__(self, tenant: str, layer: str) -> None:
         self.tenant, self.layer = tenant, layer
-        self._snapshots = snapshots
-        self._unsaved = 0  # changes applied since the last snapshot was saved or loaded
-        self._lock = threading.Lock()
-        self._synced_generation: int | None = None
-        self._last_seq = 0
         self._ids = array("q")  # position -> memory id
         self._lengths = array("I")  # position -> tokens
         self._live = bytearray()  # position -> 1 while it is the memory's current text
@@ -76,6 +77,104 @@ class LexicalIndex:
         self._tfs: dict[str, bytearray] = {}  # term -> its frequency at each position
         self._total_length = 0
         self._dead = 0
+
+    def _add(self, memory_id: int, text: str) -> None:
+        tokens = stems(text)
+        position = len(self._ids)
+        self._ids.append(memory_id)
+        self._lengths.append(len(tokens))
+        self._live.append(1)
+        self._position[memory_id] = position
+        self._total_length += len(tokens)
+        for term, tf in Counter(tokens).items():
+            positions = self._positions.get(term)
+            if positions is None:
+                positions = self._positions[term] = bytearray()
+                self._tfs[term] = bytearray()
+            positions.extend(_POSITION(position))
+            self._tfs[term].extend(_TF(min(tf, MAX_TF)))
+
+    def _drop(self, memory_id: int) -> None:
+        position = self._position.pop(memory_id, None)
+        if position is not None:
+            self._live[position] = 0
+            self._total_length -= self._lengths[position]
+            self._dead += 1
+
+    def _compact(self) -> None:
+        """Rewrite the postings without superseded documents (positions renumbered)."""
+        live = np.frombuffer(self._live, np.uint8).astype(bool)
+        renumber = np.cumsum(live, dtype=np.int64) - 1
+        kept: dict[str, bytearray] = {}
+        kept_tfs: dict[str, bytearray] = {}
+        for term, positions in self._positions.items():
+            p = np.frombuffer(positions, np.uint32)
+            keep = live[p]
+            if keep.any():
+                kept[term] = bytearray(renumber[p[keep]].astype(np.uint32).tobytes())
+                tfs = np.frombuffer(self._tfs[term], np.uint16)
+                kept_tfs[term] = bytearray(tfs[keep].tobytes())
+        ids = np.frombuffer(self._ids, np.int64)[live]
+        lengths = np.frombuffer(self._lengths, np.uint32)[live]
+        self._ids, self._lengths = array("q", ids.tobytes()), array("I", lengths.tobytes())
+        self._live = bytearray(b"\x01" * len(ids))
+        self._position = {int(m): i for i, m in enumerate(ids.tolist())}
+        self._positions, self._tfs = kept, kept_tfs
+        self._dead = 0
+
+    def _scores(
+        self, query: Sequence[str]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Memory ids with a positive score, and the scores (not sorted)."""
+        documents = len(self._position)
+        empty = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        if documents == 0:
+            return empty
+        live = np.frombuffer(self._live, np.bool_)  # a view: no per-query copy of the scope
+        lengths = np.frombuffer(self._lengths, np.uint32)
+        average = self._total_length / documents or 1.0
+        positions: list[npt.NDArray[np.uint32]] = []
+        weights: list[npt.NDArray[np.float64]] = []
+        for term in dict.fromkeys(query):
+            held = self._positions.get(term)
+            if held is None:
+                continue
+            p = np.frombuffer(held, np.uint32)
+            keep = live[p]
+            p = p[keep]
+            if not len(p):
+                continue
+            tf = np.frombuffer(self._tfs[term], np.uint16)[keep].astype(np.float64)
+            df = len(p)
+            idf = math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
+            positions.append(p)
+            norm = K1 * (1.0 - B + B * lengths[p] / average)  # only the matching documents
+            weights.append(idf * tf * (K1 + 1.0) / (tf + norm))
+        if not positions:
+            return empty
+        # bincount sums each document's contributions in query-term order, so a document
+        # scores the same bits whatever positions the index happened to give it.
+        totals: npt.NDArray[np.float64] = np.bincount(
+            np.concatenate(positions), weights=np.concatenate(weights), minlength=len(live)
+        ).astype(np.float64, copy=False)
+        hit = np.nonzero(totals > 0.0)[0]
+        return np.frombuffer(self._ids, np.int64)[hit].copy(), totals[hit]
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+
+class LexicalIndex(LexicalPostings):
+    """BM25 over the live memories of one (tenant, layer), caught up from the store's change
+    feed and (past :data:`SNAPSHOT_MIN` documents) saved as a snapshot."""
+
+    def __init__(self, tenant: str, layer: str, snapshots: IndexSnapshots | None = None) -> None:
+        super().__init__(tenant, layer)
+        self._snapshots = snapshots
+        self._unsaved = 0  # changes applied since the last snapshot was saved or loaded
+        self._lock = threading.Lock()
+        self._synced_generation: int | None = None
+        self._last_seq = 0
 
     def sync(self, store: ChangeFeed, generation: int) -> int:
         """Apply the changes since the last sync (a no-op if ``generation`` is unchanged);
@@ -173,50 +272,6 @@ class LexicalIndex:
         snaps.loaded += 1
         return True
 
-    def _add(self, memory_id: int, text: str) -> None:
-        tokens = stems(text)
-        position = len(self._ids)
-        self._ids.append(memory_id)
-        self._lengths.append(len(tokens))
-        self._live.append(1)
-        self._position[memory_id] = position
-        self._total_length += len(tokens)
-        for term, tf in Counter(tokens).items():
-            positions = self._positions.get(term)
-            if positions is None:
-                positions = self._positions[term] = bytearray()
-                self._tfs[term] = bytearray()
-            positions.extend(_POSITION(position))
-            self._tfs[term].extend(_TF(min(tf, MAX_TF)))
-
-    def _drop(self, memory_id: int) -> None:
-        position = self._position.pop(memory_id, None)
-        if position is not None:
-            self._live[position] = 0
-            self._total_length -= self._lengths[position]
-            self._dead += 1
-
-    def _compact(self) -> None:
-        """Rewrite the postings without superseded documents (positions renumbered)."""
-        live = np.frombuffer(self._live, np.uint8).astype(bool)
-        renumber = np.cumsum(live, dtype=np.int64) - 1
-        kept: dict[str, bytearray] = {}
-        kept_tfs: dict[str, bytearray] = {}
-        for term, positions in self._positions.items():
-            p = np.frombuffer(positions, np.uint32)
-            keep = live[p]
-            if keep.any():
-                kept[term] = bytearray(renumber[p[keep]].astype(np.uint32).tobytes())
-                tfs = np.frombuffer(self._tfs[term], np.uint16)
-                kept_tfs[term] = bytearray(tfs[keep].tobytes())
-        ids = np.frombuffer(self._ids, np.int64)[live]
-        lengths = np.frombuffer(self._lengths, np.uint32)[live]
-        self._ids, self._lengths = array("q", ids.tobytes()), array("I", lengths.tobytes())
-        self._live = bytearray(b"\x01" * len(ids))
-        self._position = {int(m): i for i, m in enumerate(ids.tolist())}
-        self._positions, self._tfs = kept, kept_tfs
-        self._dead = 0
-
     def search(
         self, query: Sequence[str], limit: int, admit: Admit | None = None
     ) -> list[tuple[int, float]]:
@@ -247,47 +302,6 @@ class LexicalIndex:
             if len(found) >= limit or want >= len(ids):
                 return found[:limit]
             want *= 4
-
-    def _scores(
-        self, query: Sequence[str]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """Memory ids with a positive score, and the scores (not sorted)."""
-        documents = len(self._position)
-        empty = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        if documents == 0:
-            return empty
-        live = np.frombuffer(self._live, np.bool_)  # a view: no per-query copy of the scope
-        lengths = np.frombuffer(self._lengths, np.uint32)
-        average = self._total_length / documents or 1.0
-        positions: list[npt.NDArray[np.uint32]] = []
-        weights: list[npt.NDArray[np.float64]] = []
-        for term in dict.fromkeys(query):
-            held = self._positions.get(term)
-            if held is None:
-                continue
-            p = np.frombuffer(held, np.uint32)
-            keep = live[p]
-            p = p[keep]
-            if not len(p):
-                continue
-            tf = np.frombuffer(self._tfs[term], np.uint16)[keep].astype(np.float64)
-            df = len(p)
-            idf = math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
-            positions.append(p)
-            norm = K1 * (1.0 - B + B * lengths[p] / average)  # only the matching documents
-            weights.append(idf * tf * (K1 + 1.0) / (tf + norm))
-        if not positions:
-            return empty
-        # bincount sums each document's contributions in query-term order, so a document
-        # scores the same bits whatever positions the index happened to give it.
-        totals: npt.NDArray[np.float64] = np.bincount(
-            np.concatenate(positions), weights=np.concatenate(weights), minlength=len(live)
-        ).astype(np.float64, copy=False)
-        hit = np.nonzero(totals > 0.0)[0]
-        return np.frombuffer(self._ids, np.int64)[hit].copy(), totals[hit]
-
-    def __len__(self) -> int:
-        return len(self._position)
 
 
 def _top(

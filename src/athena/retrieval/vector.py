@@ -154,6 +154,9 @@ class HnswBackend:
 
 @dataclass(slots=True)
 class _State:
+    """What a :class:`VectorIndex` has loaded: a backend, each position's memory id and seq,
+    and the newest seq of every live memory."""
+
     backend: Backend | None
     ids: list[int]
     seqs: list[int]
@@ -161,6 +164,50 @@ class _State:
     last_seq: int = 0
     dead: int = 0
     last_change: int = 0  # the memory_changes seq of the last tombstone applied
+
+    def append(self, batch: VectorBatch, hnsw_cutoff: int) -> None:
+        """Load a batch of vectors (newer than every one loaded so far)."""
+        size = len(self.ids) + len(batch.ids)
+        if self.backend is None or (isinstance(self.backend, ExactBackend) and size > hnsw_cutoff):
+            # (Re)build in the backend that fits the new size, with everything loaded so far.
+            old = self.backend
+            self.backend = (
+                HnswBackend(batch.matrix.shape[1])
+                if size > hnsw_cutoff
+                else ExactBackend(batch.matrix.shape[1])
+            )
+            if old is not None and isinstance(old, ExactBackend) and len(old):
+                self.backend.add(old._matrix[: len(old)])
+        self.backend.add(batch.matrix)
+        for memory_id, seq in zip(batch.ids.tolist(), batch.seqs.tolist(), strict=True):
+            if memory_id in self.latest:
+                self.dead += 1
+            self.latest[memory_id] = seq
+            self.ids.append(memory_id)
+            self.seqs.append(seq)
+        self.last_seq = int(batch.seqs[-1])
+
+    def arrays(self, graph: HnswBackend) -> dict[str, npt.NDArray[Any]]:
+        """The state (over its HNSW ``graph``) as named arrays for a snapshot."""
+        return {
+            "graph": graph.dump(),
+            "ids": np.asarray(self.ids, np.int64),
+            "seqs": np.asarray(self.seqs, np.int64),
+            "live_ids": np.fromiter(self.latest.keys(), np.int64, len(self.latest)),
+            "live_seqs": np.fromiter(self.latest.values(), np.int64, len(self.latest)),
+            "counters": np.array([self.dead, self.last_change], np.int64),
+        }
+
+    @classmethod
+    def restored(cls, snap: dict[str, Any]) -> _State | None:
+        """The state a snapshot holds, None if its arrays disagree (raises if it is damaged)."""
+        backend = HnswBackend.restore(snap["graph"])
+        ids, seqs = snap["ids"].tolist(), snap["seqs"].tolist()
+        latest = dict(zip(snap["live_ids"].tolist(), snap["live_seqs"].tolist(), strict=True))
+        dead, last_change = (int(v) for v in snap["counters"])
+        if len(backend) != len(ids) or len(ids) != len(seqs):
+            return None
+        return cls(backend, ids, seqs, latest, snap["last_seq"], dead, last_change)
 
 
 class VectorIndex:
@@ -217,19 +264,14 @@ class VectorIndex:
         if snap is None:
             return False
         try:
-            backend = HnswBackend.restore(snap["graph"])
-            ids, seqs = snap["ids"].tolist(), snap["seqs"].tolist()
-            latest = dict(zip(snap["live_ids"].tolist(), snap["live_seqs"].tolist(), strict=True))
-            dead, last_change = (int(v) for v in snap["counters"])
+            state = _State.restored(snap)
         except Exception as exc:  # a damaged graph is a cache miss, never a failed recall
             log.warning("ignoring the index snapshot of %s/%s: %s", self.tenant, self.layer, exc)
             return False
-        if len(backend) != len(ids) or len(ids) != len(seqs):
+        # None: its arrays disagree; and a scope this size, this process searches exactly
+        if state is None or len(state.latest) <= self.hnsw_cutoff:
             return False
-        if len(latest) <= self.hnsw_cutoff:  # this process searches a scope this size exactly
-            return False
-        self._state = _State(backend, ids, seqs, latest, snap["last_seq"], dead, last_change)
-        self._unsaved = 0
+        self._state, self._unsaved = state, 0
         snapshots.loaded += 1
         return True
 
@@ -237,15 +279,7 @@ class VectorIndex:
         state = self._state
         if self._snapshots is None or not isinstance(state.backend, HnswBackend):
             return
-        arrays: dict[str, npt.NDArray[Any]] = {
-            "graph": state.backend.dump(),
-            "ids": np.asarray(state.ids, np.int64),
-            "seqs": np.asarray(state.seqs, np.int64),
-            "live_ids": np.fromiter(state.latest.keys(), np.int64, len(state.latest)),
-            "live_seqs": np.fromiter(state.latest.values(), np.int64, len(state.latest)),
-            "counters": np.array([state.dead, state.last_change], np.int64),
-        }
-        args = (self.tenant, self.layer, self.model, arrays, state.last_seq)
+        args = (self.tenant, self.layer, self.model, state.arrays(state.backend), state.last_seq)
         if self._snapshots.save("vector", *args):
             self._unsaved = 0
 
@@ -272,7 +306,7 @@ class VectorIndex:
                 batch = store.vectors_after(self.tenant, self.layer, self.model, 0)
                 state = _State(None, [], [], {}, last_change=state.last_change)
             before = state.backend
-            self._append(state, batch)
+            state.append(batch, self.hnsw_cutoff)
             if isinstance(state.backend, ExactBackend) and state.dead > max(
                 EXACT_COMPACT_MIN, len(state.latest) // 4
             ):
@@ -285,29 +319,6 @@ class VectorIndex:
                     self._save()
         self._synced_generation = generation
         return len(gone) + len(batch.ids)
-
-    def _append(self, state: _State, batch: VectorBatch) -> None:
-        size = len(state.ids) + len(batch.ids)
-        if state.backend is None or (
-            isinstance(state.backend, ExactBackend) and size > self.hnsw_cutoff
-        ):
-            # (Re)build in the backend that fits the new size, with everything loaded so far.
-            old = state.backend
-            state.backend = (
-                HnswBackend(batch.matrix.shape[1])
-                if size > self.hnsw_cutoff
-                else ExactBackend(batch.matrix.shape[1])
-            )
-            if old is not None and isinstance(old, ExactBackend) and len(old):
-                state.backend.add(old._matrix[: len(old)])
-        state.backend.add(batch.matrix)
-        for memory_id, seq in zip(batch.ids.tolist(), batch.seqs.tolist(), strict=True):
-            if memory_id in state.latest:
-                state.dead += 1
-            state.latest[memory_id] = seq
-            state.ids.append(memory_id)
-            state.seqs.append(seq)
-        state.last_seq = int(batch.seqs[-1])
 
     def search(self, query: Floats, limit: int) -> list[tuple[int, float]]:
         """Up to ``limit`` (memory id, cosine) pairs, best first."""
