@@ -7,7 +7,6 @@ benchmarks and checks: the same stored state gives the same hits whatever runs t
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -23,8 +22,9 @@ from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.plans import RecallPlans
 from athena.execution.pool_keeper import BUILD_ROWS, PoolKeeper
 from athena.execution.recall_run import RecallRun, served_explain
+from athena.execution.situations import Situations
 from athena.planning.dependency_graph import DependencyGraph
-from athena.planning.selector import Situation, StrategySelector
+from athena.planning.selector import StrategySelector
 from athena.records import Hit, RecallQuery
 from athena.store.protocol import Store
 
@@ -59,36 +59,13 @@ class AdaptiveEngine:
         self.admission = admission or AdmissionGate(default_slots())
         self.aggregator = ResultAggregator()
         self.plans = RecallPlans(self.graph, self.cache, self.model)
-        self._lock = threading.Lock()
-        self._inflight = 0
         self.feedback.restore()
         self.pools = PoolKeeper(backend, eager=eager_pool)
+        self.situations = Situations(self.graph, self.pools)  # and the recalls in flight
 
     def save(self) -> None:
         """Flush telemetry and persist the dependency graph."""
         self.feedback.save()
-
-    def _situation(
-        self,
-        layers: tuple[str, ...],
-        cached_fraction: float,
-        *,
-        light: bool = False,
-        tenant: str | None = None,
-    ) -> Situation:
-        load = None if light else self.pools.load()
-        return Situation(
-            layers=len(layers),
-            sequential_ms=self.graph.estimate_ms(layers),
-            parallel_benefit=self.graph.parallel_benefit(layers),
-            cached_fraction=cached_fraction,
-            queue_depth=load.queue_depth if load else 0,
-            pool_busy=load.busy / max(load.workers, 1) if load else 0.0,
-            pool_available=load.available if load else False,
-            pool_saturated=load.saturated if load else False,
-            inflight=self._inflight,
-            pool_warm=tenant is None or self.pools.is_warm(tenant),
-        )
 
     # -- recall -----------------------------------------------------------------------------
 
@@ -111,8 +88,7 @@ class AdaptiveEngine:
             full = self.cache.get_full(query, self.model, generations, key)
             if full is not None:
                 return self._served(query, query_type, asked, full, start, explain)
-        with self._lock:
-            self._inflight += 1
+        self.situations.enter()
         loaded = self.pipeline.ctx.loaded()
         try:
             run = RecallRun(self, query, generations, strategy, timeout, query_type)
@@ -122,8 +98,7 @@ class AdaptiveEngine:
             self.feedback.failed(query, query_type, strategy, actual, exc)
             raise
         finally:
-            with self._lock:
-                self._inflight -= 1
+            self.situations.leave()
         actual = (time.perf_counter() - start) * 1000.0
         # The wait for an execution slot is load, not the strategy's cost: it is not learnt.
         cost = actual - run.queued_ms
@@ -135,7 +110,7 @@ class AdaptiveEngine:
         built = self.pipeline.ctx.loaded() - loaded > BUILD_ROWS
         if pooled:
             built = self.pools.served(query.tenant, pooled) or built
-        self._learn(run, hits, cost, built)
+        _learn(self.feedback, run, hits, cost, built)
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)
 
@@ -184,27 +159,6 @@ class AdaptiveEngine:
             details = served_explain(query, query_type, asked, full, decision, actual)
         return Recall(hits=full.value, explain=details)
 
-    def _learn(self, run: RecallRun, hits: tuple[Hit, ...], actual_ms: float, built: bool) -> None:
-        ids = {hit.id for hit in hits}
-        contributed = {name for name, r in run.results.items() if ids.intersection(r.ids)}
-        decision = run.decision
-        assert decision is not None
-        self.feedback.executed(
-            run.query,
-            run.query_type,
-            decision,
-            run.executed or decision.strategy,
-            run.situation,
-            run.cache_state,
-            {n: r.elapsed_ms for n, r in run.fresh.items()},
-            contributed,
-            run.fallback,
-            len(hits),
-            actual_ms,
-            run.strategy != "adaptive",
-            built,
-        )
-
     def gauges(self) -> dict[str, Any]:
         return {"pool": self.pools.health(), "admission": self.admission.stats()}
 
@@ -224,3 +178,28 @@ class AdaptiveEngine:
         finally:
             self.parallel.close()
             self.pools.close()
+
+
+def _learn(
+    feedback: Feedback, run: RecallRun, hits: tuple[Hit, ...], actual_ms: float, built: bool
+) -> None:
+    """Teach the graph and the selector what ``run`` did and cost (see Feedback.executed)."""
+    ids = {hit.id for hit in hits}
+    contributed = {name for name, r in run.results.items() if ids.intersection(r.ids)}
+    decision = run.decision
+    assert decision is not None
+    feedback.executed(
+        run.query,
+        run.query_type,
+        decision,
+        run.executed or decision.strategy,
+        run.situation,
+        run.cache_state,
+        {n: r.elapsed_ms for n, r in run.fresh.items()},
+        contributed,
+        run.fallback,
+        len(hits),
+        actual_ms,
+        run.strategy != "adaptive",
+        built,
+    )

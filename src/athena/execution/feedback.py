@@ -7,23 +7,19 @@ path) and on close, and both are restored at start.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Final
 
-from athena.errors import AthenaError
+from athena.execution.checkpoint import Checkpoint
 from athena.execution.telemetry import Telemetry, TelemetryRow
 from athena.planning.dependency_graph import DependencyGraph
 from athena.planning.selector import Decision, Situation, Strategy, StrategySelector
 from athena.records import RecallQuery
 from athena.store.protocol import Store
 
-GRAPH_STATE: Final = "dependency_graph"
-SAVE_EVERY: Final = 500
 SETTLE_AT: Final = 256  # noted hits counted at once on a hit's path, at most (about 1 ms)
 
 Noted = tuple[float, str, str, tuple[str, ...], float, int, float]
@@ -73,23 +69,17 @@ class Feedback:
         self.selector = selector
         self.telemetry = Telemetry(store)
         self.telemetry.settle = self.settle
-        self._recalls = itertools.count(1)  # recalls recorded; a save every SAVE_EVERY
         self._noted = NotedHits(self._count_hit)  # full cache hits not counted yet
+        # Restores the graph and saves it every few hundred recalls (counted by recorded()).
+        self._checkpoint = Checkpoint(store, graph, selector, self.telemetry, self.settle)
 
     def restore(self) -> None:
         """Reload the saved graph, and replay saved telemetry into the selector."""
-        saved = self.store.load_state(GRAPH_STATE)
-        if saved:
-            self.graph.load_json(saved)
-        for row in self.telemetry.load():
-            if row.features and row.cache == "miss" and not row.fallback and row.success:
-                self.selector.learn(Strategy(row.strategy), _situation_from(row), row.actual_ms)
+        self._checkpoint.restore()
 
     def save(self) -> None:
         """Flush telemetry and persist the dependency graph."""
-        self.settle()
-        self.telemetry.flush()
-        self.store.save_state(GRAPH_STATE, self.graph.to_json())
+        self._checkpoint.save()
 
     def served(
         self, query: RecallQuery, query_type: str, confidence: float, hits: int, actual_ms: float
@@ -120,7 +110,7 @@ class Feedback:
         self.graph.observe_hit(query_type, hits, actual_ms)
         self.telemetry.record_hit(tenant, query_type, layers, confidence, actual_ms, at)
         self.selector.served()
-        self._count()
+        self._checkpoint.recorded()
 
     def executed(
         self,
@@ -162,7 +152,7 @@ class Feedback:
             self.selector.learn(Strategy.DISTRIBUTED, situation, actual_ms)
         # A built recall keeps no features, so a restart does not replay its cost either.
         features = () if built else tuple(situation.features().tolist())
-        self._record(
+        row = _row(
             query,
             query_type,
             strategy.value,
@@ -177,6 +167,8 @@ class Feedback:
             features,
             forced,
         )
+        self.telemetry.record(row)
+        self._checkpoint.recorded()
 
     def failed(
         self,
@@ -189,7 +181,7 @@ class Feedback:
         """A recall that raised: recorded with success false (the error is re-raised)."""
         self.settle()
         decision = Decision(Strategy.SEQUENTIAL, 0.0, type(error).__name__, 0.0, 1.0)
-        self._record(
+        row = _row(
             query,
             query_type,
             strategy,
@@ -204,58 +196,43 @@ class Feedback:
             (),
             strategy != "adaptive",
         )
-
-    def _record(
-        self,
-        query: RecallQuery,
-        query_type: str,
-        strategy: str,
-        decision: Decision,
-        confidence: float,
-        actual_ms: float,
-        cache: str,
-        layers_ms: Mapping[str, float],
-        contributed: tuple[str, ...],
-        fallback: str | None,
-        success: bool,
-        features: tuple[float, ...],
-        forced: bool,
-    ) -> None:
-        sequential = sum(layers_ms.values()) or decision.estimated_ms
-        self.telemetry.record(
-            TelemetryRow(
-                at=time.time(),
-                tenant=query.tenant,
-                query_type=query_type,
-                strategy=strategy,
-                confidence=confidence,
-                estimated_ms=decision.estimated_ms,
-                actual_ms=actual_ms,
-                cache=cache,
-                layers_ms=dict(layers_ms),
-                layers=query.layers,
-                contributed=contributed,
-                speedup_estimated=decision.estimated_speedup,
-                speedup_actual=sequential / actual_ms if actual_ms else 1.0,
-                fallback=fallback,
-                success=success,
-                features=features,
-                forced=forced,
-            )
-        )
-        self._count()
-
-    def _count(self) -> None:
-        # next() on an itertools.count is atomic under the GIL: no lock on a hit's path.
-        due = next(self._recalls) % SAVE_EVERY == 0
-        if due:  # off the recall's path: a save is a write transaction
-            threading.Thread(target=self._save_quietly, name="athena-save", daemon=True).start()
-
-    def _save_quietly(self) -> None:
-        with contextlib.suppress(AthenaError):  # the store is closing; close() saves again
-            self.save()
+        self.telemetry.record(row)
+        self._checkpoint.recorded()
 
 
-def _situation_from(row: TelemetryRow) -> Situation:
-    f = row.features
-    return Situation(int(f[1]), f[2], 1.0, 0.0, int(f[3]), f[4], True, False, int(f[5]))
+def _row(
+    query: RecallQuery,
+    query_type: str,
+    strategy: str,
+    decision: Decision,
+    confidence: float,
+    actual_ms: float,
+    cache: str,
+    layers_ms: Mapping[str, float],
+    contributed: tuple[str, ...],
+    fallback: str | None,
+    success: bool,
+    features: tuple[float, ...],
+    forced: bool,
+) -> TelemetryRow:
+    """One recall's telemetry row, stamped now."""
+    sequential = sum(layers_ms.values()) or decision.estimated_ms
+    return TelemetryRow(
+        at=time.time(),
+        tenant=query.tenant,
+        query_type=query_type,
+        strategy=strategy,
+        confidence=confidence,
+        estimated_ms=decision.estimated_ms,
+        actual_ms=actual_ms,
+        cache=cache,
+        layers_ms=dict(layers_ms),
+        layers=query.layers,
+        contributed=contributed,
+        speedup_estimated=decision.estimated_speedup,
+        speedup_actual=sequential / actual_ms if actual_ms else 1.0,
+        fallback=fallback,
+        success=success,
+        features=features,
+        forced=forced,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
@@ -16,8 +16,14 @@ from athena.records import Hit, RecallQuery
 
 if TYPE_CHECKING:
     from athena.execution.adaptive import AdaptiveEngine
+    from athena.execution.pool_keeper import PoolKeeper
 
 DISTRIBUTED_TIMEOUT: Final = 10.0
+FORCED: Final = {
+    "sequential": Strategy.SEQUENTIAL,
+    "parallel": Strategy.PARALLEL,
+    "distributed": Strategy.DISTRIBUTED,
+}
 
 
 class RecallRun:
@@ -40,7 +46,7 @@ class RecallRun:
         self.query_type = query_type
         self.decision: Decision | None = None
         self.executed: Strategy | None = None
-        self.situation = engine._situation(query.layers, 0.0, light=True)
+        self.situation = engine.situations.of(query.layers, 0.0, light=True)
         self.cache_state = "miss"
         self.fallback: str | None = None
         self.results: Mapping[str, LayerResult] = {}
@@ -75,7 +81,7 @@ class RecallRun:
         elif uses_cache:
             engine.cache.record_miss()
         missing = tuple(name for name in query.layers if name not in cached)
-        self.situation = engine._situation(
+        self.situation = engine.situations.of(
             missing, len(cached) / len(query.layers), tenant=query.tenant
         )
         self.analysis = QueryAnalysis(
@@ -90,7 +96,7 @@ class RecallRun:
             self.decision = engine.selector.for_cache(
                 not missing, self.situation.sequential_ms, self.situation.cached_fraction, 0.0
             )
-            inner = self._choose(missing) if missing else None
+            inner = self._decide(missing).strategy if missing else None
         else:
             self.decision = self._decide(missing)
             inner = self.decision.strategy
@@ -110,7 +116,7 @@ class RecallRun:
                 self.fresh = remote
             elif request is not None and self.executed is not None:
                 timeout = None if left is None else max(left - waited, 0.0)
-                self.fresh = self._in_process(self.executed, request, missing, timeout)
+                self.fresh = in_process(self, self.executed, request, missing, timeout)
             hits = self._finish(cached, uses_cache, depth)
         return hits
 
@@ -142,11 +148,7 @@ class RecallRun:
         return hits
 
     def _decide(self, layers: tuple[str, ...]) -> Decision:
-        forced = {
-            "sequential": Strategy.SEQUENTIAL,
-            "parallel": Strategy.PARALLEL,
-            "distributed": Strategy.DISTRIBUTED,
-        }.get(self.strategy)
+        forced = FORCED.get(self.strategy)
         if forced is None:  # adaptive, or cache/hybrid that found nothing cached
             return self.engine.selector.decide(self.situation)
         if forced is Strategy.DISTRIBUTED:
@@ -154,84 +156,115 @@ class RecallRun:
         estimate, _ = self.engine.selector.predict(forced, self.situation)
         return Decision(forced, 1.0, f"forced {forced.value}", estimate, 1.0)
 
-    def _choose(self, layers: tuple[str, ...]) -> Strategy:
-        return self._decide(layers).strategy
-
     def _distributed(
         self, request: SearchRequest, layers: tuple[str, ...]
     ) -> dict[str, LayerResult] | None:
-        """The layers run by the worker pool (no execution slot held while it works), or
-        None after switching to PARALLEL because the pool could not."""
-        engine = self.engine
-        backend = engine.pools.get()
-        if backend is None:
-            self.fallback = f"pool unavailable: {engine.pools.error or 'not configured'}"
-        elif not backend.available:  # every worker is being replaced: do not wait
-            self.fallback = "pool unavailable: no worker is ready"
-        else:
-            left = self.left()
-            if left is not None and left <= 0:
-                raise RecallTimeout(f"recall exceeded its {self.timeout}s timeout")
-            try:
-                return backend.run(
-                    request, layers, timeout=DISTRIBUTED_TIMEOUT if left is None else left
-                )
-            except (WorkerPoolUnavailable, RecallTimeout) as exc:
-                self.fallback = f"pool failed: {exc}"
-        self.executed = Strategy.PARALLEL
-        return None
-
-    def _in_process(
-        self,
-        strategy: Strategy,
-        request: SearchRequest,
-        layers: tuple[str, ...],
-        timeout: float | None,
-    ) -> dict[str, LayerResult]:
-        engine = self.engine
-        if strategy is Strategy.PARALLEL and len(layers) > 1:
-            return engine.parallel.run(request, layers, timeout)
-        start = time.monotonic()
-        out = {}
-        for name in layers:
-            out[name] = engine.pipeline.run(name, request, "sequential")
-            if timeout is not None and time.monotonic() - start > timeout:
-                raise RecallTimeout(f"recall exceeded its {self.timeout}s timeout")
-        return out
+        """The layers run by the worker pool, or None after switching to PARALLEL because the
+        pool could not (see :func:`pool_results`)."""
+        remote, self.fallback = pool_results(
+            self.engine.pools, request, layers, self.left, self.timeout
+        )
+        if remote is None:
+            self.executed = Strategy.PARALLEL
+        return remote
 
     def explain(self, actual_ms: float, asked: tuple[str, ...]) -> dict[str, Any]:
-        decision = self.decision
-        assert decision is not None
-        layers_ms: dict[str, float] = {
-            name: round(self.fresh[name].elapsed_ms, 3) if name in self.fresh else 0.0
-            for name in self.query.layers
-        }
-        return {
-            "strategy": decision.strategy.value,
-            "executed": (self.executed or decision.strategy).value,
-            "reasoning": decision.reasoning,
-            "confidence": round(decision.confidence, 4),
-            "estimated_ms": round(decision.estimated_ms, 3),
-            "estimated_speedup": round(decision.estimated_speedup, 3),
-            "actual_ms": round(actual_ms, 3),
-            "queued_ms": round(self.queued_ms, 3),
-            "cache": self.cache_state,
-            "result_confidence": round(self.confidence, 4),
-            "layers": layers_ms,
-            "cached_layers": sorted(set(self.query.layers) - set(self.fresh)),
-            "skipped_layers": sorted(set(asked) - set(self.query.layers)),
-            "query_type": self.query_type,
-            "fallback": self.fallback,
-            "analysis": None
-            if self.analysis is None
-            else {
-                "query_type": self.analysis.query_type,
-                "layers": list(self.analysis.layers),
-                "estimated_sequential_ms": round(self.analysis.estimated_ms, 3),
-                "cached_fraction": self.analysis.cached_fraction,
-                "parallel_benefit": round(self.situation.parallel_benefit, 3),
-            },
-        }
+        """The explain object of this recall (see :func:`run_explain`)."""
+        return run_explain(self, actual_ms, asked)
+
+
+def pool_results(
+    pools: PoolKeeper,
+    request: SearchRequest,
+    layers: tuple[str, ...],
+    left: Callable[[], float | None],
+    timeout: float | None,
+) -> tuple[dict[str, LayerResult] | None, str | None]:
+    """The layers run by the worker pool (no execution slot held while it works), or None
+    and why the pool could not (the caller then runs them in process). ``left`` is what the
+    recall's ``timeout`` has left, asked once the pool can take the layers.
+
+    >>> from athena.execution.pool_keeper import PoolKeeper
+    >>> pool_results(PoolKeeper(None), None, ("episodic",), lambda: None, None)
+    (None, 'pool unavailable: not configured')
+    """
+    backend = pools.get()
+    if backend is None:
+        return None, f"pool unavailable: {pools.error or 'not configured'}"
+    if not backend.available:  # every worker is being replaced: do not wait
+        return None, "pool unavailable: no worker is ready"
+    remaining = left()
+    if remaining is not None and remaining <= 0:
+        raise RecallTimeout(f"recall exceeded its {timeout}s timeout")
+    try:
+        return backend.run(
+            request, layers, timeout=DISTRIBUTED_TIMEOUT if remaining is None else remaining
+        ), None
+    except (WorkerPoolUnavailable, RecallTimeout) as exc:
+        return None, f"pool failed: {exc}"
+
+
+def in_process(
+    run: RecallRun,
+    strategy: Strategy,
+    request: SearchRequest,
+    layers: tuple[str, ...],
+    timeout: float | None,
+) -> dict[str, LayerResult]:
+    """The layers run on this process's threads (PARALLEL) or one after another, within
+    ``timeout`` seconds (what is left of the recall's own timeout).
+
+    >>> # in_process(run, Strategy.SEQUENTIAL, request, ("episodic",), None)
+    """
+    engine = run.engine
+    if strategy is Strategy.PARALLEL and len(layers) > 1:
+        return engine.parallel.run(request, layers, timeout)
+    start = time.monotonic()
+    out = {}
+    for name in layers:
+        out[name] = engine.pipeline.run(name, request, "sequential")
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise RecallTimeout(f"recall exceeded its {run.timeout}s timeout")
+    return out
+
+
+def run_explain(run: RecallRun, actual_ms: float, asked: tuple[str, ...]) -> dict[str, Any]:
+    """The explain object of an executed recall; ``asked``: the layers the caller asked for.
+
+    >>> # run_explain(run, 3.2, LAYERS)["executed"] -> 'parallel'
+    """
+    decision = run.decision
+    assert decision is not None
+    layers_ms: dict[str, float] = {
+        name: round(run.fresh[name].elapsed_ms, 3) if name in run.fresh else 0.0
+        for name in run.query.layers
+    }
+    return {
+        "strategy": decision.strategy.value,
+        "executed": (run.executed or decision.strategy).value,
+        "reasoning": decision.reasoning,
+        "confidence": round(decision.confidence, 4),
+        "estimated_ms": round(decision.estimated_ms, 3),
+        "estimated_speedup": round(decision.estimated_speedup, 3),
+        "actual_ms": round(actual_ms, 3),
+        "queued_ms": round(run.queued_ms, 3),
+        "cache": run.cache_state,
+        "result_confidence": round(run.confidence, 4),
+        "layers": layers_ms,
+        "cached_layers": sorted(set(run.query.layers) - set(run.fresh)),
+        "skipped_layers": sorted(set(asked) - set(run.query.layers)),
+        "query_type": run.query_type,
+        "fallback": run.fallback,
+        "analysis": None
+        if run.analysis is None
+        else {
+            "query_type": run.analysis.query_type,
+            "layers": list(run.analysis.layers),
+            "estimated_sequential_ms": round(run.analysis.estimated_ms, 3),
+            "cached_fraction": run.analysis.cached_fraction,
+            "parallel_benefit": round(run.situation.parallel_benefit, 3),
+        },
+    }
 
 
 def served_explain(

@@ -253,6 +253,17 @@ class _CostModel:
         self.n += 1
 
 
+def _noise(models: dict[Strategy, _CostModel], strategy: Strategy, key: Context) -> float:
+    """The standard error of the difference between ``strategy``'s measured median cost in
+    context ``key`` and SEQUENTIAL's (0 for a cell not measured yet)."""
+    total = 0.0
+    for option in (strategy, Strategy.SEQUENTIAL):
+        cell = models[option].cells.get(cell_key(option, key))
+        if cell is not None and cell.n:
+            total += cell.var / min(cell.n, WINDOW)
+    return math.sqrt(total)
+
+
 _SETTINGS: Final = {
     (layers, up): f"over {layers} layer(s), pool {'up' if up else 'down'}"
     for layers in range(16)
@@ -324,16 +335,6 @@ class StrategySelector:
         cell = self._models[Strategy.SEQUENTIAL].cells.get(cell_key(Strategy.SEQUENTIAL, key))
         return cell.mean if cell is not None and cell.n >= REFERENCE_AFTER else None
 
-    def _noise(self, strategy: Strategy, key: Context) -> float:
-        """The standard error of the difference between ``strategy``'s measured median cost
-        in context ``key`` and SEQUENTIAL's (0 for a cell not measured yet)."""
-        total = 0.0
-        for option in (strategy, Strategy.SEQUENTIAL):
-            cell = self._models[option].cells.get(cell_key(option, key))
-            if cell is not None and cell.n:
-                total += cell.var / min(cell.n, WINDOW)
-        return math.sqrt(total)
-
     def decide(self, s: Situation) -> Decision:
         """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``)."""
         options = self.feasible(s)
@@ -347,8 +348,8 @@ class StrategySelector:
         }
         best = min(options, key=lambda o: (costs[o][0], EXECUTING.index(o)))
         sequential = costs[Strategy.SEQUENTIAL][0]
-        if best is not Strategy.SEQUENTIAL and costs[best][0] + SWITCH_SE * self._noise(
-            best, key
+        if best is not Strategy.SEQUENTIAL and costs[best][0] + SWITCH_SE * _noise(
+            self._models, best, key
         ) > min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS):
             best = Strategy.SEQUENTIAL  # not cheaper by enough to be worth the hand-off
             chosen, why = best, "sequential: none cheaper beyond the margin and the noise"
@@ -356,21 +357,8 @@ class StrategySelector:
             chosen, why = best, "lowest predicted cost"
         warm = False
         if len(options) > 1 and self._rng.random() < self.explore_rate:
-            # Optimism in the face of uncertainty, among near-best options and always the
-            # reference, whose runs are what time the layers. Under load only the reference:
-            # a detour to threads or workers costs the tail of every recall waiting behind it,
-            # and a server that is never idle must still learn what its layers cost.
-            near = [Strategy.SEQUENTIAL]
-            if s.inflight <= 1:
-                limit = EXPLORE_WITHIN * costs[best][0]
-                near += [o for o in options[1:] if costs[o][0] <= limit]
-            pick = min(near, key=lambda o: costs[o][0] - UCB_ALPHA * costs[o][1])
-            if pick is Strategy.DISTRIBUTED and not s.pool_warm:
-                # A worker new to the tenant builds its indexes first (21-54 ms for a 4 ms
-                # recall on 100k-tenants): a tail no exploration should charge a caller.
-                # The caller warms the pool in the background; this recall runs as decided.
-                warm = True
-            elif pick is not best:
+            pick, warm = explore(options, costs, best, s)
+            if pick is not best:
                 chosen, why = pick, "exploring: optimistic cost within reach of the best"
                 self.explored += 1
         mean, width = costs[chosen]
@@ -431,3 +419,36 @@ class StrategySelector:
             "explored": self.explored,
             "observations": {s.value: m.n for s, m in self._models.items()},
         }
+
+
+def explore(
+    options: list[Strategy],
+    costs: dict[Strategy, tuple[float, float]],
+    best: Strategy,
+    s: Situation,
+) -> tuple[Strategy, bool]:
+    """The strategy an exploring recall runs (``best`` if none other), and whether the pool
+    should be warmed for the tenant instead. ``costs``: each option's predicted cost and
+    uncertainty.
+
+    >>> s = Situation(2, 4.0, 2.0, 0.0, 0, 0.0, True, False, 1, pool_warm=False)
+    >>> costs = {Strategy.SEQUENTIAL: (4.0, 0.1), Strategy.PARALLEL: (3.0, 0.1),
+    ...          Strategy.DISTRIBUTED: (3.5, 5.0)}
+    >>> explore(list(costs), costs, Strategy.PARALLEL, s)
+    (<Strategy.PARALLEL: 'parallel'>, True)
+    """
+    # Optimism in the face of uncertainty, among near-best options and always the
+    # reference, whose runs are what time the layers. Under load only the reference:
+    # a detour to threads or workers costs the tail of every recall waiting behind it,
+    # and a server that is never idle must still learn what its layers cost.
+    near = [Strategy.SEQUENTIAL]
+    if s.inflight <= 1:
+        limit = EXPLORE_WITHIN * costs[best][0]
+        near += [o for o in options[1:] if costs[o][0] <= limit]
+    pick = min(near, key=lambda o: costs[o][0] - UCB_ALPHA * costs[o][1])
+    if pick is Strategy.DISTRIBUTED and not s.pool_warm:
+        # A worker new to the tenant builds its indexes first (21-54 ms for a 4 ms
+        # recall on 100k-tenants): a tail no exploration should charge a caller.
+        # The caller warms the pool in the background; this recall runs as decided.
+        return best, True
+    return pick, False
