@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from athena.embedding import Embedder, load_embedder, registered_name
-from athena.errors import InvalidInput, NotFound
+from athena.errors import ExecutionError, InvalidInput, NotFound
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.protocol import RecallEngine
 from athena.execution.sequential import SequentialEngine
@@ -216,10 +216,16 @@ class AsyncMemory:
             return hit
         queued = functools.partial(self.core.recall_queued, query, time.perf_counter(), **options)
         run = functools.partial(contextvars.copy_context().run, queued)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, run)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._threads, run)
+        except RuntimeError:  # the thread pool is shut: close() has begun
+            raise ExecutionError("this AsyncMemory is closed") from None
+        return await future
 
     async def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        """Let the recalls already queued finish, then close the core. A later recall that
+        misses the cache raises ExecutionError."""
+        await asyncio.to_thread(self._threads.shutdown, True)
         await asyncio.to_thread(self.core.close)
 
     async def __aenter__(self) -> AsyncMemory:

@@ -106,23 +106,25 @@ class MemoryRecalls:
 
     def recall_queued(self, query: str, queued_at: float, **options: Any) -> Recall:
         """:meth:`recall` for a call queued since ``queued_at`` (``time.perf_counter``) by an
-        async face: an answer cached while it waited is served from the cache, and the wait
-        counts against ``timeout`` (RecallTimeout once it is spent).
+        async face: an answer cached while it waited is served from the cache, the wait
+        counts against ``timeout`` (RecallTimeout once it is spent), and ``explain`` shows it
+        as ``thread_queue_ms``.
 
         >>> # await loop.run_in_executor(pool, mem.recall_queued, "q?", time.perf_counter())
         """
         waited = time.perf_counter() - queued_at
-        if waited > REQUEUED_S:  # a recall ahead of it may have cached this answer
-            hit = self.recall_cached(query, **options)
-            if hit is not None:
-                return hit
-        timeout = check_timeout(options.get("timeout"))
-        if timeout is not None and waited > 0:
-            left = timeout - waited
-            if left <= 0:
-                raise RecallTimeout(f"recall waited {waited:.3f}s in the queue for a thread")
-            options = {**options, "timeout": left}
-        return self.recall(query, **options)
+        out = self.recall_cached(query, **options) if waited > REQUEUED_S else None
+        if out is None:  # a recall ahead of it did not cache this answer meanwhile
+            timeout = check_timeout(options.get("timeout"))
+            if timeout is not None and waited > 0:
+                left = timeout - waited
+                if left <= 0:
+                    raise RecallTimeout(f"recall waited {waited:.3f}s in the queue for a thread")
+                options = {**options, "timeout": left}
+            out = self.recall(query, **options)
+        if out.explain is None:
+            return out
+        return Recall(out.hits, {**out.explain, "thread_queue_ms": round(waited * 1000.0, 3)})
 
     @property
     def concurrency(self) -> int:

@@ -16,13 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from athena import AsyncMemory, Memory
-from athena.errors import InvalidInput, RecallTimeout
+from athena.errors import ExecutionError, InvalidInput, RecallTimeout
 from athena.execution.adaptive import AdaptiveEngine
 from athena.execution.admission import AdmissionGate, default_concurrency, default_slots
+from athena.interfaces.http import create_app
 from athena.layers import LayerContext, default_layers
 from athena.layers.episodic import EpisodicLayer
 from athena.layers.protocol import SearchRequest
 from athena.layers.semantic import SemanticLayer
+from loopback import serving
 
 
 class Tracking:
@@ -350,3 +352,57 @@ def test_a_queued_recall_counts_its_wait_against_the_timeout(tmp_path: Path) -> 
         mem.recall_queued(QUESTIONS[2], time.perf_counter() - 0.4, tenant="t", timeout=-1)
     assert mem.stats("t") == before
     mem.close()
+
+
+def test_closing_the_async_face_lets_queued_recalls_finish_then_refuses_typed(
+    tmp_path: Path,
+) -> None:
+    async def main() -> tuple[list[Any], Any]:
+        mem = AsyncMemory(tmp_path / "m.db", concurrency=1)
+        fill(mem.core)
+        asks = [asyncio.ensure_future(mem.recall(q, tenant="t", k=2)) for q in QUESTIONS[:3]]
+        await asyncio.sleep(0)  # every one handed to the face before it closes
+        await mem.close()
+        done = await asyncio.gather(*asks, return_exceptions=True)
+        try:
+            await mem.recall(QUESTIONS[5], tenant="t", k=2)
+        except ExecutionError as exc:
+            return done, exc
+        return done, None
+
+    done, refused = asyncio.run(main())
+    assert all(len(answer.hits) == 2 for answer in done)  # none was cancelled
+    assert refused is not None and "closed" in str(refused)
+
+
+def test_a_queued_recall_refuses_a_bad_strategy_as_recall_does(tmp_path: Path) -> None:
+    mem = Memory(tmp_path / "m.db")
+    fill(mem)
+    with pytest.raises(InvalidInput, match="strategy"):
+        mem.recall_queued(QUESTIONS[1], time.perf_counter() - 2.0, tenant="t", strategy="bogus")
+    with pytest.raises(InvalidInput, match="strategy"):
+        mem.recall_cached(QUESTIONS[1], tenant="t", strategy="bogus")
+    out = mem.recall_queued(QUESTIONS[1], time.perf_counter() - 0.2, tenant="t", explain=True)
+    assert out.explain is not None and out.explain["thread_queue_ms"] >= 200.0
+    mem.close()
+
+
+def test_the_http_server_hands_at_most_its_concurrency_to_threads(tmp_path: Path) -> None:
+    tracking = Tracking(0.03)
+    mem = Memory(tmp_path / "m.db", engine=gated(8), layers=tracked_layers(tracking))
+    fill(mem)
+    with serving(create_app(mem, concurrency=1)) as client:
+        answers: list[Any] = []
+
+        def ask(question: str) -> None:
+            body = {"query": question, "k": 2, "strategy": "sequential"}
+            answers.append(client.post("/v1/tenants/t/recall", json=body))
+
+        threads = [threading.Thread(target=ask, args=(q,)) for q in QUESTIONS[:6]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    mem.close()
+    assert [r.status_code for r in answers] == [200] * 6
+    assert tracking.peak == 1  # the engine would have let eight run

@@ -29,6 +29,7 @@ from athena.errors import InvalidInput, RecallTimeout, UnknownLayer, WorkerPoolU
 from athena.execution import shm
 from athena.execution.backend import WorkerBackend
 from athena.execution.pool import ProcessWorkerPool
+from athena.execution.pool_keeper import PoolKeeper
 from athena.execution.runner import run_layer
 from athena.layers.protocol import LayerResult, SearchRequest
 from athena.records import MemoryInput, make_query
@@ -522,3 +523,13 @@ def test_a_background_warm_up_makes_a_tenant_warm_in_the_pool(tmp_path: Path) ->
         built = LayerResult("episodic", (), (), loaded=400)
         assert keeper.served("big", {"episodic": built})  # a run that built: cold again
         assert not keeper.is_warm("big")
+
+
+def test_a_run_on_a_replaced_pool_marks_no_tenant_warm() -> None:
+    keeper = PoolKeeper(None)
+    old, new = object(), object()
+    keeper.backend = new  # type: ignore[assignment]
+    assert not keeper.served("t", {}, old)  # type: ignore[arg-type]
+    assert not keeper.is_warm("t")  # its workers are gone
+    keeper.served("t", {}, new)  # type: ignore[arg-type]
+    assert keeper.is_warm("t")

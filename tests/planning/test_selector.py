@@ -9,7 +9,7 @@ import pytest
 
 from athena.planning.analysis import classify
 from athena.planning.dependency_graph import MIN_OBSERVATIONS, DependencyGraph
-from athena.planning.selector import Situation, Strategy, StrategySelector
+from athena.planning.selector import Situation, Strategy, StrategySelector, explore
 
 
 def situation(
@@ -309,3 +309,13 @@ def test_exploring_the_pool_for_a_tenant_its_workers_lack_warms_it_instead() -> 
     assert warm.why.startswith("exploring")
     cold = sel.decide(replace(s, pool_warm=False))
     assert cold.strategy is Strategy.SEQUENTIAL and cold.warm_pool
+
+
+def test_the_pool_chosen_on_cost_runs_without_a_second_warm_up() -> None:
+    s = Situation(2, 4.0, 2.0, 0.0, 0, 0.0, True, False, 1, pool_warm=False)
+    costs = {
+        Strategy.SEQUENTIAL: (4.0, 0.1),
+        Strategy.PARALLEL: (3.9, 0.1),
+        Strategy.DISTRIBUTED: (2.0, 5.0),
+    }
+    assert explore(list(costs), costs, Strategy.DISTRIBUTED, s) == (Strategy.DISTRIBUTED, False)

@@ -20,6 +20,7 @@ also embeds every query afresh, so nothing at all is cached: the seed's "current
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import statistics
@@ -136,7 +137,7 @@ class Arm:
         return dict(self.memory.execution_stats().get("pool", {}))
 
     def close(self) -> None:
-        self.memory.close()
+        asyncio.run(self.aio.close())  # its recall threads, then the core
 
 
 @contextmanager

@@ -78,10 +78,7 @@ class AdaptiveEngine:
         explain: bool = False,
         timeout: float | None = None,
     ) -> Recall:
-        if strategy not in STRATEGIES:
-            raise InvalidInput(
-                f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}"
-            )
+        check_strategy(strategy)
         start = time.perf_counter()
         query_type, asked, query, key = self.plans.plan(query, strategy)
         if strategy in ("adaptive", "cache", "hybrid"):
@@ -106,10 +103,8 @@ class AdaptiveEngine:
         # is recorded, but its cost teaches neither the selector nor the layer timings. Pool
         # workers build their own: a worker new to a tenant took 21-54 ms for a DISTRIBUTED
         # recall that took 4 ms once it had the tenant's indexes (100k-tenants, static).
-        pooled = {n: r for n, r in run.fresh.items() if r.source == "distributed"}
-        built = self.pipeline.ctx.loaded() - loaded > BUILD_ROWS
-        if pooled:
-            built = self.pools.served(query.tenant, pooled) or built
+        remote = sum(r.loaded for r in run.fresh.values() if r.source == "distributed")
+        built = self.pipeline.ctx.loaded() - loaded + remote > BUILD_ROWS
         _learn(self.feedback, run, hits, cost, built)
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)
@@ -128,6 +123,7 @@ class AdaptiveEngine:
         It is exactly the first step of :meth:`recall`, so both return the same hits.
         """
         if strategy not in ("adaptive", "cache", "hybrid"):
+            check_strategy(strategy)  # refused here as recall refuses it
             return None
         start = time.perf_counter()
         query_type, asked, query, key = self.plans.plan(query, strategy)
@@ -203,3 +199,12 @@ def _learn(
         run.strategy != "adaptive",
         built,
     )
+
+
+def check_strategy(strategy: str) -> None:
+    """InvalidInput unless ``strategy`` is one a recall may ask for.
+
+    >>> check_strategy("parallel")
+    """
+    if strategy not in STRATEGIES:
+        raise InvalidInput(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")

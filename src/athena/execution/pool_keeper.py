@@ -75,11 +75,24 @@ class PoolKeeper:
         """Whether the pool's last run for ``tenant`` found its indexes loaded."""
         return tenant in self._warm
 
-    def served(self, tenant: str, results: Mapping[str, LayerResult]) -> bool:
-        """Note a pool run for ``tenant``: warm if its workers built nothing. Returns
-        whether they built (loaded more than ``BUILD_ROWS`` index rows)."""
+    def served(
+        self,
+        tenant: str,
+        results: Mapping[str, LayerResult],
+        backend: WorkerBackend | None = None,
+    ) -> bool:
+        """Note a run of ``backend`` (the pool now, if None) for ``tenant``: warm if its
+        workers built nothing, and ignored if that pool has since been replaced. Returns
+        whether they built (loaded more than ``BUILD_ROWS`` index rows).
+
+        >>> keeper = PoolKeeper(None)
+        >>> keeper.served("t", {}), keeper.is_warm("t")
+        (False, True)
+        """
         built = sum(r.loaded for r in results.values()) > BUILD_ROWS
         with self._lock:
+            if backend is not None and backend is not self.backend:
+                return built  # a run on a pool replaced since: its workers are gone
             if built:
                 self._warm.pop(tenant, None)
             else:
@@ -102,12 +115,17 @@ class PoolKeeper:
             if self._warming:
                 return False
             self._warming = True
-        threading.Thread(
-            target=self._warm_run,
-            args=(backend, tenant, request, tuple(layers)),
-            name="athena-pool-warm",
-            daemon=True,
-        ).start()
+        try:
+            threading.Thread(
+                target=self._warm_run,
+                args=(backend, tenant, request, tuple(layers)),
+                name="athena-pool-warm",
+                daemon=True,
+            ).start()
+        except RuntimeError:  # no thread to be had: a warm-up is never worth a recall
+            with self._lock:
+                self._warming = False
+            return False
         return True
 
     @property
@@ -118,7 +136,8 @@ class PoolKeeper:
         self, backend: WorkerBackend, tenant: str, request: SearchRequest, layers: Sequence[str]
     ) -> None:
         try:
-            self.served(tenant, backend.run(request, layers, priority=0, timeout=WARM_TIMEOUT_S))
+            results = backend.run(request, layers, priority=0, timeout=WARM_TIMEOUT_S)
+            self.served(tenant, results, backend)
         except AthenaError:
             pass  # a warm-up that failed leaves the tenant cold; a later one may succeed
         finally:

@@ -197,11 +197,13 @@ def pool_results(
     if remaining is not None and remaining <= 0:
         raise RecallTimeout(f"recall exceeded its {timeout}s timeout")
     try:
-        return backend.run(
+        results = backend.run(
             request, layers, timeout=DISTRIBUTED_TIMEOUT if remaining is None else remaining
-        ), None
+        )
     except (WorkerPoolUnavailable, RecallTimeout) as exc:
         return None, f"pool failed: {exc}"
+    pools.served(request.query.tenant, results, backend)  # warm, unless its workers built
+    return results, None
 
 
 def in_process(

@@ -446,7 +446,7 @@ def explore(
         limit = EXPLORE_WITHIN * costs[best][0]
         near += [o for o in options[1:] if costs[o][0] <= limit]
     pick = min(near, key=lambda o: costs[o][0] - UCB_ALPHA * costs[o][1])
-    if pick is Strategy.DISTRIBUTED and not s.pool_warm:
+    if pick is Strategy.DISTRIBUTED and pick is not best and not s.pool_warm:
         # A worker new to the tenant builds its indexes first (21-54 ms for a 4 ms
         # recall on 100k-tenants): a tail no exploration should charge a caller.
         # The caller warms the pool in the background; this recall runs as decided.
