@@ -51,7 +51,7 @@ async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 class RecallThreads:
     """At most ``limit`` recalls on threads at once; the others wait on the event loop
-    (an anyio limiter, made on first use: it belongs to the running loop)."""
+    (an anyio limiter of this app's own, made on its first recall, inside the server)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
