@@ -15,8 +15,6 @@ from athena.execution.protocol import RecallEngine
 from athena.generations import GenerationTracker
 from athena.records import RequestMemo, check_timeout
 
-REQUEUED_S = 0.001  # a queued recall that waited longer looks in the cache again
-
 
 class MemoryRecalls:
     """The recalls of a :class:`~athena.memory.Memory` (which is one): each request is
@@ -113,15 +111,16 @@ class MemoryRecalls:
         >>> # await loop.run_in_executor(pool, mem.recall_queued, "q?", time.perf_counter())
         """
         waited = time.perf_counter() - queued_at
-        out = self.recall_cached(query, **options) if waited > REQUEUED_S else None
-        if out is None:  # a recall ahead of it did not cache this answer meanwhile
-            timeout = check_timeout(options.get("timeout"))
-            if timeout is not None and waited > 0:
-                left = timeout - waited
-                if left <= 0:
-                    raise RecallTimeout(f"recall waited {waited:.3f}s in the queue for a thread")
-                options = {**options, "timeout": left}
-            out = self.recall(query, **options)
+        timeout = check_timeout(options.get("timeout"))
+        if timeout is None:
+            out = self.recall(query, **options)  # which serves a valid cache entry first
+        elif timeout - waited > 0:
+            out = self.recall(query, **{**options, "timeout": timeout - waited})
+        else:  # the wait spent it: only an answer cached meanwhile is still in time
+            hit = self.recall_cached(query, **options)
+            if hit is None:
+                raise RecallTimeout(f"recall waited {waited:.3f}s in the queue for a thread")
+            out = hit
         if out.explain is None:
             return out
         return Recall(out.hits, {**out.explain, "thread_queue_ms": round(waited * 1000.0, 3)})
