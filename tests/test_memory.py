@@ -173,12 +173,13 @@ async def test_async_face_shares_the_core(tmp_path: Path, embedder: Embedder) ->
             await mem.recall("", tenant="t")
 
 
-def test_execution_gauges_are_the_pool_and_admission_sections_of_the_stats(
+def test_execution_gauges_are_the_pool_admission_and_thread_queue_sections_of_the_stats(
     memory: Memory,
 ) -> None:
     memory.remember("the sky is blue", tenant="t")
     memory.recall("sky", tenant="t")
     gauges, stats = memory.execution_gauges(), memory.execution_stats()
-    assert set(gauges) == {"pool", "admission"}
-    assert gauges == {"pool": stats["pool"], "admission": stats["admission"]}
+    sections = {"pool", "admission", "thread_queue"}
+    assert set(gauges) == sections
+    assert gauges == {name: stats[name] for name in sections}
     assert gauges["admission"]["admitted"] >= 1

@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from athena.embedding import Embedder, load_embedder, registered_name
 from athena.errors import ExecutionError, InvalidInput, NotFound
+from athena.execution.admission import QueueTally
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.protocol import RecallEngine
 from athena.execution.sequential import SequentialEngine
@@ -70,6 +71,7 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
     ) -> None:
         self.store = SQLiteStore(path)
         self._requests = RequestMemo()
+        self.thread_queue = QueueTally()  # what the async faces' wait for a thread did
         try:
             self.embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
             self.layers = dict(layers or default_layers())
@@ -107,13 +109,14 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
         return out
 
     def execution_stats(self) -> dict[str, Any]:
-        """The execution layer's state: ``cache``, ``pool``, ``telemetry``, ``selector``."""
-        return self.engine.stats()
+        """The execution layer's state: ``cache``, ``pool``, ``telemetry``, ``selector``, and
+        ``thread_queue`` (recalls the async faces queued for a thread, and their timeouts)."""
+        return {**self.engine.stats(), "thread_queue": self.thread_queue.stats()}
 
     def execution_gauges(self) -> dict[str, Any]:
-        """Only the ``pool`` and ``admission`` sections of :meth:`execution_stats`, without
-        summarising telemetry: what a metrics scrape reads."""
-        return self.engine.gauges()
+        """Only the ``pool``, ``admission`` and ``thread_queue`` sections of
+        :meth:`execution_stats`, without summarising telemetry: what a metrics scrape reads."""
+        return {**self.engine.gauges(), "thread_queue": self.thread_queue.stats()}
 
     def tenants(self) -> list[str]:
         return self.store.tenants()

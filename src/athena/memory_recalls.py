@@ -9,7 +9,7 @@ from typing import Any
 
 from athena.embedding import Embedder, batch_width
 from athena.errors import NotFound, RecallTimeout
-from athena.execution.admission import default_concurrency
+from athena.execution.admission import QueueTally, default_concurrency
 from athena.execution.pipeline import Recall
 from athena.execution.protocol import RecallEngine
 from athena.generations import GenerationTracker
@@ -34,6 +34,7 @@ class MemoryRecalls:
     engine: RecallEngine
     embedder: Embedder
     generations: GenerationTracker
+    thread_queue: QueueTally
     _requests: RequestMemo
 
     def recall(
@@ -106,21 +107,25 @@ class MemoryRecalls:
         """:meth:`recall` for a call queued since ``queued_at`` (``time.perf_counter``) by an
         async face: an answer cached while it waited is served from the cache, the wait
         counts against ``timeout`` (RecallTimeout once it is spent), and ``explain`` shows it
-        as ``thread_queue_ms``.
+        as ``thread_queue_ms``. :attr:`thread_queue` counts the waits and the timeouts.
 
         >>> # await loop.run_in_executor(pool, mem.recall_queued, "q?", time.perf_counter())
         """
         waited = time.perf_counter() - queued_at
         timeout = check_timeout(options.get("timeout"))
+        spent = timeout is not None and timeout - waited <= 0
         if timeout is None:
             out = self.recall(query, **options)  # which serves a valid cache entry first
-        elif timeout - waited > 0:
+        elif not spent:
             out = self.recall(query, **{**options, "timeout": timeout - waited})
         else:  # the wait spent it: only an answer cached meanwhile is still in time
             hit = self.recall_cached(query, **options)
+            self.thread_queue.record(waited, timed_out=hit is None)
             if hit is None:
                 raise RecallTimeout(f"recall waited {waited:.3f}s in the queue for a thread")
             out = hit
+        if not spent:
+            self.thread_queue.record(waited)
         if out.explain is None:
             return out
         return Recall(out.hits, {**out.explain, "thread_queue_ms": round(waited * 1000.0, 3)})

@@ -338,6 +338,9 @@ def test_a_queued_recall_counts_its_wait_against_the_timeout(tmp_path: Path) -> 
     before = mem.stats("t")
     with pytest.raises(RecallTimeout, match="queue"):
         mem.recall_queued(QUESTIONS[1], time.perf_counter() - 2.0, tenant="t", timeout=1.0)
+    counted = mem.execution_gauges()["thread_queue"]  # it never reached the engine
+    assert counted["queued"] == 1 and counted["timeouts"] == 1
+    assert counted["waited_ms"] >= 2000.0
     seen: list[Any] = []
     recall = mem.recall
 
@@ -348,6 +351,8 @@ def test_a_queued_recall_counts_its_wait_against_the_timeout(tmp_path: Path) -> 
     mem.recall = spy  # type: ignore[method-assign]
     mem.recall_queued(QUESTIONS[2], time.perf_counter() - 0.4, tenant="t", timeout=5.0)
     assert 4.0 < seen[0] < 4.61  # what the wait left of it
+    counted = mem.execution_stats()["thread_queue"]
+    assert counted["queued"] == 2 and counted["timeouts"] == 1
     with pytest.raises(InvalidInput):  # bad input is refused as recall refuses it
         mem.recall_queued(QUESTIONS[2], time.perf_counter() - 0.4, tenant="t", timeout=-1)
     assert mem.stats("t") == before
@@ -406,3 +411,27 @@ def test_the_http_server_hands_at_most_its_concurrency_to_threads(tmp_path: Path
     mem.close()
     assert [r.status_code for r in answers] == [200] * 6
     assert tracking.peak == 1  # the engine would have let eight run
+
+
+def test_the_http_server_counts_a_recall_whose_timeout_ran_out_in_its_queue(
+    tmp_path: Path,
+) -> None:
+    tracking = Tracking(0.3)  # one recall holds the only thread for about 0.6 s
+    mem = Memory(tmp_path / "m.db", layers=tracked_layers(tracking))
+    fill(mem)
+    with serving(create_app(mem, concurrency=1)) as client:
+        slow = {"query": QUESTIONS[0], "k": 2, "strategy": "sequential"}
+        first = threading.Thread(
+            target=client.post, args=("/v1/tenants/t/recall",), kwargs={"json": slow}
+        )
+        first.start()
+        time.sleep(0.15)  # the first recall holds the thread
+        quick = {"query": QUESTIONS[1], "k": 2, "strategy": "sequential", "timeout": 0.05}
+        answer = client.post("/v1/tenants/t/recall", json=quick)
+        first.join()
+        metrics = client.get("/metrics").text
+    mem.close()
+    assert answer.status_code == 504, answer.text
+    assert 'athena_recall_queue_timeouts_total{queue="thread"} 1.0' in metrics
+    assert 'athena_recall_queue_timeouts_total{queue="execution_slot"} 0.0' in metrics
+    assert "athena_recall_thread_queue_seconds_total" in metrics

@@ -151,3 +151,38 @@ class AdmissionGate:
                 "waiting": len(self._waiters),
                 "max_queue": self.max_queue,
             }
+
+
+class QueueTally:
+    """What the async faces' thread queue did: recalls that waited for a thread, how long
+    in all, and how many ran out of their ``timeout`` there (they never reach the engine, so
+    no telemetry row or admission counter sees them).
+
+    >>> tally = QueueTally()
+    >>> tally.record(0.002, timed_out=True)
+    >>> tally.stats()["timeouts"], tally.stats()["waited_ms"]
+    (1, 2.0)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.queued = 0
+        self.timeouts = 0
+        self.waited_s = 0.0
+
+    def record(self, waited_s: float, *, timed_out: bool = False) -> None:
+        """Count one recall that waited ``waited_s`` for a thread (and whether that spent
+        its timeout)."""
+        with self._lock:
+            self.queued += 1
+            self.timeouts += timed_out
+            self.waited_s += waited_s
+
+    def stats(self) -> dict[str, float | int]:
+        """Counters: queued (recalls handed to a thread), timeouts, waited_ms."""
+        with self._lock:
+            return {
+                "queued": self.queued,
+                "timeouts": self.timeouts,
+                "waited_ms": round(self.waited_s * 1000.0, 3),
+            }

@@ -182,6 +182,7 @@ class _EngineCollector(Collector):
         except Exception:
             stats = {}
         pool, admission = stats.get("pool") or {}, stats.get("admission") or {}
+        threads = stats.get("thread_queue") or {}
         yield GaugeMetricFamily(
             "athena_pool_workers", "Worker pool size.", _number(pool, "workers")
         )
@@ -203,6 +204,19 @@ class _EngineCollector(Collector):
             "Time recalls spent queued for an execution slot.",
             _number(admission, "waited_ms") / 1000.0,
         )
+        yield CounterMetricFamily(
+            "athena_recall_thread_queue_seconds",
+            "Time recalls spent queued for a thread (the server's recall concurrency).",
+            _number(threads, "waited_ms") / 1000.0,
+        )
+        timeouts = CounterMetricFamily(
+            "athena_recall_queue_timeouts",
+            "Recalls whose timeout ran out while queued, by queue.",
+            labels=["queue"],
+        )
+        timeouts.add_metric(["thread"], _number(threads, "timeouts"))
+        timeouts.add_metric(["execution_slot"], _number(admission, "timeouts"))
+        yield timeouts
 
 
 def _number(section: Mapping[str, Any], key: str) -> float:
