@@ -472,6 +472,31 @@ def test_workers_warm_the_largest_scopes_within_budget(tmp_path: Path) -> None:
             store.close()
 
 
+def test_a_task_goes_to_the_free_worker_that_holds_its_tenants_indexes(mem: Memory) -> None:
+    """Without affinity the second globex search would go to the oldest free worker, which
+    never saw globex and would build its indexes again (``loaded`` > 0)."""
+    with pool_of(mem, min_workers=2, max_workers=2) as two:
+        two.start()
+        eventually(lambda: two.health()["ready"] == 2)
+        oldest = two.health()["pids"][0]
+        os.kill(oldest, signal.SIGSTOP)  # whatever it is given stays in flight
+        try:
+            held = threading.Thread(target=two.run, args=(request(mem), ["episodic"]))
+            held.start()
+            eventually(lambda: oldest in two.health()["busy_pids"])
+            first = two.run(request(mem, tenant="globex"), ["semantic"], timeout=WAIT)
+        finally:
+            os.kill(oldest, signal.SIGCONT)
+        held.join(WAIT)
+        assert first["semantic"].loaded > 0  # the younger worker built globex's indexes
+        before = two.health()
+        again = two.run(request(mem, QUERIES[1], "globex"), ["semantic"], timeout=WAIT)
+        after = two.health()
+        assert again["semantic"].loaded == 0  # sent to the worker that holds them
+        assert after["sent_to_holder"] == before["sent_to_holder"] + 1
+        assert after["sent_elsewhere"] == before["sent_elsewhere"] == 2
+
+
 def test_a_workers_index_build_is_reported_and_teaches_no_strategy_cost(tmp_path: Path) -> None:
     """A worker new to a tenant builds its indexes: that recall's cost is recorded but not
     learnt, as a build in this process is not (on 100k-tenants such a recall took 21-54 ms,

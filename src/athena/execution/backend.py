@@ -159,6 +159,7 @@ class Task:
     state: str = "queued"  # queued | running | done
     abandoned: bool = False  # its caller gave up: the outcome is dropped, never retried
     deadline: float = math.inf
+    tenant: str = ""  # whose indexes it searches: with ``layer``, the dispatcher's affinity
 
     def attempt_failed(self, reason: str, timed_out: bool) -> BaseException | None:
         """Record a failed attempt: None if the task may run once more, else the error.
@@ -231,7 +232,16 @@ class PoolStats:
     1
     """
 
-    COUNTERS: Final = ("tasks_done", "tasks_failed", "retries", "restarts", "crashes", "timeouts")
+    COUNTERS: Final = (
+        "tasks_done",
+        "tasks_failed",
+        "retries",
+        "restarts",
+        "crashes",
+        "timeouts",
+        "sent_to_holder",  # to a worker that had searched the task's (tenant, layer) before
+        "sent_elsewhere",  # to one that had not (no free worker had): it may load indexes
+    )
 
     def __init__(self) -> None:
         self.count = dict.fromkeys(self.COUNTERS, 0)

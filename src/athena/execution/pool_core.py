@@ -57,7 +57,8 @@ class PoolCore:
             try:
                 if self.state != "running":
                     raise WorkerPoolUnavailable(self.error or "worker pool is not running")
-                tasks = [Task(self.queue.new_id(), n, priority, payload, group) for n in names]
+                tenant, ids = request.query.tenant, self.queue.new_id
+                tasks = [Task(ids(), n, priority, payload, group, tenant=tenant) for n in names]
                 self.queue.add(tasks)
             except BaseException:
                 shm.release(blocks)
@@ -153,19 +154,24 @@ class PoolCore:
         settle(out)
 
     def dispatch_loop(self) -> None:
-        """Thread: hand the best queued task to the least-loaded ready worker."""
+        """Thread: hand the best queued task to a free worker that has searched its (tenant,
+        layer) before, so holds its indexes (a worker new to them loads them first: 21-54
+        ms for a 4 ms search on 100k-tenants), else to the least-loaded ready worker."""
         while True:
             with self.cond:
                 while not self.stopping() and not (len(self.queue) and self.fleet.pick()):
                     self.cond.wait()
-                worker = self.fleet.pick()
-                if self.stopping() or worker is None:
+                if self.stopping():
                     return
                 task = self.queue.pop()
                 first = task.attempts == 0
                 if task.abandoned or (first and not task.future.set_running_or_notify_cancel()):
                     task.finish()
                     continue
+                worker = self.fleet.pick((task.tenant, task.layer))
+                assert worker is not None  # the wait above saw a free one, under this lock
+                held = self.fleet.hold(worker, (task.tenant, task.layer))
+                self.stats.count["sent_to_holder" if held else "sent_elsewhere"] += 1
                 task.attempts += 1
                 task.deadline = time.monotonic() + self.limits.task_timeout
                 worker.inflight[task.id] = task

@@ -1,11 +1,12 @@
 """Worker processes: what runs inside one, and the parent's handles on them.
 
 Inside, :func:`worker_main` initialises once (its own read-only store, the embedder, the
-layers and their vector indexes), says ``("ready", pid)`` and then answers tasks from its
+layers and their vector indexes), says ``("ready", pid, warmed)`` (the (tenant, layer)
+scopes whose indexes it built at start) and then answers tasks from its
 pipe one at a time until it reads ``None`` or the pipe closes (the parent died).
 
 Messages, parent to worker: ``(task_id, layer, pickled packed request)`` or ``None``.
-Worker to parent: ``("ready", pid)``, ``("failed", reason)``, ``("ok", task_id, packed
+Worker to parent: ``("ready", pid, warmed)``, ``("failed", reason)``, ``("ok", task_id, packed
 result)`` or ``("error", task_id, error class name, message)``.
 
 In the parent, :class:`Fleet` spawns, chooses, reaps and stops the processes; the pool
@@ -22,7 +23,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_handles
@@ -42,6 +44,7 @@ from athena.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
 WORKER_CAPACITY: Final = 1  # a second task in a worker's pipe could no longer be re-prioritised
+HOLDS_KEPT: Final = 4096  # (tenant, layer) keys the dispatcher remembers per worker
 STOP_GRACE: Final = 2.0  # seconds workers get to exit on close before they are terminated
 WARM_AT_LEAST: Final = 5_000  # memories in a scope before a worker builds its indexes at start
 WARM_BUDGET_S: Final = 30.0  # of the pool's 60 s start allowance
@@ -66,11 +69,11 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     os.dup2(2, 1)  # stdout may be an MCP stdio channel: nothing of ours may reach it
     sys.stdout = sys.stderr
     try:
-        store, serve = _initialise(config)
+        store, serve, warmed = _initialise(config)
     except BaseException as exc:
         send_quietly(conn, ("failed", f"{type(exc).__name__}: {exc}"))
         return
-    send_quietly(conn, ("ready", os.getpid()))
+    send_quietly(conn, ("ready", os.getpid(), warmed))
     try:
         while (message := _next(conn)) is not None and send_quietly(conn, serve(*message)):
             pass  # one task at a time, until told to stop or the parent goes away
@@ -88,7 +91,9 @@ def _next(conn: Connection) -> Any:
         return None
 
 
-def _initialise(config: WorkerConfig) -> tuple[SQLiteStore, Callable[..., tuple[Any, ...]]]:
+def _initialise(
+    config: WorkerConfig,
+) -> tuple[SQLiteStore, Callable[..., tuple[Any, ...]], list[tuple[str, str]]]:
     store = SQLiteStore(config.db_path, readonly=True)
     try:
         store.data_version()  # fail now, not on the first task, if the file is unreadable
@@ -100,7 +105,7 @@ def _initialise(config: WorkerConfig) -> tuple[SQLiteStore, Callable[..., tuple[
             VectorIndexes(store, embedder.name, config.hnsw_cutoff, snapshots),
             LexicalIndexes(store, snapshots),
         )
-        warm_indexes(ctx, WARM_AT_LEAST, WARM_BUDGET_S)
+        warmed = warm_indexes(ctx, WARM_AT_LEAST, WARM_BUDGET_S)
     except BaseException:
         store.close()
         raise
@@ -115,7 +120,7 @@ def _initialise(config: WorkerConfig) -> tuple[SQLiteStore, Callable[..., tuple[
         except Exception as exc:
             return ("error", task_id, type(exc).__name__, str(exc))
 
-    return store, serve
+    return store, serve, warmed
 
 
 def warm_indexes(ctx: LayerContext, at_least: int, budget_s: float) -> list[tuple[str, str]]:
@@ -183,6 +188,7 @@ class WorkerHandle(Generic[T]):
     last_active: float
     state: str = "starting"  # starting | ready | retiring
     inflight: dict[int, T] = field(default_factory=dict)
+    holds: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)  # keys it served
 
 
 class Fleet(Generic[T]):
@@ -244,10 +250,34 @@ class Fleet(Generic[T]):
     def live(self) -> int:
         return len(self.of("starting", "ready"))
 
-    def pick(self) -> WorkerHandle[T] | None:
-        """The ready worker with the fewest tasks in flight (oldest first on a tie)."""
+    def pick(self, key: Hashable = None) -> WorkerHandle[T] | None:
+        """A free ready worker: one that :meth:`hold` says served ``key`` if any is free,
+        else the one with the fewest tasks in flight (oldest first on a tie)."""
         free = [w for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY]
+        if key is not None:
+            for worker in free:
+                if key in worker.holds:
+                    return worker
         return min(free, key=lambda w: (len(w.inflight), w.id)) if free else None
+
+    @staticmethod
+    def hold(worker: WorkerHandle[T], key: Hashable) -> bool:
+        """Note that ``worker`` is sent a task of ``key`` (the most recent
+        :data:`HOLDS_KEPT` are remembered); returns whether it had served ``key`` before.
+
+        >>> from types import SimpleNamespace
+        >>> from collections import OrderedDict
+        >>> w = SimpleNamespace(holds=OrderedDict())
+        >>> Fleet.hold(w, ("t", "episodic")), Fleet.hold(w, ("t", "episodic"))
+        (False, True)
+        """
+        holds = worker.holds
+        had = key in holds
+        holds[key] = None
+        holds.move_to_end(key)
+        if len(holds) > HOLDS_KEPT:
+            holds.popitem(last=False)
+        return had
 
     def remove(self, worker: WorkerHandle[T]) -> list[T]:
         """Forget a worker that exited (or was killed); return the tasks it was running."""
@@ -265,6 +295,8 @@ class Fleet(Generic[T]):
                 message = worker.conn.recv()
                 if message[0] == "ready":
                     worker.state, worker.last_active = "ready", time.monotonic()
+                    for tenant, layer in message[2]:  # built at start: it holds them
+                        self.hold(worker, (tenant, layer))
                 elif message[0] == "failed":
                     self.init_error = message[1]
                 else:
