@@ -266,6 +266,50 @@ def test_pool_that_cannot_start_is_unavailable(mem: Memory, tmp_path: Path, brok
 # -- scheduling -----------------------------------------------------------------------------
 
 
+def test_a_queue_that_drains_at_once_starts_no_worker(mem: Memory) -> None:
+    """One recall queues a task per layer at once (four wait for the single worker): that
+    is no reason to start a process; the old rule (depth > 2 per worker) started one."""
+    with pool_of(mem, min_workers=1, max_workers=3) as pool:
+        pool.start()
+        for text in QUERIES:
+            pool.run(request(mem, text), LAYERS, timeout=WAIT)
+        health = pool.health()
+        assert health["scale_ups"] == 0 and health["workers"] == 1
+
+
+def test_queued_tasks_fail_at_once_when_no_worker_is_ready(mem: Memory) -> None:
+    """The only worker dies with one task on it and one queued: its replacement takes
+    seconds to start, so both fail now (their recalls fall back) instead of waiting."""
+    with pool_of(mem, min_workers=1, max_workers=1) as pool:
+        pool.start()
+        (victim,) = pool.health()["pids"]
+        os.kill(victim, signal.SIGSTOP)  # whatever it is given stays in flight
+        outcomes: dict[str, BaseException | None] = {}
+
+        def ask(name: str, text: str) -> None:
+            try:
+                pool.run(request(mem, text), ["semantic"], timeout=WAIT)
+                outcomes[name] = None
+            except WorkerPoolUnavailable as exc:
+                outcomes[name] = exc
+
+        first = threading.Thread(target=ask, args=("first", QUERIES[0]))
+        first.start()
+        eventually(lambda: victim in pool.health()["busy_pids"])
+        second = threading.Thread(target=ask, args=("second", QUERIES[1]))
+        second.start()
+        eventually(lambda: pool.health()["queue_depth"] == 1)
+        os.kill(victim, signal.SIGKILL)
+        first.join(WAIT)
+        second.join(WAIT)
+        assert set(outcomes) == {"first", "second"}
+        for error in outcomes.values():  # the retried task and the queued one
+            assert error is not None and "no worker is ready" in str(error)
+        assert pool.health()["restarts"] == 1
+        eventually(lambda: pool.health()["ready"] == 1)  # and the pool carries on
+        assert pool.run(request(mem), ["semantic"], timeout=WAIT)["semantic"].ids
+
+
 def test_scales_up_under_a_queue_and_back_down_when_idle(mem: Memory) -> None:
     with pool_of(mem, min_workers=1, max_workers=3, idle_seconds=1.0) as pool:
         pool.start()

@@ -1,11 +1,14 @@
 """The DISTRIBUTED strategy's backend: a pool of real worker processes.
 
 Callers queue one task per layer on a bounded priority queue (0-10, higher first, FIFO
-within a priority). A dispatcher thread hands each task to the least-loaded ready worker; a
-monitor thread reads results, notices dead workers (process sentinels) and tasks past their
-deadline (the worker is killed), replaces those workers, retries their tasks once, and
-scales the pool between ``min_workers`` and ``max_workers``. Workers are started with
-``spawn`` or ``forkserver``, never ``fork``: the parent holds threads and SQLite handles.
+within a priority). A dispatcher thread hands each task to a free worker that holds its
+(tenant, layer) indexes, else to the least-loaded ready worker; a monitor thread reads
+results, notices dead workers (process sentinels) and tasks past their deadline (the
+worker is killed), replaces those workers, retries their tasks once, fails the queued
+tasks at once while no worker is ready (their recalls fall back), and scales the pool
+between ``min_workers`` and ``max_workers`` (default: one per core). Workers are started
+with ``spawn`` or ``forkserver``, never ``fork``: the parent holds threads and SQLite
+handles.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ class ProcessWorkerPool:
     """A :class:`~athena.execution.backend.WorkerBackend` of local worker processes.
 
     Each worker opens its own read-only store on ``db_path``, loads ``embedder`` once and
-    answers layer searches. The pool starts lazily (first :meth:`start` or :meth:`run`);
+    answers layer searches; ``max_workers`` defaults to one per core
+    (:func:`~athena.execution.backend.default_max_workers`). The pool starts lazily (first
+    :meth:`start` or :meth:`run`);
     ``task_timeout`` bounds one attempt on one worker, ``timeout`` of :meth:`run` the call.
 
     >>> # with ProcessWorkerPool("athena.db") as pool: pool.run(request, ["semantic"])
@@ -45,7 +50,7 @@ class ProcessWorkerPool:
         embedder: str = "static",
         *,
         min_workers: int = 2,
-        max_workers: int = 20,
+        max_workers: int | None = None,
         queue_size: int = 1000,
         task_timeout: float = 5.0,
         start_method: str = "spawn",
@@ -60,7 +65,7 @@ class ProcessWorkerPool:
         self.start_method = start_method
         self.limits = PoolLimits(
             min_workers,
-            max_workers,
+            backend.default_max_workers(min_workers) if max_workers is None else max_workers,
             queue_size,
             task_timeout,
             idle_seconds,

@@ -221,6 +221,7 @@ class PoolMonitor:
                 if worker.process.sentinel in ready and worker.id in core.fleet.workers:
                     self.reap(worker, "died", out)
             self.expire(out)
+            self.orphans(out)
             self.scale()
             core.cond.notify_all()
         settle(out)
@@ -293,6 +294,17 @@ class PoolMonitor:
                 how = f"timed out after {self.core.limits.task_timeout:g} s"
                 self.reap(worker, how, out, late)
 
+    def orphans(self, out: Settle) -> None:
+        """With no worker ready (every one died or hung and its replacement is starting,
+        which takes seconds), fail the queued tasks now, so their recalls fall back at once
+        instead of waiting out their deadline for a worker."""
+        core = self.core
+        if core.state != "running" or not len(core.queue) or core.fleet.of("ready"):
+            return
+        error = WorkerPoolUnavailable("no worker is ready: the pool is replacing its workers")
+        while len(core.queue):
+            core.fail(core.queue.pop(), error, out)
+
     def scale(self) -> None:
         """Grow on a deep queue or a high p95 latency; retire workers idle for idle_seconds."""
         core, limits = self.core, self.core.limits
@@ -301,12 +313,17 @@ class PoolMonitor:
         if core.state != "running" or fleet.init_error:
             return
         p95, since = stats.percentile(0.95, last=32), now - stats.last_grow
-        reason = limits.grow_reason(depth, live, p95, since)
+        if depth <= 2 * live:
+            stats.deep_since = None
+        elif stats.deep_since is None:
+            stats.deep_since = now
+        deep_s = 0.0 if stats.deep_since is None else now - stats.deep_since
+        reason = limits.grow_reason(depth, live, p95, since, deep_s)
         if live < limits.min_workers and self._may_replace():
             reason = f"{live} live workers < min_workers {limits.min_workers}"
         if reason and len(fleet.of("starting")) < MAX_STARTING:
             fleet.spawn()
-            stats.last_grow = now
+            stats.last_grow, stats.deep_since = now, None  # the next one waits its turn
             stats.scale("up", reason, live + 1)
         elif not depth and live > limits.min_workers:
             idle = [w for w in fleet.of("ready") if not w.inflight]
