@@ -9,6 +9,7 @@ is generous: the suite runs on a small, shared machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import pickle
@@ -307,6 +308,27 @@ def test_queued_tasks_fail_at_once_when_no_worker_is_ready(mem: Memory) -> None:
             assert error is not None and "no worker is ready" in str(error)
         assert pool.health()["restarts"] == 1
         eventually(lambda: pool.health()["ready"] == 1)  # and the pool carries on
+        assert pool.run(request(mem), ["semantic"], timeout=WAIT)["semantic"].ids
+
+
+def test_a_replacement_stuck_while_starting_is_killed_and_replaced(mem: Memory) -> None:
+    """A worker frozen before it reports ready would hold its place for good (no task
+    deadline covers it): past ``start_timeout`` it is killed and replaced."""
+    with pool_of(mem, min_workers=1, max_workers=1, start_timeout=8.0) as pool:
+        pool.start()
+        (first,) = pool.health()["pids"]
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: pool.health()["starting"] == 1 and first not in pool.health()["pids"])
+        (stuck,) = pool.health()["pids"]
+        os.kill(stuck, signal.SIGSTOP)  # frozen mid start-up (imports take a second or more)
+        try:
+            eventually(lambda: stuck not in pool.health()["pids"], timeout=WAIT)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stuck, signal.SIGCONT)
+        eventually(lambda: pool.health()["ready"] == 1)
+        health = pool.health()
+        assert health["crashes"] == 2 and health["restarts"] == 2
         assert pool.run(request(mem), ["semantic"], timeout=WAIT)["semantic"].ids
 
 

@@ -285,14 +285,21 @@ class PoolMonitor:
         return not core.fleet.init_error and core.start_deaths <= MAX_START_DEATHS
 
     def expire(self, out: Settle) -> None:
-        """Kill each worker whose task overran its deadline (hung, stopped or too slow)."""
-        now = time.monotonic()
+        """Kill each worker whose task overran its deadline (hung, stopped or too slow), and
+        each replacement that has not started within ``start_timeout`` (one stopped or
+        stuck while starting would otherwise hold its place in the pool for good)."""
+        now, limits = time.monotonic(), self.core.limits
         for worker in self.core.fleet.of("ready"):
             late = next((t for t in worker.inflight.values() if t.deadline <= now), None)
             if late is not None:
                 worker.process.kill()
-                how = f"timed out after {self.core.limits.task_timeout:g} s"
-                self.reap(worker, how, out, late)
+                self.reap(worker, f"timed out after {limits.task_timeout:g} s", out, late)
+        if self.core.state != "running":
+            return  # the first start has its own allowance (PoolCore.start)
+        for worker in self.core.fleet.of("starting"):
+            if now - worker.last_active > limits.start_timeout:  # spawned at last_active
+                worker.process.kill()
+                self.reap(worker, f"did not start within {limits.start_timeout:g} s", out)
 
     def orphans(self, out: Settle) -> None:
         """With no worker ready (every one died or hung and its replacement is starting,
