@@ -51,7 +51,7 @@ class PoolCore:
     def enqueue(self, request: SearchRequest, names: list[str], priority: int) -> list[Task]:
         """Queue one task per layer (all or none); arrays over 64 KiB go by shared memory."""
         packed, blocks = shm.pack_tree(request)
-        payload = pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((packed, bool(blocks)), protocol=pickle.HIGHEST_PROTOCOL)
         group = backend.TaskGroup(len(names), partial(shm.release, blocks))
         with self.cond:
             try:
@@ -231,8 +231,8 @@ class PoolMonitor:
         core, now, kind = self.core, time.monotonic(), message[0]
         outcome: LayerResult | BaseException
         try:  # unpack even an unexpected result, so its shared blocks are unlinked
-            if kind == "ok":
-                outcome = shm.unpack_tree(message[2], unlink=True)
+            if kind == "ok":  # message[3]: whether the result holds shared-memory blocks
+                outcome = shm.unpack_tree(message[2], unlink=True) if message[3] else message[2]
             else:
                 outcome = wk.rebuild_error(*message[2:])
         except Exception as exc:

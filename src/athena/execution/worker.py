@@ -5,9 +5,11 @@ layers and their vector indexes), says ``("ready", pid, warmed)`` (the (tenant, 
 scopes whose indexes it built at start) and then answers tasks from its
 pipe one at a time until it reads ``None`` or the pipe closes (the parent died).
 
-Messages, parent to worker: ``(task_id, layer, pickled packed request)`` or ``None``.
-Worker to parent: ``("ready", pid, warmed)``, ``("failed", reason)``, ``("ok", task_id, packed
-result)`` or ``("error", task_id, error class name, message)``.
+Messages, parent to worker: ``(task_id, layer, pickled (packed request, shared))`` or
+``None``. Worker to parent: ``("ready", pid, warmed)``, ``("failed", reason)``, ``("ok",
+task_id, packed result, shared)`` or ``("error", task_id, error class name, message)``;
+``shared`` says whether the packed tree holds shared-memory blocks (most do not, and
+walking a tree back costs tens of µs a task).
 
 In the parent, :class:`Fleet` spawns, chooses, reaps and stops the processes; the pool
 calls it under its lock (all but :meth:`Fleet.wait`, which only its monitor thread calls).
@@ -19,6 +21,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import selectors
 import signal
 import sys
 import threading
@@ -27,7 +30,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_handles
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, Generic, TypeVar
@@ -112,11 +114,12 @@ def _initialise(
 
     def serve(task_id: int, layer: str, payload: bytes) -> tuple[Any, ...]:
         try:
-            request = shm.unpack_tree(pickle.loads(payload), unlink=False)
+            tree, shared = pickle.loads(payload)  # shared: the request holds shm blocks
+            request = shm.unpack_tree(tree, unlink=False) if shared else tree
             result = run_layer(layers, ctx, layer, request, "distributed")
             packed, blocks = shm.pack_tree(result)
             shm.release(blocks, unlink=False)  # the parent unlinks them after unpacking
-            return ("ok", task_id, packed)
+            return ("ok", task_id, packed, bool(blocks))
         except Exception as exc:
             return ("error", task_id, type(exc).__name__, str(exc))
 
@@ -203,12 +206,18 @@ class Fleet(Generic[T]):
         self.ids = itertools.count(1)
         self.init_error = ""
         self._wake_r, self._wake_w = -1, -1  # a self-pipe that interrupts wait()
+        # One selector for the pool's life (multiprocessing's wait() builds and fills a new
+        # one on every call): the wake pipe, and each worker's pipe and sentinel.
+        self._selector: selectors.BaseSelector | None = None
+        self._watched: dict[int, tuple[Connection, int]] = {}
 
     def open(self) -> None:
         """Create the self-pipe behind :meth:`wake` (once, before the first :meth:`wait`)."""
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
 
     def wake(self) -> None:
         """Make a :meth:`wait` in another thread return now."""
@@ -216,10 +225,17 @@ class Fleet(Generic[T]):
             os.write(self._wake_w, b"\0")
 
     def wait(self, workers: list[WorkerHandle[T]], timeout: float) -> set[Any]:
-        """Block until one of ``workers`` writes or exits, or a wake-up; return what is ready."""
-        sentinels = [w.process.sentinel for w in workers]
-        handles: list[Any] = [self._wake_r, *(w.conn for w in workers), *sentinels]
-        ready = set(wait_handles(handles, max(0.0, timeout)))
+        """Block until one of ``workers`` writes or exits, or a wake-up; return what is ready
+        (their ``conn`` and ``process.sentinel`` objects). Only the monitor thread calls it."""
+        selector = self._selector
+        assert selector is not None, "open() first"
+        for worker in workers:
+            if worker.id not in self._watched:
+                pair = (worker.conn, worker.process.sentinel)
+                for handle in pair:
+                    selector.register(handle, selectors.EVENT_READ)
+                self._watched[worker.id] = pair
+        ready = {key.fileobj for key, _ in selector.select(max(0.0, timeout))}
         with contextlib.suppress(OSError):
             while self._wake_r in ready and os.read(self._wake_r, 4096):
                 pass
@@ -283,6 +299,11 @@ class Fleet(Generic[T]):
         """Forget a worker that exited (or was killed); return the tasks it was running."""
         self.workers.pop(worker.id, None)
         self.procs.pop(worker.id, None)
+        watched = self._watched.pop(worker.id, ())
+        if self._selector is not None:
+            for handle in watched:  # before its descriptors close and may be reused
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(handle)
         worker.process.join(1.0)
         worker.conn.close()
         return list(worker.inflight.values())
@@ -290,9 +311,9 @@ class Fleet(Generic[T]):
     def receive(self, worker: WorkerHandle[T]) -> list[tuple[Any, ...]]:
         """Task results waiting on ``worker``'s pipe; start-up reports are handled here."""
         messages = []
-        try:
-            while worker.conn.poll():
-                message = worker.conn.recv()
+        try:  # one message per wake-up: a poll() costs a selector of its own, and if more
+            # are waiting, the monitor's next wait returns at once
+            for message in (worker.conn.recv(),):
                 if message[0] == "ready":
                     worker.state, worker.last_active = "ready", time.monotonic()
                     for tenant, layer in message[2]:  # built at start: it holds them
@@ -320,6 +341,8 @@ class Fleet(Generic[T]):
         kill_all(self.procs)  # SIGKILL reaches even a stopped process
         for w in workers:
             self.remove(w)
+        if self._selector is not None:
+            self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
