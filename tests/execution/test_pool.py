@@ -267,6 +267,20 @@ def test_pool_that_cannot_start_is_unavailable(mem: Memory, tmp_path: Path, brok
 # -- scheduling -----------------------------------------------------------------------------
 
 
+def test_a_recalls_layers_go_as_one_message_per_free_worker(mem: Memory) -> None:
+    """Five layers, two free workers: two messages (three layers and two), not five, and
+    the answers are what each layer gives in process."""
+    with pool_of(mem, min_workers=2, max_workers=2) as two:
+        two.start()
+        eventually(lambda: two.health()["ready"] == 2)
+        before = two.health()
+        req = request(mem, QUERIES[1])
+        same_as_in_process(mem, req, two.run(req, LAYERS, timeout=WAIT))
+        after = two.health()
+        assert after["messages"] - before["messages"] == 2
+        assert after["tasks_done"] - before["tasks_done"] == len(LAYERS)
+
+
 def test_a_queue_that_drains_at_once_starts_no_worker(mem: Memory) -> None:
     """One recall queues a task per layer at once (four wait for the single worker): that
     is no reason to start a process; the old rule (depth > 2 per worker) started one."""

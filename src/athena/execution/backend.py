@@ -156,10 +156,12 @@ class PoolLimits:
 
 @dataclass(eq=False, slots=True)
 class TaskGroup:
-    """The tasks of one recall; ``on_done`` runs once the last of them is finished."""
+    """The tasks of one recall; ``on_done`` runs once the last of them is finished.
+    ``queued``: how many of them wait in a queue now (the dispatcher bundles them)."""
 
     open: int
     on_done: Callable[[], None] = lambda: None
+    queued: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -236,16 +238,23 @@ class PriorityQueue:
     def push(self, task: Task) -> None:
         """(Re)queue a task, bound or not: a retry keeps its place in line."""
         task.state = "queued"
+        task.group.queued += 1
         heapq.heappush(self._heap, (-task.priority, task.id, task))
 
     def pop(self) -> Task:
         task = heapq.heappop(self._heap)[2]
         task.state = "running"
+        task.group.queued -= 1
         return task
+
+    def peek(self) -> Task | None:
+        """The task :meth:`pop` would return, left in the queue (None if it is empty)."""
+        return self._heap[0][2] if self._heap else None
 
     def remove(self, task: Task) -> None:
         self._heap.remove((-task.priority, task.id, task))
         heapq.heapify(self._heap)
+        task.group.queued -= 1
         task.finish()
 
 
@@ -265,6 +274,7 @@ class PoolStats:
         "timeouts",
         "sent_to_holder",  # to a worker that had searched the task's (tenant, layer) before
         "sent_elsewhere",  # to one that had not (no free worker had): it may load indexes
+        "messages",  # task messages sent: a message carries one or more layers of a recall
     )
 
     def __init__(self) -> None:

@@ -5,11 +5,12 @@ layers and their vector indexes), says ``("ready", pid, warmed)`` (the (tenant, 
 scopes whose indexes it built at start) and then answers tasks from its
 pipe one at a time until it reads ``None`` or the pipe closes (the parent died).
 
-Messages, parent to worker: ``(task_id, layer, pickled (packed request, shared))`` or
-``None``. Worker to parent: ``("ready", pid, warmed)``, ``("failed", reason)``, ``("ok",
-task_id, packed result, shared)`` or ``("error", task_id, error class name, message)``;
-``shared`` says whether the packed tree holds shared-memory blocks (most do not, and
-walking a tree back costs tens of µs a task).
+Messages, parent to worker: ``(((task_id, layer), ...), pickled (packed request, shared))``
+(the layers of one recall given to this worker, searched in turn) or ``None``. Worker to
+parent: ``("ready", pid, warmed)``, ``("failed", reason)`` or ``("done", answers)``, one
+answer per task: ``(task_id, "ok", packed result, shared)`` or ``(task_id, "error", error
+class name, message)``; ``shared`` says whether the packed tree holds shared-memory blocks
+(most do not, and walking a tree back costs tens of µs a task).
 
 In the parent, :class:`Fleet` spawns, chooses, reaps and stops the processes; the pool
 calls it under its lock (all but :meth:`Fleet.wait`, which only its monitor thread calls).
@@ -39,6 +40,7 @@ from athena.embedding import load_embedder
 from athena.execution import shm
 from athena.execution.runner import run_layer
 from athena.layers import LayerContext, default_layers
+from athena.layers.protocol import SearchRequest
 from athena.retrieval.lexical_index import LexicalIndexes
 from athena.retrieval.snapshots import for_store
 from athena.retrieval.vector import VectorIndexes
@@ -112,16 +114,22 @@ def _initialise(
         store.close()
         raise
 
-    def serve(task_id: int, layer: str, payload: bytes) -> tuple[Any, ...]:
+    def serve(work: tuple[tuple[int, str], ...], payload: bytes) -> tuple[Any, ...]:
         try:
             tree, shared = pickle.loads(payload)  # shared: the request holds shm blocks
             request = shm.unpack_tree(tree, unlink=False) if shared else tree
+        except Exception as exc:
+            return ("done", [(tid, "error", type(exc).__name__, str(exc)) for tid, _ in work])
+        return ("done", [search(tid, layer, request) for tid, layer in work])
+
+    def search(task_id: int, layer: str, request: SearchRequest) -> tuple[Any, ...]:
+        try:
             result = run_layer(layers, ctx, layer, request, "distributed")
             packed, blocks = shm.pack_tree(result)
             shm.release(blocks, unlink=False)  # the parent unlinks them after unpacking
-            return ("ok", task_id, packed, bool(blocks))
+            return (task_id, "ok", packed, bool(blocks))
         except Exception as exc:
-            return ("error", task_id, type(exc).__name__, str(exc))
+            return (task_id, "error", type(exc).__name__, str(exc))
 
     return store, serve, warmed
 
@@ -265,6 +273,10 @@ class Fleet(Generic[T]):
 
     def live(self) -> int:
         return len(self.of("starting", "ready"))
+
+    def free(self) -> int:
+        """How many ready workers could take a task now."""
+        return sum(1 for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY)
 
     def pick(self, key: Hashable = None) -> WorkerHandle[T] | None:
         """A free ready worker: one that :meth:`hold` says served ``key`` if any is free,
