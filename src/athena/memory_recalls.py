@@ -113,19 +113,16 @@ class MemoryRecalls:
         """
         waited = time.perf_counter() - queued_at
         timeout = check_timeout(options.get("timeout"))
-        spent = timeout is not None and timeout - waited <= 0
-        if timeout is None:
-            out = self.recall(query, **options)  # which serves a valid cache entry first
-        elif not spent:
-            out = self.recall(query, **{**options, "timeout": timeout - waited})
+        if timeout is None or timeout - waited > 0:
+            self.thread_queue.record(waited)  # counted even if the recall then fails
+            left = None if timeout is None else timeout - waited
+            out = self.recall(query, **{**options, "timeout": left})  # cache first, as ever
         else:  # the wait spent it: only an answer cached meanwhile is still in time
             hit = self.recall_cached(query, **options)
             self.thread_queue.record(waited, timed_out=hit is None)
             if hit is None:
                 raise RecallTimeout(f"recall waited {waited:.3f}s in the queue for a thread")
             out = hit
-        if not spent:
-            self.thread_queue.record(waited)
         if out.explain is None:
             return out
         return Recall(out.hits, {**out.explain, "thread_queue_ms": round(waited * 1000.0, 3)})
