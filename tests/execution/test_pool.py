@@ -327,9 +327,12 @@ def test_queued_tasks_fail_at_once_when_no_worker_is_ready(mem: Memory) -> None:
 
 def test_a_replacement_stuck_while_starting_is_killed_and_replaced(mem: Memory) -> None:
     """A worker frozen before it reports ready would hold its place for good (no task
-    deadline covers it): past ``start_timeout`` it is killed and replaced."""
-    with pool_of(mem, min_workers=1, max_workers=1, start_timeout=8.0) as pool:
+    deadline covers it): once it has taken three times the pool's first start (at least
+    10 s; here far less than the 60 s ``start_timeout``) it is killed and replaced."""
+    with pool_of(mem, min_workers=1, max_workers=1) as pool:
         pool.start()
+        allowance = max(10.0, 3 * pool.health()["startup_ms"] / 1000.0)  # 10 s here
+        frozen_at = time.monotonic()
         (first,) = pool.health()["pids"]
         os.kill(first, signal.SIGKILL)
         eventually(lambda: pool.health()["starting"] == 1 and first not in pool.health()["pids"])
@@ -340,6 +343,7 @@ def test_a_replacement_stuck_while_starting_is_killed_and_replaced(mem: Memory) 
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stuck, signal.SIGCONT)
+        assert time.monotonic() - frozen_at < min(allowance + 10.0, 50.0)  # not 60 s
         eventually(lambda: pool.health()["ready"] == 1)
         health = pool.health()
         assert health["crashes"] == 2 and health["restarts"] == 2

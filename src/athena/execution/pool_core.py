@@ -27,6 +27,7 @@ from athena.layers.protocol import LayerResult, SearchRequest
 MAX_STARTING: Final = 2  # processes starting at once while scaling up
 MAX_START_DEATHS: Final = 8  # workers in a row that die before ready: the pool is broken
 TICK: Final = 0.5  # the monitor's longest sleep: how often idle workers are looked at
+MIN_START_ALLOWANCE_S: Final = 10.0  # the least a replacement is given to report ready
 
 
 class PoolCore:
@@ -182,7 +183,9 @@ class PoolCore:
                     if self._runnable(self.queue.pop()):
                         bundle.append(peer)
                 self.stats.count["messages"] += 1
-                deadline = time.monotonic() + self.limits.task_timeout * len(bundle)
+                # One deadline for the message: its searches take milliseconds, and a worker
+                # stopped holding several must be found as soon as one holding one would.
+                deadline = time.monotonic() + self.limits.task_timeout
                 for each in bundle:
                     held = self.fleet.hold(worker, (each.tenant, each.layer))
                     self.stats.count["sent_to_holder" if held else "sent_elsewhere"] += 1
@@ -325,10 +328,19 @@ class PoolMonitor:
                 self.reap(worker, f"timed out after {limits.task_timeout:g} s", out, late)
         if self.core.state != "running":
             return  # the first start has its own allowance (PoolCore.start)
+        allowance = self.start_allowance()
         for worker in self.core.fleet.of("starting"):
-            if now - worker.last_active > limits.start_timeout:  # spawned at last_active
+            if now - worker.last_active > allowance:  # spawned at last_active
                 worker.process.kill()
-                self.reap(worker, f"did not start within {limits.start_timeout:g} s", out)
+                self.reap(worker, f"did not start within {allowance:.3g} s", out)
+
+    def start_allowance(self) -> float:
+        """Seconds a replacement may take to report ready: three times what this pool's
+        first start took (its workers warm the same indexes), at least
+        :data:`MIN_START_ALLOWANCE_S`, at most ``start_timeout``."""
+        core = self.core
+        first = (core.startup_ms or 0.0) / 1000.0
+        return min(core.limits.start_timeout, max(MIN_START_ALLOWANCE_S, 3.0 * first))
 
     def orphans(self, out: Settle) -> None:
         """With no worker ready (every one died or hung and its replacement is starting,
