@@ -1,9 +1,11 @@
 """The worker pool's shared state and its two threads (see :mod:`athena.execution.pool`).
 
 ``PoolCore`` holds the fleet, the priority queue and the counters, changed only under its
-condition; its dispatcher thread hands queued tasks to the least-loaded ready worker.
-``PoolMonitor`` reads results, reaps dead or hung workers (replacing them and retrying
-their tasks once) and scales the fleet between ``min_workers`` and ``max_workers``.
+condition. ``PoolDispatcher`` (a thread) hands queued tasks to free workers, preferring
+one that holds the task's indexes and bundling a recall's layers. ``PoolMonitor`` (the
+other thread) reads results, reaps dead or hung workers (replacing them and retrying their
+tasks once) and has ``PoolScaler`` size the fleet between ``min_workers`` and
+``max_workers``.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class PoolCore:
                 fleet.spawn()
         except WorkerPoolUnavailable as exc:
             return str(exc)
-        for body in (self.dispatch_loop, PoolMonitor(self).loop):
+        for body in (PoolDispatcher(self).loop, PoolMonitor(self).loop):
             self.threads.append(threading.Thread(target=body, daemon=True, name="athena-pool"))
             self.threads[-1].start()
         done = self.cond.wait_for(
@@ -154,7 +156,14 @@ class PoolCore:
             self.fleet.stop_all()
         settle(out)
 
-    def dispatch_loop(self) -> None:
+
+class PoolDispatcher:
+    """The dispatcher thread: queued tasks to free workers (see :meth:`loop`)."""
+
+    def __init__(self, core: PoolCore) -> None:
+        self.core = core
+
+    def loop(self) -> None:
         """Thread: hand the best queued task to a free worker that has searched its (tenant,
         layer) before, so holds its indexes (a worker new to them loads them first: 21-54
         ms for a 4 ms search on 100k-tenants), else to the least-loaded ready worker.
@@ -163,32 +172,33 @@ class PoolCore:
         free workers (five layers, two free workers: three in this message, two in the
         next): one message, one wake-up and one unpickling of the request per share
         instead of per layer, while the layers still spread over the workers."""
+        core = self.core
         while True:
-            with self.cond:
-                while not self.stopping() and not (len(self.queue) and self.fleet.pick()):
-                    self.cond.wait()
-                if self.stopping():
+            with core.cond:
+                while not core.stopping() and not (len(core.queue) and core.fleet.pick()):
+                    core.cond.wait()
+                if core.stopping():
                     return
-                task = self.queue.pop()
+                task = core.queue.pop()
                 if not self._runnable(task):
                     continue
-                free = self.fleet.free()
-                worker = self.fleet.pick((task.tenant, task.layer))
+                free = core.fleet.free()
+                worker = core.fleet.pick((task.tenant, task.layer))
                 assert worker is not None  # the wait above saw a free one, under this lock
                 share = -(-(1 + task.group.queued) // max(1, free))  # ceiling
                 bundle = [task]
-                while len(bundle) < share and (peer := self.queue.peek()) is not None:
+                while len(bundle) < share and (peer := core.queue.peek()) is not None:
                     if peer.group is not task.group:
                         break
-                    if self._runnable(self.queue.pop()):
+                    if self._runnable(core.queue.pop()):
                         bundle.append(peer)
-                self.stats.count["messages"] += 1
+                core.stats.count["messages"] += 1
                 # One deadline for the message: its searches take milliseconds, and a worker
                 # stopped holding several must be found as soon as one holding one would.
-                deadline = time.monotonic() + self.limits.task_timeout
+                deadline = time.monotonic() + core.limits.task_timeout
                 for each in bundle:
-                    held = self.fleet.hold(worker, (each.tenant, each.layer))
-                    self.stats.count["sent_to_holder" if held else "sent_elsewhere"] += 1
+                    held = wk.hold(worker, (each.tenant, each.layer))
+                    core.stats.count["sent_to_holder" if held else "sent_elsewhere"] += 1
                     each.attempts += 1
                     each.deadline = deadline
                     worker.inflight[each.id] = each
@@ -211,6 +221,7 @@ class PoolMonitor:
 
     def __init__(self, core: PoolCore) -> None:
         self.core = core
+        self.scaler = PoolScaler(core)
 
     def loop(self) -> None:
         core = self.core
@@ -249,7 +260,7 @@ class PoolMonitor:
                     self.reap(worker, "died", out)
             self.expire(out)
             self.orphans(out)
-            self.scale()
+            self.scaler.scale()
             core.cond.notify_all()
         settle(out)
         return True
@@ -301,7 +312,7 @@ class PoolMonitor:
                     core.stats.record(None)
                     core.fail(task, error, out)
             core.start_deaths += state == "starting"
-            if core.state == "running" and self._may_replace():
+            if core.state == "running" and may_replace(core):
                 core.stats.count["restarts"] += 1
                 core.fleet.spawn()
         if core.state == "running" and not core.fleet.live():
@@ -309,12 +320,6 @@ class PoolMonitor:
             if core.start_deaths > MAX_START_DEATHS:
                 why = f"{core.start_deaths} workers in a row died while starting ({how})"
             core.end("broken", f"no worker left: {why}", out)
-
-    def _may_replace(self) -> bool:
-        """A dead worker is replaced unless workers fail their start-up (an init error, or
-        too many deaths in a row before ready): then the pool would only crash-loop."""
-        core = self.core
-        return not core.fleet.init_error and core.start_deaths <= MAX_START_DEATHS
 
     def expire(self, out: Settle) -> None:
         """Kill each worker whose task overran its deadline (hung, stopped or too slow), and
@@ -328,19 +333,11 @@ class PoolMonitor:
                 self.reap(worker, f"timed out after {limits.task_timeout:g} s", out, late)
         if self.core.state != "running":
             return  # the first start has its own allowance (PoolCore.start)
-        allowance = self.start_allowance()
+        allowance = self.scaler.start_allowance()
         for worker in self.core.fleet.of("starting"):
             if now - worker.last_active > allowance:  # spawned at last_active
                 worker.process.kill()
                 self.reap(worker, f"did not start within {allowance:.3g} s", out)
-
-    def start_allowance(self) -> float:
-        """Seconds a replacement may take to report ready: three times what this pool's
-        first start took (its workers warm the same indexes), at least
-        :data:`MIN_START_ALLOWANCE_S`, at most ``start_timeout``."""
-        core = self.core
-        first = (core.startup_ms or 0.0) / 1000.0
-        return min(core.limits.start_timeout, max(MIN_START_ALLOWANCE_S, 3.0 * first))
 
     def orphans(self, out: Settle) -> None:
         """With no worker ready (every one died or hung and its replacement is starting,
@@ -352,6 +349,13 @@ class PoolMonitor:
         error = WorkerPoolUnavailable("no worker is ready: the pool is replacing its workers")
         while len(core.queue):
             core.fail(core.queue.pop(), error, out)
+
+
+class PoolScaler:
+    """How many workers the pool should run: grow, retire, and how long a start may take."""
+
+    def __init__(self, core: PoolCore) -> None:
+        self.core = core
 
     def scale(self) -> None:
         """Grow on a deep queue or a high p95 latency; retire workers idle for idle_seconds."""
@@ -367,7 +371,7 @@ class PoolMonitor:
             stats.deep_since = now
         deep_s = 0.0 if stats.deep_since is None else now - stats.deep_since
         reason = limits.grow_reason(depth, live, p95, since, deep_s)
-        if live < limits.min_workers and self._may_replace():
+        if live < limits.min_workers and may_replace(core):
             reason = f"{live} live workers < min_workers {limits.min_workers}"
         if reason and len(fleet.of("starting")) < MAX_STARTING:
             fleet.spawn()
@@ -381,3 +385,17 @@ class PoolMonitor:
                 wk.send_quietly(worker.conn, None)
                 live -= 1
                 stats.scale("down", f"idle for {limits.idle_seconds:g} s", live)
+
+    def start_allowance(self) -> float:
+        """Seconds a replacement may take to report ready: three times what this pool's
+        first start took (its workers warm the same indexes), at least
+        :data:`MIN_START_ALLOWANCE_S`, at most ``start_timeout``."""
+        core = self.core
+        first = (core.startup_ms or 0.0) / 1000.0
+        return min(core.limits.start_timeout, max(MIN_START_ALLOWANCE_S, 3.0 * first))
+
+
+def may_replace(core: PoolCore) -> bool:
+    """A dead worker is replaced unless workers fail their start-up (an init error, or too
+    many deaths in a row before ready): then the pool would only crash-loop."""
+    return not core.fleet.init_error and core.start_deaths <= MAX_START_DEATHS

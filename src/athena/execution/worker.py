@@ -279,7 +279,7 @@ class Fleet(Generic[T]):
         return sum(1 for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY)
 
     def pick(self, key: Hashable = None) -> WorkerHandle[T] | None:
-        """A free ready worker: one that :meth:`hold` says served ``key`` if any is free,
+        """A free ready worker: one that :func:`hold` says served ``key`` if any is free,
         else the one with the fewest tasks in flight (oldest first on a tie)."""
         free = [w for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY]
         if key is not None:
@@ -287,25 +287,6 @@ class Fleet(Generic[T]):
                 if key in worker.holds:
                     return worker
         return min(free, key=lambda w: (len(w.inflight), w.id)) if free else None
-
-    @staticmethod
-    def hold(worker: WorkerHandle[T], key: Hashable) -> bool:
-        """Note that ``worker`` is sent a task of ``key`` (the most recent
-        :data:`HOLDS_KEPT` are remembered); returns whether it had served ``key`` before.
-
-        >>> from types import SimpleNamespace
-        >>> from collections import OrderedDict
-        >>> w = SimpleNamespace(holds=OrderedDict())
-        >>> Fleet.hold(w, ("t", "episodic")), Fleet.hold(w, ("t", "episodic"))
-        (False, True)
-        """
-        holds = worker.holds
-        had = key in holds
-        holds[key] = None
-        holds.move_to_end(key)
-        if len(holds) > HOLDS_KEPT:
-            holds.popitem(last=False)
-        return had
 
     def remove(self, worker: WorkerHandle[T]) -> list[T]:
         """Forget a worker that exited (or was killed); return the tasks it was running."""
@@ -329,7 +310,7 @@ class Fleet(Generic[T]):
                 if message[0] == "ready":
                     worker.state, worker.last_active = "ready", time.monotonic()
                     for tenant, layer in message[2]:  # built at start: it holds them
-                        self.hold(worker, (tenant, layer))
+                        hold(worker, (tenant, layer))
                 elif message[0] == "failed":
                     self.init_error = message[1]
                 else:
@@ -359,6 +340,25 @@ class Fleet(Generic[T]):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._wake_r, self._wake_w = -1, -1
+
+
+def hold(worker: WorkerHandle[Any], key: Hashable) -> bool:
+    """Note that ``worker`` is sent a task of ``key`` (the most recent
+    :data:`HOLDS_KEPT` are remembered); returns whether it had served ``key`` before.
+
+    >>> from types import SimpleNamespace
+    >>> from collections import OrderedDict
+    >>> w = SimpleNamespace(holds=OrderedDict())
+    >>> hold(w, ("t", "episodic")), hold(w, ("t", "episodic"))
+    (False, True)
+    """
+    holds = worker.holds
+    had = key in holds
+    holds[key] = None
+    holds.move_to_end(key)
+    if len(holds) > HOLDS_KEPT:
+        holds.popitem(last=False)
+    return had
 
 
 def kill_all(procs: dict[int, BaseProcess]) -> None:
