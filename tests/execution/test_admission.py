@@ -425,7 +425,9 @@ def test_the_http_server_counts_a_recall_whose_timeout_ran_out_in_its_queue(
             target=client.post, args=("/v1/tenants/t/recall",), kwargs={"json": slow}
         )
         first.start()
-        time.sleep(0.15)  # the first recall holds the thread
+        deadline = time.monotonic() + 30.0
+        while tracking.now == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)  # until the first recall is in its layers, holding the thread
         quick = {"query": QUESTIONS[1], "k": 2, "strategy": "sequential", "timeout": 0.05}
         answer = client.post("/v1/tenants/t/recall", json=quick)
         first.join()

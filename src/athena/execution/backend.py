@@ -107,7 +107,13 @@ def default_max_workers(min_workers: int = 2) -> int:
     >>> default_max_workers(64)
     64
     """
-    return max(min_workers, os.cpu_count() or 1)
+    return max(min_workers, _cores())
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +128,16 @@ class PoolLimits:
     """
 
     min_workers: int = 2
-    max_workers: int = field(default_factory=lambda: default_max_workers(2))
+    max_workers: int = 0  # 0: one per core, at least min_workers (default_max_workers)
     queue_size: int = 1000
-    task_timeout: float = 5.0  # one attempt of one task on one worker
+    task_timeout: float = 5.0  # one attempt of one message (a recall's layers) on one worker
     idle_seconds: float = 30.0  # a worker idle this long (and no queue) may be retired
     latency_target_ms: float = 250.0  # p95 latency above this, with a queue, adds a worker
     start_timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.max_workers == 0:
+            object.__setattr__(self, "max_workers", default_max_workers(self.min_workers))
         if not 1 <= self.min_workers <= self.max_workers:
             raise InvalidInput("need 1 <= min_workers <= max_workers")
         if (
@@ -186,6 +194,7 @@ class Task:
     abandoned: bool = False  # its caller gave up: the outcome is dropped, never retried
     deadline: float = math.inf
     tenant: str = ""  # whose indexes it searches: with ``layer``, the dispatcher's affinity
+    depth: int = 50  # how many ids its answer holds at most (bounds a message's answers)
 
     def attempt_failed(self, reason: str, timed_out: bool) -> BaseException | None:
         """Record a failed attempt: None if the task may run once more, else the error.

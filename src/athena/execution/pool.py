@@ -39,7 +39,8 @@ class ProcessWorkerPool:
     answers layer searches; ``max_workers`` defaults to one per core
     (:func:`~athena.execution.backend.default_max_workers`). The pool starts lazily (first
     :meth:`start` or :meth:`run`);
-    ``task_timeout`` bounds one attempt on one worker, ``timeout`` of :meth:`run` the call.
+    ``task_timeout`` bounds one attempt of one message (a recall's layers given to one
+    worker), ``timeout`` of :meth:`run` the call.
 
     >>> # with ProcessWorkerPool("athena.db") as pool: pool.run(request, ["semantic"])
     """
@@ -65,7 +66,7 @@ class ProcessWorkerPool:
         self.start_method = start_method
         self.limits = PoolLimits(
             min_workers,
-            backend.default_max_workers(min_workers) if max_workers is None else max_workers,
+            0 if max_workers is None else max_workers,  # 0: one per core
             queue_size,
             task_timeout,
             idle_seconds,

@@ -30,6 +30,8 @@ MAX_STARTING: Final = 2  # processes starting at once while scaling up
 MAX_START_DEATHS: Final = 8  # workers in a row that die before ready: the pool is broken
 TICK: Final = 0.5  # the monitor's longest sleep: how often idle workers are looked at
 MIN_START_ALLOWANCE_S: Final = 10.0  # the least a replacement is given to report ready
+ANSWERS_BYTES: Final = 12_000  # a message's answers stay under a pipe's one-write 16 KiB
+ANSWER_BYTES_PER_ID: Final = 24  # an id and a score in a pickled LayerResult, with room
 
 
 class PoolCore:
@@ -60,8 +62,11 @@ class PoolCore:
             try:
                 if self.state != "running":
                     raise WorkerPoolUnavailable(self.error or "worker pool is not running")
-                tenant, ids = request.query.tenant, self.queue.new_id
-                tasks = [Task(ids(), n, priority, payload, group, tenant=tenant) for n in names]
+                tenant, depth, ids = request.query.tenant, request.depth, self.queue.new_id
+                tasks = [
+                    Task(ids(), n, priority, payload, group, tenant=tenant, depth=depth)
+                    for n in names
+                ]
                 self.queue.add(tasks)
             except BaseException:
                 shm.release(blocks)
@@ -186,6 +191,9 @@ class PoolDispatcher:
                 worker = core.fleet.pick((task.tenant, task.layer))
                 assert worker is not None  # the wait above saw a free one, under this lock
                 share = -(-(1 + task.group.queued) // max(1, free))  # ceiling
+                # Answers under 16 KiB, which a pipe takes in one write: a longer one is
+                # written in two, and a worker stopped between them would block the read.
+                share = min(share, max(1, ANSWERS_BYTES // (ANSWER_BYTES_PER_ID * task.depth)))
                 bundle = [task]
                 while len(bundle) < share and (peer := core.queue.peek()) is not None:
                     if peer.group is not task.group:
@@ -302,7 +310,8 @@ class PoolMonitor:
             core.stats.count["crashes" if late is None else "timeouts"] += 1
             for task in tasks:
                 why = f"worker {worker.process.pid} {how} (exit code {code})"
-                error = task.attempt_failed(why, task is late)
+                timed_out = late is not None and task.deadline <= late.deadline  # its message's
+                error = task.attempt_failed(why, timed_out)
                 if task.abandoned:
                     task.finish()
                 elif error is None:  # retried once, on whichever worker is free first
@@ -323,8 +332,9 @@ class PoolMonitor:
 
     def expire(self, out: Settle) -> None:
         """Kill each worker whose task overran its deadline (hung, stopped or too slow), and
-        each replacement that has not started within ``start_timeout`` (one stopped or
-        stuck while starting would otherwise hold its place in the pool for good)."""
+        each worker that has not reported ready within :meth:`PoolScaler.start_allowance`
+        after the pool started (one stopped or stuck while starting would otherwise hold
+        its place in the pool for good)."""
         now, limits = time.monotonic(), self.core.limits
         for worker in self.core.fleet.of("ready"):
             late = next((t for t in worker.inflight.values() if t.deadline <= now), None)
@@ -348,6 +358,7 @@ class PoolMonitor:
             return
         error = WorkerPoolUnavailable("no worker is ready: the pool is replacing its workers")
         while len(core.queue):
+            core.stats.record(None)
             core.fail(core.queue.pop(), error, out)
 
 
@@ -380,7 +391,8 @@ class PoolScaler:
         elif not depth and live > limits.min_workers:
             idle = [w for w in fleet.of("ready") if not w.inflight]
             idle = [w for w in idle if now - w.last_active >= limits.idle_seconds]
-            for worker in sorted(idle, key=lambda w: -w.id)[: live - limits.min_workers]:
+            spare = min(live, len(fleet.of("ready"))) - limits.min_workers  # never the last
+            for worker in sorted(idle, key=lambda w: -w.id)[: max(0, spare)]:
                 worker.state = "retiring"
                 wk.send_quietly(worker.conn, None)
                 live -= 1
