@@ -151,28 +151,8 @@ class PoolKeeper:
                 return
             self._rebuilding, self._rebuilt_at = True, now
         threading.Thread(
-            target=self._replace, args=(broken,), name="athena-pool-rebuild", daemon=True
+            target=_replace, args=(self, broken), name="athena-pool-rebuild", daemon=True
         ).start()
-
-    def _replace(self, broken: WorkerBackend) -> None:
-        assert self._factory is not None
-        try:
-            fresh = self._factory()
-            try:
-                fresh.start()
-            except WorkerPoolUnavailable:
-                fresh.close()  # the broken one stays; the next rebuild may succeed
-                return
-            with self._start_lock:
-                swapped = self.backend is broken and not self._closed
-                if swapped:
-                    self.backend, self.rebuilds = fresh, self.rebuilds + 1
-                    with self._lock:
-                        self._warm.clear()  # new workers hold no tenant yet
-            (broken if swapped else fresh).close()  # whichever pool is not in use
-        finally:
-            with self._lock:
-                self._rebuilding = False
 
     def health(self) -> dict[str, Any]:
         """The pool's health (``started`` false if none runs), its start error, rebuilds."""
@@ -189,3 +169,25 @@ class PoolKeeper:
             self._closed = True
         if self.backend is not None:
             self.backend.close()
+
+
+def _replace(keeper: PoolKeeper, broken: WorkerBackend) -> None:
+    """Thread: start a fresh pool and swap it in for ``broken`` (a keeper's rebuild)."""
+    assert keeper._factory is not None
+    try:
+        fresh = keeper._factory()
+        try:
+            fresh.start()
+        except WorkerPoolUnavailable:
+            fresh.close()  # the broken one stays; the next rebuild may succeed
+            return
+        with keeper._start_lock:
+            swapped = keeper.backend is broken and not keeper._closed
+            if swapped:
+                keeper.backend, keeper.rebuilds = fresh, keeper.rebuilds + 1
+                with keeper._lock:
+                    keeper._warm.clear()  # new workers hold no tenant yet
+        (broken if swapped else fresh).close()  # whichever pool is not in use
+    finally:
+        with keeper._lock:
+            keeper._rebuilding = False
