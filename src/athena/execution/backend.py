@@ -292,7 +292,6 @@ class PoolStats:
         self.events: deque[dict[str, Any]] = deque(maxlen=32)
         self.scaled = {"up": 0, "down": 0}
         self.last_grow = -math.inf
-        self.deep_since: float | None = None  # when the queue last became deep (see scale)
 
     def record(self, latency_ms: float | None) -> None:
         """Count one finished task: done with its latency, or failed (None)."""

@@ -259,7 +259,7 @@ class PoolMonitor:
             for worker in workers:
                 if worker.conn in ready:
                     was_starting = worker.state == "starting"
-                    for message in core.fleet.receive(worker):
+                    if (message := core.fleet.receive(worker)) is not None:
                         self.handle(worker, message, out)
                     if was_starting and worker.state == "ready":
                         core.start_deaths = 0
@@ -367,6 +367,7 @@ class PoolScaler:
 
     def __init__(self, core: PoolCore) -> None:
         self.core = core
+        self.deep_since: float | None = None  # when the queue last became deep
 
     def scale(self) -> None:
         """Grow on a deep queue or a high p95 latency; retire workers idle for idle_seconds."""
@@ -377,16 +378,16 @@ class PoolScaler:
             return
         p95, since = stats.percentile(0.95, last=32), now - stats.last_grow
         if depth <= 2 * live:
-            stats.deep_since = None
-        elif stats.deep_since is None:
-            stats.deep_since = now
-        deep_s = 0.0 if stats.deep_since is None else now - stats.deep_since
+            self.deep_since = None
+        elif self.deep_since is None:
+            self.deep_since = now
+        deep_s = 0.0 if self.deep_since is None else now - self.deep_since
         reason = limits.grow_reason(depth, live, p95, since, deep_s)
         if live < limits.min_workers and may_replace(core):
             reason = f"{live} live workers < min_workers {limits.min_workers}"
         if reason and len(fleet.of("starting")) < MAX_STARTING:
             fleet.spawn()
-            stats.last_grow, stats.deep_since = now, None  # the next one waits its turn
+            stats.last_grow, self.deep_since = now, None  # the next one waits its turn
             stats.scale("up", reason, live + 1)
         elif not depth and live > limits.min_workers:
             idle = [w for w in fleet.of("ready") if not w.inflight]

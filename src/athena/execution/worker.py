@@ -301,23 +301,23 @@ class Fleet(Generic[T]):
         worker.conn.close()
         return list(worker.inflight.values())
 
-    def receive(self, worker: WorkerHandle[T]) -> list[tuple[Any, ...]]:
-        """Task results waiting on ``worker``'s pipe; start-up reports are handled here."""
-        messages = []
-        try:  # one message per wake-up: a poll() costs a selector of its own, and if more
-            # are waiting, the monitor's next wait returns at once
-            for message in (worker.conn.recv(),):
-                if message[0] == "ready":
-                    worker.state, worker.last_active = "ready", time.monotonic()
-                    for tenant, layer in message[2]:  # built at start: it holds them
-                        hold(worker, (tenant, layer))
-                elif message[0] == "failed":
-                    self.init_error = message[1]
-                else:
-                    messages.append(message)
+    def receive(self, worker: WorkerHandle[T]) -> tuple[Any, ...] | None:
+        """The task answers waiting on ``worker``'s pipe, if that is what it sent; start-up
+        reports are handled here. One message per wake-up: a poll() costs a selector of its
+        own, and if more are waiting, the monitor's next wait returns at once."""
+        try:
+            message: tuple[Any, ...] = worker.conn.recv()
         except (EOFError, OSError):
-            pass  # the worker is gone: its sentinel fires and the monitor reaps it
-        return messages
+            return None  # the worker is gone: its sentinel fires and the monitor reaps it
+        if message[0] == "ready":
+            worker.state, worker.last_active = "ready", time.monotonic()
+            for tenant, layer in message[2]:  # built at start: it holds them
+                hold(worker, (tenant, layer))
+        elif message[0] == "failed":
+            self.init_error = message[1]
+        else:
+            return message
+        return None
 
     def stop_all(self) -> None:
         """Ask every worker to exit, terminate the ones that do not, kill what is left."""
