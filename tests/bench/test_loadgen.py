@@ -49,3 +49,62 @@ def test_ceilings_are_measured_and_the_inline_one_is_higher() -> None:
     inline = loadgen.ceiling(ladder, 0.2, pacer=True)
     assert inline == ladder[-1]  # a no-op inline keeps up with every rate here
     assert 0 < hop <= inline
+
+
+class CountingArm:
+    """An arm that fails a step's recalls past ``capacity`` of them: a step of ``rate`` for
+    ``step_s`` sends ``round(rate * step_s)``, so the rates it passes are known exactly."""
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name, self.capacity, self.calls = name, capacity, 0
+        self.errors: list[str] = []
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def recorded(self) -> int:
+        return 0
+
+    def telemetry(self) -> list[object]:
+        return []
+
+    async def arecall(self, ask: Ask, *, timeout: float | None = None) -> None:
+        self.calls += 1
+        if self.calls > self.capacity:
+            raise InvalidInput("over capacity")
+
+
+def test_a_ramp_refines_between_each_arms_last_pass_and_its_failure() -> None:
+    arms = [CountingArm("a", 60), CountingArm("b", 30)]  # 300/s and 150/s at 0.2 s steps
+    asks = [Ask("t", str(i)) for i in range(200)]
+    steps = loadgen.ramp(
+        arms,
+        asks,
+        cached=False,
+        ladder=[100.0, 200.0, 400.0],
+        step_s=0.2,
+        refine=2,  # type: ignore[arg-type]
+    )
+    a = [(s.rate, s.passed) for s in steps["a"]]
+    # 100, 200 pass; 400 (80 recalls) fails; then sqrt(200*400) = 282.8 (57) passes and
+    # sqrt(282.8*400) = 336.3 (67) fails.
+    assert a == [(100.0, True), (200.0, True), (400.0, False), (282.8, True), (336.3, False)]
+    b = [(s.rate, s.passed) for s in steps["b"]]
+    # 200 (40 recalls) fails and the arm stops; 141.4 (28) passes, 168.2 (34) fails.
+    assert b == [(100.0, True), (200.0, False), (141.4, True), (168.2, False)]
+    assert loadgen.best_step(steps["a"]).rate == 282.8  # type: ignore[union-attr]
+    assert loadgen.gap(steps["a"]) == (282.8, 336.3)
+
+
+def test_a_ramp_does_not_refine_an_arm_that_never_failed_or_never_passed() -> None:
+    arms = [CountingArm("fast", 10_000), CountingArm("broken", 0)]
+    steps = loadgen.ramp(
+        arms,
+        [ASK] * 50,
+        cached=False,
+        ladder=[50.0, 100.0],
+        step_s=0.2,
+        refine=3,  # type: ignore[arg-type]
+    )
+    assert [s.rate for s in steps["fast"]] == [50.0, 100.0]
+    assert [(s.rate, s.passed) for s in steps["broken"]] == [(50.0, False)]

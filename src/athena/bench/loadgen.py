@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import itertools
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -232,10 +233,14 @@ def ramp(
     step_s: float,
     bound_ms: float = P99_BOUND_MS,
     threads: int = 64,
+    refine: int = 0,
     advance: Advance | None = None,
 ) -> dict[str, list[RampStep]]:
     """Raise the arrival rate along ``ladder`` for every arm, rate by rate (arms take turns),
-    until an arm's p99 passes ``bound_ms`` or a recall fails; that arm then stops.
+    until an arm's p99 passes ``bound_ms`` or a recall fails; that arm then stops. Then
+    ``refine`` rounds: each arm runs the geometric midpoint of its highest passing rate and
+    its failed one, halving the gap (in ratio) each round: two rounds turn a x1.5 ladder's
+    "passed 380, failed 570" into a rate known within x1.11.
 
     Cold: every step starts from empty caches and asks distinct questions (cycling only
     when a step needs more than there are). Cached: a step asks only the first few of
@@ -245,47 +250,83 @@ def ramp(
     steps: dict[str, list[RampStep]] = {arm.name: [] for arm in arms}
     live = list(arms)
     hot = list(asks[: max(1, min(len(asks), HOT))])
+
+    def run(arm: Arm, rate: float) -> RampStep:
+        step = _step(arm, asks, hot, rate, cached, step_s, bound_ms, threads)
+        steps[arm.name].append(step)
+        if advance:
+            advance(1)
+        return step
+
     for index, rate in enumerate(ladder):
         for arm in turn_order(live, index):
-            count = max(1, round(rate * step_s))
-            arm.reset()
-            if cached:
-                for ask in hot:
-                    arm.recall(ask)
-                feed = cycle(hot)
-            else:  # distinct questions only: a repeat could be served from a cache
-                feed, count = cycle(asks), min(count, len(asks))
-            picked = [next(feed) for _ in range(count)]
-            offsets = [i / rate for i in range(count)]
-            seen = arm.recorded()
-            call = arm_call(arm, REQUEST_TIMEOUT_S)
-            phase = run_phase(call, picked, offsets, threads, pacer=cached)
-            fresh = arm.recorded() - seen
-            rows = arm.telemetry()[-fresh:] if fresh > 0 else []
-            executed = Counter(str(getattr(row, "strategy", "?")) for row in rows)
-            ok = [m for m in phase.ms if m == m]
-            p99 = percentile(ok, 99)
-            passed = not phase.errors and p99 <= bound_ms
-            steps[arm.name].append(
-                RampStep(
-                    rate,
-                    percentile(ok, 50),
-                    percentile(ok, 95),
-                    p99,
-                    phase.qps,
-                    len(phase.errors),
-                    passed,
-                    dict(executed),
-                )
-            )
-            arm.errors += phase.errors
-            if not passed:
+            if not run(arm, rate).passed:
                 live.remove(arm)
-            if advance:
-                advance(1)
         if not live:
             break
+    for round_ in range(refine):
+        gaps = {arm.name: gap(steps[arm.name]) for arm in arms}
+        due = [arm for arm in arms if gaps[arm.name] is not None]
+        for arm in turn_order(due, len(ladder) + round_):
+            low, high = gaps[arm.name] or (0.0, 0.0)
+            run(arm, round(math.sqrt(low * high), 1))
     return steps
+
+
+def _step(
+    arm: Arm,
+    asks: Sequence[Ask],
+    hot: Sequence[Ask],
+    rate: float,
+    cached: bool,
+    step_s: float,
+    bound_ms: float,
+    threads: int,
+) -> RampStep:
+    """One ramp step: ``rate`` recalls a second for ``step_s`` from empty caches."""
+    count = max(1, round(rate * step_s))
+    arm.reset()
+    if cached:
+        for ask in hot:
+            arm.recall(ask)
+        feed = cycle(hot)
+    else:  # distinct questions only: a repeat could be served from a cache
+        feed, count = cycle(asks), min(count, len(asks))
+    picked = [next(feed) for _ in range(count)]
+    offsets = [i / rate for i in range(count)]
+    seen = arm.recorded()
+    phase = run_phase(arm_call(arm, REQUEST_TIMEOUT_S), picked, offsets, threads, pacer=cached)
+    fresh = arm.recorded() - seen
+    rows = arm.telemetry()[-fresh:] if fresh > 0 else []
+    executed = Counter(str(getattr(row, "strategy", "?")) for row in rows)
+    ok = [m for m in phase.ms if m == m]
+    p99 = percentile(ok, 99)
+    arm.errors += phase.errors
+    return RampStep(
+        rate,
+        percentile(ok, 50),
+        percentile(ok, 95),
+        p99,
+        phase.qps,
+        len(phase.errors),
+        not phase.errors and p99 <= bound_ms,
+        dict(executed),
+    )
+
+
+def gap(steps: Sequence[RampStep]) -> tuple[float, float] | None:
+    """The highest passing rate and the lowest failed rate above it, or None when there is
+    no such pair (nothing passed, or nothing above the best failed).
+
+    >>> ok, bad = RampStep(380, 2, 3, 4, 380, 0, True), RampStep(570, 9, 99, 120, 500, 0, False)
+    >>> gap([ok, bad])
+    (380, 570)
+    """
+    best = best_step(steps)
+    if best is None:
+        return None
+    above = [s.rate for s in steps if not s.passed and s.rate > best.rate]
+    return (best.rate, min(above)) if above else None
 
 
 def best_step(steps: Sequence[RampStep]) -> RampStep | None:

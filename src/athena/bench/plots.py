@@ -93,7 +93,7 @@ def _throughput(plt: Any, sessions: Sequence[Session], regret: dict[str, Any]) -
     fig, axes = _grid(plt, len(panels), 6.0, 4.0)
     for ax, (s, scenario, ramp) in zip(axes, panels, strict=True):
         for arm in ARMS:
-            steps = ramp.get(arm, [])
+            steps = sorted(ramp.get(arm, []), key=lambda st: st.rate)  # refining steps last
             if steps:
                 ax.plot(
                     [st.rate for st in steps],

@@ -54,6 +54,7 @@ class Sizes:
     ramp_step_s: float = 1.0
     ramp: tuple[float, float, float] = (50.0, 1_200.0, 80_000.0)  # start, cold max, cached max
     ramp_factor: float = 1.5
+    ramp_refine: int = 2  # bisecting steps between each arm's last pass and its failure
     budget_s: float = 45.0
     warm_rounds: int = 2
 
@@ -73,6 +74,7 @@ QUICK: Final = Sizes(
     ramp_step_s=0.5,
     ramp=(100.0, 1_000.0, 40_000.0),
     ramp_factor=2.0,
+    ramp_refine=1,
     budget_s=8.0,
 )
 
@@ -284,9 +286,16 @@ def _load(
         ("throughput cached", True, cached_max),
     ):
         ladder = loadgen.rates(start, stop, sizes.ramp_factor)
-        with bars(f"{where}: {label}", len(ladder) * len(arms)) as bar:
+        total = (len(ladder) + sizes.ramp_refine) * len(arms)  # at most; a bar may end early
+        with bars(f"{where}: {label}", total) as bar:
             session.ramps[label] = loadgen.ramp(
-                arms, rest, cached=cached, ladder=ladder, step_s=sizes.ramp_step_s, advance=bar
+                arms,
+                rest,
+                cached=cached,
+                ladder=ladder,
+                step_s=sizes.ramp_step_s,
+                refine=sizes.ramp_refine,
+                advance=bar,
             )
     session.details["ramps"] = {
         label: {arm: [asdict(step) for step in steps] for arm, steps in ramp.items()}
@@ -295,6 +304,7 @@ def _load(
     session.details.update(
         p99_bound_ms=loadgen.P99_BOUND_MS,
         ramp_factor=sizes.ramp_factor,
+        ramp_refine=sizes.ramp_refine,
         harness_ceiling_qps=ceiling["throughput cold"],
         harness_ceiling_cached_qps=ceiling["throughput cached"],
     )
