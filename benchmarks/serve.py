@@ -1,12 +1,17 @@
 """Serving benchmark: recalls/s and latency over HTTP, and MCP per-call round trips.
 
-``python benchmarks/serve.py [--duration 5] [--clients 10,100] [--db PATH] [--client raw|httpx]``
+``python benchmarks/serve.py [--duration 5] [--clients 10,100] [--db PATH] [--client raw|httpx]
+[--workers 1,2 --rounds 2] [--mcp-calls 0]``
 
 - Builds a LoCoMo database (``import_locomo``) unless ``--db`` names one already built.
-- Starts ``serve_http`` in a subprocess (the load generator must not share its GIL).
+- Starts ``serve_http`` in a subprocess (the load generator must not share its GIL), with
+  each of ``--workers`` server process counts in turn, alternating their order round by
+  round (A B, B A) so the machine's noise falls on each alike; a summary gives each cell's
+  median over the rounds.
 - For each client count N and each workload:
   * **cached**: the same question over and over (the result cache answers);
-  * **cold**: distinct LoCoMo questions, each asked once, on a freshly started server;
+  * **cold**: distinct LoCoMo questions (and reworded copies of them), each asked once, on
+    a freshly started server;
   runs a closed loop (N clients back to back, for the saturated throughput), then an open
   loop (Poisson arrivals at 70% of that throughput, at most N in flight; latency is taken
   from each request's scheduled time, so queueing in the client counts).
@@ -31,6 +36,7 @@ import os
 import random
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +62,7 @@ class Cell:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    workers: int = 1  # server processes
 
     @property
     def rate(self) -> float:
@@ -81,12 +88,20 @@ def build_db(path: Path) -> None:
     )
 
 
-def questions() -> list[tuple[str, str]]:
+def questions(variants: int = 1) -> list[tuple[str, str]]:
+    """LoCoMo's questions in their tenants, shuffled; ``variants`` > 1 adds reworded copies
+    ("tell me: ...") so a fast server's cold cell does not run out of distinct texts."""
     from athena.locomo.data import load_locomo
 
-    out = [(conv.sample_id, q.question) for conv in load_locomo(DATA) for q in conv.questions]
+    base = [(conv.sample_id, q.question) for conv in load_locomo(DATA) for q in conv.questions]
+    out = [(t, q) for t, q in base]
+    for v in range(1, variants):
+        out += [(t, f"{PREFIXES[v % len(PREFIXES)]}{q}") for t, q in base]
     random.Random(7).shuffle(out)
     return out
+
+
+PREFIXES = ("", "tell me: ", "I wonder, ", "quick question: ")
 
 
 def free_port() -> int:
@@ -96,11 +111,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_server(db: Path) -> Iterator[str]:
+def http_server(db: Path, workers: int = 1) -> Iterator[str]:
     port = free_port()
     code = (
-        "from athena.interfaces.http import serve_http;"
-        f"serve_http({str(db)!r}, '127.0.0.1', {port}, 'static', None, max_inflight=256)"
+        "from athena.interfaces.http_serve import serve_http;"
+        f"serve_http({str(db)!r}, '127.0.0.1', {port}, 'static', None, max_inflight=256,"
+        f" workers={workers})"
     )
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile("w+") as log:
@@ -244,28 +260,40 @@ async def open_loop(
                 latencies)  # fmt: skip
 
 
-def http_cells(db: Path, clients: Sequence[int], duration: float, kind: str) -> list[Cell]:
-    asked = questions()
-    # One recall per tenant first: loading a tenant's indexes is start-up, not a recall.
-    warm = [(tenant, "warm-up") for tenant in sorted({tenant for tenant, _ in asked})]
+def warm_up(url: str, kind: str, workers: int, tenants: list[str]) -> None:
+    """One recall per tenant in every server process first: loading a tenant's indexes is
+    start-up, not a recall. Each connection lands on one process, so with several the
+    warm-ups go 8 per process over as many connections (each process misses a given tenant
+    with odds of 2^-8 or less)."""
+    warm = [(tenant, "warm-up") for tenant in tenants] * (1 if workers == 1 else 8 * workers)
+    asyncio.run(closed_loop(url, kind, 1 if workers == 1 else 8 * workers, warm, 60, "warm-up"))
+
+
+def http_cells(
+    db: Path, clients: Sequence[int], duration: float, kind: str, workers: int = 1
+) -> list[Cell]:
+    asked = questions(variants=len(PREFIXES))
+    tenants = sorted({tenant for tenant, _ in asked})
     cells: list[Cell] = []
     same = [asked[0]] * 1_000_000
-    with http_server(db) as url:
-        asyncio.run(closed_loop(url, kind, 1, warm, 60, "warm-up"))
+    with http_server(db, workers) as url:
+        warm_up(url, kind, workers, tenants)
         for n in clients:
             closed = asyncio.run(closed_loop(url, kind, n, same, duration, "cached"))
             rate = max(1.0, closed.rate * OPEN_LOOP_LOAD)
             opened = asyncio.run(open_loop(url, kind, n, same, duration, rate, "cached"))
             cells += [closed, opened]
     for n in clients:
-        with http_server(db) as url:  # a fresh server: an empty result cache
-            asyncio.run(closed_loop(url, kind, 1, warm, 60, "warm-up"))
+        with http_server(db, workers) as url:  # a fresh server: an empty result cache
+            warm_up(url, kind, workers, tenants)
             closed = asyncio.run(closed_loop(url, kind, n, asked, duration, "cold"))
-        with http_server(db) as url:
-            asyncio.run(closed_loop(url, kind, 1, warm, 60, "warm-up"))
+        with http_server(db, workers) as url:
+            warm_up(url, kind, workers, tenants)
             rate = max(1.0, closed.rate * OPEN_LOOP_LOAD)
             opened = asyncio.run(open_loop(url, kind, n, asked, duration, rate, "cold"))
         cells += [closed, opened]
+    for cell in cells:
+        cell.workers = workers
     return cells
 
 
@@ -316,12 +344,37 @@ async def mcp_cells(db: Path, calls: int) -> tuple[float, list[Cell]]:
 
 
 def table(cells: list[Cell]) -> str:
-    head = "| transport | workload | clients | load | requests | errors | req/s | p50 ms | p99 ms |"
-    rows = [head, "|" + "---|" * 9]
+    head = "| transport | processes | workload | clients | load | requests | errors | req/s |"
+    rows = [head + " p50 ms | p99 ms |", "|" + "---|" * 10]
     for c in cells:
         rows.append(
-            f"| {c.transport} | {c.workload} | {c.clients} | {c.mode} | {c.requests} | "
-            f"{c.errors} | {c.rate:.0f} | {c.pct(0.5):.2f} | {c.pct(0.99):.2f} |"
+            f"| {c.transport} | {c.workers} | {c.workload} | {c.clients} | {c.mode} | "
+            f"{c.requests} | {c.errors} | {c.rate:.0f} | {c.pct(0.5):.2f} | {c.pct(0.99):.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def summary(cells: list[Cell]) -> str:
+    """Per (workers, workload, clients, load): the median req/s and p99 over the rounds."""
+    groups: dict[tuple[int, str, int, str], list[Cell]] = {}
+    for c in cells:
+        if c.transport == "HTTP":
+            mode = "closed" if c.mode == "closed" else "open @70%"
+            groups.setdefault((c.workers, c.workload, c.clients, mode), []).append(c)
+    rows = [
+        "| processes | workload | clients | load | rounds | req/s (median) | req/s (each) |"
+        " p99 ms (median) |",
+        "|" + "---|" * 8,
+    ]
+    for (workers, workload, clients, mode), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])
+    ):
+        rates = [c.rate for c in group]
+        p99 = statistics.median(c.pct(0.99) for c in group)
+        rows.append(
+            f"| {workers} | {workload} | {clients} | {mode} | {len(group)} | "
+            f"{statistics.median(rates):.0f} | {', '.join(f'{r:.0f}' for r in rates)} | "
+            f"{p99:.2f} |"
         )
     return "\n".join(rows)
 
@@ -335,21 +388,34 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=("raw", "httpx"), default="raw", help="HTTP load generator."
     )
+    parser.add_argument(
+        "--workers", default="1", help="Comma-separated server process counts, e.g. 1,2."
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Rounds; the process counts alternate (A B, B A)."
+    )
     args = parser.parse_args()
     clients = [int(n) for n in args.clients.split(",")]
+    counts = [int(n) for n in args.workers.split(",")]
+    cells: list[Cell] = []
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "locomo.db"
         if not db.exists():
             build_db(db)
-        cells = http_cells(db, clients, args.duration, args.client)
-        connect_ms, mcp = asyncio.run(mcp_cells(db, args.mcp_calls))
+        for r in range(args.rounds):
+            for workers in counts if r % 2 == 0 else counts[::-1]:
+                cells += http_cells(db, clients, args.duration, args.client, workers)
+        connect_ms, mcp = asyncio.run(mcp_cells(db, args.mcp_calls)) if args.mcp_calls else (0, [])
     load = os.getloadavg()[0]
     print(
         f"\nServing benchmark: {os.cpu_count()} CPUs shared by client and server, "
         f"load average {load:.1f} at the end, {args.client} client, {args.duration:.0f}s cells\n"
     )
     print(table(cells + mcp))
-    print(f"\nMCP stdio connect (spawn + initialize): {connect_ms:.0f} ms")
+    if args.rounds > 1 or len(counts) > 1:
+        print("\n" + summary(cells))
+    if mcp:
+        print(f"\nMCP stdio connect (spawn + initialize): {connect_ms:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +91,8 @@ def test_openapi_and_docs_are_served(api: httpx.Client) -> None:
 
 
 def test_health_and_readiness(api: httpx.Client) -> None:
-    assert api.get("/healthz").json() == {"status": "ok"}
+    health = api.get("/healthz").json()
+    assert health == {"status": "ok", "pid": os.getpid()}  # served in this process
     assert api.get("/readyz").json() == {"status": "ready"}
 
 

@@ -59,13 +59,28 @@ def http_command(
     max_inflight: Annotated[
         int, typer.Option(min=1, help="Requests running at once; more get 503.")
     ] = 64,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port, each with its own engine on the same"
+            " file (one per core uses every core for recalls; the worker pool is then off).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
-    from athena.interfaces.http import serve_http
+    from athena.interfaces.http_serve import serve_http
 
     path, model = _target(ctx, db, embedder)
     serve_http(
-        path, host, port, model, tokens, rate_limit_per_minute=rate_limit, max_inflight=max_inflight
+        path,
+        host,
+        port,
+        model,
+        tokens,
+        rate_limit_per_minute=rate_limit,
+        max_inflight=max_inflight,
+        workers=workers,
     )
 
 

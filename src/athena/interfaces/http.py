@@ -8,10 +8,11 @@ No ``from __future__ import annotations`` here: FastAPI resolves the handlers' a
 runtime, and they name types local to :func:`create_app`.
 """
 
+import contextlib
 import functools
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import anyio.to_thread
@@ -27,9 +28,8 @@ from starlette.responses import Response
 
 from athena import Recall, __version__
 from athena.errors import InvalidInput, StoreError
-from athena.heap import settle_heap
 from athena.importers.jsonl import parse_timestamp
-from athena.interfaces.http_auth import Admission, Gate, Principal, client_address, load_tokens
+from athena.interfaces.http_auth import Admission, Gate, Principal, client_address
 from athena.interfaces.http_errors import ApiError, ApiJSON, install_error_handlers
 from athena.memory import Memory
 from athena.records import LAYERS, MAX_K, MAX_QUERY_CHARS, MAX_TEXT_CHARS
@@ -42,6 +42,19 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CACHE_RESULTS = ("hit", "partial", "miss")
 Stamp = float | str | None
+
+
+def _closing(memory: Memory) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """A lifespan that closes ``memory`` when the server shuts down."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            memory.close()
+
+    return lifespan
 
 
 async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -285,11 +298,13 @@ def create_app(
     max_inflight: int = 64,
     rate_limit_per_minute: int | None = None,
     concurrency: int | None = None,
+    owns_memory: bool = False,
 ) -> FastAPI:
     """The HTTP API over ``memory``. ``tokens`` turns bearer auth on (token -> tenants,
     ``None`` = all tenants). At most ``concurrency`` recalls (default
     ``memory.concurrency``) run on threads at once; the rest wait on the event loop. The
-    caller keeps ownership of ``memory``."""
+    caller keeps ownership of ``memory``, unless ``owns_memory``: then the server closes it
+    when it shuts down."""
     threads = memory.concurrency if concurrency is None else concurrency
     for name, value in (
         ("max_body_bytes", max_body_bytes),
@@ -306,6 +321,7 @@ def create_app(
         version=__version__,
         description="Memory engine for AI agents: remember, recall, forget, per tenant.",
         default_response_class=ApiJSON,
+        lifespan=_closing(memory) if owns_memory else None,
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -453,7 +469,7 @@ def create_app(
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:
         """Liveness: the process answers."""
-        return ApiJSON({"status": "ok"})
+        return ApiJSON({"status": "ok", "pid": os.getpid()})
 
     @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorOut}})
     async def readyz() -> Response:
@@ -465,31 +481,3 @@ def create_app(
         return ApiJSON({"status": "ready"})
 
     return app
-
-
-def serve_http(
-    db: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    embedder: str = "static",
-    tokens_file: str | Path | None = None,
-    *,
-    rate_limit_per_minute: int | None = None,
-    max_inflight: int = 64,
-) -> None:
-    """Serve the HTTP API on ``host:port`` over the database ``db`` until interrupted."""
-    import uvicorn
-
-    tokens = None if tokens_file is None else load_tokens(tokens_file)
-    memory = Memory(db, embedder=embedder)
-    try:
-        app = create_app(
-            memory,
-            tokens=tokens,
-            max_inflight=max_inflight,
-            rate_limit_per_minute=rate_limit_per_minute,
-        )
-        settle_heap()  # start-up's objects out of every later full collection's walk
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
-    finally:
-        memory.close()

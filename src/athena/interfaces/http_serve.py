@@ -1,0 +1,115 @@
+"""Serving the HTTP API: one process, or several sharing one port.
+
+One Python process runs Python code one thread at a time, so a single server uses one core
+for recalls however many it has. ``workers=N`` starts N server processes (uvicorn's
+supervisor; they share the listening socket and the kernel hands each new connection to
+one of them), each with its own :class:`~athena.memory.Memory` on the same SQLite file:
+
+* a write in any process is seen by every other: the (tenant, layer) generations live in
+  the file, and each process checks them before serving a cached answer, so no process
+  serves a recall that a committed write elsewhere made stale;
+* writers in different processes take turns on SQLite's write lock (``busy_timeout``);
+* each process keeps its own caches, telemetry and rate limits (a limit of R per minute
+  allows up to N x R across the server); its learned planner state is saved to the same
+  file, the last save winning;
+* the worker pool is off (``pool="off"``): the processes already spread recalls over the
+  cores, and pool workers would only contend with them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from fastapi import FastAPI
+
+from athena.errors import InvalidInput
+from athena.heap import settle_heap
+from athena.interfaces.http import create_app
+from athena.interfaces.http_auth import load_tokens
+from athena.memory import Memory
+
+CONFIG_ENV: Final = "ATHENA_HTTP_SERVER"  # the settings each server process reads
+FACTORY: Final = "athena.interfaces.http_serve:app_from_env"
+
+
+def serve_http(
+    db: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    embedder: str = "static",
+    tokens_file: str | Path | None = None,
+    *,
+    rate_limit_per_minute: int | None = None,
+    max_inflight: int = 64,
+    workers: int = 1,
+) -> None:
+    """Serve the HTTP API on ``host:port`` over the database ``db`` until interrupted, in
+    ``workers`` processes.
+
+    >>> # serve_http("athena.db", port=8080, workers=2)
+    """
+    import uvicorn
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidInput("workers must be a positive integer")
+    tokens = None if tokens_file is None else load_tokens(tokens_file)  # refused before start
+    if workers > 1:
+        settings = {
+            "db": str(db),
+            "embedder": embedder,
+            "tokens_file": None if tokens_file is None else str(tokens_file),
+            "rate_limit_per_minute": rate_limit_per_minute,
+            "max_inflight": max_inflight,
+        }
+        Memory(db, embedder=embedder, pool="off").close()  # create or migrate it once, here
+        os.environ[CONFIG_ENV] = json.dumps(settings)
+        uvicorn.run(
+            FACTORY,
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+        )
+        return
+    memory = Memory(db, embedder=embedder)
+    try:
+        app = create_app(
+            memory,
+            tokens=tokens,
+            max_inflight=max_inflight,
+            rate_limit_per_minute=rate_limit_per_minute,
+        )
+        settle_heap()  # start-up's objects out of every later full collection's walk
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    finally:
+        memory.close()
+
+
+def app_from_env() -> FastAPI:
+    """The app of one of :func:`serve_http`'s processes, from the settings it left in
+    ``ATHENA_HTTP_SERVER`` (uvicorn calls this in each process it starts).
+
+    >>> # uvicorn.run("athena.interfaces.http_serve:app_from_env", factory=True, workers=2)
+    """
+    settings: dict[str, Any] = json.loads(os.environ[CONFIG_ENV])
+    tokens_file = settings["tokens_file"]
+    tokens = None if tokens_file is None else load_tokens(tokens_file)
+    memory = Memory(settings["db"], embedder=settings["embedder"], pool="off")
+    try:
+        app = create_app(
+            memory,
+            tokens=tokens,
+            max_inflight=settings["max_inflight"],
+            rate_limit_per_minute=settings["rate_limit_per_minute"],
+            owns_memory=True,
+        )
+    except BaseException:
+        memory.close()
+        raise
+    settle_heap()
+    return app
