@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures as cf
 import contextlib
 import json
 import os
@@ -133,10 +134,23 @@ def http_server(db: Path, workers: int = 1) -> Iterator[str]:
                     log.seek(0)
                     raise RuntimeError(f"the HTTP server did not start:\n{log.read()[-3000:]}")
                 time.sleep(0.1)
+            while len(pids(url)) < workers:  # /readyz answered from one process only
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"only {len(pids(url))} of {workers} processes answer")
+                time.sleep(0.2)
             yield url
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def pids(url: str, tries: int = 32) -> set[int]:
+    """The server processes that answered ``tries`` /healthz calls made at once, each on a
+    fresh connection (the kernel hands each to a process that is accepting)."""
+    with cf.ThreadPoolExecutor(tries) as pool:
+        return set(
+            pool.map(lambda _: httpx.get(f"{url}/healthz", timeout=10).json()["pid"], range(tries))
+        )
 
 
 Item = tuple[str, str]  # (tenant, question)
@@ -262,16 +276,33 @@ async def open_loop(
 
 def warm_up(url: str, kind: str, workers: int, tenants: list[str]) -> None:
     """One recall per tenant in every server process first: loading a tenant's indexes is
-    start-up, not a recall. Each connection lands on one process, so with several the
-    warm-ups go 8 per process over as many connections (each process misses a given tenant
-    with odds of 2^-8 or less)."""
-    warm = [(tenant, "warm-up") for tenant in tenants] * (1 if workers == 1 else 8 * workers)
-    asyncio.run(closed_loop(url, kind, 1 if workers == 1 else 8 * workers, warm, 60, "warm-up"))
+    start-up, not a recall. A keep-alive connection stays with the process that accepted
+    it (and at rest one process may accept them all), so with several processes each
+    warm-up goes on a fresh connection, 8 per process and tenant: a process misses a given
+    tenant with odds of 2^-8 or less."""
+    if workers == 1:
+        asyncio.run(closed_loop(url, kind, 1, [(t, "warm-up") for t in tenants], 60, "warm-up"))
+        return
+
+    def one(tenant: str) -> None:
+        body = {"query": "warm-up", "k": 10}
+        httpx.post(f"{url}/v1/tenants/{tenant}/recall", json=body, timeout=60).raise_for_status()
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, tenants * (8 * workers)))
 
 
 def http_cells(
-    db: Path, clients: Sequence[int], duration: float, kind: str, workers: int = 1
+    db: Path,
+    clients: Sequence[int],
+    duration: float,
+    kind: str,
+    workers: int = 1,
+    cold_rate: float | None = None,
 ) -> list[Cell]:
+    """Every HTTP cell for one server process count; ``cold_rate``: the cold open loop's
+    arrival rate (default 70% of the closed loop's throughput), fixed so that process
+    counts can be compared at the same load."""
     asked = questions(variants=len(PREFIXES))
     tenants = sorted({tenant for tenant, _ in asked})
     cells: list[Cell] = []
@@ -289,7 +320,7 @@ def http_cells(
             closed = asyncio.run(closed_loop(url, kind, n, asked, duration, "cold"))
         with http_server(db, workers) as url:
             warm_up(url, kind, workers, tenants)
-            rate = max(1.0, closed.rate * OPEN_LOOP_LOAD)
+            rate = cold_rate or max(1.0, closed.rate * OPEN_LOOP_LOAD)
             opened = asyncio.run(open_loop(url, kind, n, asked, duration, rate, "cold"))
         cells += [closed, opened]
     for cell in cells:
@@ -359,7 +390,7 @@ def summary(cells: list[Cell]) -> str:
     groups: dict[tuple[int, str, int, str], list[Cell]] = {}
     for c in cells:
         if c.transport == "HTTP":
-            mode = "closed" if c.mode == "closed" else "open @70%"
+            mode = c.mode if c.mode == "closed" or c.workload == "cold" else "open @70%"
             groups.setdefault((c.workers, c.workload, c.clients, mode), []).append(c)
     rows = [
         "| processes | workload | clients | load | rounds | req/s (median) | req/s (each) |"
@@ -394,6 +425,9 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="Rounds; the process counts alternate (A B, B A)."
     )
+    parser.add_argument(
+        "--cold-rate", type=float, help="Cold open-loop arrivals/s (default: 70%% of closed)."
+    )
     args = parser.parse_args()
     clients = [int(n) for n in args.clients.split(",")]
     counts = [int(n) for n in args.workers.split(",")]
@@ -404,7 +438,9 @@ def main() -> None:
             build_db(db)
         for r in range(args.rounds):
             for workers in counts if r % 2 == 0 else counts[::-1]:
-                cells += http_cells(db, clients, args.duration, args.client, workers)
+                cells += http_cells(
+                    db, clients, args.duration, args.client, workers, args.cold_rate
+                )
         connect_ms, mcp = asyncio.run(mcp_cells(db, args.mcp_calls)) if args.mcp_calls else (0, [])
     load = os.getloadavg()[0]
     print(
