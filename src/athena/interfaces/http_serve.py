@@ -13,7 +13,9 @@ one of them), each with its own :class:`~athena.memory.Memory` on the same SQLit
   allows up to N x R across the server); its learned planner state is saved to the same
   file, the last save winning;
 * the worker pool is off (``pool="off"``): the processes already spread recalls over the
-  cores, and pool workers would only contend with them.
+  cores, and pool workers would only contend with them;
+* before they start, the parent prepares the file once (migration, vectors for another
+  embedder, the saved indexes of large scopes), so the processes do not race to do it.
 """
 
 from __future__ import annotations
@@ -64,7 +66,11 @@ def serve_http(
             "rate_limit_per_minute": rate_limit_per_minute,
             "max_inflight": max_inflight,
         }
-        Memory(db, embedder=embedder, pool="off").close()  # create or migrate it once, here
+        # Once, here, before the processes start: create or migrate the file, give memories
+        # written under another embedder their vectors, and build and save the indexes of
+        # large scopes (tens of seconds each), which every process then loads.
+        with Memory(db, embedder=embedder, pool="off") as memory:
+            memory.prepare_indexes()
         os.environ[CONFIG_ENV] = json.dumps(settings)
         uvicorn.run(
             FACTORY,
