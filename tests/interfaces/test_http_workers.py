@@ -79,8 +79,28 @@ def many(fn: Any, count: int) -> list[Any]:
 
 def test_two_processes_answer_on_one_port(server: tuple[str, int]) -> None:
     url, supervisor = server
-    answered = many(lambda _: httpx.get(f"{url}/healthz", timeout=30).json()["pid"], 200)
-    assert len(set(answered)) == 2 and supervisor not in answered  # two servers, not the parent
+    answered: set[int] = set()
+    deadline = time.monotonic() + 30  # a busy CI machine may leave one process idle a while
+    while len(answered) < 2 and time.monotonic() < deadline:
+        answered |= pids(url)
+    assert len(answered) == 2 and supervisor not in answered  # two servers, not the parent
+
+
+def pinned_recalls(base: str, count: int) -> dict[int, list[dict[str, Any]]]:
+    """``count`` recalls, each on its own single connection whose process is asked first
+    (/healthz names it): the answers grouped by the process that gave them."""
+
+    def one(_: int) -> tuple[int, dict[str, Any]]:
+        with httpx.Client(base_url=base, limits=httpx.Limits(max_connections=1), timeout=30) as c:
+            pid = int(c.get("/healthz").json()["pid"])
+            response = c.post("/v1/tenants/w/recall", json=ASK)
+            assert response.status_code == 200, response.text
+            return pid, dict(response.json())
+
+    out: dict[int, list[dict[str, Any]]] = {}
+    for pid, answer in many(one, count):
+        out.setdefault(pid, []).append(answer)
+    return out
 
 
 def test_no_process_serves_a_recall_that_a_write_in_another_made_stale(base: str) -> None:
@@ -91,26 +111,32 @@ def test_no_process_serves_a_recall_that_a_write_in_another_made_stale(base: str
     assert first.status_code == 201, first.text
     lisbon = first.json()["id"]
 
-    def recall(_: int) -> dict[str, Any]:
-        response = httpx.post(f"{base}/v1/tenants/w/recall", json=ASK, timeout=30)
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    before = many(recall, 64)  # both processes answer, then serve it from their caches
-    assert all(lisbon in [h["id"] for h in r["hits"]] for r in before)
-    assert sum(r["explain"]["cache"] == "hit" for r in before) >= 2
+    before: dict[int, list[dict[str, Any]]] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        len(before) == 2
+        and all(any(r["explain"]["cache"] == "hit" for r in rs) for rs in before.values())
+    ):
+        for pid, answers in pinned_recalls(base, 32).items():
+            before.setdefault(pid, []).extend(answers)
+    # Both processes answered, and each served the Lisbon answer from its own cache.
+    assert len(before) == 2, before.keys()
+    for answers in before.values():
+        assert any(r["explain"]["cache"] == "hit" for r in answers)
+        assert all(lisbon in [h["id"] for h in r["hits"]] for r in answers)
     moved = httpx.post(
         f"{base}/v1/tenants/w/memories",
         json={"text": "Alice moved to Porto in 2024.", "layer": "semantic"},
     )
     assert moved.status_code == 201, moved.text
     porto = moved.json()["id"]
-    after = many(recall, 64)
-    assert all(porto in [h["id"] for h in r["hits"]] for r in after), after
+    after = pinned_recalls(base, 64)
+    for answers in after.values():  # neither process serves its cached, stale answer
+        assert all(porto in [h["id"] for h in r["hits"]] for r in answers), answers
     forgotten = httpx.delete(f"{base}/v1/tenants/w/memories/{porto}")
     assert forgotten.status_code == 200, forgotten.text
-    gone = many(recall, 64)
-    assert all(porto not in [h["id"] for h in r["hits"]] for r in gone)
+    for answers in pinned_recalls(base, 64).values():
+        assert all(porto not in [h["id"] for h in r["hits"]] for r in answers)
 
 
 def test_writes_from_many_connections_all_land(base: str) -> None:
@@ -124,6 +150,30 @@ def test_writes_from_many_connections_all_land(base: str) -> None:
     assert len(set(ids)) == 48
     stats = httpx.get(f"{base}/v1/tenants/many/stats", timeout=30).json()
     assert stats["memories"] == 48, stats
+
+
+def test_a_process_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    """The tokens file is read by every process as it starts: gone by then, the server
+    stops with an error instead of restarting its processes forever."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"t": ["a"]}')
+    command = [sys.executable, "-m", "athena.interfaces.cli", "serve", "http", "--db"]
+    command += [str(tmp_path / "a.db"), "--port", str(free_port()), "--workers", "2"]
+    command += ["--tokens", str(tokens)]
+    # The parent checks the file, then prepares the database; the processes start after.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + START_S
+    while not (tmp_path / "a.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tokens.unlink()
+    try:
+        out, _ = proc.communicate(timeout=START_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the server kept running:\n{out[-2000:]}")
+    assert proc.returncode != 0
+    assert "failed to start" in out, out[-2000:]
 
 
 def test_workers_must_be_positive(tmp_path: Path) -> None:

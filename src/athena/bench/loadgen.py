@@ -269,7 +269,9 @@ def ramp(
         due = [arm for arm in arms if gaps[arm.name] is not None]
         for arm in turn_order(due, len(ladder) + round_):
             low, high = gaps[arm.name] or (0.0, 0.0)
-            run(arm, round(math.sqrt(low * high), 1))
+            middle = round(math.sqrt(low * high), 1)
+            if low < middle < high:  # rates 0.1 apart have no step between them
+                run(arm, middle)
     return steps
 
 

@@ -2,7 +2,7 @@
 
 Mounted on the main CLI with ``app.add_typer(serve_app, name="serve")``. ``--db`` and
 ``--embedder`` default to the global options (``athena --db PATH serve ...``), so both
-spellings work. The servers themselves live in :mod:`athena.interfaces.http` and
+spellings work. The servers themselves live in :mod:`athena.interfaces.http_serve` (HTTP) and
 :mod:`athena.interfaces.mcp_server`; nothing is imported until a command runs.
 """
 

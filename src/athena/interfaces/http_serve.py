@@ -14,25 +14,32 @@ one of them), each with its own :class:`~athena.memory.Memory` on the same SQLit
   file, the last save winning;
 * the worker pool is off (``pool="off"``): the processes already spread recalls over the
   cores, and pool workers would only contend with them;
-* before they start, the parent prepares the file once (migration, vectors for another
-  embedder, the saved indexes of large scopes), so the processes do not race to do it.
+* before they start, the parent binds the port and prepares the file once (migration,
+  vectors for another embedder, the saved indexes of large scopes), so the processes do
+  not race to do it;
+* a process that cannot start (a tokens file removed, a database it cannot open) stops the
+  server with an error instead of being restarted forever; every process (a restarted one
+  too) reads the tokens file when it starts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any, Final
 
 from fastapi import FastAPI
 
-from athena.errors import InvalidInput
+from athena.errors import AthenaError, InvalidInput
 from athena.heap import settle_heap
 from athena.interfaces.http import create_app
 from athena.interfaces.http_auth import load_tokens
 from athena.memory import Memory
 
+STARTUP_FAILURE: Final = 3  # uvicorn's exit code for a process that cannot start
 CONFIG_ENV: Final = "ATHENA_HTTP_SERVER"  # the settings each server process reads
 FACTORY: Final = "athena.interfaces.http_serve:app_from_env"
 
@@ -66,21 +73,7 @@ def serve_http(
             "rate_limit_per_minute": rate_limit_per_minute,
             "max_inflight": max_inflight,
         }
-        # Once, here, before the processes start: create or migrate the file, give memories
-        # written under another embedder their vectors, and build and save the indexes of
-        # large scopes (tens of seconds each), which every process then loads.
-        with Memory(db, embedder=embedder, pool="off") as memory:
-            memory.prepare_indexes()
-        os.environ[CONFIG_ENV] = json.dumps(settings)
-        uvicorn.run(
-            FACTORY,
-            factory=True,
-            workers=workers,
-            host=host,
-            port=port,
-            log_level="info",
-            access_log=False,
-        )
+        _serve_processes(settings, host, port, workers)
         return
     memory = Memory(db, embedder=embedder)
     try:
@@ -96,16 +89,52 @@ def serve_http(
         memory.close()
 
 
+def _serve_processes(settings: dict[str, Any], host: str, port: int, workers: int) -> None:
+    """uvicorn's supervisor over ``workers`` processes; raises AthenaError when one failed
+    to start (uvicorn then stops them all rather than restart it forever)."""
+    from uvicorn import Config
+    from uvicorn.supervisors import Multiprocess
+
+    config = Config(FACTORY, factory=True, workers=workers, host=host, port=port,
+                    log_level="info", access_log=False)  # fmt: skip
+    sock = config.bind_socket()  # first: a port in use fails before the file is prepared
+    saved_env = os.environ.get(CONFIG_ENV)
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # Once, here, before the processes start: create or migrate the file, give memories
+        # written under another embedder their vectors, and build and save the indexes of
+        # large scopes (tens of seconds each), which every process then loads.
+        with Memory(settings["db"], embedder=settings["embedder"], pool="off") as memory:
+            memory.prepare_indexes()
+        os.environ[CONFIG_ENV] = json.dumps(settings)
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
+    finally:
+        sock.close()
+        if saved_env is None:
+            os.environ.pop(CONFIG_ENV, None)
+        else:
+            os.environ[CONFIG_ENV] = saved_env
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise AthenaError("a server process failed to start (its error is logged above)")
+
+
 def app_from_env() -> FastAPI:
     """The app of one of :func:`serve_http`'s processes, from the settings it left in
     ``ATHENA_HTTP_SERVER`` (uvicorn calls this in each process it starts).
 
     >>> # uvicorn.run("athena.interfaces.http_serve:app_from_env", factory=True, workers=2)
     """
-    settings: dict[str, Any] = json.loads(os.environ[CONFIG_ENV])
-    tokens_file = settings["tokens_file"]
-    tokens = None if tokens_file is None else load_tokens(tokens_file)
-    memory = Memory(settings["db"], embedder=settings["embedder"], pool="off")
+    try:
+        settings: dict[str, Any] = json.loads(os.environ[CONFIG_ENV])
+        tokens_file = settings["tokens_file"]
+        tokens = None if tokens_file is None else load_tokens(tokens_file)
+        memory = Memory(settings["db"], embedder=settings["embedder"], pool="off")
+    except Exception as exc:  # the supervisor stops on this code instead of restarting
+        print(f"error: the server process cannot start: {exc}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
     try:
         app = create_app(
             memory,
