@@ -95,7 +95,7 @@ def questions(variants: int = 1) -> list[tuple[str, str]]:
     from athena.locomo.data import load_locomo
 
     base = [(conv.sample_id, q.question) for conv in load_locomo(DATA) for q in conv.questions]
-    out = [(t, q) for t, q in base]
+    out = list(base)
     for v in range(1, variants):
         out += [(t, f"{PREFIXES[v % len(PREFIXES)]}{q}") for t, q in base]
     random.Random(7).shuffle(out)

@@ -274,14 +274,17 @@ class Fleet(Generic[T]):
     def live(self) -> int:
         return len(self.of("starting", "ready"))
 
+    def _free(self) -> list[WorkerHandle[T]]:
+        return [w for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY]
+
     def free(self) -> int:
         """How many ready workers could take a task now."""
-        return sum(1 for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY)
+        return len(self._free())
 
     def pick(self, key: Hashable = None) -> WorkerHandle[T] | None:
         """A free ready worker: one that :func:`hold` says served ``key`` if any is free,
         else the one with the fewest tasks in flight (oldest first on a tie)."""
-        free = [w for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY]
+        free = self._free()
         if key is not None:
             for worker in free:
                 if key in worker.holds:

@@ -65,24 +65,19 @@ def serve_http(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InvalidInput("workers must be a positive integer")
     tokens = None if tokens_file is None else load_tokens(tokens_file)  # refused before start
+    settings = {
+        "db": str(db),
+        "embedder": embedder,
+        "tokens_file": None if tokens_file is None else str(tokens_file),
+        "rate_limit_per_minute": rate_limit_per_minute,
+        "max_inflight": max_inflight,
+    }
     if workers > 1:
-        settings = {
-            "db": str(db),
-            "embedder": embedder,
-            "tokens_file": None if tokens_file is None else str(tokens_file),
-            "rate_limit_per_minute": rate_limit_per_minute,
-            "max_inflight": max_inflight,
-        }
         _serve_processes(settings, host, port, workers)
         return
     memory = Memory(db, embedder=embedder)
     try:
-        app = create_app(
-            memory,
-            tokens=tokens,
-            max_inflight=max_inflight,
-            rate_limit_per_minute=rate_limit_per_minute,
-        )
+        app = _app(memory, tokens, settings, owns_memory=False)
         settle_heap()  # start-up's objects out of every later full collection's walk
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     finally:
@@ -136,15 +131,25 @@ def app_from_env() -> FastAPI:
         print(f"error: the server process cannot start: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
     try:
-        app = create_app(
-            memory,
-            tokens=tokens,
-            max_inflight=settings["max_inflight"],
-            rate_limit_per_minute=settings["rate_limit_per_minute"],
-            owns_memory=True,
-        )
+        app = _app(memory, tokens, settings, owns_memory=True)
     except BaseException:
         memory.close()
         raise
     settle_heap()
     return app
+
+
+def _app(
+    memory: Memory,
+    tokens: dict[str, list[str] | None] | None,
+    settings: dict[str, Any],
+    *,
+    owns_memory: bool,
+) -> FastAPI:
+    return create_app(
+        memory,
+        tokens=tokens,
+        max_inflight=settings["max_inflight"],
+        rate_limit_per_minute=settings["rate_limit_per_minute"],
+        owns_memory=owns_memory,
+    )
