@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from athena.embedding import Embedder, load_embedder, registered_name
+from athena.embedding import Embedder, load_embedder
 from athena.errors import ExecutionError, InvalidInput, NotFound
 from athena.execution.admission import QueueTally
 from athena.execution.pipeline import Pipeline, Recall
@@ -84,7 +84,7 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
             )
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
             if engine is None:
-                engine = _engine_factory(execution, pool, embedder, hnsw_cutoff, index_snapshots)
+                engine = _engine_factory(execution, pool, hnsw_cutoff, index_snapshots)
             self.engine = engine(self.pipeline, self.store)
             self._backfill_vectors()
         except BaseException:
@@ -135,7 +135,7 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
 
 
 def _engine_factory(
-    execution: str, pool: str, embedder: str | Embedder, hnsw_cutoff: int, snapshots: bool
+    execution: str, pool: str, hnsw_cutoff: int, snapshots: bool
 ) -> Callable[[Pipeline, SQLiteStore], RecallEngine]:
     """``execution``: "adaptive" (default) or "sequential" (the reference path only).
 
@@ -154,8 +154,8 @@ def _engine_factory(
         from athena.execution.pool import ProcessWorkerPool
 
         backend = None
-        name: str | None = embedder if isinstance(embedder, str) else registered_name(embedder)
-        if pool != "off" and name is not None:
+        if pool != "off":
+            name = pipeline.embedder.name  # workers search its stored vectors; none embeds
 
             def backend() -> ProcessWorkerPool:
                 return ProcessWorkerPool(

