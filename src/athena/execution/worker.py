@@ -79,7 +79,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         return
     send_quietly(conn, ("ready", os.getpid(), warmed))
     try:
-        while (message := _next(conn)) is not None and send_quietly(conn, serve(*message)):
+        while (message := _next(conn)) is not None and send_quietly(conn, serve(*message), True):
             pass  # one task at a time, until told to stop or the parent goes away
     finally:
         store.close()
@@ -97,7 +97,7 @@ def _next(conn: Connection) -> Any:
 
 def _initialise(
     config: WorkerConfig,
-) -> tuple[SQLiteStore, Callable[..., tuple[Any, ...]], list[tuple[str, str]]]:
+) -> tuple[SQLiteStore, Callable[..., bytes], list[tuple[str, str]]]:
     store = SQLiteStore(config.db_path, readonly=True)
     try:
         store.data_version()  # fail now, not on the first task, if the file is unreadable
@@ -114,13 +114,13 @@ def _initialise(
         store.close()
         raise
 
-    def serve(work: tuple[tuple[int, str], ...], payload: bytes) -> tuple[Any, ...]:
+    def serve(work: tuple[tuple[int, str], ...], payload: bytes) -> bytes:
         try:
             tree, shared = pickle.loads(payload)  # shared: the request holds shm blocks
             request = shm.unpack_tree(tree, unlink=False) if shared else tree
         except Exception as exc:
-            return ("done", [(tid, "error", type(exc).__name__, str(exc)) for tid, _ in work])
-        return ("done", [search(tid, layer, request) for tid, layer in work])
+            return seal([(tid, "error", type(exc).__name__, str(exc)) for tid, _ in work])
+        return seal([search(tid, layer, request) for tid, layer in work])
 
     def search(task_id: int, layer: str, request: SearchRequest) -> tuple[Any, ...]:
         try:
@@ -132,6 +132,33 @@ def _initialise(
             return (task_id, "error", type(exc).__name__, str(exc))
 
     return store, serve, warmed
+
+
+def seal(answers: list[tuple[Any, ...]]) -> bytes:
+    """The ``("done", answers)`` message, pickled here rather than in ``send``: an answer
+    that cannot be pickled (a layer's result holding a lock, say) becomes that task's error,
+    and its shared blocks are unlinked, instead of killing the worker mid-send and leaving
+    the blocks for no one to unlink.
+
+    >>> pickle.loads(seal([(1, "ok", {"a": threading.Lock()}, False)]))[1][0][:3]
+    (1, 'error', 'TypeError')
+    """
+    try:
+        return pickle.dumps(("done", answers), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        checked = [_sendable(answer) for answer in answers]
+        return pickle.dumps(("done", checked), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _sendable(answer: tuple[Any, ...]) -> tuple[Any, ...]:
+    try:
+        pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        return answer
+    except Exception as exc:
+        if answer[1] == "ok" and answer[3]:  # its blocks reach no parent: unlink them here
+            with contextlib.suppress(Exception):
+                shm.unpack_tree(answer[2], unlink=True)
+        return (answer[0], "error", type(exc).__name__, f"a layer's result cannot be sent: {exc}")
 
 
 def vector_space(embedder: str) -> str:
@@ -168,13 +195,17 @@ def warm_indexes(ctx: LayerContext, at_least: int, budget_s: float) -> list[tupl
     return warmed
 
 
-def send_quietly(conn: Connection, message: object) -> bool:
-    """Send ``message``; False if the other end is gone (the monitor deals with that).
+def send_quietly(conn: Connection, message: object, pickled: bool = False) -> bool:
+    """Send ``message`` (``pickled``: bytes the other end's ``recv`` unpickles); False if
+    the other end is gone (the monitor deals with that).
 
     >>> # if not send_quietly(conn, None): ...  # the worker had already exited
     """
     try:
-        conn.send(message)
+        if pickled:
+            conn.send_bytes(message)  # type: ignore[arg-type]
+        else:
+            conn.send(message)
     except (OSError, ValueError):
         return False
     return True
