@@ -368,6 +368,40 @@ def test_a_replacement_stuck_while_starting_is_killed_and_replaced(mem: Memory) 
         assert pool.run(request(mem), ["semantic"], timeout=WAIT)["semantic"].ids
 
 
+@pytest.mark.slow
+def test_a_replacement_warming_a_scope_grown_large_is_left_to_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scope grown past the warm-up size after the pool started has no snapshot, so a
+    replacement builds its indexes before it reports ready, for longer than the start
+    allowance. It says it is warming every second, and is not killed as stuck."""
+    from athena.execution import pool_core
+
+    allowance = 2.0  # a spawned interpreter beats within ~1 s; the warm-up takes ~6 s
+    monkeypatch.setattr(pool_core, "MIN_START_ALLOWANCE_S", allowance)
+    with Memory(tmp_path / "g.db", pool="off") as memory:
+        memory.remember("a small one", tenant="small")
+        path, model = memory.store.path, memory.embedder.name
+        options: dict[str, Any] = {"hnsw_cutoff": 1000, "index_snapshots": False}
+        with ProcessWorkerPool(path, model, min_workers=1, max_workers=1, **options) as pool:
+            pool.start()
+            pool._core.startup_ms = 1.0  # the allowance is its floor, not 3x the first start
+            memory.remember_many(
+                [MemoryInput(tenant="big", layer="semantic", text=f"fact {i} on topic {i % 97}")
+                 for i in range(40_000)]
+            )  # fmt: skip
+            (first,) = pool.health()["pids"]
+            killed_at = time.monotonic()
+            os.kill(first, signal.SIGKILL)
+            eventually(lambda: first not in pool.health()["pids"] and pool.health()["ready"] == 1)
+            took = time.monotonic() - killed_at
+            health = pool.health()
+            assert took > allowance, took  # its warm-up outlasted the allowance...
+            assert health["crashes"] == 1 and health["restarts"] == 1  # ...and it was kept
+            answer = pool.run(request(memory, "fact 7", "big"), ["semantic"], timeout=WAIT)
+            assert answer["semantic"].ids and answer["semantic"].loaded == 0  # built at start
+
+
 def test_scales_up_under_a_queue_and_back_down_when_idle(mem: Memory) -> None:
     with pool_of(mem, min_workers=1, max_workers=3, idle_seconds=1.0) as pool:
         pool.start()

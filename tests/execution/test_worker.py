@@ -6,8 +6,10 @@ function runs in the test's process, on a real store, so a layer can be made to 
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 import threading
+import time
 from collections.abc import Iterator
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -87,3 +89,19 @@ def test_an_answer_that_cannot_be_sent_fails_its_task_and_frees_its_blocks(
 def test_answers_that_can_be_sent_are_pickled_once_as_a_whole() -> None:
     answers = [(1, "ok", LayerResult("semantic", (3, 4), (0.5, 0.25)), False)]
     assert pickle.loads(wk.seal(answers)) == ("done", answers)
+
+
+def test_a_starting_worker_says_it_is_warming_until_it_is_done() -> None:
+    parent, child = multiprocessing.Pipe()
+    try:
+        with wk.beating(child, 0.05):
+            time.sleep(0.3)
+        heard = []
+        while parent.poll(0.2):
+            heard.append(parent.recv())
+        assert heard[0] == ("warming",)  # at once, not a beat later
+        assert 4 <= len(heard) <= 8 and set(heard) == {("warming",)}
+        assert not parent.poll(0.2)  # and nothing once the block ended
+    finally:
+        parent.close()
+        child.close()

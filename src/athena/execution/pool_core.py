@@ -332,9 +332,10 @@ class PoolMonitor:
 
     def expire(self, out: Settle) -> None:
         """Kill each worker whose task overran its deadline (hung, stopped or too slow), and
-        each worker that has not reported ready within :meth:`PoolScaler.start_allowance`
-        after the pool started (one stopped or stuck while starting would otherwise hold
-        its place in the pool for good)."""
+        each replacement that, while starting, fell silent for
+        :meth:`PoolScaler.start_allowance` (it says ``warming`` every second while it
+        builds indexes) or took ``start_timeout`` in all: one stopped or stuck while
+        starting would otherwise hold its place in the pool for good."""
         now, limits = time.monotonic(), self.core.limits
         for worker in self.core.fleet.of("ready"):
             late = next((t for t in worker.inflight.values() if t.deadline <= now), None)
@@ -345,9 +346,11 @@ class PoolMonitor:
             return  # the first start has its own allowance (PoolCore.start)
         allowance = self.scaler.start_allowance()
         for worker in self.core.fleet.of("starting"):
-            if now - worker.last_active > allowance:  # spawned at last_active
+            silent = now - max(worker.last_active, worker.heard)  # spawned at last_active
+            if silent > allowance or now - worker.last_active > limits.start_timeout:
                 worker.process.kill()
-                self.reap(worker, f"did not start within {allowance:.3g} s", out)
+                why = f"silent for {allowance:.3g} s" if silent > allowance else "too slow"
+                self.reap(worker, f"did not start ({why})", out)
 
     def orphans(self, out: Settle) -> None:
         """With no worker ready (every one died or hung and its replacement is starting,
@@ -400,9 +403,9 @@ class PoolScaler:
                 stats.scale("down", f"idle for {limits.idle_seconds:g} s", live)
 
     def start_allowance(self) -> float:
-        """Seconds a replacement may take to report ready: three times what this pool's
-        first start took (its workers warm the same indexes), at least
-        :data:`MIN_START_ALLOWANCE_S`, at most ``start_timeout``."""
+        """Seconds a replacement may go without a sign of life while it starts: three
+        times what this pool's first start took, at least :data:`MIN_START_ALLOWANCE_S`, at
+        most ``start_timeout``."""
         core = self.core
         first = (core.startup_ms or 0.0) / 1000.0
         return min(core.limits.start_timeout, max(MIN_START_ALLOWANCE_S, 3.0 * first))

@@ -7,7 +7,8 @@ pipe one at a time until it reads ``None`` or the pipe closes (the parent died).
 
 Messages, parent to worker: ``(((task_id, layer), ...), pickled (packed request, shared))``
 (the layers of one recall given to this worker, searched in turn) or ``None``. Worker to
-parent: ``("ready", pid, warmed)``, ``("failed", reason)`` or ``("done", answers)``, one
+parent: ``("warming",)`` (every :data:`BEAT_S` while it starts), ``("ready", pid,
+warmed)``, ``("failed", reason)`` or ``("done", answers)``, one
 answer per task: ``(task_id, "ok", packed result, shared)`` or ``(task_id, "error", error
 class name, message)``; ``shared`` says whether the packed tree holds shared-memory blocks
 (most do not, and walking a tree back costs tens of µs a task).
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -52,6 +53,7 @@ HOLDS_KEPT: Final = 4096  # (tenant, layer) keys the dispatcher remembers per wo
 STOP_GRACE: Final = 2.0  # seconds workers get to exit on close before they are terminated
 WARM_AT_LEAST: Final = 5_000  # memories in a scope before a worker builds its indexes at start
 WARM_BUDGET_S: Final = 30.0  # of the pool's 60 s start allowance
+BEAT_S: Final = 1.0  # how often a starting worker says it is still at work
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,8 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     os.dup2(2, 1)  # stdout may be an MCP stdio channel: nothing of ours may reach it
     sys.stdout = sys.stderr
     try:
-        store, serve, warmed = _initialise(config)
+        with beating(conn, BEAT_S):
+            store, serve, warmed = _initialise(config)
     except BaseException as exc:
         send_quietly(conn, ("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -85,6 +88,31 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         store.close()
     sys.stderr.flush()
     os._exit(0)  # skip interpreter teardown: a spawned worker exits in ms, not ~200 ms
+
+
+@contextlib.contextmanager
+def beating(conn: Connection, every: float) -> Iterator[None]:
+    """Send ``("warming",)`` every ``every`` seconds until the block ends.
+
+    A replacement that builds the indexes of a scope grown large since the pool started
+    (no snapshot: tens of seconds) is then not taken for stuck by the pool's start
+    allowance, which counts silence; a frozen or killed worker falls silent.
+
+    >>> # with beating(conn, BEAT_S): initialise()
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        while send_quietly(conn, ("warming",)) and not stop.wait(every):
+            pass
+
+    thread = threading.Thread(target=beat, name="athena-worker-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()  # before the next message: one sender on the pipe at a time
 
 
 def _next(conn: Connection) -> Any:
@@ -238,8 +266,9 @@ class WorkerHandle(Generic[T]):
     id: int
     process: BaseProcess
     conn: Connection
-    last_active: float
+    last_active: float  # when it was spawned, until it is ready
     state: str = "starting"  # starting | ready | retiring
+    heard: float = 0.0  # its last sign of life while starting
     inflight: dict[int, T] = field(default_factory=dict)
     holds: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)  # keys it served
 
@@ -358,6 +387,8 @@ class Fleet(Generic[T]):
             worker.state, worker.last_active = "ready", time.monotonic()
             for tenant, layer in message[2]:  # built at start: it holds them
                 hold(worker, (tenant, layer))
+        elif message[0] == "warming":
+            worker.heard = time.monotonic()
         elif message[0] == "failed":
             self.init_error = message[1]
         else:
