@@ -183,3 +183,31 @@ def test_execution_gauges_are_the_pool_admission_and_thread_queue_sections_of_th
     assert set(gauges) == sections
     assert gauges == {name: stats[name] for name in sections}
     assert gauges["admission"]["admitted"] >= 1
+
+
+def test_backfill_can_wait_and_then_reports_its_progress(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from athena import memory_indexes
+
+    monkeypatch.setattr(memory_indexes, "BACKFILL_BATCH", 128)
+
+    class Renamed:
+        name = "static:renamed-for-test"
+        dim = embedder.dim
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            return embedder.embed(texts)
+
+    with Memory(tmp_path / "m.db", embedder=embedder) as mem:
+        mem.remember_many(
+            [MemoryInput(tenant="t", layer="semantic", text=f"fact {i}") for i in range(300)]
+        )
+    with Memory(tmp_path / "m.db", embedder=Renamed(), backfill=False) as mem:  # type: ignore[arg-type]
+        assert mem.missing_vectors() == 300
+        steps: list[int] = []
+        assert mem.backfill_vectors(steps.append) == 300
+        assert sum(steps) == 300 and len(steps) >= 2  # batch by batch
+        assert mem.missing_vectors() == 0 and mem.backfill_vectors() == 0
+    with Memory(tmp_path / "m.db", embedder=embedder) as mem:  # the first model's are kept
+        assert mem.missing_vectors() == 0

@@ -49,6 +49,11 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
     is a cache and may be deleted at any time (delete it too when restoring an older copy
     of the database).
 
+    ``backfill`` (default on): memories with no vector for this embedder (written under
+    another one, or another runtime of the transformer) are embedded as the Memory opens;
+    off, they are found lexically until :meth:`backfill_vectors` runs (the CLI runs it
+    behind a progress bar).
+
     >>> import tempfile, os
     >>> mem = Memory(os.path.join(tempfile.mkdtemp(), "m.db"))
     >>> mid = mem.remember("Alice moved to Lisbon in May.", tenant="agent-1", layer="semantic")
@@ -68,6 +73,7 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
         hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
         layers: Mapping[str, MemoryLayer] | None = None,
         index_snapshots: bool = True,
+        backfill: bool = True,
     ) -> None:
         self.store = SQLiteStore(path)
         self._requests = RequestMemo()
@@ -86,7 +92,8 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
             if engine is None:
                 engine = _engine_factory(execution, pool, hnsw_cutoff, index_snapshots)
             self.engine = engine(self.pipeline, self.store)
-            self._backfill_vectors()
+            if backfill:
+                self.backfill_vectors()
         except BaseException:
             self.store.close()
             raise

@@ -53,11 +53,27 @@ class MemoryIndexes:
         cutoff = min(self.pipeline.ctx.indexes.cutoff, LEXICAL_SNAPSHOT_MIN)
         return self.store.large_scopes(cutoff + 1)
 
-    def _backfill_vectors(self) -> None:
-        # Memories written with another embedder have no vector for this one yet. A
-        # read-only store cannot take them: those memories are then found lexically only.
+    def missing_vectors(self) -> int:
+        """How many memories have no vector for this embedder (written under another one,
+        or another runtime of it) until :meth:`backfill_vectors` gives them one."""
+        return self.store.count_missing_vectors(self.embedder.name)
+
+    def backfill_vectors(self, advance: Callable[[int], None] | None = None) -> int:
+        """Embed every memory that has no vector for this embedder; returns how many.
+        ``Memory`` does it when it opens unless told ``backfill=False``; ``advance(n)`` is
+        called per batch embedded. A read-only store cannot take them: those memories are
+        then found lexically only.
+
+        >>> # mem = Memory("a.db", embedder="transformer", backfill=False)
+        >>> # with bar(mem.missing_vectors()) as advance: mem.backfill_vectors(advance)
+        """
+        done = 0
         if self.store.readonly:
-            return
+            return done
         while rows := self.store.missing_vectors(self.embedder.name, BACKFILL_BATCH):
             vectors = self.embedder.embed([row.text for row in rows])
             self.store.put_vectors(list(zip(rows, vectors, strict=True)), self.embedder.name)
+            done += len(rows)
+            if advance is not None:
+                advance(len(rows))
+        return done

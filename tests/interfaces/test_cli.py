@@ -338,6 +338,15 @@ def test_env_vars_select_the_database_and_embedder(db: Path) -> None:
     assert bad.exit_code == 2 and bad.stderr.startswith("error: unknown embedder 'glove'")
 
 
+def test_a_store_opened_under_another_embedder_gets_its_vectors_behind_a_bar(db: Path) -> None:
+    result = run(db, "--embedder", "transformer", "recall", "Who moved to Lisbon?", "-t", "t1")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "vectors for transformer:all-MiniLM-L6-v2" in result.stderr
+    assert "Lisbon" in result.stdout
+    again = run(db, "--embedder", "transformer", "stats")  # they are kept: no bar this time
+    assert again.exit_code == 0 and "vectors for" not in again.stderr
+
+
 # -- errors: exit code, one line on stderr, database unchanged ---------------------------
 
 HUGE = "word " * 1000

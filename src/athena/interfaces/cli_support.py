@@ -67,10 +67,19 @@ def report(exc: AthenaError) -> int:
 
 
 def open_memory(path: Path, embedder: str) -> Memory:
-    """Open the Memory (by embedder name, so the adaptive engine can start its worker pool)."""
+    """Open the Memory; memories without a vector for ``embedder`` (a store written under
+    another model or runtime) get one first, behind a progress bar."""
     from athena.memory import Memory
 
-    return Memory(path, embedder=embedder)
+    memory = Memory(path, embedder=embedder, backfill=False)
+    try:
+        if not memory.store.readonly and (missing := memory.missing_vectors()):
+            with progress_bar(f"vectors for {memory.embedder.name}", missing) as bar:
+                memory.backfill_vectors(bar)
+    except BaseException:
+        memory.close()
+        raise
+    return memory
 
 
 class State:

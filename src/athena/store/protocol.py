@@ -192,6 +192,9 @@ class Store(Protocol):
     def missing_vectors(self, model: str, limit: int) -> list[MemoryRow]:
         """Memories that have no vector for ``model`` yet."""
 
+    def count_missing_vectors(self, model: str) -> int:
+        """How many memories have no vector for ``model`` yet."""
+
     def put_vectors(
         self, rows: Sequence[tuple[MemoryRow, npt.NDArray[np.float32]]], model: str
     ) -> None:

@@ -125,6 +125,9 @@ class SQLiteReader:
     def missing_vectors(self, model: str, limit: int) -> list[MemoryRow]:
         return self._read(reads.missing_vectors, model, limit)
 
+    def count_missing_vectors(self, model: str) -> int:
+        return self._read(reads.count_missing_vectors, model)
+
     def load_state(self, name: str) -> str | None:
         return self._read(reads.load_state, name)
 

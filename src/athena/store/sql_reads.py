@@ -308,6 +308,15 @@ def missing_vectors(conn: sqlite3.Connection, model: str, limit: int) -> list[Me
     return [row_from_sql(r) for r in rows]
 
 
+def count_missing_vectors(conn: sqlite3.Connection, model: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM memories m WHERE NOT EXISTS"
+        " (SELECT 1 FROM vectors v WHERE v.memory_id = m.id AND v.model = ?)",
+        (model,),
+    ).fetchone()
+    return int(row[0])
+
+
 def load_state(conn: sqlite3.Connection, name: str) -> str | None:
     row = conn.execute("SELECT value FROM learned_state WHERE name = ?", (name,)).fetchone()
     return None if row is None else str(row[0])
