@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
 import pytest
 
 from athena.planning.analysis import classify
+from athena.planning.costs import REFRESH_AFTER, REFRESH_MAX, WINDOW
 from athena.planning.dependency_graph import MIN_OBSERVATIONS, DependencyGraph
 from athena.planning.selector import Situation, Strategy, StrategySelector, explore
 
@@ -319,3 +321,58 @@ def test_the_pool_chosen_on_cost_runs_without_a_second_warm_up() -> None:
         Strategy.DISTRIBUTED: (2.0, 5.0),
     }
     assert explore(list(costs), costs, Strategy.DISTRIBUTED, s) == (Strategy.DISTRIBUTED, False)
+
+
+def _run(sel: StrategySelector, s: Situation, cost: dict[Strategy, float], n: int) -> list[int]:
+    """``n`` decisions, each learning its strategy's cost; the indexes that ran SEQUENTIAL."""
+    ran = []
+    for i in range(n):
+        decision = sel.decide(s)
+        if decision.strategy is Strategy.SEQUENTIAL:
+            ran.append(i)
+            assert decision.why.startswith("sequential again"), decision.why
+        sel.learn(decision.strategy, s, cost[decision.strategy])
+    return ran
+
+
+def test_where_another_strategy_wins_sequential_still_runs_ever_less_often() -> None:
+    """Run 24, one 103k-memory tenant: DISTRIBUTED won a context whose SEQUENTIAL median was
+    stale and ran 51 recalls in a row, SEQUENTIAL never measured there again. Now it runs
+    after REFRESH_AFTER of them, and each run that confirms the choice doubles the gap."""
+    s = Situation(3, 2.0, 1.5, 0.0, 0, 0.0, True, False, 1)
+    sel = StrategySelector(rng=random.Random(3), explore_rate=0.0)
+    for _ in range(22):
+        sel.learn(Strategy.SEQUENTIAL, s, 8.0)
+    for _ in range(12):
+        sel.learn(Strategy.DISTRIBUTED, s, 4.0)
+    cost = {Strategy.SEQUENTIAL: 8.0, Strategy.DISTRIBUTED: 4.0, Strategy.PARALLEL: 9.0}
+    ran = _run(sel, s, cost, 260)
+    assert ran[0] == REFRESH_AFTER
+    gaps = [b - a for a, b in itertools.pairwise(ran)]
+    every = [min(REFRESH_AFTER * 2**i, REFRESH_MAX) + 1 for i in range(1, len(gaps) + 1)]
+    assert gaps == every and REFRESH_MAX + 1 in gaps
+
+
+def test_a_check_that_finds_sequential_cheaper_brings_it_back() -> None:
+    """The stale SEQUENTIAL median (8 ms) hides that SEQUENTIAL now costs 2 ms: the checks stay
+    REFRESH_AFTER apart until its window has forgotten the stale runs, then it wins again."""
+    s = Situation(3, 2.0, 1.5, 0.0, 0, 0.0, True, False, 1)
+    sel = StrategySelector(rng=random.Random(3), explore_rate=0.0)
+    for _ in range(22):
+        sel.learn(Strategy.SEQUENTIAL, s, 8.0)
+    for _ in range(12):
+        sel.learn(Strategy.DISTRIBUTED, s, 4.0)
+    cost = {Strategy.SEQUENTIAL: 2.0, Strategy.DISTRIBUTED: 4.0, Strategy.PARALLEL: 9.0}
+    checks = 0
+    for _ in range(300):
+        decision = sel.decide(s)
+        checks += decision.why.startswith("sequential again")
+        sel.learn(decision.strategy, s, cost[decision.strategy])
+        if decision.strategy is Strategy.SEQUENTIAL and not decision.why.startswith(
+            "sequential again"
+        ):
+            break
+    else:
+        raise AssertionError("SEQUENTIAL never won its context back")
+    assert checks == WINDOW // 2 + 1  # enough 2 ms runs to carry the window's median
+    assert [sel.decide(s).strategy for _ in range(20)] == [Strategy.SEQUENTIAL] * 20

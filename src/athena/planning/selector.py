@@ -10,7 +10,9 @@ measured, else to the sequential estimate), so a decision is a few dictionary lo
 The cheapest feasible strategy wins, and leaving SEQUENTIAL must pay a margin; with a
 small, capped probability the selector explores a strategy whose optimistic
 (lower-confidence-bound) cost is within reach of the best, so the model keeps learning
-without paying much for it.
+without paying much for it. Wherever another strategy is exploited, SEQUENTIAL still runs
+now and then (see :class:`athena.planning.costs.Refresh`): its runs are the reference
+every other cost is compared with, and the only ones that time the layers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from athena.planning.costs import REFERENCE_AFTER, WINDOW, Context, CostModel, Refresh
+
 
 class Strategy(StrEnum):
     CACHE = "cache"
@@ -36,13 +40,6 @@ class Strategy(StrEnum):
 
 
 EXECUTING: Final = (Strategy.SEQUENTIAL, Strategy.PARALLEL, Strategy.DISTRIBUTED)
-PRIOR_WEIGHT: Final = 2.0  # the rule estimate counts as two observations
-WINDOW: Final = 21  # observations a cost is the median of (it forgets older ones)
-IQR_PER_SD: Final = 1.349  # a normal distribution's interquartile range, in sds
-MAX_CELLS: Final = 4096
-RATIO_AFTER: Final = 10  # observations before a strategy's own cost ratio replaces the rules
-REFERENCE_AFTER: Final = 3  # SEQUENTIAL runs in a context before others' priors scale from it
-MIN_ESTIMATE_MS: Final = 0.05
 EXPLORE_RATE: Final = 0.05
 EXPLORE_WITHIN: Final = 1.5  # only explore strategies predicted within 1.5x of the best
 UCB_ALPHA: Final = 1.0
@@ -132,9 +129,6 @@ def rule_estimate(strategy: Strategy, s: Situation) -> float:
     return spread + DISTRIBUTED_OVERHEAD_MS
 
 
-Context = tuple[int, int, int, int]
-
-
 def context(s: Situation) -> Context:
     """The coarse regime a cost is learned in: layers, the sequential estimate's power of
     two, concurrent recalls (0, 1-3, 4-15, 16+ others) and pool load (idle, busy, queued).
@@ -159,101 +153,7 @@ def cell_key(strategy: Strategy, key: Context) -> Context:
     return key if strategy is Strategy.DISTRIBUTED else (*key[:3], 0)
 
 
-class _Cell:
-    """One strategy's measured cost in one context: the median of the last ``WINDOW``
-    observations, with a spread from their interquartile range.
-
-    Robust, not a mean: one stall (a page fault storm, a collector pass, a neighbour's
-    burst) once measured a 5-layer LoCoMo recall at about 200 ms beside a typical 11 ms; an
-    exponential mean carried it as a 21 ms SEQUENTIAL for a hundred recalls, and the
-    adaptive arm ran PARALLEL, 4% slower, on 113 of 120 oracle recalls. The window also
-    follows the machine's drift (it forgets after ``WINDOW`` observations)."""
-
-    __slots__ = ("mean", "n", "recent", "var")
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.var = 0, 0.0, 0.0
-        self.recent: deque[float] = deque(maxlen=WINDOW)
-
-    def add(self, value: float) -> None:
-        self.recent.append(value)
-        ordered = sorted(self.recent)
-        size = len(ordered)
-        half = size // 2
-        median = ordered[half] if size % 2 else (ordered[half - 1] + ordered[half]) / 2.0
-        spread = (ordered[(3 * size) // 4] - ordered[size // 4]) / IQR_PER_SD
-        self.mean, self.var = median, spread * spread
-        self.n += 1  # last: a lock-free reader never sees a count without its mean
-
-
-class _CostModel:
-    """One strategy's learned cost per context, blended with a prior while a context has few
-    observations (the prior counts as ``PRIOR_WEIGHT`` of them).
-
-    The prior is the seed's rule estimate until the strategy has ``RATIO_AFTER``
-    observations at the same concurrency; from then on it is what the strategy has cost
-    relative to the sequential estimate across every context of that concurrency (say 1.3x
-    for PARALLEL on 2 cores), so a new regime starts from this machine's experience instead
-    of the rules' optimism. Per concurrency: one ratio over all of them once priced an idle
-    recall from the queueing of 100 concurrent ones (13.7x the estimate, not 1.5x)."""
-
-    def __init__(self) -> None:
-        self.cells: dict[Context, _Cell] = {}
-        self.ratios: dict[int, _Cell] = {}  # cost / the sequential estimate, per concurrency
-        self.relative = _Cell()  # cost / SEQUENTIAL's measured cost in the same context
-        self.n = 0
-
-    def predict(
-        self,
-        key: Context,
-        rule: float,
-        sequential_ms: float,
-        reference: float | None = None,
-        measured: bool = False,
-    ) -> tuple[float, float]:
-        """``reference``: SEQUENTIAL's predicted cost in this context (None for itself);
-        ``measured``: SEQUENTIAL has run in this context."""
-        prior, estimate = rule, max(sequential_ms, MIN_ESTIMATE_MS)
-        ratio = self.ratios.get(key[2])
-        if reference is not None and self.relative.n >= RATIO_AFTER:
-            prior = self.relative.mean * reference
-        else:
-            if ratio is not None and ratio.n >= RATIO_AFTER:
-                prior = ratio.mean * estimate
-            elif reference is not None:  # the rules, as a ratio to SEQUENTIAL's rule, scaled
-                prior = rule / estimate * reference
-            if reference is not None and (measured or key[2] > 0):
-                # Not yet learned against SEQUENTIAL: never undercut a measured SEQUENTIAL,
-                # nor any SEQUENTIAL under load, where a wrong detour queues every recall.
-                prior = max(prior, reference)
-        cell = self.cells.get(key)
-        if cell is None or cell.n == 0:
-            return prior, prior  # unknown: as uncertain as the estimate is large
-        weight = cell.n / (cell.n + PRIOR_WEIGHT)
-        mean = weight * cell.mean + (1.0 - weight) * prior
-        effective = min(cell.n, WINDOW)
-        width = math.sqrt(cell.var / effective) + abs(prior - cell.mean) * (1.0 - weight)
-        return mean, width
-
-    def update(
-        self, key: Context, actual: float, sequential_ms: float, reference: float | None = None
-    ) -> None:
-        ratio = self.ratios.get(key[2])
-        if ratio is None:
-            ratio = self.ratios[key[2]] = _Cell()
-        ratio.add(actual / max(sequential_ms, MIN_ESTIMATE_MS))
-        if reference is not None:
-            self.relative.add(actual / max(reference, MIN_ESTIMATE_MS))
-        cell = self.cells.get(key)
-        if cell is None:
-            if len(self.cells) >= MAX_CELLS:
-                return  # bounded: a pathological stream of regimes cannot grow it
-            cell = self.cells[key] = _Cell()
-        cell.add(actual)
-        self.n += 1
-
-
-def _noise(models: dict[Strategy, _CostModel], strategy: Strategy, key: Context) -> float:
+def _noise(models: dict[Strategy, CostModel], strategy: Strategy, key: Context) -> float:
     """The standard error of the difference between ``strategy``'s measured median cost in
     context ``key`` and SEQUENTIAL's (0 for a cell not measured yet)."""
     total = 0.0
@@ -287,11 +187,12 @@ class StrategySelector:
         history: int = 1000,
         explore_rate: float = EXPLORE_RATE,
     ) -> None:
-        self._models = {strategy: _CostModel() for strategy in EXECUTING}
+        self._models = {strategy: CostModel() for strategy in EXECUTING}
         self._rng = rng or random.Random()
         self.explore_rate = explore_rate
         self.history: deque[Decision] = deque(maxlen=history)
         self._lock = threading.Lock()
+        self._refresh = Refresh()
         self.explored = 0
 
     def feasible(self, s: Situation) -> list[Strategy]:
@@ -361,6 +262,12 @@ class StrategySelector:
             if pick is not best:
                 chosen, why = pick, "exploring: optimistic cost within reach of the best"
                 self.explored += 1
+        if chosen is not Strategy.SEQUENTIAL:
+            reference = cell_key(Strategy.SEQUENTIAL, key)
+            with self._lock:
+                due = self._refresh.due(reference, costs[chosen][0])
+            if due:
+                chosen, why = Strategy.SEQUENTIAL, "sequential again, to check the choice"
         mean, width = costs[chosen]
         decision = Decision(
             strategy=chosen,
@@ -407,7 +314,11 @@ class StrategySelector:
             return
         key = context(s)
         with self._lock:
-            reference = None if strategy is Strategy.SEQUENTIAL else self._measured(key)
+            if strategy is Strategy.SEQUENTIAL:
+                reference = None
+                self._refresh.measured(cell_key(strategy, key), actual_ms)
+            else:
+                reference = self._measured(key)
             model.update(cell_key(strategy, key), actual_ms, s.sequential_ms, reference)
 
     def snapshot(self) -> dict[str, object]:
