@@ -1,15 +1,16 @@
 """Cold recalls from many threads, behind the admission gate or not: closed loop, arms
 interleaved.
 
-``python benchmarks/admission.py [--store 100k-tenants] [--threads 1,4,16,64] [--recalls 800]
-[--reps 3] [--out bench-out]`` builds (or reuses) the benchmark store with the static
-embedder under ``--out/stores``, opens two ``Memory`` objects on one working copy, their
+``python benchmarks/admission.py [--store 100k-tenants] [--embedder static] [--threads
+1,4,16,64] [--recalls 800] [--reps 3] [--out bench-out]`` builds (or reuses) the benchmark
+store with ``--embedder`` under ``--out/stores``, opens two ``Memory`` objects on one
+working copy (with no query-embedding cache, so every recall embeds its query), their
 indexes shared: ``gated`` (the default engine: one execution slot under the GIL) and
 ``ungated`` (1,024 slots, so no recall ever waits). For each thread count, each arm runs
 ``--recalls`` forced-SEQUENTIAL recalls (no result cache) from that many threads in a closed
 loop, arms alternating and the first arm rotating rep by rep. It reports recalls/s and the
 CPU per recall (process CPU time over recalls), median and range over reps, as Markdown,
-and draws ``--out/admission.png``.
+and draws ``--out/admission.png`` (``admission-<embedder>.png`` for another embedder).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from athena.bench import loadgen
 from athena.bench.workloads import Ask, build_store, working_copy
+from athena.embedding import CachingEmbedder, load_embedder
 from athena.execution.adaptive import AdaptiveEngine
 from athena.execution.admission import AdmissionGate
 from athena.memory import Memory
@@ -42,27 +44,19 @@ def engine(slots: int | None) -> Callable[[Any, Any], AdaptiveEngine]:
     return build
 
 
+def uncached(name: str) -> Any:
+    """The embedder ``name`` without its query-embedding cache: the warm-up recalls every
+    question, and a cached query would skip the model."""
+    model = load_embedder(name)
+    return model.inner if isinstance(model, CachingEmbedder) else model
+
+
 def closed_loop(mem: Memory, asks: list[Ask], threads: int, recalls: int) -> tuple[float, float]:
     """``recalls`` recalls from ``threads`` threads; (recalls/s, CPU ms per recall)."""
-    feed, lock, left = itertools.cycle(asks), threading.Lock(), [recalls]
-
-    def work() -> None:
-        while True:
-            with lock:
-                if left[0] <= 0:
-                    return
-                left[0] -= 1
-                ask = next(feed)
-            mem.recall(ask.text, tenant=ask.tenant, strategy="sequential")
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    cpu, wall = time.process_time(), time.perf_counter()
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return recalls / wall, cpu / recalls * 1000.0
+    feed = list(itertools.islice(itertools.cycle(asks), recalls))
+    return loadgen.closed_loop(
+        lambda a: mem.recall(a.text, tenant=a.tenant, strategy="sequential"), feed, threads
+    )
 
 
 def plot(results: dict[tuple[str, int], list[tuple[float, float]]], path: Path) -> None:
@@ -97,12 +91,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--embedder", default="static")
     args = parser.parse_args()
-    store = build_store(args.store, "static", args.data, args.out)
+    store = build_store(args.store, args.embedder, args.data, args.out)
     db = working_copy(store, args.out / "work-admission")
     arms = {
-        "gated": Memory(db, engine=engine(None), pool="off"),
-        "ungated": Memory(db, engine=engine(UNGATED), pool="off"),
+        "gated": Memory(db, embedder=uncached(args.embedder), engine=engine(None), pool="off"),
+        "ungated": Memory(db, embedder=uncached(args.embedder), engine=engine(UNGATED), pool="off"),
     }
     first = arms["gated"].pipeline.ctx
     arms["ungated"].pipeline.ctx.indexes, arms["ungated"].pipeline.ctx.lexicon = (
@@ -126,7 +121,8 @@ def main() -> None:
     slots = {name: mem.execution_stats()["admission"]["slots"] for name, mem in arms.items()}
     for mem in arms.values():
         mem.close()
-    print(f"{store.name}, static, {args.recalls} recalls per cell, {args.reps} reps, {started}")
+    cells = f"{args.recalls} recalls per cell, {args.reps} reps"
+    print(f"{store.name}, {args.embedder}, {cells}, {started}")
     print("\n| threads | arm | slots | recalls/s (median, range) | CPU per recall |")
     print("|---|---|---|---|---|")
     for n in counts:
@@ -138,8 +134,9 @@ def main() -> None:
                 f"| {n} | {name} | {slots[name]} | {statistics.median(q):.0f} "
                 f"({min(q):.0f}-{max(q):.0f}) | {cpu:.2f} ms |"
             )
-    plot(results, args.out / "admission.png")
-    print(f"\nplot: {args.out / 'admission.png'}")
+    name = "admission.png" if args.embedder == "static" else f"admission-{args.embedder}.png"
+    plot(results, args.out / name)
+    print(f"\nplot: {args.out / name}")
 
 
 if __name__ == "__main__":

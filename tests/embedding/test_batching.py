@@ -101,10 +101,12 @@ def test_single_calls_run_at_once_and_bad_input_is_refused() -> None:
         BatchingEmbedder(inner, max_batch=0)
 
 
-def test_the_transformer_is_batched_behind_the_cache() -> None:
+def test_the_transformer_is_batched_behind_the_cache_unless_it_runs_int8() -> None:
     embedder = load_embedder("transformer")
-    assert isinstance(embedder.inner, BatchingEmbedder)  # type: ignore[attr-defined]
+    batching = embedder.inner  # type: ignore[attr-defined]
+    assert isinstance(batching, BatchingEmbedder)
     assert embedder.name.startswith("transformer:all-MiniLM-L6-v2")  # -int8 by default
+    assert batching.coalescing is not embedder.name.endswith("-int8")
 
 
 class _Concurrent(_Slow):
@@ -181,3 +183,59 @@ def test_batch_width_is_found_through_wrappers() -> None:
     assert batch_width(load_embedder("static")) == 1
     wrapped = CachingEmbedder(BatchingEmbedder(StaticEmbedder(), max_batch=8))
     assert batch_width(wrapped) == 8
+
+
+class _PerText(_Concurrent):
+    """A model that embeds one text per call whatever it gets (as the int8 transformer
+    does): counts the calls running at once."""
+
+    per_text = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = self.most = 0
+        self.count = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        with self.count:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            return super().embed(texts)
+        finally:
+            with self.count:
+                self.active -= 1
+
+
+def test_a_model_that_embeds_one_text_per_call_is_called_at_once_not_batched() -> None:
+    """Coalescing gains a per-text model nothing, and made each batch wait for the one
+    before: each caller calls it on its own thread, at most ``lanes`` calls at once."""
+    inner = _PerText()
+    embedder = BatchingEmbedder(inner, lanes=2)
+    assert not embedder.coalescing and batch_width(embedder) == 1
+    batches = [[f"question {i}"] for i in range(6)]
+    out = _concurrently(embedder, batches)
+    assert inner.sizes == [1] * 6 and embedder.calls == 6 and embedder.requests == 6
+    assert inner.most == 2  # never more calls than lanes, though six callers came at once
+    assert sum(name.startswith("athena-embed") for name in inner.threads) == 0  # callers' own
+    for texts, vectors in zip(batches, out, strict=True):
+        assert isinstance(vectors, np.ndarray)
+        np.testing.assert_allclose(vectors, inner.model.embed(texts), rtol=1e-6, atol=1e-6)
+    inner.sizes.clear()
+    embedder.embed([f"import row {i}" for i in range(8)])  # one call of many: both lanes
+    assert sorted(inner.sizes) == [4, 4]
+
+
+def test_coalescing_can_be_asked_for_and_a_failure_still_fails_its_caller_only() -> None:
+    inner = _PerText()
+    forced = BatchingEmbedder(inner, lanes=2, coalesce=True)
+    assert forced.coalescing and batch_width(forced) == forced.max_batch
+    out = _concurrently(forced, [["a"], ["b"], ["c"], ["d"]])
+    assert all(isinstance(v, np.ndarray) for v in out)
+    assert forced.calls < 4  # some callers shared a model call
+    poisoned = _PerText()
+    poisoned.fail_on = "poison"
+    direct = BatchingEmbedder(poisoned, lanes=2)
+    out = _concurrently(direct, [["fine"], ["poison"], ["also fine"]])
+    assert isinstance(out[1], EmbedderError)
+    assert isinstance(out[0], np.ndarray) and isinstance(out[2], np.ndarray)

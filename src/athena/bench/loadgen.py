@@ -12,6 +12,10 @@ event loop's default executor, which is what ``AsyncMemory``'s ``asyncio.to_thre
   geometrically until p99 exceeds a bound; arms take turns rate by rate.
 * :func:`ceiling`: the same generator against a no-op async call: the most this harness
   itself can send, so a throughput miss can be told apart from a harness limit.
+
+:func:`closed_loop` is the other kind, for the benchmarks that compare how much work a
+process gets through: a fixed number of threads, each sending its next call when the last
+returns.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import math
+import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from athena.bench.arms import Arm, Samples, percentile, turn_order
 from athena.bench.workloads import Ask
@@ -38,6 +44,42 @@ CEILING_SHARE: Final = 0.9  # a no-op step must also complete 90 % of its rate t
 SPIN_S: Final = 0.001  # the paced generator spins, rather than sleeps, this close to a send
 
 Call = Callable[[Ask], Awaitable[Any]]
+
+
+T = TypeVar("T")
+
+
+def closed_loop(
+    call: Callable[[T], object], items: Sequence[T], threads: int
+) -> tuple[float, float]:
+    """``call`` on every item of ``items`` from ``threads`` threads, each taking the next
+    item when its last call returns: (calls/s, process CPU ms per call).
+
+    >>> rate, cpu = closed_loop(abs, range(1000), 4)
+    >>> rate > 0 and cpu >= 0
+    True
+    """
+    feed, lock = iter(items), threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                try:
+                    item = next(feed)
+                except StopIteration:
+                    return
+            call(item)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return len(items) / wall, cpu / max(len(items), 1) * 1000.0
+
+
 Advance = Callable[[int], None]
 
 

@@ -53,7 +53,7 @@ def load_embedder(
 
 def batch_width(embedder: Embedder) -> int:
     """How many texts ``embedder`` gains from receiving at once: a batching wrapper's
-    ``max_batch`` (found through any wrappers' ``inner``), else 1.
+    ``max_batch`` (found through any wrappers' ``inner``) if it coalesces calls, else 1.
 
     >>> batch_width(load_embedder("static")), batch_width(BatchingEmbedder(StaticEmbedder()))
     (1, 16)
@@ -63,7 +63,7 @@ def batch_width(embedder: Embedder) -> int:
         if seen is None:
             break
         if isinstance(seen, BatchingEmbedder):
-            return seen.max_batch
+            return seen.max_batch if seen.coalescing else 1
         seen = getattr(seen, "inner", None)
     return 1
 
@@ -71,8 +71,8 @@ def batch_width(embedder: Embedder) -> int:
 @functools.cache
 def _model(key: str) -> Embedder:
     # One model per process: loading costs 0.3 s (static) to 4 s (transformer), and the
-    # models are read-only and thread-safe behind their own locks. The transformer runs one
-    # call at a time: concurrent calls are batched into its next one.
+    # models are read-only and thread-safe behind their own locks. Concurrent calls to the
+    # transformer are batched into its next one, except on int8, which runs one text a call.
     return StaticEmbedder() if key == "static" else BatchingEmbedder(TransformerEmbedder())
 
 

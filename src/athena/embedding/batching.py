@@ -58,12 +58,23 @@ class BatchingEmbedder:
     ((2, 256), 1)
     """
 
-    def __init__(self, inner: Embedder, max_batch: int = MAX_BATCH, lanes: int = LANES) -> None:
+    def __init__(
+        self,
+        inner: Embedder,
+        max_batch: int = MAX_BATCH,
+        lanes: int = LANES,
+        coalesce: bool | None = None,
+    ) -> None:
         if max_batch < 1 or lanes < 1:
             raise ValueError("max_batch and lanes must be positive")
         self._inner = inner
+        self._coalesce = coalesce  # None: unless the model embeds one text per call
         self._max = max_batch
         self._lanes = Lanes(inner, lanes)
+        # Uncoalesced calls run on their callers' threads, at most ``lanes`` model calls at
+        # once: four recall threads each running the int8 model on two cores made 445
+        # recalls/s, two 569/s (benchmarks/admission.py --embedder transformer).
+        self._direct = Lanes(inner, lanes, threading.BoundedSemaphore(lanes))
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
         self._busy = False
@@ -79,6 +90,18 @@ class BatchingEmbedder:
     def max_batch(self) -> int:
         """The most texts one model call takes."""
         return self._max
+
+    @property
+    def coalescing(self) -> bool:
+        """Whether concurrent calls share model calls. By default not when the inner model
+        embeds one text per call anyway (``per_text``, the int8 transformer): then each
+        caller runs its texts at once on its own thread (a call of several split over the
+        lanes). Two threads of single-text calls made 1,110-1,140 calls/s straight to the
+        int8 model and 744-823/s through the batches, each of which waited for the one
+        before (``python benchmarks/embed_batching.py --throughput``)."""
+        if self._coalesce is not None:
+            return self._coalesce
+        return not getattr(self._inner, "per_text", False)
 
     @property
     def name(self) -> str:
@@ -101,6 +124,12 @@ class BatchingEmbedder:
             raise TypeError("embed() takes a sequence of texts, not a single str")
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if not self.coalescing:
+            vectors, calls = self._direct.embed(list(texts))
+            with self._lock:
+                self.calls += calls
+                self.requests += 1
+            return vectors
         request = _Request(list(texts))
         with self._lock:
             self._pending.append(request)

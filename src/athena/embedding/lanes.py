@@ -26,11 +26,14 @@ class Lanes:
     ((2, 256), 1)
     """
 
-    def __init__(self, inner: Embedder, count: int) -> None:
+    def __init__(
+        self, inner: Embedder, count: int, gate: threading.Semaphore | None = None
+    ) -> None:
         if count < 1:
             raise ValueError("lanes must be positive")
         self._inner = inner
         self._count = count
+        self._gate = gate  # if given, every model call holds one of its permits
         self._helpers: ThreadPoolExecutor | None = None
         self._helpers_pid = 0  # a forked child starts its own: the parent's thread is gone
         self._lock = threading.Lock()
@@ -46,16 +49,23 @@ class Lanes:
         """
         lanes = min(self._count, len(texts))
         if lanes < 2 or not getattr(self._inner, "concurrent", False):
-            return self._inner.embed(texts), 1
+            return self._call(texts), 1
         size = -(-len(texts) // lanes)
         parts = [texts[i : i + size] for i in range(0, len(texts), size)]
         helpers = self._executor()
-        others: list[Future[Vectors]] = [helpers.submit(self._inner.embed, p) for p in parts[1:]]
+        others: list[Future[Vectors]] = [helpers.submit(self._call, p) for p in parts[1:]]
         try:
-            first = self._inner.embed(parts[0])  # this thread runs a share too
+            first = self._call(parts[0])  # this thread runs a share too
         finally:
             wait(others)  # never more than ``count`` model calls, even when this one failed
         return np.concatenate([first, *(f.result() for f in others)]), len(parts)
+
+    def _call(self, texts: list[str]) -> Vectors:
+        """One model call, holding a permit of the gate if there is one."""
+        if self._gate is None:
+            return self._inner.embed(texts)
+        with self._gate:
+            return self._inner.embed(texts)
 
     def _executor(self) -> ThreadPoolExecutor:
         """The helper threads of this process, started on first use."""

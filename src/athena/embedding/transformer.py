@@ -171,6 +171,16 @@ class TransformerEmbedder:
         return 384
 
     @property
+    def per_text(self) -> bool:
+        """Whether the model embeds one text per call whatever it is given (int8): then a
+        batch gains nothing, and callers gain from running their calls at once instead.
+
+        >>> [TransformerEmbedder(runtime=r).per_text for r in ("int8", "onnx")]
+        [True, False]
+        """
+        return self.runtime == "int8"
+
+    @property
     def concurrent(self) -> bool:
         """Whether :meth:`embed` runs calls from several threads at once (ONNX Runtime,
         once loaded); on torch they take turns.
