@@ -72,8 +72,10 @@ class BatchingEmbedder:
         self._max = max_batch
         self._lanes = Lanes(inner, lanes)
         # Uncoalesced calls run on their callers' threads, at most ``lanes`` model calls at
-        # once: four recall threads each running the int8 model on two cores made 445
-        # recalls/s, two 569/s (benchmarks/admission.py --embedder transformer).
+        # once (a core each): more only queue on the cores. Without the bound, four recall
+        # threads made 445 cold int8 recalls/s and two 569/s in one run (admission.py
+        # --embedder transformer); with it, from four, 392/s against 363/s unbounded
+        # (embed_recall.py, overlapping ranges).
         self._direct = Lanes(inner, lanes, threading.BoundedSemaphore(lanes))
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
@@ -96,9 +98,9 @@ class BatchingEmbedder:
         """Whether concurrent calls share model calls. By default not when the inner model
         embeds one text per call anyway (``per_text``, the int8 transformer): then each
         caller runs its texts at once on its own thread (a call of several split over the
-        lanes). Two threads of single-text calls made 1,110-1,140 calls/s straight to the
-        int8 model and 744-823/s through the batches, each of which waited for the one
-        before (``python benchmarks/embed_batching.py --throughput``)."""
+        lanes). Two threads of single-text calls made 1,104 calls/s straight to the int8
+        model and 718/s through the batches, each of which waited for the one before
+        (medians of three, ``python benchmarks/embed_batching.py --throughput``)."""
         if self._coalesce is not None:
             return self._coalesce
         return not getattr(self._inner, "per_text", False)
