@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from athena.embedding import Embedder, batch_width
+from athena.embedding import Embedder, batch_width, embed_lanes
 from athena.errors import NotFound, RecallTimeout
 from athena.execution.admission import QueueTally, default_concurrency
 from athena.execution.pipeline import Recall
@@ -131,4 +131,4 @@ class MemoryRecalls:
     def concurrency(self) -> int:
         """How many recalls an async face should hand to threads at once
         (:func:`~athena.execution.admission.default_concurrency` for this embedder)."""
-        return default_concurrency(batch_width(self.embedder))
+        return default_concurrency(batch_width(self.embedder), embed_lanes(self.embedder))

@@ -14,6 +14,7 @@ from athena.embedding import (
     CachingEmbedder,
     StaticEmbedder,
     batch_width,
+    embed_lanes,
     load_embedder,
 )
 from athena.embedding.protocol import Vectors
@@ -239,3 +240,14 @@ def test_coalescing_can_be_asked_for_and_a_failure_still_fails_its_caller_only()
     out = _concurrently(direct, [["fine"], ["poison"], ["also fine"]])
     assert isinstance(out[1], EmbedderError)
     assert isinstance(out[0], np.ndarray) and isinstance(out[2], np.ndarray)
+
+
+def test_embed_lanes_counts_a_per_text_models_lanes_only() -> None:
+    class PerText(StaticEmbedder):
+        per_text = True
+        concurrent = True
+
+    assert embed_lanes(CachingEmbedder(BatchingEmbedder(PerText(), lanes=2))) == 2
+    assert embed_lanes(BatchingEmbedder(PerText(), lanes=2, coalesce=True)) == 0
+    assert embed_lanes(BatchingEmbedder(StaticEmbedder())) == 0  # coalesces: a batch
+    assert embed_lanes(StaticEmbedder()) == 0

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from athena import AsyncMemory, Memory
+from athena.embedding import BatchingEmbedder, StaticEmbedder
 from athena.errors import ExecutionError, InvalidInput, RecallTimeout
 from athena.execution.adaptive import AdaptiveEngine
 from athena.execution.admission import AdmissionGate, default_concurrency, default_slots
@@ -309,16 +310,37 @@ def test_bad_async_concurrency_is_refused(tmp_path: Path, bad: Any) -> None:
     assert not (tmp_path / "m.db").exists()  # refused before a file was made
 
 
-def test_default_concurrency_fills_a_batch_and_two_threads_a_core(
+def test_default_concurrency_is_one_under_the_gil_plus_lanes_or_a_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert default_concurrency() == 4 and default_concurrency(16) == 16
-    mem = Memory(tmp_path / "m.db")  # static: no batching
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    assert default_concurrency() == 1
+    assert default_concurrency(lanes=2) == 2 and default_concurrency(16, 2) == 16
+    static = Memory(tmp_path / "s.db")  # Python and numpy: one thread
+    per_text = Memory(tmp_path / "t.db", embedder=BatchingEmbedder(PerText(), lanes=2))
+    coalescing = Memory(tmp_path / "c.db", embedder=BatchingEmbedder(StaticEmbedder()))
     try:
-        assert mem.concurrency == 4
+        assert (static.concurrency, per_text.concurrency, coalescing.concurrency) == (1, 2, 16)
     finally:
-        mem.close()
+        for mem in (static, per_text, coalescing):
+            mem.close()
+
+
+def test_default_concurrency_without_the_gil_is_two_threads_a_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert default_concurrency() == 4 and default_concurrency(16, 2) == 16
+
+
+class PerText(StaticEmbedder):
+    """A model that embeds one text per call and runs calls at once (as the int8
+    transformer on ONNX Runtime does)."""
+
+    per_text = True
+    concurrent = True
 
 
 def test_a_queued_recall_is_served_from_what_was_cached_while_it_waited(tmp_path: Path) -> None:

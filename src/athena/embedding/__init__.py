@@ -58,14 +58,33 @@ def batch_width(embedder: Embedder) -> int:
     >>> batch_width(load_embedder("static")), batch_width(BatchingEmbedder(StaticEmbedder()))
     (1, 16)
     """
+    batcher = _batcher(embedder)
+    return batcher.max_batch if batcher is not None and batcher.coalescing else 1
+
+
+def embed_lanes(embedder: Embedder) -> int:
+    """How many calls ``embedder`` runs at once outside the GIL: a batching wrapper's lanes
+    (a core each) when it passes each call straight to a model that embeds one text per
+    call (the int8 transformer), else 0 (the static model is Python and numpy under the
+    GIL; a coalescing wrapper is counted by :func:`batch_width`).
+
+    >>> embed_lanes(load_embedder("static")), embed_lanes(BatchingEmbedder(StaticEmbedder()))
+    (0, 0)
+    """
+    batcher = _batcher(embedder)
+    return batcher.lanes if batcher is not None and not batcher.coalescing else 0
+
+
+def _batcher(embedder: Embedder) -> BatchingEmbedder | None:
+    """The :class:`BatchingEmbedder` among ``embedder`` and the models it wraps, if any."""
     seen: Embedder | None = embedder
     for _ in range(8):  # wrappers nest a level or two; never loop on a cycle
         if seen is None:
             break
         if isinstance(seen, BatchingEmbedder):
-            return seen.max_batch if seen.coalescing else 1
+            return seen
         seen = getattr(seen, "inner", None)
-    return 1
+    return None
 
 
 @functools.cache
@@ -86,5 +105,6 @@ __all__ = [
     "TransformerEmbedder",
     "Vectors",
     "batch_width",
+    "embed_lanes",
     "load_embedder",
 ]

@@ -89,6 +89,11 @@ class BatchingEmbedder:
         return self._inner
 
     @property
+    def lanes(self) -> int:
+        """The most model calls made at once (a core each)."""
+        return self._lanes.lanes
+
+    @property
     def max_batch(self) -> int:
         """The most texts one model call takes."""
         return self._max

@@ -38,6 +38,11 @@ class Lanes:
         self._helpers_pid = 0  # a forked child starts its own: the parent's thread is gone
         self._lock = threading.Lock()
 
+    @property
+    def lanes(self) -> int:
+        """The most model calls run at once."""
+        return self._count
+
     def embed(self, texts: list[str]) -> tuple[Vectors, int]:
         """``texts`` in one model call, or split into up to ``count`` calls run at once when
         the inner embedder allows it (the rows come back in order either way); with the

@@ -25,7 +25,12 @@ many recalls they hand to threads at once (:func:`default_concurrency`); the res
 a queue, where waiting costs nothing. Bursts of 100 cold recalls over ``100k-tenants``
 (static, SEQUENTIAL and ADAPTIVE, a hundred threads and the default four alternating in one
 process, three rounds): p50 198-273 ms and p99 296-462 on a hundred, 131-173 and 269-353
-on four; two to six did about as well as four.
+on four; two to six did about as well as four. At a fixed arrival rate (open loop,
+``benchmarks/recall_threads.py``, arms interleaved) fewer did better still: one thread
+kept up with 600 static recalls/s (p99 5 ms) where two and four fell behind (556 and 573
+done/s, p99 161 and 97 ms) and spent 1.5 ms of CPU per recall against 2.0. So under the
+GIL an async face runs one recall at a time, plus one per core that embeds outside the GIL
+(the int8 transformer: two threads made 459 recalls/s at 480/s offered, four 408).
 """
 
 from __future__ import annotations
@@ -44,24 +49,33 @@ from athena.errors import RecallTimeout
 MAX_SLOTS: Final = 1024
 
 
+def _gil() -> bool:
+    return bool(getattr(sys, "_is_gil_enabled", lambda: True)())
+
+
 def default_slots() -> int:
     """One slot under the GIL (threads only add switches); a core each without it.
 
     >>> default_slots() >= 1
     True
     """
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    return 1 if gil else os.cpu_count() or 1
+    return 1 if _gil() else os.cpu_count() or 1
 
 
-def default_concurrency(batch: int = 1) -> int:
-    """Recalls an async face hands to threads at once: two per core (one runs its layers
-    while another embeds and plans), or one embedding batch (``batch``) if that is more,
-    so a batching embedder still receives full batches.
+def default_concurrency(batch: int = 1, lanes: int = 0) -> int:
+    """Recalls an async face hands to threads at once.
 
-    >>> default_concurrency(64) >= 64
+    Under the GIL: one, since a recall is Python nearly throughout and a second thread
+    only trades the GIL with it; or ``lanes``, the model calls an embedder runs at once
+    outside the GIL (the int8 transformer, a core each), so one recall runs its layers
+    while the others embed; or one embedding batch (``batch``), so a coalescing embedder
+    still receives full batches. Without the GIL: two per core, or ``batch``.
+
+    >>> default_concurrency(16) >= 16
     True
     """
+    if _gil():
+        return max(1, lanes, batch)
     return max(2 * (os.cpu_count() or 1), batch)
 
 
