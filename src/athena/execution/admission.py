@@ -26,11 +26,11 @@ a queue, where waiting costs nothing. Bursts of 100 cold recalls over ``100k-ten
 (static, SEQUENTIAL and ADAPTIVE, a hundred threads and the default four alternating in one
 process, three rounds): p50 198-273 ms and p99 296-462 on a hundred, 131-173 and 269-353
 on four; two to six did about as well as four. At a fixed arrival rate (open loop,
-``benchmarks/recall_threads.py``, arms interleaved) fewer did better still: one thread
-kept up with 600 static recalls/s (p99 5 ms) where two and four fell behind (556 and 573
-done/s, p99 161 and 97 ms) and spent 1.5 ms of CPU per recall against 2.0. So under the
-GIL an async face runs one recall at a time, plus one per core that embeds outside the GIL
-(the int8 transformer: two threads made 459 recalls/s at 480/s offered, four 408).
+``benchmarks/recall_threads.py``, arms interleaved, medians of three) fewer did better
+still: offered 600 static recalls/s, one thread did 599/s (p99 65 ms), two 550/s (p99 185)
+and four 514/s (p99 331), at 1.70 ms of CPU a recall against 2.01-2.17. So under the GIL
+an async face runs one recall at a time, or one per core when the embedding runs outside
+the GIL (the int8 transformer, offered 420/s: two threads did 418/s, four 364, one 243).
 """
 
 from __future__ import annotations
