@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from athena.embedding import (
     CachingEmbedder,
@@ -19,6 +23,7 @@ from athena.embedding import (
     Vectors,
     load_embedder,
 )
+from athena.embedding.static import l2_normalise
 from athena.errors import EmbedderError, InvalidInput
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -130,6 +135,45 @@ def test_static_thread_safe(static: StaticEmbedder) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def _model2vec(static: StaticEmbedder, texts: list[str]) -> Vectors:
+    """The vectors model2vec's own ``encode`` gives, normalised as the embedder does."""
+    raw = static._model.encode(texts, normalize=False, use_multiprocessing=False)
+    return l2_normalise(np.asarray(raw, dtype=np.float32).reshape(len(texts), static.dim))
+
+
+EDGES = [
+    *("", " ", "zzqqxx", "UPPER lower", "🙂 emoji and ünïcödé", "a " * 3000, "word " * 700),
+    "internationalization " * 150 + "dog " * 300,  # cut by characters before by tokens
+]
+
+
+def test_static_direct_path_gives_model2vecs_bits(
+    static: StaticEmbedder, locomo_path: Path
+) -> None:
+    """Every LoCoMo question alone, a batch of mixed lengths, and edges (empty, unknown
+    tokens, past the character and the token truncation) embed to exactly the bits
+    model2vec's encode gives."""
+    assert static._direct  # the packaged model has no token mapping or weights
+    conversations = json.loads(locomo_path.read_text("utf-8"))
+    questions = [str(qa["question"]) for c in conversations for qa in c["qa"]]
+    for text in questions[:400] + EDGES:
+        np.testing.assert_array_equal(static.embed([text]), _model2vec(static, [text]))
+    batch = questions[400:700] + EDGES
+    np.testing.assert_array_equal(static.embed(batch), _model2vec(static, batch))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=80), min_size=1, max_size=6))
+def test_static_direct_path_matches_model2vec_on_any_text(texts: list[str]) -> None:
+    static = _shared_static()
+    np.testing.assert_array_equal(static.embed(texts), _model2vec(static, texts))
+
+
+@functools.cache
+def _shared_static() -> StaticEmbedder:
+    return StaticEmbedder()
 
 
 # --- cache and load_embedder ----------------------------------------------------------------
