@@ -142,3 +142,47 @@ def test_a_kept_plan_follows_the_graphs_layer_choice(
     assert engine.plans.plan(other, "adaptive")[2].text == "Who painted the lake?"
     seeded.recall(QUESTION, tenant="t", k=5)
     assert seeded.recall_cached(QUESTION, tenant="t", k=5) is not None  # the kept key hits
+
+
+def test_a_kept_plan_is_made_again_only_when_its_own_types_choice_moves(
+    seeded: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count crossing a threshold in another query type leaves a kept adaptive plan
+    alone; one in its own type makes it again; a plan for a fixed strategy reads no layer
+    choice and is kept through both."""
+    from athena.planning.analysis import classify
+
+    engine: Any = seeded.engine
+    request = seeded._requests.make(QUESTION, "t", 5, None)
+    own = classify(QUESTION)
+    other = next(t for t in ("factual", "temporal", "procedural", "relational") if t != own)
+    made: list[str] = []
+    real = engine.graph.select_layers
+
+    def select(query_type: str, layers: tuple[str, ...]) -> tuple[str, ...]:
+        made.append(query_type)
+        return real(query_type, layers)  # type: ignore[no-any-return]
+
+    classified: list[str] = []
+
+    def counting(text: str) -> str:
+        classified.append(text)
+        return classify(text)
+
+    monkeypatch.setattr(engine.graph, "select_layers", select)
+    monkeypatch.setattr("athena.execution.plans.classify", counting)
+    engine.plans.plan(request, "adaptive")
+    engine.plans.plan(request, "hybrid")
+    assert made == [own] and len(classified) == 2
+    with engine.graph._lock:
+        engine.graph._forget_kept(other)
+    engine.plans.plan(request, "adaptive")
+    assert made == [own]  # kept: another type's choice moved
+    with engine.graph._lock:
+        engine.graph._forget_kept(own)
+    engine.plans.plan(request, "adaptive")
+    assert made == [own, own]  # made again: its own type's choice may have moved
+    with engine.graph._lock:
+        engine.graph._forget_kept()
+    engine.plans.plan(request, "hybrid")
+    assert len(classified) == 3  # the adaptive plan made again once; the hybrid one kept

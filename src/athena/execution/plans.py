@@ -21,7 +21,7 @@ PLANS_KEPT: Final = 4096  # plans of recent query objects, per kind (adaptive or
 
 # A query object's plan: (the query, the graph's version, its type, the layers asked, the
 # query to run, its full cache key).
-Plan = tuple[RecallQuery, int, str, tuple[str, ...], RecallQuery, Hashable]
+Plan = tuple[RecallQuery, tuple[int, int], str, tuple[str, ...], RecallQuery, Hashable]
 
 
 class RecallPlans:
@@ -53,10 +53,14 @@ class RecallPlans:
         adaptive = strategy == "adaptive"
         plans = self._plans[adaptive]
         plan = plans.get(id(query))
-        version = self.graph.version
-        if plan is not None and plan[0] is query and plan[1] == version:
+        if (
+            plan is not None
+            and plan[0] is query
+            and (not adaptive or plan[1] == self.graph.version_of(plan[2]))
+        ):  # only an adaptive plan reads the graph's layer choice
             return plan[2], plan[3], plan[4], plan[5]
         query_type, asked, run = classify(query.text), query.layers, query
+        version = self.graph.version_of(query_type)
         if adaptive and asked == LAYERS:
             chosen = self.graph.select_layers(query_type, asked)
             if chosen != asked:

@@ -85,8 +85,9 @@ class DependencyGraph:
         # change only when a count crosses a threshold, and observe() clears them then.
         self._kept: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         # Moves whenever those answers may change: a plan kept by a caller is current while
-        # the version it was made at is.
+        # the version it was made at is (see version_of).
         self.version = 0
+        self._type_versions: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
     def observe(
@@ -116,7 +117,7 @@ class DependencyGraph:
                 for other in names[i + 1 :]:
                     stats.together[f"{name}+{other}"] += 1
             if crossed:
-                self._forget_kept()
+                self._forget_kept(query_type)
             if cache_hit or not timed:
                 return  # cached or contended timings say nothing about the layers' cost
             for name, ms in layer_ms.items():
@@ -133,12 +134,32 @@ class DependencyGraph:
         """
         with self._lock:
             if self._types[query_type].count(True, result_size, cost_ms):
-                self._forget_kept()
+                self._forget_kept(query_type)
 
-    def _forget_kept(self) -> None:
-        """Drop the remembered layer choices (lock held); plans made before are stale."""
-        self._kept.clear()
-        self.version += 1
+    def _forget_kept(self, query_type: str | None = None) -> None:
+        """Drop the remembered layer choices of ``query_type`` (all of them if None; lock
+        held): plans made before for that type are stale. A type's choice reads only that
+        type's counts, so a count crossing a threshold in one type leaves the plans of the
+        others kept (in a loop of cached recalls, every plan was made again each time)."""
+        if query_type is None:
+            self._kept.clear()
+            self.version += 1
+            return
+        for key in [key for key in self._kept if key[0] == query_type]:
+            del self._kept[key]
+        self._type_versions[query_type] += 1
+
+    def version_of(self, query_type: str) -> tuple[int, int]:
+        """The version of ``query_type``'s layer choice: a plan made at another is stale.
+
+        >>> g = DependencyGraph()
+        >>> before = g.version_of("factual")
+        >>> with g._lock:
+        ...     g._forget_kept("temporal")
+        >>> g.version_of("factual") == before, g.version_of("temporal") == before
+        (True, False)
+        """
+        return self.version, self._type_versions.get(query_type, 0)
 
     def layer_ms(self, layer: str) -> float:
         return self._latency.get(layer, DEFAULT_LAYER_MS)
