@@ -24,14 +24,11 @@ from pathlib import Path
 
 from athena.bench import loadgen
 from athena.bench.arms import percentile
+from athena.bench.runner import resolve_data
 from athena.bench.workloads import Ask, build_store, working_copy
 from athena.embedding import load_embedder
 from athena.embedding.cache import CachingEmbedder
 from athena.memory import AsyncMemory
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
-if not DATA.exists():
-    DATA = Path("/work/shared/data/locomo/locomo10.json")
 
 
 def main() -> None:
@@ -45,9 +42,9 @@ def main() -> None:
     parser.add_argument("--strategy", default="sequential")
     parser.add_argument("--pool", default="off", help="off, lazy or eager (each arm its own)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, help="LoCoMo file (default: as athena bench)")
     args = parser.parse_args()
-    store = build_store(args.store, args.embedder, args.data, args.out)
+    store = build_store(args.store, args.embedder, resolve_data(args.data), args.out)
     db = working_copy(store, args.out / "work-recall-threads")
     model = load_embedder(args.embedder)
     model = model.inner if isinstance(model, CachingEmbedder) else model

@@ -21,13 +21,10 @@ import statistics
 import time
 from pathlib import Path
 
+from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
 from athena.embedding import StaticEmbedder
 from athena.memory import Memory
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
-if not DATA.exists():
-    DATA = Path("/work/shared/data/locomo/locomo10.json")
 
 
 def main() -> None:
@@ -35,9 +32,9 @@ def main() -> None:
     parser.add_argument("--store", default="locomo")
     parser.add_argument("--queries", type=int, default=1986)
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, help="LoCoMo file (default: as athena bench)")
     args = parser.parse_args()
-    store = build_store(args.store, "static", args.data, args.out)
+    store = build_store(args.store, "static", resolve_data(args.data), args.out)
     db = working_copy(store, args.out / "work-static-embed")
     direct, encode = StaticEmbedder(), StaticEmbedder()
     encode._direct = False  # the model2vec path, as before

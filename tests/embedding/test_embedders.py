@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -165,15 +164,11 @@ def test_static_direct_path_gives_model2vecs_bits(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(max_size=80), min_size=1, max_size=6))
-def test_static_direct_path_matches_model2vec_on_any_text(texts: list[str]) -> None:
-    static = _shared_static()
+@given(texts=st.lists(st.text(max_size=80), min_size=1, max_size=6))
+def test_static_direct_path_matches_model2vec_on_any_text(
+    static: StaticEmbedder, texts: list[str]
+) -> None:
     np.testing.assert_array_equal(static.embed(texts), _model2vec(static, texts))
-
-
-@functools.cache
-def _shared_static() -> StaticEmbedder:
-    return StaticEmbedder()
 
 
 # --- cache and load_embedder ----------------------------------------------------------------
