@@ -24,15 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from athena.bench import loadgen
+from athena.bench.runner import resolve_data
 from athena.bench.workloads import Ask, build_store, working_copy
 from athena.embedding import CachingEmbedder, load_embedder
 from athena.execution.adaptive import AdaptiveEngine
 from athena.execution.admission import AdmissionGate
 from athena.memory import Memory
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
-if not DATA.exists():
-    DATA = Path("/work/shared/data/locomo/locomo10.json")
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 UNGATED = 1024
 
 

@@ -28,10 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from athena.bench.loadgen import closed_loop
+from athena.bench.runner import resolve_data
 from athena.embedding import BatchingEmbedder, TransformerEmbedder
 from athena.embedding.protocol import Embedder
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 
 
 def questions(path: Path) -> list[str]:

@@ -27,14 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from athena.bench import loadgen
+from athena.bench.runner import resolve_data
 from athena.bench.workloads import Ask, build_store, working_copy
 from athena.embedding import BatchingEmbedder, TransformerEmbedder
 from athena.embedding.protocol import Embedder
 from athena.memory import Memory
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
-if not DATA.exists():
-    DATA = Path("/work/shared/data/locomo/locomo10.json")
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 
 
 def cold(mem: Memory) -> Callable[[Ask], object]:

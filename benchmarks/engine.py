@@ -33,6 +33,7 @@ from rich import progress as rp
 from rich.console import Console
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
+from athena.bench.runner import resolve_data
 from athena.embedding import load_embedder
 from athena.locomo.data import load_locomo
 from athena.locomo.evaluation import DRAGON, evaluate_locomo
@@ -40,7 +41,7 @@ from athena.locomo.importer import conversation_memories, import_locomo
 from athena.memory import Memory
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF, ExactBackend, HnswBackend
 
-DATA = Path("/work/shared/data/locomo/locomo10.json")
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 EMBEDDERS = ("static", "transformer")
 PHASES = ("import", "locomo", "many_tenants", "one_tenant")
 IMPORT_RUNS = {"static": 3, "transformer": 1}

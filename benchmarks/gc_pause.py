@@ -17,10 +17,11 @@ import statistics
 import time
 from pathlib import Path
 
+from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
 from athena.memory import Memory
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 
 
 def main() -> None:

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 from athena import Memory
+from athena.bench.runner import resolve_data
 from athena.locomo.evaluation import evaluate_locomo
 from athena.locomo.importer import import_locomo
 
-DEFAULT_DATA = Path("/work/shared/data/locomo/locomo10.json")
+DEFAULT_DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 
 
 def main() -> None:

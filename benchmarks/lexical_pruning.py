@@ -22,12 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from athena import Memory
+from athena.bench.runner import resolve_data
 from athena.locomo.data import load_locomo
 from athena.locomo.importer import conversation_memories
 from athena.retrieval.lexical import terms
 from athena.store.sql_reads import scope_token
 
-DATA = Path("/work/shared/data/locomo/locomo10.json")
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 SHARES = (1.0, 0.05, 0.02, 0.01)
 QUERY = (
     "SELECT rowid, bm25(memories_fts, 1.0, 0.0) r FROM memories_fts"

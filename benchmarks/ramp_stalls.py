@@ -23,13 +23,11 @@ from typing import Any
 
 from athena.bench.arms import open_arms, percentile, rotations, warm_up
 from athena.bench.loadgen import P99_BOUND_MS, arm_call, cycle, run_phase
-from athena.bench.runner import share_indexes
+from athena.bench.runner import resolve_data, share_indexes
 from athena.bench.workloads import build_store, working_copy
 from athena.heap import settle_heap
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
-if not DATA.exists():
-    DATA = Path("/work/shared/data/locomo/locomo10.json")
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 
 
 class Collections:

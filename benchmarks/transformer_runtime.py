@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from athena.bench.runner import resolve_data
 from athena.embedding.transformer import TransformerEmbedder
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo10.json"
-if not DATA.exists():
-    DATA = Path("/work/shared/data/locomo/locomo10.json")
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
 ARMS = ("torch", "onnx", "int8")
 START = """
 import sys, time
