@@ -1,7 +1,7 @@
 """Serving benchmark: recalls/s and latency over HTTP, and MCP per-call round trips.
 
 ``python benchmarks/serve.py [--duration 5] [--clients 10,100] [--db PATH] [--client raw|httpx]
-[--workers 1,2 --rounds 2] [--mcp-calls 0]``
+[--workers 1,2 --rounds 2] [--mcp-calls 0] [--embedder static|transformer]``
 
 - Builds a LoCoMo database (``import_locomo``) unless ``--db`` names one already built.
 - Starts ``serve_http`` in a subprocess (the load generator must not share its GIL), with
@@ -76,12 +76,12 @@ class Cell:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def build_db(path: Path) -> None:
+def build_db(path: Path, embedder: str = "static") -> None:
     from athena.locomo.importer import import_locomo
     from athena.memory import Memory
 
     start = time.perf_counter()
-    with Memory(path) as memory:
+    with Memory(path, embedder=embedder) as memory:
         report = import_locomo(memory, str(DATA))
     print(
         f"imported {report.memories} memories in {time.perf_counter() - start:.1f}s",
@@ -112,11 +112,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_server(db: Path, workers: int = 1) -> Iterator[str]:
+def http_server(db: Path, workers: int = 1, embedder: str = "static") -> Iterator[str]:
     port = free_port()
     code = (
         "from athena.interfaces.http_serve import serve_http;"
-        f"serve_http({str(db)!r}, '127.0.0.1', {port}, 'static', None, max_inflight=256,"
+        f"serve_http({str(db)!r}, '127.0.0.1', {port}, {embedder!r}, None, max_inflight=256,"
         f" workers={workers})"
     )
     url = f"http://127.0.0.1:{port}"
@@ -300,6 +300,7 @@ def http_cells(
     kind: str,
     workers: int = 1,
     cold_rate: float | None = None,
+    embedder: str = "static",
 ) -> list[Cell]:
     """Every HTTP cell for one server process count; ``cold_rate``: the cold open loop's
     arrival rate (default 70% of the closed loop's throughput), fixed so that process
@@ -308,7 +309,7 @@ def http_cells(
     tenants = sorted({tenant for tenant, _ in asked})
     cells: list[Cell] = []
     same = [asked[0]] * 1_000_000
-    with http_server(db, workers) as url:
+    with http_server(db, workers, embedder) as url:
         warm_up(url, kind, workers, tenants)
         for n in clients:
             closed = asyncio.run(closed_loop(url, kind, n, same, duration, "cached"))
@@ -316,10 +317,10 @@ def http_cells(
             opened = asyncio.run(open_loop(url, kind, n, same, duration, rate, "cached"))
             cells += [closed, opened]
     for n in clients:
-        with http_server(db, workers) as url:  # a fresh server: an empty result cache
+        with http_server(db, workers, embedder) as url:  # a fresh server: an empty cache
             warm_up(url, kind, workers, tenants)
             closed = asyncio.run(closed_loop(url, kind, n, asked, duration, "cold"))
-        with http_server(db, workers) as url:
+        with http_server(db, workers, embedder) as url:
             warm_up(url, kind, workers, tenants)
             rate = cold_rate or max(1.0, closed.rate * OPEN_LOOP_LOAD)
             opened = asyncio.run(open_loop(url, kind, n, asked, duration, rate, "cold"))
@@ -430,6 +431,9 @@ def main() -> None:
     parser.add_argument(
         "--cold-rate", type=float, help="Cold open-loop arrivals/s (default: 70%% of closed)."
     )
+    parser.add_argument(
+        "--embedder", default="static", help="The servers' (and a built --db's) embedder."
+    )
     args = parser.parse_args()
     if args.rounds < 1 or (args.cold_rate is not None and args.cold_rate <= 0):
         parser.error("--rounds must be at least 1 and --cold-rate positive")
@@ -439,11 +443,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "locomo.db"
         if not db.exists():
-            build_db(db)
+            build_db(db, args.embedder)
         for r in range(args.rounds):
             for workers in counts if r % 2 == 0 else counts[::-1]:
                 cells += http_cells(
-                    db, clients, args.duration, args.client, workers, args.cold_rate
+                    db, clients, args.duration, args.client, workers, args.cold_rate, args.embedder
                 )
         connect_ms, mcp = asyncio.run(mcp_cells(db, args.mcp_calls)) if args.mcp_calls else (0, [])
     load = os.getloadavg()[0]
