@@ -331,12 +331,13 @@ def http_cells(
 
 
 @contextlib.asynccontextmanager
-async def mcp_session(db: Path) -> AsyncIterator[Any]:
+async def mcp_session(db: Path, embedder: str = "static") -> AsyncIterator[Any]:
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "athena.interfaces.mcp_server", "--db", str(db)]
+        command=sys.executable,
+        args=["-m", "athena.interfaces.mcp_server", "--db", str(db), "--embedder", embedder],
     )
     with open(os.devnull, "w") as devnull:
         async with (
@@ -347,11 +348,11 @@ async def mcp_session(db: Path) -> AsyncIterator[Any]:
             yield session
 
 
-async def mcp_cells(db: Path, calls: int) -> tuple[float, list[Cell]]:
+async def mcp_cells(db: Path, calls: int, embedder: str = "static") -> tuple[float, list[Cell]]:
     asked = questions()
     start = time.perf_counter()
     cells = []
-    async with mcp_session(db) as session:
+    async with mcp_session(db, embedder) as session:
         connect_ms = (time.perf_counter() - start) * 1000
         for name, workload in (
             ("stats (no recall)", None),
@@ -449,7 +450,9 @@ def main() -> None:
                 cells += http_cells(
                     db, clients, args.duration, args.client, workers, args.cold_rate, args.embedder
                 )
-        connect_ms, mcp = asyncio.run(mcp_cells(db, args.mcp_calls)) if args.mcp_calls else (0, [])
+        connect_ms, mcp = (
+            asyncio.run(mcp_cells(db, args.mcp_calls, args.embedder)) if args.mcp_calls else (0, [])
+        )
     load = os.getloadavg()[0]
     print(
         f"\nServing benchmark: {os.cpu_count()} CPUs shared by client and server, "
