@@ -87,7 +87,7 @@ class DependencyGraph:
         # Moves whenever those answers may change: a plan kept by a caller is current while
         # the version it was made at is (see version_of).
         self.version = 0
-        self._type_versions: dict[str, int] = defaultdict(int)
+        self._type_versions: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def observe(
@@ -147,7 +147,7 @@ class DependencyGraph:
             return
         for key in [key for key in self._kept if key[0] == query_type]:
             del self._kept[key]
-        self._type_versions[query_type] += 1
+        self._type_versions[query_type] = self._type_versions.get(query_type, 0) + 1
 
     def version_of(self, query_type: str) -> tuple[int, int]:
         """The version of ``query_type``'s layer choice: a plan made at another is stale.
@@ -200,7 +200,7 @@ class DependencyGraph:
                     or asked
                 )
             if len(self._kept) >= MAX_KEPT:
-                self._forget_kept()
+                self._kept.clear()  # bounded memo only: no answer changed, plans stay current
             self._kept[key] = kept
         return kept
 
