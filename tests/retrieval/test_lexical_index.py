@@ -5,6 +5,7 @@ tenants, and filters search deeper until enough rows pass."""
 from __future__ import annotations
 
 import doctest
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import athena.retrieval.lexical_index as lexical_index
 from athena import Memory
 from athena.embedding import Embedder, load_embedder
 from athena.records import MemoryInput
-from athena.retrieval.lexical import query_stems
-from athena.retrieval.lexical_index import COMPACT_MIN, LexicalIndexes
+from athena.retrieval.lexical import query_stems, stems
+from athena.retrieval.lexical_index import COMPACT_MIN, K1, B, LexicalIndexes, LexicalPostings
 from athena.retrieval.vector import VectorIndexes
 
 WORDS = ["apple", "river", "piano", "rocket", "garden", "violet", "tiger", "cloud"]
@@ -122,3 +123,45 @@ def test_postings_are_invisible_to_the_garbage_collector() -> None:
     for postings in (index._positions, index._tfs):
         assert postings and not gc.is_tracked(postings)
         assert not any(gc.is_tracked(v) for v in postings.values())
+
+
+def _reference_bm25(docs: dict[int, list[str]], query: list[str]) -> dict[int, float]:
+    """BM25 written out term by term, document by document: what the array code must equal."""
+    average = sum(len(d) for d in docs.values()) / len(docs) or 1.0
+    scores: dict[int, float] = {}
+    for term in dict.fromkeys(query):
+        holding = [m for m, d in docs.items() if term in d]
+        df = len(holding)
+        if not df:
+            continue
+        idf = math.log(1.0 + (len(docs) - df + 0.5) / (df + 0.5))
+        for memory_id in holding:
+            tf = docs[memory_id].count(term)
+            norm = K1 * (1.0 - B + B * len(docs[memory_id]) / average)
+            scores[memory_id] = scores.get(memory_id, 0.0) + idf * tf * (K1 + 1.0) / (tf + norm)
+    return scores
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(
+        st.lists(st.sampled_from(WORDS), min_size=1, max_size=6), min_size=1, max_size=30
+    ),
+    dropped=st.sets(st.integers(0, 29)),
+    query=st.lists(st.sampled_from(WORDS), min_size=1, max_size=5),
+)
+def test_scores_equal_bm25_written_out(
+    texts: list[list[str]], dropped: set[int], query: list[str]
+) -> None:
+    index = LexicalPostings("t", "episodic")
+    for memory_id, words in enumerate(texts):
+        index._add(memory_id, " ".join(words))
+    for memory_id in dropped & set(range(len(texts))):
+        index._drop(memory_id)  # superseded documents stay in the postings until compacted
+    live = {m: stems(" ".join(w)) for m, w in enumerate(texts) if m not in dropped}
+    expected = _reference_bm25(live, query_stems(" ".join(query))) if live else {}
+    ids, scores = index._scores(query_stems(" ".join(query)))
+    got = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+    assert got.keys() == {m for m, s in expected.items() if s > 0.0}
+    for memory_id, score in got.items():
+        assert score == pytest.approx(expected[memory_id], rel=1e-12)

@@ -113,6 +113,19 @@ def test_rows_are_scoped_by_tenant(store: SQLiteStore) -> None:
     assert store.get("alice", [mid])[0].tenant == "alice"
 
 
+def test_entity_counts_stop_at_the_cap(store: SQLiteStore) -> None:
+    store.put([prepared(key=f"k{i}", entities=("Maria",) if i < 7 else ("Maria", "Jon"))
+               for i in range(9)])  # fmt: skip
+    store.put([prepared(tenant="u", key="x", entities=("Maria",))])  # another tenant's
+    counts = {n: c for n, (_, c) in store.entities("t", ["maria", "jon", "nobody"]).items()}
+    assert counts == {"maria": 9, "jon": 2}
+    assert {n: c for n, (_, c) in store.entities("t", ["maria", "jon"], cap=5).items()} == {
+        "maria": 5,  # at least five
+        "jon": 2,
+    }
+    assert store.entities("t", ["maria"], cap=0)["maria"][1] == 0
+
+
 def test_lexical_search_is_scoped_and_filtered(store: SQLiteStore) -> None:
     store.put([prepared(tenant="a", key="1", text="red apple", event_time=10.0)])
     store.put([prepared(tenant="a", key="2", text="red car", event_time=20.0)])

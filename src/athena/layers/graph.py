@@ -80,8 +80,9 @@ class GraphLayer:
             return []
         names, total = self._known(ctx, tenant, request.generations)
         named = query_entities(request.query.text, names)
-        limit = max(10, UBIQUITY * total)
-        found = {n: v for n, v in ctx.store.entities(tenant, named).items() if v[1] <= limit}
+        limit = int(max(10, UBIQUITY * total))  # mentions past this: too common to matter
+        known = ctx.store.entities(tenant, named, cap=limit + 1)
+        found = {n: v for n, v in known.items() if v[1] <= limit}
         if not found:
             return []
         weights = {eid: 1.0 / math.log(2.0 + count) for eid, count in found.values()}

@@ -175,8 +175,11 @@ class Store(Protocol):
     def tasks(self, tenant: str, limit: int, where: RowFilter) -> list[MemoryRow]:
         """Open prospective memories, most urgent first."""
 
-    def entities(self, tenant: str, norms: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """norm -> (entity id, number of memories mentioning it)."""
+    def entities(
+        self, tenant: str, norms: Sequence[str], cap: int | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """norm -> (entity id, number of memories mentioning it); with ``cap``, counting
+        stops there (a count of ``cap`` means at least that many)."""
 
     def neighbours(self, tenant: str, entity_ids: Sequence[int], limit: int) -> list[int]:
         """Entities related to these by a typed relation."""

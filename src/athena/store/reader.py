@@ -102,8 +102,10 @@ class SQLiteReader:
     def tasks(self, tenant: str, limit: int, where: RowFilter) -> list[MemoryRow]:
         return self._read(reads.tasks, tenant, limit, where)
 
-    def entities(self, tenant: str, norms: Sequence[str]) -> dict[str, tuple[int, int]]:
-        return self._read(reads.entities, tenant, norms)
+    def entities(
+        self, tenant: str, norms: Sequence[str], cap: int | None = None
+    ) -> dict[str, tuple[int, int]]:
+        return self._read(reads.entities, tenant, norms, cap)
 
     def neighbours(self, tenant: str, entity_ids: Sequence[int], limit: int) -> list[int]:
         return self._read(reads.neighbours, tenant, entity_ids, limit)
