@@ -88,7 +88,7 @@ class AdaptiveEngine:
         self.situations.enter()
         loaded = self.pipeline.ctx.loaded()
         try:
-            run = RecallRun(self, query, generations, strategy, timeout, query_type)
+            run = RecallRun(self, query, generations, strategy, timeout, query_type, key)
             hits = run.execute()
         except BaseException as exc:
             actual = (time.perf_counter() - start) * 1000.0

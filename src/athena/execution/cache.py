@@ -29,7 +29,7 @@ from typing import Any, Final, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from athena.execution import cache_keys as ck
-from athena.execution.cache_keys import Entry, full_key, layer_key, normalize_text, trust
+from athena.execution.cache_keys import Entry, full_key, layer_keys, normalize_text, trust
 from athena.layers.protocol import LayerResult
 from athena.records import Hit, RecallQuery
 
@@ -297,7 +297,7 @@ class _LayerRankings(_CacheCore):
         >>> # cached = cache.get_layers(query, embedder.name, 50, generations)
         """
         text, now = normalize_text(query.text), self._clock()
-        keys = [layer_key(query, model, layer, depth, text) for layer in query.layers]
+        keys = layer_keys(query, model, query.layers, depth, text)
         found: list[Entry] = []
         with self._lock:
             for key in keys:
@@ -305,7 +305,7 @@ class _LayerRankings(_CacheCore):
                 if entry is not None:
                     self._lru.data.move_to_end(key)
                     found.append(entry)
-        return {e.layer: CachedLayer(e.value, *trust(e, now), e.cost_ms) for e in found}
+        return {e.layer: CachedLayer(_as_cached(e.value), *trust(e, now), e.cost_ms) for e in found}
 
     def put_layer(
         self,
@@ -342,25 +342,31 @@ class _LayerRankings(_CacheCore):
             return
         text, now, whole = normalize_text(query.text), self._clock(), dict(generations_read)
         base = ck.key_size(("layer", model, query.tenant, text))  # the same for every layer
+        layers = tuple(result.layer for result, _ in results)
+        keys = layer_keys(query, model, layers, depth, text)
         entries: list[tuple[Hashable, Entry]] = []
-        for result, cost_ms in results:
+        for key, (result, cost_ms) in zip(keys, results, strict=True):
             layer = result.layer
             ttl = self._ttls.get(layer, 0.0)
             if ttl <= 0:
                 continue
-            key = layer_key(query, model, layer, depth, text)
-            value = LayerResult(  # cheaper than dataclasses.replace, on every miss
-                layer, result.ids, result.scores, result.elapsed_ms, result.generation, "cache"
-            )
-            size = base + len(layer) + ck.layer_size(value)
+            # Kept as computed: marked as the cache's (:func:`_as_cached`) only when served.
+            size = base + len(layer) + ck.layer_size(result)
             if size > lru.max_bytes:
                 continue
             gen = generations_read.get(layer, 0)
             depends = whole if layer in WHOLE_TENANT_LAYERS else None
-            cost = max(0.0, cost_ms)
-            entries.append((key, Entry(value, now, ttl, depends, layer, gen, size, cost, 1)))
+            entry = Entry(result, now, ttl, depends, layer, gen, size, max(0.0, cost_ms), 1)
+            entries.append((key, entry))
         with self._lock:
             self._add(entries)
+
+
+def _as_cached(result: LayerResult) -> LayerResult:
+    """A stored ranking as served: its source is the cache (built on a hit, not on a fill)."""
+    return LayerResult(
+        result.layer, result.ids, result.scores, result.elapsed_ms, result.generation, "cache"
+    )
 
 
 class ResultCache(_LayerRankings):
@@ -409,8 +415,10 @@ class ResultCache(_LayerRankings):
         generations_read: Mapping[str, int],
         hits: tuple[Hit, ...],
         cost_ms: float,
+        key: Hashable | None = None,
     ) -> None:
         """Store a recall's hits, tagged with the generations read *before* it ran.
+        ``key``: ``full_key(query, model)`` if the caller kept it.
 
         >>> # cache.put_full(query, embedder.name, generations_before, hits, cost_ms=8.5)
         """
@@ -418,8 +426,10 @@ class ResultCache(_LayerRankings):
         for hit in hits:
             if hit.tenant != tenant:
                 raise ValueError("a recall's hits must belong to the query's tenant")
-        key = full_key(query, model)
-        ttl, size = self._ttl(query.layers), ck.key_size(key) + ck.hits_size(hits)
+        if key is None:
+            key = full_key(query, model)
+        ttl = self._ttl(query.layers)
+        size = ck.key_size(cast(tuple[Any, ...], key)) + ck.hits_size(hits)
         whole, width = dict(generations_read), len(query.layers)
         entry = Entry(hits, self._clock(), ttl, whole, "", 0, size, max(0.0, cost_ms), width)
         self._store(key, entry)
@@ -449,7 +459,7 @@ class ResultCache(_LayerRankings):
         """
         text, now = normalize_text(query.text), self._clock()
         full = full_key(query, model, text)
-        keys = [layer_key(query, model, layer, depth, text) for layer in query.layers]
+        keys = layer_keys(query, model, query.layers, depth, text)
         with self._lock:
             if self._valid(full, generations, now) is not None:
                 return 1.0

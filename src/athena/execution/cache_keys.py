@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import string
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -83,8 +83,26 @@ def layer_key(
     return ("layer", model, query.tenant, norm, layer, depth, query.filters())
 
 
-def flight_key(query: RecallQuery, model: str, generations: Mapping[str, int]) -> Hashable:
-    """A single-flight key: the full key plus the generations the caller read.
+def layer_keys(
+    query: RecallQuery, model: str, layers: Sequence[str], depth: int, text: str
+) -> list[LayerKey]:
+    """:func:`layer_key` of each of ``layers``, the query's filters read once (``text``:
+    the query text, already normalised).
+
+    >>> from athena.records import make_query
+    >>> q = make_query("Hi", "t")
+    >>> layer_keys(q, "m", ["graph"], 50, "hi") == [layer_key(q, "m", "graph", 50)]
+    True
+    """
+    tenant, filters = query.tenant, query.filters()
+    return [("layer", model, tenant, text, layer, depth, filters) for layer in layers]
+
+
+def flight_key(
+    query: RecallQuery, model: str, generations: Mapping[str, int], key: Hashable | None = None
+) -> Hashable:
+    """A single-flight key: the full key (``key``, if the caller kept it) plus the
+    generations the caller read.
 
     Callers that read different generations must not share an execution: one that started
     after a write would otherwise receive an answer computed before it.
@@ -94,7 +112,7 @@ def flight_key(query: RecallQuery, model: str, generations: Mapping[str, int]) -
     >>> flight_key(q, "m", {"episodic": 1}) == flight_key(q, "m", {"episodic": 2})
     False
     """
-    return (full_key(query, model), tuple(sorted(generations.items())))
+    return (full_key(query, model) if key is None else key, tuple(sorted(generations.items())))
 
 
 def key_size(key: tuple[Any, ...]) -> int:

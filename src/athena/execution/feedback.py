@@ -151,7 +151,7 @@ class Feedback:
         elif decision.strategy is Strategy.DISTRIBUTED:
             self.selector.learn(Strategy.DISTRIBUTED, situation, actual_ms)
         # A built recall keeps no features, so a restart does not replay its cost either.
-        features = () if built else tuple(situation.features().tolist())
+        features = () if built else situation.features()
         row = _row(
             query,
             query_type,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
@@ -11,7 +11,7 @@ from athena.errors import RecallTimeout, WorkerPoolUnavailable
 from athena.execution.cache import CachedHits
 from athena.layers.protocol import LayerResult, SearchRequest
 from athena.planning.analysis import QueryAnalysis
-from athena.planning.selector import Decision, Strategy
+from athena.planning.selector import Decision, Situation, Strategy
 from athena.records import Hit, RecallQuery
 
 if TYPE_CHECKING:
@@ -37,8 +37,10 @@ class RecallRun:
         strategy: str,
         timeout: float | None,
         query_type: str,
+        key: Hashable | None = None,
     ) -> None:
         self.engine = engine
+        self.key = key  # the query's full cache key, if the plan made it
         self.query = query
         self.generations = generations
         self.strategy = strategy
@@ -46,7 +48,7 @@ class RecallRun:
         self.query_type = query_type
         self.decision: Decision | None = None
         self.executed: Strategy | None = None
-        self.situation = engine.situations.of(query.layers, 0.0, light=True)
+        self.situation: Situation  # what the selector saw: set once the recall runs
         self.cache_state = "miss"
         self.fallback: str | None = None
         self.results: Mapping[str, LayerResult] = {}
@@ -59,10 +61,11 @@ class RecallRun:
     def execute(self) -> tuple[Hit, ...]:
         engine, query = self.engine, self.query
         if self.strategy in ("adaptive", "cache", "hybrid"):  # the full hit was tried before
-            key = engine.cache.flight_key(query, engine.model, self.generations)
+            key = engine.cache.flight_key(query, engine.model, self.generations, self.key)
             hits = engine.cache.single_flight(key, self._compute)
             if self.decision is None:  # another thread computed it for us (single-flight)
                 self.cache_state = "hit"
+                self.situation = engine.situations.of(query.layers, 0.0, light=True)
                 self.decision = replace(
                     engine.selector.for_cache(True, self.situation.sequential_ms, 1.0, 0.0),
                     why="shared the execution of a concurrent identical recall",
@@ -144,7 +147,7 @@ class RecallRun:
             fresh = [(result, result.elapsed_ms) for result in self.fresh.values()]
             engine.cache.put_layers(query, engine.model, depth, fresh, self.generations)
             cost = sum(r.elapsed_ms for r in self.fresh.values())
-            engine.cache.put_full(query, engine.model, self.generations, hits, cost)
+            engine.cache.put_full(query, engine.model, self.generations, hits, cost, self.key)
         return hits
 
     def _decide(self, layers: tuple[str, ...]) -> Decision:

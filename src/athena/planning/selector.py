@@ -25,9 +25,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-import numpy as np
-import numpy.typing as npt
-
 from athena.planning.costs import REFERENCE_AFTER, WINDOW, Context, CostModel, Refresh
 
 
@@ -57,13 +54,14 @@ SWITCH_MIN_MS: Final = 0.25
 SWITCH_SE: Final = 2.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """The selector's choice for one recall, with why and what it expects.
 
     ``why`` is the short reason; ``predicted`` (each option's predicted ms) and ``setting``
     are only formatted into :attr:`reasoning` when something reads it (explain, telemetry
-    inspection), not on every recall's path.
+    inspection), not on every recall's path. Not frozen (nothing changes one once made): a
+    frozen dataclass of these eight fields took 1.01 µs to build against 0.32, per recall.
 
     >>> Decision(Strategy.SEQUENTIAL, 1.0, "lowest predicted cost", 1.2, 1.0,
     ...          (("sequential", 1.2), ("parallel", 1.5)), "over 5 layer(s)").reasoning
@@ -106,16 +104,19 @@ class Situation:
     inflight: int
     pool_warm: bool = True  # the pool's workers have served this tenant without a build
 
-    def features(self) -> npt.NDArray[np.float64]:
-        return np.array(
-            [
-                1.0,
-                float(self.layers),
-                self.sequential_ms,
-                float(self.queue_depth),
-                self.pool_busy,
-                float(self.inflight),
-            ]
+    def features(self) -> tuple[float, ...]:
+        """What a telemetry row keeps of the situation (a plain tuple: one per recall).
+
+        >>> Situation(2, 4.0, 2.0, 0.0, 0, 0.0, True, False, 1).features()
+        (1.0, 2.0, 4.0, 0.0, 0.0, 1.0)
+        """
+        return (
+            1.0,
+            float(self.layers),
+            float(self.sequential_ms),
+            float(self.queue_depth),
+            float(self.pool_busy),
+            float(self.inflight),
         )
 
 
