@@ -23,6 +23,7 @@ from athena.records import Hit, RecallQuery
 Filters = tuple[tuple[str, Any], ...]
 FullKey = tuple[str, str, str, str, tuple[str, ...], int, Filters]
 LayerKey = tuple[str, str, str, str, str, int, Filters]
+Scope = tuple[str, str, str, Filters]  # what a query's layer keys share: model, tenant, text…
 
 # Rough per-object overheads (bytes) for the size estimate: an entry, a hit, a key.
 ENTRY_OVERHEAD: Final = 256
@@ -80,7 +81,7 @@ def layer_key(
     ('layer', 'm', 't', 'hi', 'graph', 50)
     """
     norm = normalize_text(query.text) if text is None else text
-    return ("layer", model, query.tenant, norm, layer, depth, query.filters())
+    return scoped_layer_key((model, query.tenant, norm, query.filters()), layer, depth)
 
 
 def layer_keys(
@@ -94,8 +95,19 @@ def layer_keys(
     >>> layer_keys(q, "m", ["graph"], 50, "hi") == [layer_key(q, "m", "graph", 50)]
     True
     """
-    tenant, filters = query.tenant, query.filters()
-    return [("layer", model, tenant, text, layer, depth, filters) for layer in layers]
+    scope = (model, query.tenant, text, query.filters())
+    return [scoped_layer_key(scope, layer, depth) for layer in layers]
+
+
+def scoped_layer_key(scope: Scope, layer: str, depth: int) -> LayerKey:
+    """A layer key from what every layer key of one query shares (model, tenant, normalised
+    text, filters): a full key holds all of them, so a full entry can name its layers'.
+
+    >>> scoped_layer_key(("m", "t", "hi", ()), "graph", 50)
+    ('layer', 'm', 't', 'hi', 'graph', 50, ())
+    """
+    model, tenant, text, filters = scope
+    return ("layer", model, tenant, text, layer, depth, filters)
 
 
 def flight_key(
@@ -160,6 +172,10 @@ class Entry:
     size: int
     cost_ms: float
     width: int  # layer searches it saves when served
+    # A full recall's freshly searched layers, (ranking, cost in ms) searched ``depth``
+    # deep: stored as entries of their own only once this one can no longer be served.
+    depth: int = 0
+    carried: tuple[tuple[LayerResult, float], ...] = ()
 
 
 def behind(read: Mapping[str, int], current: Mapping[str, int]) -> bool:

@@ -79,7 +79,7 @@ class RecallRun:
         cached: dict[str, Any] = {}
         uses_cache = self.strategy in ("adaptive", "cache", "hybrid")
         if self.strategy in ("adaptive", "hybrid"):
-            cached = engine.cache.get_layers(query, engine.model, depth, self.generations)
+            cached = engine.cache.get_layers(query, engine.model, depth, self.generations, self.key)
             engine.cache.record_partial(cached.values())
         elif uses_cache:
             engine.cache.record_miss()
@@ -145,9 +145,9 @@ class RecallRun:
         hits = engine.pipeline.hits(query, results)
         if uses_cache:  # forced executing strategies neither read nor fill the cache
             fresh = [(result, result.elapsed_ms) for result in self.fresh.values()]
-            engine.cache.put_layers(query, engine.model, depth, fresh, self.generations)
             cost = sum(r.elapsed_ms for r in self.fresh.values())
-            engine.cache.put_full(query, engine.model, self.generations, hits, cost, self.key)
+            gens, key = self.generations, self.key
+            engine.cache.put_recall(query, engine.model, depth, fresh, gens, hits, cost, key)
         return hits
 
     def _decide(self, layers: tuple[str, ...]) -> Decision:
