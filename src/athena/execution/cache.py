@@ -12,6 +12,12 @@ entry. Tagging with generations read *after* could label a pre-write answer as c
 Keys are tuples of every input (:mod:`athena.execution.cache_keys`), so different queries,
 tenants, filters, ``k`` or models never share an entry. Entries also expire after their
 layers' TTL (volatile layers sooner), with a confidence that halves every half TTL.
+
+A recall's fill is one entry (:meth:`ResultCache.put_recall`): its hits, carrying the
+rankings of the layers it searched. Those become entries of their own, under the same
+rules, when the full entry is dropped: a write to one layer then leaves the others' rankings
+to serve the query's next recall (a partial hit), and a recall that is answered whole or not
+at all, as most are, never pays for storing them.
 """
 
 from __future__ import annotations

@@ -241,15 +241,14 @@ class StrategySelector:
         """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``)."""
         options = self.feasible(s)
         key = context(s)
-        sequential_cost = self._predict(Strategy.SEQUENTIAL, s, key)
-        costs = {  # SEQUENTIAL's prediction once: every other prior scales from it
-            option: sequential_cost
-            if option is Strategy.SEQUENTIAL
-            else self._predict(option, s, key, sequential_cost[0])
-            for option in options
-        }
-        best = min(options, key=lambda o: (costs[o][0], EXECUTING.index(o)))
-        sequential = costs[Strategy.SEQUENTIAL][0]
+        costs = {Strategy.SEQUENTIAL: self._predict(Strategy.SEQUENTIAL, s, key)}
+        sequential = best_ms = costs[Strategy.SEQUENTIAL][0]
+        best = Strategy.SEQUENTIAL
+        for option in options[1:]:  # in EXECUTING order: a tie keeps the simpler strategy
+            # SEQUENTIAL's prediction once: every other prior scales from it
+            cost = costs[option] = self._predict(option, s, key, sequential)
+            if cost[0] < best_ms:
+                best, best_ms = option, cost[0]
         if best is not Strategy.SEQUENTIAL and costs[best][0] + SWITCH_SE * _noise(
             self._models, best, key
         ) > min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS):
@@ -276,12 +275,11 @@ class StrategySelector:
             why=why,
             estimated_ms=mean,
             estimated_speedup=sequential / mean if mean else 1.0,
-            predicted=tuple((o.value, costs[o][0]) for o in options),
+            predicted=tuple([(o, costs[o][0]) for o in options]),  # a Strategy is its str
             setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
             warm_pool=warm,
         )
-        with self._lock:
-            self.history.append(decision)
+        self.history.append(decision)  # deque.append is atomic
         return decision
 
     def for_cache(
