@@ -8,6 +8,7 @@ stopword matches most of the corpus.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import unicodedata
@@ -90,10 +91,11 @@ def stems(text: str) -> list[str]:
     return _stem([w.replace("'", "") for w in _WORD.findall(_fold(text))])
 
 
-def query_stems(text: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)  # each text layer of a recall asks for the same text's
+def query_stems(text: str) -> tuple[str, ...]:
     """The stemmed content words of a query, de-duplicated, in order.
 
     >>> query_stems("What did Caroline do at the support groups?")
-    ['carolin', 'support', 'group']
+    ('carolin', 'support', 'group')
     """
-    return list(dict.fromkeys(_stem([_fold(t) for t in terms(text)])))
+    return tuple(dict.fromkeys(_stem([_fold(t) for t in terms(text)])))

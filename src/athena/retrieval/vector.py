@@ -330,6 +330,11 @@ class VectorIndex:
             # ask for more until ``limit`` live ones are found or the backend runs out, so
             # the answer is the same as a freshly built index would give.
             want, total = limit + min(state.dead, limit), len(state.backend)
+            if not state.dead:  # every vector loaded is its memory's newest: no check
+                scores, positions = state.backend.search(query, min(limit, total))
+                ids = state.ids
+                pairs = zip(scores.tolist(), positions.tolist(), strict=True)
+                return [(ids[p], s) for s, p in pairs]
             while True:
                 scores, positions = state.backend.search(query, min(want, total))
                 found: list[tuple[int, float]] = []
