@@ -411,12 +411,12 @@ class ResultCache(_LayerRankings):
     ) -> None:
         """:meth:`put_full`, the entry carrying the layers the recall searched (``fresh``:
         (ranking, cost ms), searched ``depth`` deep). They become entries of their own, as
-        :meth:`put_layers` stores them, when the full entry is dropped (stale or expired)
-        on a lookup: until then a lookup of the query is answered whole. Five layer entries
-        took a cold recall 15 µs to store, and most are never read.
-
-        A layer ranking is then served to the same query (its text, filters, layers and k)
-        after a write, not to another query of the same text before one.
+        :meth:`put_layers` would have stored them, when the full entry is dropped (a lookup
+        finds it stale or expired, or a newer recall's entry takes its key), or at once if
+        a newer entry already holds the key; meanwhile :meth:`get_layers` serves them from
+        it. Five layer entries took a cold recall 15 µs to store, and most are never
+        read. What is given up: a query of the same text with another ``k`` or layer set
+        does not borrow these rankings before they are stored on their own.
 
         >>> # cache.put_recall(query, "m", 50, [(ranking, 3.2)], generations_before, hits, 8.5)
         """

@@ -18,18 +18,21 @@ def load(core: PoolCore) -> PoolLoad:
 
     >>> # load(pool._core).busy
     """
-    with core.cond:
+    with core.cond:  # one pass over the workers: the planner asks on every recall
         fleet, depth = core.fleet, len(core.queue)
-        ready = fleet.of("ready")
-        live = fleet.live()
-        at_max = live >= core.limits.max_workers and fleet.pick() is None
-        return PoolLoad(
-            workers=live,
-            busy=sum(1 for w in ready if w.inflight),
-            queue_depth=depth,
-            available=core.state == "running" and bool(ready),
-            saturated=depth >= max(1, core.queue.size // 2) or (depth > 0 and at_max),
+        live = ready = busy = 0
+        for worker in fleet.workers.values():
+            if worker.state == "ready":
+                ready += 1
+                busy += bool(worker.inflight)
+            elif worker.state != "starting":
+                continue
+            live += 1
+        saturated = depth >= max(1, core.queue.size // 2) or (
+            depth > 0 and live >= core.limits.max_workers and fleet.pick() is None
         )
+        available = core.state == "running" and ready > 0
+        return PoolLoad(live, busy, depth, available, saturated)
 
 
 def health(core: PoolCore, start_method: str) -> dict[str, Any]:

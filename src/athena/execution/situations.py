@@ -49,10 +49,11 @@ class Situations:
         """The situation of a recall of ``layers``; ``light`` leaves the pool's load out
         (idle, unavailable), and a ``tenant`` the pool has not served reads as not warm."""
         load = None if light else self.pools.load()
+        sequential_ms, parallel_benefit = self.graph.estimates(layers)
         return Situation(
             layers=len(layers),
-            sequential_ms=self.graph.estimate_ms(layers),
-            parallel_benefit=self.graph.parallel_benefit(layers),
+            sequential_ms=sequential_ms,
+            parallel_benefit=parallel_benefit,
             cached_fraction=cached_fraction,
             queue_depth=load.queue_depth if load else 0,
             pool_busy=load.busy / max(load.workers, 1) if load else 0.0,

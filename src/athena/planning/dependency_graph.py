@@ -168,6 +168,20 @@ class DependencyGraph:
         """Learned cost of searching ``layers`` one after another."""
         return sum(self.layer_ms(name) for name in layers)
 
+    def estimates(self, layers: Sequence[str]) -> tuple[float, float]:
+        """:meth:`estimate_ms` and :meth:`parallel_benefit` of ``layers``, in one pass (the
+        planner asks for both on every recall).
+
+        >>> DependencyGraph(cores=2).estimates(["episodic", "semantic"])
+        (2.0, 2.0)
+        """
+        latency = self._latency
+        times = [latency.get(name, DEFAULT_LAYER_MS) for name in layers]
+        total = sum(times)
+        if len(times) < 2:
+            return total, 1.0
+        return total, total / max(max(times), total / self.cores)
+
     def parallel_benefit(self, layers: Sequence[str]) -> float:
         """Expected speed-up of running ``layers`` at once, bounded by the cores."""
         times = [self.layer_ms(name) for name in layers]
