@@ -19,9 +19,9 @@ from athena.records import LAYERS, RecallQuery
 NARROWED_KEPT: Final = 4096  # queries kept narrowed to the layers the graph selects
 PLANS_KEPT: Final = 4096  # plans of recent query objects, per kind (adaptive or not)
 
-# A query object's plan: (the query, the graph's version, its type, the layers asked, the
-# query to run, its full cache key).
-Plan = tuple[RecallQuery, tuple[int, int], str, tuple[str, ...], RecallQuery, Hashable]
+# A query object's plan: (the query, its type's layer-choice version cell and the version it
+# was made at, its type, the layers asked, the query to run, its full cache key).
+Plan = tuple[RecallQuery, list[int], int, str, tuple[str, ...], RecallQuery, Hashable]
 
 
 class RecallPlans:
@@ -54,13 +54,12 @@ class RecallPlans:
         plans = self._plans[adaptive]
         plan = plans.get(id(query))
         if (
-            plan is not None
-            and plan[0] is query
-            and (not adaptive or plan[1] == self.graph.version_of(plan[2]))
+            plan is not None and plan[0] is query and (not adaptive or plan[1][0] == plan[2])
         ):  # only an adaptive plan reads the graph's layer choice
-            return plan[2], plan[3], plan[4], plan[5]
+            return plan[3], plan[4], plan[5], plan[6]
         query_type, asked, run = classify(query.text), query.layers, query
-        version = self.graph.version_of(query_type)
+        cell = self.graph.choice_version(query_type)
+        version = cell[0]  # read before the choice: a change meanwhile makes the plan stale
         if adaptive and asked == LAYERS:
             chosen = self.graph.select_layers(query_type, asked)
             if chosen != asked:
@@ -68,7 +67,7 @@ class RecallPlans:
         key = self.cache.full_key(run, self.model)
         if len(plans) >= PLANS_KEPT:
             plans.clear()
-        plans[id(query)] = (query, version, query_type, asked, run, key)
+        plans[id(query)] = (query, cell, version, query_type, asked, run, key)
         return query_type, asked, run, key
 
     def narrowed(self, query: RecallQuery, layers: tuple[str, ...]) -> RecallQuery:

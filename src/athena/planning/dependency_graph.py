@@ -84,10 +84,10 @@ class DependencyGraph:
         # select_layers' answers, read on every adaptive recall (a cache hit included): they
         # change only when a count crosses a threshold, and observe() clears them then.
         self._kept: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
-        # Moves whenever those answers may change: a plan kept by a caller is current while
-        # the version it was made at is (see version_of).
-        self.version = 0
-        self._type_versions: dict[str, int] = {}
+        # Per query type, a one-item list holding the version of its answers, moved whenever
+        # they may change: a plan kept by a caller holds the cell and the version it was
+        # made at, and is current while they agree (see choice_version).
+        self._versions: dict[str, list[int]] = {}
         self._lock = threading.Lock()
 
     def observe(
@@ -143,23 +143,30 @@ class DependencyGraph:
         others kept (in a loop of cached recalls, every plan was made again each time)."""
         if query_type is None:
             self._kept.clear()
-            self.version += 1
+            for cell in self._versions.values():
+                cell[0] += 1
             return
         for key in [key for key in self._kept if key[0] == query_type]:
             del self._kept[key]
-        self._type_versions[query_type] = self._type_versions.get(query_type, 0) + 1
+        self.choice_version(query_type)[0] += 1
 
-    def version_of(self, query_type: str) -> tuple[int, int]:
-        """The version of ``query_type``'s layer choice: a plan made at another is stale.
+    def choice_version(self, query_type: str) -> list[int]:
+        """The cell holding the version of ``query_type``'s layer choice: a plan made at
+        another version is stale. A caller keeps the cell, and reads it without a call (a
+        cache hit checks its kept plan this way on every repeat).
 
         >>> g = DependencyGraph()
-        >>> before = g.version_of("factual")
+        >>> factual, temporal = g.choice_version("factual"), g.choice_version("temporal")
+        >>> before = factual[0], temporal[0]
         >>> with g._lock:
         ...     g._forget_kept("temporal")
-        >>> g.version_of("factual") == before, g.version_of("temporal") == before
+        >>> factual[0] == before[0], temporal[0] == before[1]
         (True, False)
         """
-        return self.version, self._type_versions.get(query_type, 0)
+        cell = self._versions.get(query_type)
+        if cell is None:
+            cell = self._versions.setdefault(query_type, [0])  # atomic: one cell per type
+        return cell
 
     def layer_ms(self, layer: str) -> float:
         return self._latency.get(layer, DEFAULT_LAYER_MS)
