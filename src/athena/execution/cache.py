@@ -131,39 +131,7 @@ class _CacheCore:
     def _release(
         self, key: ck.FullKey, entry: Entry, generations: Mapping[str, int], now: float
     ) -> None:
-        """Store the layer rankings a full entry carried, now that it is dropped: the
-        entries :meth:`_LayerRankings.put_layers` would have stored when it was filled (its
-        time, its generations), those a reader could still be served (lock held)."""
-        _, model, tenant, text, _, _, filters = key
-        whole = entry.whole if entry.whole is not None else {}
-        scope = (model, tenant, text, filters)
-        released = self._layer_entries(scope, entry.depth, entry.carried, whole, entry.stamp)
-        self._add([(k, e) for k, e in released if ck.check(e, generations, now) in KEPT])
-
-    def _layer_entries(
-        self,
-        scope: ck.Scope,
-        depth: int,
-        results: Collection[tuple[LayerResult, float]],
-        whole: dict[str, int],
-        stamp: float,
-    ) -> list[tuple[Hashable, Entry]]:
-        """The entries of layer rankings ``(ranking, cost ms)`` of one recall that read the
-        generations ``whole`` before it ran, at time ``stamp`` (layers not cached skipped)."""
-        base = ck.key_size(("layer", *scope[:3]))  # the same for every layer
-        entries: list[tuple[Hashable, Entry]] = []
-        for result, cost_ms in results:
-            layer = result.layer
-            ttl = self._ttls.get(layer, 0.0)
-            size = base + len(layer) + ck.layer_size(result)
-            if ttl <= 0 or size > self._lru.max_bytes:
-                continue
-            gen = whole.get(layer, 0)
-            depends = whole if layer in WHOLE_TENANT_LAYERS else None
-            cost = max(0.0, cost_ms)  # kept as computed: marked as the cache's when served
-            entry = Entry(result, stamp, ttl, depends, layer, gen, size, cost, 1)
-            entries.append((ck.scoped_layer_key(scope, layer, depth), entry))
-        return entries
+        """Store the layer rankings a dropped full entry carried (:class:`_LayerRankings`)."""
 
     def record_miss(self) -> None:
         """Count a recall the cache could not help (after :meth:`get_full` missed)."""
@@ -292,6 +260,43 @@ class _LayerRankings(_CacheCore):
         scope, whole = (model, tenant, text, filters), entry.whole or {}
         made = self._layer_entries(scope, depth, wanted, whole, entry.stamp)
         return [e for _, e in made if ck.check(e, generations, now) == ck.VALID]
+
+    def _release(
+        self, key: ck.FullKey, entry: Entry, generations: Mapping[str, int], now: float
+    ) -> None:
+        """Store the layer rankings a full entry carried, now that it is dropped: the
+        entries :meth:`_LayerRankings.put_layers` would have stored when it was filled (its
+        time, its generations), those a reader could still be served (lock held)."""
+        _, model, tenant, text, _, _, filters = key
+        whole = entry.whole if entry.whole is not None else {}
+        scope = (model, tenant, text, filters)
+        released = self._layer_entries(scope, entry.depth, entry.carried, whole, entry.stamp)
+        self._add([(k, e) for k, e in released if ck.check(e, generations, now) in KEPT])
+
+    def _layer_entries(
+        self,
+        scope: ck.Scope,
+        depth: int,
+        results: Collection[tuple[LayerResult, float]],
+        whole: dict[str, int],
+        stamp: float,
+    ) -> list[tuple[Hashable, Entry]]:
+        """The entries of layer rankings ``(ranking, cost ms)`` of one recall that read the
+        generations ``whole`` before it ran, at time ``stamp`` (layers not cached skipped)."""
+        base = ck.key_size(("layer", *scope[:3]))  # the same for every layer
+        entries: list[tuple[Hashable, Entry]] = []
+        for result, cost_ms in results:
+            layer = result.layer
+            ttl = self._ttls.get(layer, 0.0)
+            size = base + len(layer) + ck.layer_size(result)
+            if ttl <= 0 or size > self._lru.max_bytes:
+                continue
+            gen = whole.get(layer, 0)
+            depends = whole if layer in WHOLE_TENANT_LAYERS else None
+            cost = max(0.0, cost_ms)  # kept as computed: marked as the cache's when served
+            entry = Entry(result, stamp, ttl, depends, layer, gen, size, cost, 1)
+            entries.append((ck.scoped_layer_key(scope, layer, depth), entry))
+        return entries
 
     def put_layer(
         self,
