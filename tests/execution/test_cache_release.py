@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from athena import Memory
-from athena.execution.cache import ResultCache
+from athena.execution.cache import DEFAULT_TTLS, ResultCache
 from athena.layers.protocol import LayerResult
 from athena.records import LAYERS, Hit, RecallQuery, make_query
 
@@ -30,13 +30,7 @@ TEXTS = ("Where is the key?", "Who met Caroline")
 # ranking shared between two queries of one text is the one thing the two fillings differ
 # in: see put_recall).
 SHAPES = ((("episodic", "semantic"), 5), (("semantic", "graph"), 30), (LAYERS, 40))
-TTLS = {
-    "prospective": 30.0,
-    "episodic": 60.0,
-    "graph": 120.0,
-    "semantic": 300.0,
-    "procedural": 600.0,
-}
+TTLS = dict(DEFAULT_TTLS)  # every layer's, so the model knows each one
 Ident = tuple[str, int, int]  # tenant, text, shape
 
 

@@ -105,12 +105,18 @@ class _CacheCore:
         return min((self._ttls.get(layer, 0.0) for layer in layers), default=0.0)
 
     def _add(self, entries: Collection[tuple[Hashable, Entry]]) -> None:
-        """Add entries unless a newer one holds the key: a slow, older recall loses (lock held)."""
+        """Add entries unless a newer one holds the key: a slow, older recall loses (lock
+        held). A full entry that loses its key, or is refused it, releases the layer
+        rankings it carries (as a dropped one does)."""
         lru = self._lru
         for key, entry in entries:
             old = lru.data.get(key)
             if old is None or not ck.supersedes(old, entry):
+                if old is not None and old.carried:  # filled before entry: entry's win
+                    self._release(cast(ck.FullKey, key), old, None, entry.stamp, entry, True)
                 lru.add(key, entry)
+            elif entry.carried:  # filled after old: theirs win only if strictly newer
+                self._release(cast(ck.FullKey, key), entry, None, entry.stamp, old, False)
 
     def _valid(self, key: Hashable, generations: Mapping[str, int], now: float) -> Entry | None:
         """The entry under ``key`` if servable; drops it if it never will be (lock held)."""
@@ -129,7 +135,13 @@ class _CacheCore:
         return None  # AHEAD: the caller read older generations than the entry: keep it
 
     def _release(
-        self, key: ck.FullKey, entry: Entry, generations: Mapping[str, int], now: float
+        self,
+        key: ck.FullKey,
+        entry: Entry,
+        generations: Mapping[str, int] | None,
+        now: float,
+        rival: Entry | None = None,
+        rival_later: bool = False,
     ) -> None:
         """Store the layer rankings a dropped full entry carried (:class:`_LayerRankings`)."""
 
@@ -262,16 +274,44 @@ class _LayerRankings(_CacheCore):
         return [e for _, e in made if ck.check(e, generations, now) == ck.VALID]
 
     def _release(
-        self, key: ck.FullKey, entry: Entry, generations: Mapping[str, int], now: float
+        self,
+        key: ck.FullKey,
+        entry: Entry,
+        generations: Mapping[str, int] | None,
+        now: float,
+        rival: Entry | None = None,
+        rival_later: bool = False,
     ) -> None:
         """Store the layer rankings a full entry carried, now that it is dropped: the
-        entries :meth:`_LayerRankings.put_layers` would have stored when it was filled (its
-        time, its generations), those a reader could still be served (lock held)."""
+        entries :meth:`put_layers` would have stored when it was filled (its time, its
+        generations), those a reader of ``generations`` (None: any) could still be served
+        (lock held). ``rival``: the full entry that took the key from it or kept it, whose
+        carried rankings ``put_layers`` would have stored too, after it if ``rival_later``:
+        a ranking of ``entry`` that one would have replaced is not stored."""
         _, model, tenant, text, _, _, filters = key
-        whole = entry.whole if entry.whole is not None else {}
         scope = (model, tenant, text, filters)
-        released = self._layer_entries(scope, entry.depth, entry.carried, whole, entry.stamp)
-        self._add([(k, e) for k, e in released if ck.check(e, generations, now) in KEPT])
+        released = self._entries_of(scope, entry)
+        rivals = {e.layer: e for _, e in self._entries_of(scope, rival)} if rival else {}
+        kept: list[tuple[Hashable, Entry]] = []
+        for layer_key, mine in released:
+            other = rivals.get(mine.layer)
+            if other is not None and (
+                not ck.supersedes(mine, other) if rival_later else ck.supersedes(other, mine)
+            ):
+                continue  # put_layers would have kept the rival's ranking instead
+            state = ck.check(mine, {} if generations is None else generations, now)
+            if (
+                state == ck.VALID
+                or state == ck.AHEAD
+                or (generations is None and state == ck.STALE)
+            ):
+                kept.append((layer_key, mine))
+        self._add(kept)
+
+    def _entries_of(self, scope: ck.Scope, entry: Entry) -> list[tuple[Hashable, Entry]]:
+        """The layer entries of the rankings ``entry`` carries."""
+        whole = entry.whole if entry.whole is not None else {}
+        return self._layer_entries(scope, entry.depth, entry.carried, whole, entry.stamp)
 
     def _layer_entries(
         self,
@@ -443,13 +483,7 @@ class ResultCache(_LayerRankings):
         whole, width, cost = dict(generations_read), len(query.layers), max(0.0, cost_ms)
         entry = Entry(hits, self._clock(), ttl, whole, "", 0, size, cost, width, depth, carried)
         with self._lock:
-            old = lru.data.get(key)
-            if old is None or not ck.supersedes(old, entry):
-                if old is not None and old.carried:  # replaced, as if dropped
-                    self._release(cast(ck.FullKey, key), old, whole, entry.stamp)
-                lru.add(key, entry)
-            elif carried:  # a newer recall's entry holds the key: the layers stand alone
-                self._release(cast(ck.FullKey, key), entry, whole, entry.stamp)
+            self._add([(key, entry)])
 
     def lookup(
         self, query: RecallQuery, model: str, depth: int, generations: Mapping[str, int]

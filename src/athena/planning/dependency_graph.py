@@ -191,11 +191,7 @@ class DependencyGraph:
 
     def parallel_benefit(self, layers: Sequence[str]) -> float:
         """Expected speed-up of running ``layers`` at once, bounded by the cores."""
-        times = [self.layer_ms(name) for name in layers]
-        if len(times) < 2:
-            return 1.0
-        total = sum(times)
-        return total / max(max(times), total / self.cores)
+        return self.estimates(layers)[1]
 
     def select_layers(self, query_type: str, layers: Sequence[str]) -> tuple[str, ...]:
         """``layers`` minus those that never contributed to this query type's results."""
