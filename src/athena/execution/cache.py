@@ -32,7 +32,13 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar, cast
 
 from athena.execution import cache_keys as ck
-from athena.execution.cache_keys import Entry, full_key, layer_keys, normalize_text, trust
+from athena.execution.cache_keys import (
+    Entry,
+    full_key,
+    layer_keys,
+    normalize_text,
+    trust,
+)
 from athena.execution.single_flight import SingleFlight
 from athena.layers.protocol import LayerResult
 from athena.records import Hit, RecallQuery
@@ -42,8 +48,6 @@ T = TypeVar("T")
 DEFAULT_TTLS: Final[Mapping[str, float]] = MappingProxyType(
     {"prospective": 30.0, "episodic": 60.0, "graph": 120.0, "semantic": 300.0, "procedural": 600.0}
 )
-# Layers whose answers depend on every layer's writes, not only their own.
-WHOLE_TENANT_LAYERS: Final = frozenset({"graph"})
 KEPT: Final = frozenset({ck.VALID, ck.AHEAD})  # entry states a cache keeps
 
 
@@ -249,7 +253,9 @@ class _LayerRankings(_CacheCore):
                 if full in self._lru.data:  # kept while a newer one or valid: it may carry some
                     missing = set(query.layers).difference(e.layer for e in found)
                     found += self._carried(query, model, full, depth, generations, now, missing)
-        return {e.layer: CachedLayer(_as_cached(e.value), *trust(e, now), e.cost_ms) for e in found}
+        return {
+            e.layer: CachedLayer(ck.as_cached(e.value), *trust(e, now), e.cost_ms) for e in found
+        }
 
     def _carried(
         self,
@@ -270,7 +276,9 @@ class _LayerRankings(_CacheCore):
         wanted = [(result, cost) for result, cost in entry.carried if result.layer in layers]
         _, _, tenant, text, _, _, filters = cast(ck.FullKey, full)
         scope, whole = (model, tenant, text, filters), entry.whole or {}
-        made = self._layer_entries(scope, depth, wanted, whole, entry.stamp)
+        made = ck.layer_entries(
+            scope, depth, wanted, whole, entry.stamp, self._ttls, self._lru.max_bytes
+        )
         return [e for _, e in made if ck.check(e, generations, now) == ck.VALID]
 
     def _release(
@@ -299,44 +307,19 @@ class _LayerRankings(_CacheCore):
                 not ck.supersedes(mine, other) if rival_later else ck.supersedes(other, mine)
             ):
                 continue  # put_layers would have kept the rival's ranking instead
-            state = ck.check(mine, {} if generations is None else generations, now)
-            if (
-                state == ck.VALID
-                or state == ck.AHEAD
-                or (generations is None and state == ck.STALE)
-            ):
+            if generations is None:  # as put_layers at its fill: only the expired go
+                fresh = now - mine.stamp < mine.ttl
+            else:
+                fresh = ck.check(mine, generations, now) in KEPT
+            if fresh:
                 kept.append((layer_key, mine))
         self._add(kept)
 
-    def _entries_of(self, scope: ck.Scope, entry: Entry) -> list[tuple[Hashable, Entry]]:
+    def _entries_of(self, scope: ck.Scope, entry: Entry) -> list[tuple[ck.LayerKey, Entry]]:
         """The layer entries of the rankings ``entry`` carries."""
         whole = entry.whole if entry.whole is not None else {}
-        return self._layer_entries(scope, entry.depth, entry.carried, whole, entry.stamp)
-
-    def _layer_entries(
-        self,
-        scope: ck.Scope,
-        depth: int,
-        results: Collection[tuple[LayerResult, float]],
-        whole: dict[str, int],
-        stamp: float,
-    ) -> list[tuple[Hashable, Entry]]:
-        """The entries of layer rankings ``(ranking, cost ms)`` of one recall that read the
-        generations ``whole`` before it ran, at time ``stamp`` (layers not cached skipped)."""
-        base = ck.key_size(("layer", *scope[:3]))  # the same for every layer
-        entries: list[tuple[Hashable, Entry]] = []
-        for result, cost_ms in results:
-            layer = result.layer
-            ttl = self._ttls.get(layer, 0.0)
-            size = base + len(layer) + ck.layer_size(result)
-            if ttl <= 0 or size > self._lru.max_bytes:
-                continue
-            gen = whole.get(layer, 0)
-            depends = whole if layer in WHOLE_TENANT_LAYERS else None
-            cost = max(0.0, cost_ms)  # kept as computed: marked as the cache's when served
-            entry = Entry(result, stamp, ttl, depends, layer, gen, size, cost, 1)
-            entries.append((ck.scoped_layer_key(scope, layer, depth), entry))
-        return entries
+        limits = self._ttls, self._lru.max_bytes
+        return ck.layer_entries(scope, entry.depth, entry.carried, whole, entry.stamp, *limits)
 
     def put_layer(
         self,
@@ -365,27 +348,15 @@ class _LayerRankings(_CacheCore):
 
         >>> # cache.put_layers(query, embedder.name, 50, [(result, 3.2)], generations_before)
         """
-        _check_layers(query, results)
+        ck.check_layers(query, results)
         if self._lru.max_entries == 0 or not results:
             return
         text, stamp = normalize_text(query.text), self._clock()
         scope = (model, query.tenant, text, query.filters())
-        entries = self._layer_entries(scope, depth, results, dict(generations_read), stamp)
+        whole, limits = dict(generations_read), (self._ttls, self._lru.max_bytes)
+        entries = ck.layer_entries(scope, depth, results, whole, stamp, *limits)
         with self._lock:
             self._add(entries)
-
-
-def _check_layers(query: RecallQuery, results: Collection[tuple[LayerResult, float]]) -> None:
-    for result, _ in results:
-        if result.layer not in query.layers:
-            raise ValueError(f"layer {result.layer!r} is not one of the query's layers")
-
-
-def _as_cached(result: LayerResult) -> LayerResult:
-    """A stored ranking as served: its source is the cache (built on a hit, not on a fill)."""
-    return LayerResult(
-        result.layer, result.ids, result.scores, result.elapsed_ms, result.generation, "cache"
-    )
 
 
 class ResultCache(_LayerRankings):
@@ -469,7 +440,7 @@ class ResultCache(_LayerRankings):
         for hit in hits:
             if hit.tenant != tenant:
                 raise ValueError("a recall's hits must belong to the query's tenant")
-        _check_layers(query, fresh)
+        ck.check_layers(query, fresh)
         if key is None:
             key = full_key(query, model)
         ttl, lru = self._ttl(query.layers), self._lru

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import string
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,6 +24,9 @@ Filters = tuple[tuple[str, Any], ...]
 FullKey = tuple[str, str, str, str, tuple[str, ...], int, Filters]
 LayerKey = tuple[str, str, str, str, str, int, Filters]
 Scope = tuple[str, str, str, Filters]  # what a query's layer keys share: model, tenant, text…
+
+# Layers whose answers depend on every layer's writes, not only their own.
+WHOLE_TENANT_LAYERS: Final = frozenset({"graph"})
 
 # Rough per-object overheads (bytes) for the size estimate: an entry, a hit, a key.
 ENTRY_OVERHEAD: Final = 256
@@ -176,6 +179,57 @@ class Entry:
     # deep: stored as entries of their own only once this one can no longer be served.
     depth: int = 0
     carried: tuple[tuple[LayerResult, float], ...] = ()
+
+
+def layer_entries(
+    scope: Scope,
+    depth: int,
+    results: Collection[tuple[LayerResult, float]],
+    whole: dict[str, int],
+    stamp: float,
+    ttls: Mapping[str, float],
+    max_bytes: int,
+) -> list[tuple[LayerKey, Entry]]:
+    """The entries of layer rankings ``(ranking, cost ms)`` of one recall that read the
+    generations ``whole`` before it ran, at time ``stamp``: layers with no TTL, or larger
+    than ``max_bytes``, are not cached.
+
+    >>> r = LayerResult("semantic", (1,), (1.0,))
+    >>> [(k[4], e.gen) for k, e in layer_entries(("m", "t", "hi", ()), 50, [(r, 2.0)],
+    ...                                          {"semantic": 3}, 0.0, {"semantic": 60.0}, 10**6)]
+    [('semantic', 3)]
+    """
+    base = key_size(("layer", *scope[:3]))  # the same for every layer
+    entries: list[tuple[LayerKey, Entry]] = []
+    for result, cost_ms in results:
+        layer = result.layer
+        ttl = ttls.get(layer, 0.0)
+        size = base + len(layer) + layer_size(result)
+        if ttl <= 0 or size > max_bytes:
+            continue
+        depends = whole if layer in WHOLE_TENANT_LAYERS else None
+        cost = max(0.0, cost_ms)  # kept as computed: marked as the cache's when served
+        entry = Entry(result, stamp, ttl, depends, layer, whole.get(layer, 0), size, cost, 1)
+        entries.append((scoped_layer_key(scope, layer, depth), entry))
+    return entries
+
+
+def check_layers(query: RecallQuery, results: Collection[tuple[LayerResult, float]]) -> None:
+    """ValueError unless every ranking is of one of the query's layers."""
+    for result, _ in results:
+        if result.layer not in query.layers:
+            raise ValueError(f"layer {result.layer!r} is not one of the query's layers")
+
+
+def as_cached(result: LayerResult) -> LayerResult:
+    """A stored ranking as served: its source is the cache (built on a hit, not on a fill).
+
+    >>> as_cached(LayerResult("semantic", (1,), (1.0,))).source
+    'cache'
+    """
+    return LayerResult(
+        result.layer, result.ids, result.scores, result.elapsed_ms, result.generation, "cache"
+    )
 
 
 def behind(read: Mapping[str, int], current: Mapping[str, int]) -> bool:
