@@ -1,11 +1,13 @@
 """What the adaptive path adds to a cold recall: forced SEQUENTIAL vs ADAPTIVE, interleaved.
 
-``python benchmarks/miss_path.py [--queries 1000] [--out DIR] [--embedder static]`` builds (or
-reuses, under ``DIR/stores``) the LoCoMo store, then asks each question twice on one
-``Memory``, once per arm in a random order, emptying the result cache before every recall,
-so both arms run cold. Forced SEQUENTIAL neither reads nor fills the cache; ADAPTIVE pays for
-its cache key, single flight, the decision and the cache fills. The difference of medians is
-that overhead (the end-to-end part of the selector's regret). LoCoMo is read in place.
+``python benchmarks/miss_path.py [--queries 1000] [--out DIR] [--embedder static]
+[--arms sequential,adaptive]`` builds (or reuses, under ``DIR/stores``) the LoCoMo store,
+then asks each question on one ``Memory`` once per arm in a random order, emptying the result
+cache before every recall, so every arm runs cold. Forced SEQUENTIAL neither reads nor fills
+the cache; CACHE and HYBRID pay for the cache key, single flight, the lookups and the fill;
+ADAPTIVE for those and the decision. Each arm's difference of medians from the first arm's is
+that overhead (for ADAPTIVE, the end-to-end part of the selector's regret). LoCoMo is read in
+place.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--embedder", default="static")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--pool", default="off", help="the worker pool: off, lazy or eager")
+    parser.add_argument("--arms", default="sequential,adaptive", help="strategies; first: base")
     args = parser.parse_args()
     store = build_store("locomo", args.embedder, args.data, args.out)
     path = working_copy(store, args.out / "miss-path")
@@ -39,9 +42,10 @@ def main() -> None:
     rng.shuffle(asks)
     for ask in asks[:100]:  # build every tenant's indexes first
         memory.recall(ask.text, tenant=ask.tenant, strategy="sequential")
-    times: dict[str, list[float]] = {"sequential": [], "adaptive": []}
+    arms = args.arms.split(",")
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
     for ask in asks[: args.queries]:
-        order = ["sequential", "adaptive"]
+        order = list(arms)
         rng.shuffle(order)
         for arm in order:
             memory.engine.cache.clear()
@@ -55,8 +59,10 @@ def main() -> None:
             f"{arm:10s} p50 {statistics.median(ms):.3f} ms  mean {statistics.fmean(ms):.3f}"
             f"  p90 {ms[int(0.9 * len(ms))]:.3f}  ({len(ms)} recalls)"
         )
-    seq, ada = statistics.median(times["sequential"]), statistics.median(times["adaptive"])
-    print(f"adaptive - sequential: {ada - seq:+.3f} ms at p50 ({100 * (ada / seq - 1):+.1f}%)")
+    base = statistics.median(times[arms[0]])
+    for arm in arms[1:]:
+        mine = statistics.median(times[arm])
+        print(f"{arm} - {arms[0]}: {mine - base:+.3f} ms at p50 ({100 * (mine / base - 1):+.1f}%)")
 
 
 if __name__ == "__main__":
