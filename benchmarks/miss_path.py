@@ -1,4 +1,4 @@
-"""What the adaptive path adds to a cold recall: forced SEQUENTIAL vs ADAPTIVE, interleaved.
+"""What the cache and the adaptive path add to a cold recall: strategies side by side, interleaved.
 
 ``python benchmarks/miss_path.py [--queries 1000] [--out DIR] [--embedder static]
 [--arms sequential,adaptive]`` builds (or reuses, under ``DIR/stores``) the LoCoMo store,
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
+from athena.execution.adaptive import STRATEGIES
 from athena.memory import Memory
 
 DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
@@ -43,6 +44,8 @@ def main() -> None:
     for ask in asks[:100]:  # build every tenant's indexes first
         memory.recall(ask.text, tenant=ask.tenant, strategy="sequential")
     arms = args.arms.split(",")
+    if len(set(arms)) != len(arms) or not set(arms) <= set(STRATEGIES) or len(arms) < 2:
+        parser.error(f"--arms: two or more of {', '.join(STRATEGIES)}, each once")
     times: dict[str, list[float]] = {arm: [] for arm in arms}
     for ask in asks[: args.queries]:
         order = list(arms)
