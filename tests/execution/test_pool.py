@@ -222,6 +222,7 @@ def test_worker_killed_mid_task_is_replaced_and_task_retried(
     caller = threading.Thread(target=lambda: answers.update(faulty.run(req, LAYERS, timeout=WAIT)))
     caller.start()
     eventually(lambda: victim in faulty.health()["busy_pids"])
+    assert faulty.load().busy >= 1  # the planner's snapshot counts the frozen worker's task
     os.kill(victim, signal.SIGKILL)  # dies in the middle of its task
     caller.join(WAIT)
     same_as_in_process(mem, req, answers)

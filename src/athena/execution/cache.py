@@ -32,13 +32,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar, cast
 
 from athena.execution import cache_keys as ck
-from athena.execution.cache_keys import (
-    Entry,
-    full_key,
-    layer_keys,
-    normalize_text,
-    trust,
-)
+from athena.execution.cache_keys import Entry, full_key, layer_keys, normalize_text, trust
 from athena.execution.single_flight import SingleFlight
 from athena.layers.protocol import LayerResult
 from athena.records import Hit, RecallQuery

@@ -20,14 +20,7 @@ def load(core: PoolCore) -> PoolLoad:
     """
     with core.cond:  # one pass over the workers: the planner asks on every recall
         fleet, depth = core.fleet, len(core.queue)
-        live = ready = busy = 0
-        for worker in fleet.workers.values():
-            if worker.state == "ready":
-                ready += 1
-                busy += bool(worker.inflight)
-            elif worker.state != "starting":
-                continue
-            live += 1
+        live, ready, busy = fleet.tally()
         saturated = depth >= max(1, core.queue.size // 2) or (
             depth > 0 and live >= core.limits.max_workers and fleet.pick() is None
         )

@@ -345,6 +345,16 @@ class Fleet(Generic[T]):
     def live(self) -> int:
         return len(self.of("starting", "ready"))
 
+    def tally(self) -> tuple[int, int, int]:
+        """Live (starting or ready), ready, and busy ready workers, in one pass: the
+        planner reads the pool's load on every recall."""
+        live = ready = busy = 0
+        for worker in self.workers.values():
+            live += worker.state in ("starting", "ready")
+            if worker.state == "ready":
+                ready, busy = ready + 1, busy + bool(worker.inflight)
+        return live, ready, busy
+
     def _free(self) -> list[WorkerHandle[T]]:
         return [w for w in self.of("ready") if len(w.inflight) < WORKER_CAPACITY]
 
