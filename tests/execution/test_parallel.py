@@ -1,0 +1,143 @@
+"""PARALLEL's fan-out: which layers the calling thread keeps, and what a failure or a spent
+deadline does, over a real Memory's pipeline (its layer runs watched, not replaced)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from athena import Memory, RecallTimeout
+from athena.execution.parallel import INLINE_MS, ParallelExecutor, fan_out
+from athena.execution.pipeline import Pipeline
+from athena.layers.protocol import LayerResult, SearchRequest
+from athena.records import LAYERS, make_query
+
+COSTS = {"episodic": 0.4, "semantic": 0.3, "graph": 0.2, "procedural": 0.003, "prospective": 0.002}
+
+
+class Watched(Pipeline):
+    """The memory's own pipeline, noting the thread each layer ran on; ``stall`` makes
+    one layer sleep, ``fail`` one raise."""
+
+    def __init__(self, inner: Pipeline) -> None:
+        super().__init__(inner.layers, inner.ctx, inner.embedder, inner.diversify)
+        self.threads: dict[str, str] = {}
+        self.finished: set[str] = set()
+        self.stall: tuple[str, float] | None = None
+        self.fail: str | None = None
+
+    def run(self, name: str, request: SearchRequest, source: str) -> LayerResult:
+        self.threads[name] = threading.current_thread().name
+        if self.stall and self.stall[0] == name:
+            time.sleep(self.stall[1])
+        if self.fail == name:
+            raise RuntimeError(f"{name} failed")
+        result = super().run(name, request, source)
+        self.finished.add(name)
+        return result
+
+
+@pytest.fixture
+def mem(memory: Memory) -> Memory:
+    memory.remember("Alice moved to Lisbon in May.", tenant="t", layer="episodic")
+    memory.remember("Alice lives in Lisbon.", tenant="t", layer="semantic")
+    memory.remember("To renew a passport, book online.", tenant="t", layer="procedural")
+    memory.remember("Call Alice on Friday.", tenant="t", layer="prospective")
+    return memory
+
+
+@pytest.fixture
+def watched(mem: Memory) -> Iterator[tuple[Watched, SearchRequest]]:
+    pipeline = Watched(mem.engine.pipeline)  # type: ignore[attr-defined]
+    query = make_query("Where does Alice live?", "t", 10, LAYERS)
+    request = pipeline.request(query, mem.generations.get("t"))
+    yield pipeline, request
+
+
+def test_fan_out_keeps_cheap_layers_and_a_critical_path_with_the_caller() -> None:
+    handed, inline = fan_out(LAYERS, COSTS.__getitem__)
+    assert handed == ["episodic", "semantic", "graph"]
+    assert inline == ["procedural", "prospective"]
+    dominant = {**COSTS, "graph": 0.7}  # as long as episodic and semantic together
+    assert fan_out(LAYERS, dominant.__getitem__) == (
+        ["episodic", "semantic"],
+        ["graph", "procedural", "prospective"],
+    )
+    alone = {name: INLINE_MS / 2 for name in LAYERS}  # nothing worth a hand-off
+    assert fan_out(LAYERS, alone.__getitem__)[0] == []
+
+
+def test_results_equal_each_layer_alone_in_the_order_asked(
+    watched: tuple[Watched, SearchRequest],
+) -> None:
+    pipeline, request = watched
+    executor = ParallelExecutor(pipeline, 2, COSTS.__getitem__)
+    try:
+        got = executor.run(request, LAYERS)
+    finally:
+        executor.close()
+    ran_on, caller = dict(pipeline.threads), threading.current_thread().name
+    assert ran_on["procedural"] == caller and ran_on["prospective"] == caller
+    assert ran_on["episodic"].startswith("athena-reader")
+    assert list(got) == list(LAYERS)
+    for name in LAYERS:
+        assert got[name].ids == pipeline.run(name, request, "sequential").ids
+
+
+def test_the_dominant_layer_runs_on_the_calling_thread(
+    watched: tuple[Watched, SearchRequest],
+) -> None:
+    pipeline, request = watched
+    executor = ParallelExecutor(pipeline, 2, {**COSTS, "graph": 5.0}.__getitem__)
+    try:
+        executor.run(request, LAYERS)
+    finally:
+        executor.close()
+    assert pipeline.threads["graph"] == threading.current_thread().name
+    assert pipeline.threads["semantic"].startswith("athena-reader")
+
+
+def test_a_layer_failing_on_the_caller_fails_the_fan_out(
+    watched: tuple[Watched, SearchRequest],
+) -> None:
+    pipeline, request = watched
+    pipeline.fail = "procedural"
+    executor = ParallelExecutor(pipeline, 2, COSTS.__getitem__)
+    try:
+        with pytest.raises(RuntimeError, match="procedural failed"):
+            executor.run(request, LAYERS)
+    finally:
+        executor.close()
+
+
+@pytest.mark.parametrize("stalled", ["graph", "semantic"])  # kept by the caller, handed off
+def test_a_spent_deadline_is_a_recall_timeout(
+    watched: tuple[Watched, SearchRequest], stalled: str
+) -> None:
+    pipeline, request = watched
+    pipeline.stall = (stalled, 0.3)
+    executor = ParallelExecutor(pipeline, 2, {**COSTS, "graph": 5.0}.__getitem__)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RecallTimeout, match="deadline"):
+            executor.run(request, LAYERS, timeout=0.05)
+        if stalled == "semantic":  # a handed layer is not awaited past the deadline
+            assert time.monotonic() - start < 0.25
+    finally:
+        executor.close()
+
+
+def test_close_waits_for_a_layer_still_running_after_a_timeout(
+    watched: tuple[Watched, SearchRequest],
+) -> None:
+    pipeline, request = watched
+    pipeline.stall = ("semantic", 0.3)
+    executor = ParallelExecutor(pipeline, 2, COSTS.__getitem__)
+    with pytest.raises(RecallTimeout):
+        executor.run(request, LAYERS, timeout=0.05)
+    assert "semantic" not in pipeline.finished
+    executor.close()  # the store closes next: nothing may still be reading through it
+    assert "semantic" in pipeline.finished
