@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from athena.bench import oracle
-from athena.bench.arms import parallel_limit, percentile
+from athena.bench.arms import parallel_limit, percentile, recall_limit
 from athena.bench.runner import QUICK, plan_for, run, with_sizes
 from athena.bench.workloads import Ask, build_store, recall_ops, with_writes, zipf_stream
 from athena.embedding import load_embedder
@@ -74,6 +74,14 @@ def test_bench_json_shape(doc: dict[str, Any]) -> None:
     assert decision["queries"] >= 1 and decision["vs_oracle"] >= 0.0  # priced picks >= best
     assert set(decision["picks"]) <= {"sequential", "parallel", "distributed"}
     assert {g["met"] for g in doc["goals"]} <= {True, False, None}
+
+
+def test_the_complex_limit_counts_what_does_not_fan_out(doc: dict[str, Any]) -> None:
+    complex_ = doc["sessions"]["locomo/static"]["complex"]
+    assert complex_["outside_layers_ms"] > 0 and complex_["hand_off_us"] > 0
+    assert 1.0 <= complex_["limit"] < complex_["layers_limit"]  # time outside layers
+    goal = next(g for g in doc["goals"] if g["goal"].startswith("complex multi-layer"))
+    assert f"the layers alone: {complex_['layers_limit']:.3g}×" in goal["measured"]
 
 
 def test_baseline_ratio_is_one(doc: dict[str, Any]) -> None:
@@ -152,6 +160,9 @@ def test_workload_maths() -> None:
     assert sum(op.kind == "write" for op in ops) / len(ops) == pytest.approx(0.1)
     assert parallel_limit({"a": 2.0, "b": 2.0, "c": 2.0}, 2) == pytest.approx(2.0)
     assert parallel_limit({"a": 5.0, "b": 1.0}, 2) == pytest.approx(1.2)
+    # Only the layers fan out: 3 ms of them in a 5 ms recall, 2x faster, give 5 / 3.5.
+    assert recall_limit(5.0, {"a": 1.5, "b": 1.5}, 2) == pytest.approx(5.0 / 3.5)
+    assert recall_limit(1.0, {}, 2) == 1.0
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0 and math.isnan(percentile([], 50))
     assert QUICK.budget_s > 0
 

@@ -380,6 +380,25 @@ def parallel_limit(layer_ms: dict[str, float], cores: int) -> float:
     return total / max(max(layer_ms.values()), total / max(cores, 1))
 
 
+def recall_limit(recall_ms: float, layer_ms: dict[str, float], cores: int) -> float:
+    """The best speedup a fan-out of these layers can give a whole recall of ``recall_ms``.
+
+    Only the layers fan out: the rest of the recall (embedding the query, fusing, reading
+    the hits' rows, learning) runs once, before or after them (Amdahl's law):
+    limit = recall / (recall - layers + layers / parallel_limit).
+
+    >>> recall_limit(4.0, {"a": 1.0, "b": 1.0}, 2)
+    1.3333333333333333
+    >>> recall_limit(2.0, {"a": 1.0, "b": 1.0}, 2)
+    2.0
+    """
+    layers = sum(layer_ms.values())
+    if recall_ms <= 0 or layers <= 0:
+        return 1.0
+    outside = max(recall_ms - layers, 0.0)
+    return recall_ms / (outside + layers / parallel_limit(layer_ms, cores))
+
+
 def summarise(rows: Sequence[Any]) -> dict[str, Any]:
     """What an arm's telemetry rows say: strategies executed, cache states, where time went."""
     executed: dict[str, int] = {}

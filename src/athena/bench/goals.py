@@ -107,7 +107,8 @@ def evaluate(
                     f"{s.store}, {s.embedder}",
                     f"{_fmt(complex_.get('achieved'), '×')} of a "
                     f"{_fmt(complex_.get('limit'), '×')} limit = "
-                    f"{_fmt(None if share is None else 100 * share, '%')}",
+                    f"{_fmt(None if share is None else 100 * share, '%')} "
+                    f"(the layers alone: {_fmt(complex_.get('layers_limit'), '×')})",
                     ok(share, PARALLEL_SHARE, above=True),
                 )
             )

@@ -14,8 +14,11 @@ for the rest of that scenario; both are written into the session's details.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import random
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -25,6 +28,7 @@ from athena.bench.arms import (
     layer_medians,
     parallel_limit,
     percentile,
+    recall_limit,
     run_ops,
     summarise,
 )
@@ -163,18 +167,27 @@ def latency_scenarios(
 
 
 def complex_limit(outcome: Outcome) -> dict[str, Any]:
-    """The parallel limit from the sequential arm's per-layer medians, and what parallel got."""
+    """The parallel limit from the sequential arm's per-layer medians, and what parallel got.
+
+    ``limit`` is the whole recall's (the layers fan out, the rest of the recall does not:
+    :func:`recall_limit`), the one PARALLEL's speedup over SEQUENTIAL is judged against;
+    ``layers_limit`` the layers' own, were they the whole recall. ``hand_off_us`` is what
+    handing one task to a reader thread and back costs on this machine.
+    """
     seq, par = outcome.arms.get("sequential"), outcome.arms.get("parallel")
     if seq is None or par is None:
         return {}
     layers = layer_medians(seq.rows)
     cores = os.cpu_count() or 1
-    limit = parallel_limit(layers, cores)
     p50s, p50p = percentile(seq.ok(), 50), percentile(par.ok(), 50)
+    limit = recall_limit(p50s, layers, cores)
     achieved = p50s / p50p if p50p and p50p == p50p else float("nan")
     out: dict[str, Any] = {
         "cores": cores,
         "layer_ms_p50": layers,
+        "layers_limit": round(parallel_limit(layers, cores), 4),
+        "outside_layers_ms": round(max(p50s - sum(layers.values()), 0.0), 4),
+        "hand_off_us": round(hand_off_us(), 1),
         "limit": round(limit, 4),
         "sequential_p50_ms": round(p50s, 4),
         "parallel_p50_ms": round(p50p, 4),
@@ -182,3 +195,20 @@ def complex_limit(outcome: Outcome) -> dict[str, Any]:
         "share_of_limit": round(achieved / limit, 4) if limit else None,
     }
     return out
+
+
+def hand_off_us(times: int = 2000) -> float:
+    """Median µs to hand a no-op to a thread pool's thread and get its answer back.
+
+    >>> hand_off_us(50) > 0
+    True
+    """
+    with cf.ThreadPoolExecutor(2) as pool:
+        for _ in range(100):
+            pool.submit(int).result()
+        spent = []
+        for _ in range(times):
+            start = time.perf_counter()
+            pool.submit(int).result()
+            spent.append(time.perf_counter() - start)
+    return statistics.median(spent) * 1e6
