@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from athena import Memory, RecallTimeout
-from athena.execution.parallel import INLINE_MS, ParallelExecutor, fan_out
+from athena.execution.parallel import INLINE_MS, LEARN, UNSEEN_MS, ParallelExecutor, fan_out
 from athena.execution.pipeline import Pipeline
 from athena.layers.protocol import LayerResult, SearchRequest
 from athena.records import LAYERS, make_query
@@ -74,7 +74,7 @@ def test_results_equal_each_layer_alone_in_the_order_asked(
     watched: tuple[Watched, SearchRequest],
 ) -> None:
     pipeline, request = watched
-    executor = ParallelExecutor(pipeline, 2, COSTS.__getitem__)
+    executor = ParallelExecutor(pipeline, 2, COSTS)
     try:
         got = executor.run(request, LAYERS)
     finally:
@@ -87,11 +87,41 @@ def test_results_equal_each_layer_alone_in_the_order_asked(
         assert got[name].ids == pipeline.run(name, request, "sequential").ids
 
 
+def test_expected_times_are_learnt_from_the_fan_outs(
+    watched: tuple[Watched, SearchRequest],
+) -> None:
+    pipeline, request = watched
+    executor = ParallelExecutor(pipeline, 2, {"graph": 5.0})
+    try:
+        assert executor.expected_ms("semantic") == UNSEEN_MS  # never run: handed off
+        got = executor.run(request, LAYERS)
+    finally:
+        executor.close()
+    assert executor.expected_ms("semantic") == got["semantic"].elapsed_ms
+    assert executor.expected_ms("graph") == pytest.approx(
+        5.0 + LEARN * (got["graph"].elapsed_ms - 5.0)
+    )
+
+
+def test_times_known_from_layers_run_alone_come_first(
+    watched: tuple[Watched, SearchRequest],
+) -> None:
+    pipeline, request = watched
+    alone = {"graph": 5.0}  # the dependency graph's: graph outlasts the others together
+    executor = ParallelExecutor(pipeline, 2, COSTS, known=alone.get)
+    try:
+        assert executor.expected_ms("graph") == 5.0 and executor.expected_ms("semantic") == 0.3
+        executor.run(request, LAYERS)
+    finally:
+        executor.close()
+    assert pipeline.threads["graph"] == threading.current_thread().name
+
+
 def test_the_dominant_layer_runs_on_the_calling_thread(
     watched: tuple[Watched, SearchRequest],
 ) -> None:
     pipeline, request = watched
-    executor = ParallelExecutor(pipeline, 2, {**COSTS, "graph": 5.0}.__getitem__)
+    executor = ParallelExecutor(pipeline, 2, {**COSTS, "graph": 5.0})
     try:
         executor.run(request, LAYERS)
     finally:
@@ -105,7 +135,7 @@ def test_a_layer_failing_on_the_caller_fails_the_fan_out(
 ) -> None:
     pipeline, request = watched
     pipeline.fail = "procedural"
-    executor = ParallelExecutor(pipeline, 2, COSTS.__getitem__)
+    executor = ParallelExecutor(pipeline, 2, COSTS)
     try:
         with pytest.raises(RuntimeError, match="procedural failed"):
             executor.run(request, LAYERS)
@@ -119,7 +149,7 @@ def test_a_spent_deadline_is_a_recall_timeout(
 ) -> None:
     pipeline, request = watched
     pipeline.stall = (stalled, 0.3)
-    executor = ParallelExecutor(pipeline, 2, {**COSTS, "graph": 5.0}.__getitem__)
+    executor = ParallelExecutor(pipeline, 2, {**COSTS, "graph": 5.0})
     try:
         start = time.monotonic()
         with pytest.raises(RecallTimeout, match="deadline"):
@@ -135,7 +165,7 @@ def test_close_waits_for_a_layer_still_running_after_a_timeout(
 ) -> None:
     pipeline, request = watched
     pipeline.stall = ("semantic", 0.3)
-    executor = ParallelExecutor(pipeline, 2, COSTS.__getitem__)
+    executor = ParallelExecutor(pipeline, 2, COSTS)
     with pytest.raises(RecallTimeout):
         executor.run(request, LAYERS, timeout=0.05)
     assert "semantic" not in pipeline.finished

@@ -55,7 +55,7 @@ class AdaptiveEngine:
         self.selector = selector or StrategySelector()
         self.feedback = Feedback(store, self.graph, self.selector)
         self.telemetry = self.feedback.telemetry
-        self.parallel = ParallelExecutor(pipeline, threads, self.graph.layer_ms)
+        self.parallel = ParallelExecutor(pipeline, threads, known=self.graph.learned_ms)
         self.admission = admission or AdmissionGate(default_slots())
         self.aggregator = ResultAggregator()
         self.plans = RecallPlans(self.graph, self.cache, self.model)

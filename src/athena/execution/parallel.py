@@ -3,9 +3,9 @@
 Each thread reads through its own SQLite connection (WAL lets them run side by side), and
 the heavy parts (FTS5, numpy, faiss) release the GIL. Every layer has a deadline.
 
-The calling thread is one of the workers: it hands the other layers to the pool, then
-searches the costliest layer itself and the cheap ones after it, instead of sleeping until
-the pool is done. A hand-off to a pool thread and back cost 61 µs on the 2-core machine
+The calling thread is one of the workers (:func:`fan_out`): it searches the layers too cheap
+for a hand-off, and a costliest layer that is the critical path by itself, while the pool
+searches the others, instead of sleeping until the pool is done. A hand-off to a pool thread and back cost 61 µs on the 2-core machine
 the benchmarks ran on (a no-op task; median of 5,000), about a third of a small layer.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from athena.errors import RecallTimeout
@@ -22,6 +22,8 @@ from athena.layers.protocol import LayerResult, SearchRequest
 
 DEFAULT_THREADS: Final = 4
 INLINE_MS: Final = 0.05  # a layer expected to take less runs on the calling thread
+UNSEEN_MS: Final = 1.0  # what a layer is expected to take before the executor has run it
+LEARN: Final = 0.2  # the weight of a layer's newest time in its expected time
 
 
 def fan_out(layers: Sequence[str], cost: Callable[[str], float]) -> tuple[list[str], list[str]]:
@@ -50,25 +52,42 @@ def fan_out(layers: Sequence[str], cost: Callable[[str], float]) -> tuple[list[s
 
 
 class ParallelExecutor:
-    """Runs layer searches at once on ``threads`` reader threads and the calling one;
-    ``cost`` is a layer's expected ms (the dependency graph's, by default all alike)."""
+    """Runs layer searches at once on ``threads`` reader threads and the calling one.
+
+    A layer's expected time is ``known(layer)`` (the dependency graph's: the layer run
+    alone), else a moving average of its times in the fan-outs, which contention inflates
+    (``expected`` at first): an engine forced to PARALLEL never runs a layer alone.
+    """
 
     def __init__(
         self,
         pipeline: Pipeline,
         threads: int = DEFAULT_THREADS,
-        cost: Callable[[str], float] | None = None,
+        expected: Mapping[str, float] | None = None,
+        known: Callable[[str], float | None] | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self._cost = cost or (lambda _name: 1.0)
+        self._ms: dict[str, float] = dict(expected or {})
+        self._known = known
         self._pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="athena-reader")
+
+    def expected_ms(self, layer: str) -> float:
+        """What ``layer`` is expected to take in a fan-out, in ms.
+
+        >>> executor = ParallelExecutor(None, 1, {"graph": 2.5})  # type: ignore[arg-type]
+        >>> executor.expected_ms("graph"), executor.expected_ms("episodic")
+        (2.5, 1.0)
+        >>> executor.close()
+        """
+        known = None if self._known is None else self._known(layer)
+        return self._ms.get(layer, UNSEEN_MS) if known is None else known
 
     def run(
         self, request: SearchRequest, layers: Sequence[str], timeout: float | None = None
     ) -> dict[str, LayerResult]:
         """Search ``layers`` at once; RecallTimeout if any misses the deadline."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        handed, inline = fan_out(layers, self._cost)
+        handed, inline = fan_out(layers, self.expected_ms)
         run = self.pipeline.run
         futures = {name: self._pool.submit(run, name, request, "parallel") for name in handed}
         results: dict[str, LayerResult] = {}
@@ -87,6 +106,11 @@ class ParallelExecutor:
             for future in futures.values():
                 future.cancel()
             raise
+        for name, result in results.items():  # unlocked: a race loses one sample, no more
+            old = self._ms.get(name)
+            self._ms[name] = (
+                result.elapsed_ms if old is None else old + LEARN * (result.elapsed_ms - old)
+            )
         return {name: results[name] for name in layers}  # in the order asked
 
     def close(self) -> None:

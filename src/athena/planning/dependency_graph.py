@@ -171,6 +171,14 @@ class DependencyGraph:
     def layer_ms(self, layer: str) -> float:
         return self._latency.get(layer, DEFAULT_LAYER_MS)
 
+    def learned_ms(self, layer: str) -> float | None:
+        """What ``layer`` takes run alone, as learnt; None before it has run so.
+
+        >>> DependencyGraph().learned_ms("graph") is None
+        True
+        """
+        return self._latency.get(layer)
+
     def estimate_ms(self, layers: Sequence[str]) -> float:
         """Learned cost of searching ``layers`` one after another."""
         return sum(self.layer_ms(name) for name in layers)
