@@ -78,8 +78,11 @@ def test_bench_json_shape(doc: dict[str, Any]) -> None:
 
 def test_the_complex_limit_counts_what_does_not_fan_out(doc: dict[str, Any]) -> None:
     complex_ = doc["sessions"]["locomo/static"]["complex"]
-    assert complex_["outside_layers_ms"] > 0 and complex_["hand_off_us"] > 0
-    assert 1.0 <= complex_["limit"] < complex_["layers_limit"]  # time outside layers
+    assert complex_["hand_off_us"] > 0
+    layers, cores = complex_["layer_ms_p50"], complex_["cores"]
+    whole = recall_limit(complex_["sequential_p50_ms"], layers, cores)
+    assert complex_["limit"] == pytest.approx(whole, abs=1e-4)
+    assert 1.0 <= complex_["limit"] <= complex_["layers_limit"]
     goal = next(g for g in doc["goals"] if g["goal"].startswith("complex multi-layer"))
     assert f"the layers alone: {complex_['layers_limit']:.3g}×" in goal["measured"]
 
@@ -162,7 +165,7 @@ def test_workload_maths() -> None:
     assert parallel_limit({"a": 5.0, "b": 1.0}, 2) == pytest.approx(1.2)
     # Only the layers fan out: 3 ms of them in a 5 ms recall, 2x faster, give 5 / 3.5.
     assert recall_limit(5.0, {"a": 1.5, "b": 1.5}, 2) == pytest.approx(5.0 / 3.5)
-    assert recall_limit(1.0, {}, 2) == 1.0
+    assert recall_limit(1.0, {}, 2) == 1.0 and recall_limit(math.nan, {"a": 1.0}, 2) == 1.0
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0 and math.isnan(percentile([], 50))
     assert QUICK.budget_s > 0
 

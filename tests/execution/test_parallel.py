@@ -13,7 +13,7 @@ from athena import Memory, RecallTimeout
 from athena.execution.parallel import INLINE_MS, LEARN, UNSEEN_MS, ParallelExecutor, fan_out
 from athena.execution.pipeline import Pipeline
 from athena.layers.protocol import LayerResult, SearchRequest
-from athena.records import LAYERS, make_query
+from athena.records import LAYERS, MemoryInput, make_query
 
 COSTS = {"episodic": 0.4, "semantic": 0.3, "graph": 0.2, "procedural": 0.003, "prospective": 0.002}
 
@@ -68,6 +68,9 @@ def test_fan_out_keeps_cheap_layers_and_a_critical_path_with_the_caller() -> Non
     )
     alone = {name: INLINE_MS / 2 for name in LAYERS}  # nothing worth a hand-off
     assert fan_out(LAYERS, alone.__getitem__)[0] == []
+    assert fan_out(["graph"], dominant.__getitem__) == ([], ["graph"])  # one layer: no hop
+    handed, _ = fan_out(LAYERS, dominant.__getitem__, keep_costliest=False)
+    assert handed == ["graph", "episodic", "semantic"]  # a recall with a timeout
 
 
 def test_results_equal_each_layer_alone_in_the_order_asked(
@@ -93,7 +96,7 @@ def test_expected_times_are_learnt_from_the_fan_outs(
     pipeline, request = watched
     executor = ParallelExecutor(pipeline, 2, {"graph": 5.0})
     try:
-        assert executor.expected_ms("semantic") == UNSEEN_MS  # never run: handed off
+        assert executor.expected_ms("semantic") == UNSEEN_MS  # not run yet: handed off
         got = executor.run(request, LAYERS)
     finally:
         executor.close()
@@ -130,32 +133,50 @@ def test_the_dominant_layer_runs_on_the_calling_thread(
     assert pipeline.threads["semantic"].startswith("athena-reader")
 
 
-def test_a_layer_failing_on_the_caller_fails_the_fan_out(
-    watched: tuple[Watched, SearchRequest],
+def test_a_search_that_built_an_index_teaches_nothing(mem: Memory) -> None:
+    pipeline = Watched(mem.engine.pipeline)  # type: ignore[attr-defined]
+    many = [MemoryInput("episodic", f"Note {i} about the garden.", "big") for i in range(300)]
+    mem.remember_many(many)
+    query = make_query("What about the garden?", "big", 10, ("episodic", "semantic"))
+    request = pipeline.request(query, mem.generations.get("big"))
+    executor = ParallelExecutor(pipeline, 2)
+    try:
+        first = executor.run(request, query.layers)  # the tenant's first: builds its index
+        assert first["episodic"].loaded > 256
+        assert executor.expected_ms("episodic") == UNSEEN_MS
+        again = executor.run(request, query.layers)
+    finally:
+        executor.close()
+    assert executor.expected_ms("episodic") == again["episodic"].elapsed_ms
+
+
+@pytest.mark.parametrize("failing", ["procedural", "semantic"])  # the caller's, handed off
+def test_a_failing_layer_fails_the_fan_out(
+    watched: tuple[Watched, SearchRequest], failing: str
 ) -> None:
     pipeline, request = watched
-    pipeline.fail = "procedural"
+    pipeline.fail = failing
     executor = ParallelExecutor(pipeline, 2, COSTS)
     try:
-        with pytest.raises(RuntimeError, match="procedural failed"):
+        with pytest.raises(RuntimeError, match=f"{failing} failed"):
             executor.run(request, LAYERS)
     finally:
         executor.close()
 
 
-@pytest.mark.parametrize("stalled", ["graph", "semantic"])  # kept by the caller, handed off
-def test_a_spent_deadline_is_a_recall_timeout(
+@pytest.mark.parametrize("stalled", ["graph", "semantic"])  # the critical path, another
+def test_a_spent_deadline_is_a_recall_timeout_at_the_deadline(
     watched: tuple[Watched, SearchRequest], stalled: str
 ) -> None:
     pipeline, request = watched
-    pipeline.stall = (stalled, 0.3)
+    pipeline.stall = (stalled, 1.0)
     executor = ParallelExecutor(pipeline, 2, {**COSTS, "graph": 5.0})
     try:
         start = time.monotonic()
         with pytest.raises(RecallTimeout, match="deadline"):
             executor.run(request, LAYERS, timeout=0.05)
-        if stalled == "semantic":  # a handed layer is not awaited past the deadline
-            assert time.monotonic() - start < 0.25
+        assert time.monotonic() - start < 0.9  # the stalled layer was not waited for
+        assert pipeline.threads["graph"].startswith("athena-reader")  # a timeout: handed
     finally:
         executor.close()
 

@@ -393,7 +393,7 @@ def recall_limit(recall_ms: float, layer_ms: dict[str, float], cores: int) -> fl
     2.0
     """
     layers = sum(layer_ms.values())
-    if recall_ms <= 0 or layers <= 0:
+    if not recall_ms > 0 or layers <= 0:  # NaN too: no recall succeeded
         return 1.0
     outside = max(recall_ms - layers, 0.0)
     return recall_ms / (outside + layers / parallel_limit(layer_ms, cores))

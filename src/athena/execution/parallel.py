@@ -1,12 +1,14 @@
 """PARALLEL: the layers of one recall fanned out over a bounded reader thread pool.
 
 Each thread reads through its own SQLite connection (WAL lets them run side by side), and
-the heavy parts (FTS5, numpy, faiss) release the GIL. Every layer has a deadline.
+the heavy parts (FTS5, numpy, faiss) release the GIL. A recall with a timeout gets its
+RecallTimeout at the deadline, whatever its layers are doing.
 
 The calling thread is one of the workers (:func:`fan_out`): it searches the layers too cheap
-for a hand-off, and a costliest layer that is the critical path by itself, while the pool
-searches the others, instead of sleeping until the pool is done. A hand-off to a pool thread and back cost 61 µs on the 2-core machine
-the benchmarks ran on (a no-op task; median of 5,000), about a third of a small layer.
+for a hand-off and, when the recall has no timeout, a costliest layer that is the critical
+path by itself, while the pool searches the others, instead of sleeping until the pool is
+done. A hand-off to a reader thread and back costs 42-61 µs on the 2-core machine the
+benchmarks ran on (a no-op task, median; ``athena bench`` measures it in every session).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Final
 
 from athena.errors import RecallTimeout
 from athena.execution.pipeline import Pipeline
+from athena.execution.pool_keeper import BUILD_ROWS
 from athena.layers.protocol import LayerResult, SearchRequest
 
 DEFAULT_THREADS: Final = 4
@@ -26,16 +29,19 @@ UNSEEN_MS: Final = 1.0  # what a layer is expected to take before the executor h
 LEARN: Final = 0.2  # the weight of a layer's newest time in its expected time
 
 
-def fan_out(layers: Sequence[str], cost: Callable[[str], float]) -> tuple[list[str], list[str]]:
+def fan_out(
+    layers: Sequence[str], cost: Callable[[str], float], keep_costliest: bool = True
+) -> tuple[list[str], list[str]]:
     """Split ``layers`` into those handed to the pool and those the caller searches itself,
     in the order it searches them.
 
     A layer cheaper than :data:`INLINE_MS` is never handed off (the hand-off costs more).
-    The costliest layer stays with the caller when it is expected to take as long as the
-    other layers together: it alone is the recall's critical path, and keeping it skips a
-    hand-off on that path (one tenant of 100k memories, k=50: 12-16% faster). Otherwise
-    every other layer goes to the pool: a caller busy in Python holds the GIL the pool
-    threads need to start (LoCoMo, k=50: 2.5-5% slower when it kept its costliest layer).
+    With ``keep_costliest``, the costliest layer stays with the caller when it is expected
+    to take at least as long as the other layers together: it alone is the recall's
+    critical path, and keeping it skips a hand-off on that path (one tenant of 100k
+    memories, k=50: 13-19% faster than handing every layer off). Otherwise every other
+    layer goes to the pool: a caller busy in Python holds the GIL the pool threads need to
+    start (LoCoMo, k=50: 1-3% slower when it always kept its costliest layer).
 
     >>> ms = {"episodic": 0.4, "semantic": 0.3, "graph": 0.2, "procedural": 0.01}
     >>> fan_out(["episodic", "semantic", "graph", "procedural"], ms.__getitem__)
@@ -43,10 +49,12 @@ def fan_out(layers: Sequence[str], cost: Callable[[str], float]) -> tuple[list[s
     >>> ms["graph"] = 2.5
     >>> fan_out(["episodic", "semantic", "graph", "procedural"], ms.__getitem__)
     (['episodic', 'semantic'], ['graph', 'procedural'])
+    >>> fan_out(["episodic", "semantic", "graph"], ms.__getitem__, keep_costliest=False)
+    (['graph', 'episodic', 'semantic'], [])
     """
     ranked = sorted(layers, key=cost, reverse=True)
     handed = [name for name in ranked if cost(name) >= INLINE_MS]
-    if handed and cost(handed[0]) >= sum(cost(name) for name in handed[1:]):
+    if keep_costliest and handed and cost(handed[0]) >= sum(cost(n) for n in handed[1:]):
         handed = handed[1:]
     return handed, [name for name in ranked if name not in handed]
 
@@ -56,7 +64,8 @@ class ParallelExecutor:
 
     A layer's expected time is ``known(layer)`` (the dependency graph's: the layer run
     alone), else a moving average of its times in the fan-outs, which contention inflates
-    (``expected`` at first): an engine forced to PARALLEL never runs a layer alone.
+    (``expected`` at first): an engine forced to PARALLEL never runs a layer alone. A
+    search that built an index (a tenant's first) teaches neither, as in the graph.
     """
 
     def __init__(
@@ -85,9 +94,11 @@ class ParallelExecutor:
     def run(
         self, request: SearchRequest, layers: Sequence[str], timeout: float | None = None
     ) -> dict[str, LayerResult]:
-        """Search ``layers`` at once; RecallTimeout if any misses the deadline."""
+        """Search ``layers`` at once; RecallTimeout if any misses the deadline. With a
+        ``timeout``, the caller keeps only the cheap layers, checked as each ends: a layer
+        the caller is running cannot be left behind at the deadline."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        handed, inline = fan_out(layers, self.expected_ms)
+        handed, inline = fan_out(layers, self.expected_ms, keep_costliest=timeout is None)
         run = self.pipeline.run
         futures = {name: self._pool.submit(run, name, request, "parallel") for name in handed}
         results: dict[str, LayerResult] = {}
@@ -107,6 +118,8 @@ class ParallelExecutor:
                 future.cancel()
             raise
         for name, result in results.items():  # unlocked: a race loses one sample, no more
+            if result.loaded > BUILD_ROWS:
+                continue
             old = self._ms.get(name)
             self._ms[name] = (
                 result.elapsed_ms if old is None else old + LEARN * (result.elapsed_ms - old)
@@ -115,6 +128,9 @@ class ParallelExecutor:
 
     def close(self) -> None:
         """Drop the layers not started; wait for those running (a fan-out that timed out or
-        failed leaves them running): the store is closed next, and a search still reading
-        through a closed connection crashed the process (a segmentation fault)."""
+        failed leaves them running), however long they take (a large tenant's first search
+        builds its indexes: seconds): the store is closed next, and a search still reading
+        through a closed connection crashed the process (a segmentation fault). A recall
+        still running on another thread when its ``Memory`` closes is the caller's to
+        finish first, whatever its strategy."""
         self._pool.shutdown(wait=True, cancel_futures=True)
