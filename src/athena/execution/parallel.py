@@ -7,7 +7,7 @@ RecallTimeout at the deadline, whatever its layers are doing.
 The calling thread is one of the workers (:func:`fan_out`): it searches the layers too cheap
 for a hand-off and, when the recall has no timeout, a costliest layer that is the critical
 path by itself, while the pool searches the others, instead of sleeping until the pool is
-done. A hand-off to a reader thread and back costs 42-61 µs on the 2-core machine the
+done. A hand-off to a reader thread and back costs 42-78 µs on the 2-core machine the
 benchmarks ran on (a no-op task, median; ``athena bench`` measures it in every session).
 """
 
