@@ -104,7 +104,7 @@ def chunk_size(k: int, read: int, fresh: int) -> int:
     ``k`` and the slack at first; then enough for the empty slots at the rate the walk has
     found fresh hits so far (a candidate may be gone or a repeat), plus the slack; the
     rest of the window when none was fresh. A second chunk of k + 5 was read to fill the
-    last few of 50 slots on LoCoMo (110 rows a recall; 61 now), while on one tenant of
+    last few of 50 slots on LoCoMo (110 rows a recall; 62 now), while on one tenant of
     LoCoMo copied 11 times most candidates are repeats and small chunks only added reads.
 
     >>> chunk_size(10, 0, 0), chunk_size(50, 55, 45), chunk_size(50, 55, 11), chunk_size(5, 10, 0)
