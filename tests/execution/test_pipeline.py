@@ -68,6 +68,24 @@ def read_at_once(
     return tuple((fresh + repeats)[: query.k])
 
 
+def hits_reading(
+    pipeline: Pipeline, query: RecallQuery, results: Mapping[str, LayerResult]
+) -> tuple[tuple[Hit, ...], list[int]]:
+    """``pipeline.hits`` and how many rows each of its reads asked the store for."""
+    read: list[int] = []
+    store_get = pipeline.ctx.store.get
+
+    def counted(tenant: str, wanted: list[int]) -> list[object]:
+        read.append(len(wanted))
+        return store_get(tenant, wanted)  # type: ignore[return-value]
+
+    pipeline.ctx.store.get = counted  # type: ignore[method-assign]
+    try:
+        return pipeline.hits(query, results), read
+    finally:
+        del pipeline.ctx.store.get
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=3),
@@ -89,18 +107,7 @@ def test_rows_read_in_chunks_give_the_hits_of_reading_them_all(
             ids.insert(at, 10**9 + n)
             scores.insert(at, scores[min(at, len(scores) - 1)] if scores else 0.0)
     results["episodic"] = replace(episodic, ids=tuple(ids), scores=tuple(scores))
-    read: list[int] = []
-    store_get = pipeline.ctx.store.get
-
-    def counted(tenant: str, wanted: list[int]) -> list[object]:
-        read.append(len(wanted))
-        return store_get(tenant, wanted)  # type: ignore[return-value]
-
-    pipeline.ctx.store.get = counted  # type: ignore[method-assign]
-    try:
-        got = pipeline.hits(query, results)
-    finally:
-        del pipeline.ctx.store.get
+    got, read = hits_reading(pipeline, query, results)
     assert got == read_at_once(pipeline, query, results)
     assert read[0] <= k + HITS_SLACK and sum(read) <= max(k * 3, k + 20)
 
@@ -122,18 +129,7 @@ def test_a_later_chunk_reads_what_the_empty_slots_need_at_the_rate_seen(
         query = make_query("Ann's cat Miso in the garden", "t", 2, ("episodic", "semantic"))
         request = pipeline.request(query, memory.generations.get("t"))
         results = {name: pipeline.run(name, request, "sequential") for name in query.layers}
-        read: list[int] = []
-        store_get = pipeline.ctx.store.get
-
-        def counted(tenant: str, wanted: list[int]) -> list[object]:
-            read.append(len(wanted))
-            return store_get(tenant, wanted)  # type: ignore[return-value]
-
-        pipeline.ctx.store.get = counted  # type: ignore[method-assign]
-        try:
-            hits = pipeline.hits(query, results)
-        finally:
-            del pipeline.ctx.store.get
+        hits, read = hits_reading(pipeline, query, results)
         # Every fact restates the one turn: one fresh hit in the first 7 rows, one slot left,
         # so the next chunk is 1 slot x 7 rows a fresh hit + the slack; then the window's rest.
         assert len(hits) == 2 and turn in {h.id for h in hits}

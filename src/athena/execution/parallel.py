@@ -52,9 +52,10 @@ def fan_out(
     >>> fan_out(["episodic", "semantic", "graph"], ms.__getitem__, keep_costliest=False)
     (['graph', 'episodic', 'semantic'], [])
     """
-    ranked = sorted(layers, key=cost, reverse=True)
-    handed = [name for name in ranked if cost(name) >= INLINE_MS]
-    if keep_costliest and handed and cost(handed[0]) >= sum(cost(n) for n in handed[1:]):
+    ms = {name: cost(name) for name in layers}  # each asked once
+    ranked = sorted(layers, key=ms.__getitem__, reverse=True)
+    handed = [name for name in ranked if ms[name] >= INLINE_MS]
+    if keep_costliest and handed and ms[handed[0]] >= sum(ms[n] for n in handed[1:]):
         handed = handed[1:]
     return handed, [name for name in ranked if name not in handed]
 
