@@ -241,25 +241,3 @@ def test_every_arm_follows_every_other_about_equally_often() -> None:
         assert 0.7 * expected < follows[pair] < 1.3 * expected, (pair, follows[pair])
     first = Counter(turn[0] for turn in turns)
     assert min(first.values()) > 0.7 * len(turns) / len(arms)
-
-
-def test_a_reset_arm_starts_cold_rows_included(tmp_path: Path) -> None:
-    """An arm's reset empties its row cache as well as its result cache: a scenario's
-    question that the oracle asked before (in some arms only) must not find its rows."""
-    from athena import Memory
-    from athena.bench.arms import Arm
-
-    path = tmp_path / "arm.db"
-    with Memory(path) as memory:
-        memory.remember("Bob plays the cello.", tenant="t", layer="semantic")
-    arm = Arm("sequential", path, "static", pools="off")
-    try:
-        ask = Ask("t", "What does Bob play?")
-        arm.recall(ask)
-        arm.recall(ask)
-        assert arm.memory.pipeline.rows.stats()["served"] == 1
-        arm.reset()
-        arm.recall(ask)
-        assert arm.memory.pipeline.rows.stats()["served"] == 1  # read again, not served
-    finally:
-        arm.close()

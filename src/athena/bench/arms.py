@@ -112,13 +112,10 @@ class Arm:
         )
 
     def reset(self, *, embeddings: bool = True) -> None:
-        """Empty the result cache, the row cache (and the query-embedding cache): a cold
-        start. The row cache too, or a scenario's question that the oracle (which runs
-        only some arms) had asked before would find its rows there in those arms alone."""
+        """Empty the result cache (and the query-embedding cache): a cold start."""
         cache = getattr(self.memory.engine, "cache", None)
         if cache is not None:
             cache.clear()
-        self.memory.pipeline.rows.clear()
         if embeddings and isinstance(self.memory.embedder, CachingEmbedder):
             self.memory.embedder.clear()
 
