@@ -162,7 +162,6 @@ class AdaptiveEngine:
         self.feedback.settle()  # the graph and the selector count the hits noted so far
         return {
             "cache": self.cache.stats(),
-            "rows": self.pipeline.rows.stats(),
             **self.gauges(),
             "telemetry": self.telemetry.summary(),
             "selector": self.selector.snapshot(),

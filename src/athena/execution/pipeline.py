@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
 from athena.embedding.protocol import Embedder
 from athena.execution.aggregate import fuse
-from athena.execution.rows import RowCache
 from athena.execution.runner import run_layer
 from athena.layers.protocol import LayerContext, LayerResult, MemoryLayer, SearchRequest
 from athena.records import Hit, RecallQuery
@@ -47,7 +46,6 @@ class Pipeline:
     ctx: LayerContext
     embedder: Embedder
     diversify: bool = True
-    rows: RowCache = field(default_factory=RowCache)
 
     def request(self, query: RecallQuery, generations: dict[str, int]) -> SearchRequest:
         vector = self.embedder.embed([query.text])[0]
@@ -65,16 +63,8 @@ class Pipeline:
     def run(self, name: str, request: SearchRequest, source: str) -> LayerResult:
         return run_layer(self.layers, self.ctx, name, request, source)
 
-    def hits(
-        self,
-        query: RecallQuery,
-        results: Mapping[str, LayerResult],
-        generations: Mapping[str, int] | None = None,
-    ) -> tuple[Hit, ...]:
+    def hits(self, query: RecallQuery, results: Mapping[str, LayerResult]) -> tuple[Hit, ...]:
         """Fuse per-layer results and turn the top ``k`` ids into hits.
-
-        With ``generations`` (the tenant's, read before the recall began) rows still valid
-        at them come from :attr:`rows`; without, every row is read from the store.
 
         Ids whose rows are gone (deleted since an index was built) are skipped. A memory
         whose sources are all cited by better-ranked hits (a fact restating a turn already
@@ -94,11 +84,7 @@ class Pipeline:
             if position == read_to:
                 read_to += chunk_size(query.k, position, len(fresh))
                 ids = [i for i, _ in window[position:read_to]]
-                if generations is None:
-                    read = self.ctx.store.get(query.tenant, ids)
-                else:
-                    read = self.rows.get(self.ctx.store, query.tenant, ids, generations)
-                rows.update((r.id, r) for r in read)
+                rows.update((r.id, r) for r in self.ctx.store.get(query.tenant, ids))
             row = rows.get(memory_id)
             if row is None:
                 continue

@@ -142,7 +142,7 @@ class RecallRun:
             ]
         )
         self.results = results
-        hits = engine.pipeline.hits(query, results, self.generations)
+        hits = engine.pipeline.hits(query, results)
         if uses_cache:  # forced executing strategies neither read nor fill the cache
             fresh = [(result, result.elapsed_ms) for result in self.fresh.values()]
             cost = sum(r.elapsed_ms for r in self.fresh.values())

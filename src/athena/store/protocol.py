@@ -15,9 +15,8 @@ import numpy.typing as npt
 
 @dataclass(slots=True)
 class MemoryRow:
-    """A stored memory as the store returns it: a fresh object per read. Callers only read
-    it: the recall pipeline's row cache (:mod:`athena.execution.rows`) shares one row among
-    the recalls it serves, and the result cache keeps hits, which stay frozen.
+    """A stored memory as the store returns it: a fresh object per read, owned by the caller
+    (nothing caches rows; the result cache keeps hits, which stay frozen).
 
     Not frozen: a frozen dataclass builds itself through ``object.__setattr__`` field by
     field, 1.53 µs for these 14 fields against 0.18 µs, and a recall builds one per
