@@ -1,10 +1,12 @@
 """How long a full garbage collection stalls a process that holds a warmed ``Memory``.
 
-``python benchmarks/gc_pause.py [--store 100k-tenants] [--out DIR] [--embedder static]`` builds
-(or reuses, under ``DIR/stores``) the store, recalls one question in every tenant (which
-builds each tenant's indexes) and 500 more, then reports the objects the cyclic collector
-tracks, the most common of them, and the time of five full collections. Any recall can land
-in such a collection, so it bounds the tail of every strategy. LoCoMo is read in place.
+``python benchmarks/gc_pause.py [--store 100k-tenants] [--out DIR] [--embedder static]
+[--strategy sequential]`` builds (or reuses, under ``DIR/stores``) the store, recalls one
+question in every tenant (which builds each tenant's indexes) and 500 more, then reports
+the objects the cyclic collector tracks, the most common of them, and the time of five
+full collections. Any recall can land in such a collection, so it bounds the tail of every
+strategy. LoCoMo is read in place. ``--strategy adaptive`` recalls as ``Memory.recall``
+does by default: its fan-outs search on reader threads, each with its own stemmer.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--embedder", default="static")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--strategy", default="sequential")
     args = parser.parse_args()
     store = build_store(args.store, args.embedder, args.data, args.out)
     memory = Memory(working_copy(store, args.out / "gc-pause"), embedder=args.embedder, pool="off")
@@ -37,7 +40,7 @@ def main() -> None:
     random.Random(1).shuffle(asks)
     first = {ask.tenant: ask for ask in reversed(asks)}
     for ask in [*first.values(), *asks[:500]]:
-        memory.recall(ask.text, tenant=ask.tenant, strategy="sequential")
+        memory.recall(ask.text, tenant=ask.tenant, strategy=args.strategy)
     tracked = gc.get_objects()
     kinds = collections.Counter(type(o).__name__ for o in tracked).most_common(5)
     print(f"{store.name}: {len(first)} tenants, {len(tracked):,} tracked objects; most: {kinds}")
