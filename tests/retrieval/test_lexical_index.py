@@ -143,12 +143,12 @@ def test_stemming_leaves_nothing_for_the_garbage_collector() -> None:
         gc.collect()
         return len(gc.get_objects()) - before
 
-    assert grown(0) < 100
+    assert grown(0) < 500  # with the cache: 3,000 more
     out: list[int] = []
     worker = threading.Thread(target=lambda: out.append(grown(10_000)))
     worker.start()
     worker.join()
-    assert out[0] < 100
+    assert out[0] < 500
 
 
 def _reference_bm25(docs: dict[int, list[str]], query: list[str]) -> dict[int, float]:

@@ -73,8 +73,9 @@ def _stem(words: list[str]) -> list[str]:
         stemmer = _STEMMERS.porter = Stemmer.Stemmer("porter")
         # PyStemmer's own cache keeps up to 10,000 words per stemmer, each a two-item list
         # the garbage collector tracks: a third of a warmed 100k-memory process's tracked
-        # objects, and of every full collection's time (55-82 ms with it, 38-40 without).
-        # Stemming a word afresh costs about 50 ns more than finding it there.
+        # objects, and of every full collection's time (72-76 ms with it, 46-48 without:
+        # benchmarks/gc_pause.py --strategy adaptive). Stemming a word afresh costs about
+        # 50 ns more than finding it there.
         stemmer.maxCacheSize = 0
     return list(stemmer.stemWords(words))
 
