@@ -112,6 +112,8 @@ def test_markdown_regret_table_has_a_row_per_session_and_one_for_all(
         )
         assert f"{r['vs_oracle'] * 100:.1f}% ({r['share_over_10pct'] * 100:.1f}%)" in row
         assert f"{r['decision']['vs_oracle'] * 100:.1f}%" in row
+        held = r["held_out"]
+        assert f"{held['vs_oracle'] * 100:.1f}% ({held['share_over_10pct'] * 100:.1f}%)" in row
         assert f"({r['best_fixed']})" in row
 
 
@@ -146,6 +148,28 @@ def test_decision_regret_prices_each_pick_at_the_oracle_costs() -> None:
     assert oracle.decision_regret([{"s": 1.0}], [["x"]]) == {}
     with pytest.raises(ValueError):
         oracle.decision_regret(costs, picks[:2])
+
+
+def test_held_out_oracle_is_priced_on_the_run_it_did_not_choose_by() -> None:
+    nan = float("nan")
+    runs = {
+        # Two strategies that tie: the in-sample oracle takes the least median (1.0, p)
+        # and calls an arm that always runs s (median 1.1) 10% slower.
+        "s": [[1.0, 1.1, 1.2], [2.0, 2.0], [1.0, 1.0]],
+        "p": [[1.3, 1.0, 0.9], [nan, 1.0], [1.0, 1.0]],
+        "adaptive": [[1.0, 1.1, 1.2], [2.0, 2.2], [1.0, nan]],
+    }
+    held = oracle.held_out([runs])
+    # Query 1: run 0 is priced at p's 1.3 (p's other runs 1.0, 0.9 beat s's 1.1, 1.2),
+    # run 1 at s's 1.1 (1.1 against p's 1.1: a tie keeps the first named), run 2 at s's
+    # 1.2 (1.05 against 1.15). Query 2: p failed once, so only s is feasible: 2.1 against
+    # 2.0. Query 3: the arm failed once, left out.
+    first = 1.1 / ((1.3 + 1.1 + 1.2) / 3) - 1.0
+    assert held["vs_oracle"] == pytest.approx(round((first + 0.05) / 2, 4))
+    assert held["queries"] == 2 and held["share_over_10pct"] == 0.0
+    assert held["oracle_picks"] == {"p": 1, "s": 4}
+    assert oracle.regret([{"s": 1.1, "p": 1.0}], [1.1]).vs_oracle == pytest.approx(0.1)
+    assert oracle.held_out([{"s": [[1.0]], "adaptive": [[1.0]]}]) == {}  # nothing held out
 
 
 def test_regret_ignores_strategies_missing_somewhere() -> None:

@@ -138,6 +138,53 @@ def decision_regret(
     }
 
 
+def held_out(
+    parts: Sequence[Mapping[str, Sequence[Sequence[float]]]],
+    mine: str = "adaptive",
+    over: float = OVER,
+) -> dict[str, Any]:
+    """The ``mine`` arm's regret against an oracle that does not see the run it is priced on.
+
+    The oracle above picks each query's cheapest median and is priced at that same median:
+    with a few noisy runs per strategy, the least of several medians lies below what any
+    strategy costs when two of them tie (the winner's curse), so even the best a selector
+    could do shows a regret. Here, for each run ``j`` of a query, the oracle picks the
+    strategy with the cheapest median of the *other* runs and is priced at that strategy's
+    run ``j``, as ``mine`` is priced at its own run ``j``; a query's regret is the ratio of
+    the two means. This oracle can pick wrong from noise, so the truth lies between the two.
+    ``parts``: each session's runs, arm by arm, per query (:attr:`OracleRun.runs`); a
+    strategy with a failed run (NaN) is infeasible for that query, and a query with one run
+    (nothing to hold out) or a failed run of ``mine`` is left out.
+
+    >>> runs = {"s": [[1.0, 1.2, 1.1]], "p": [[1.1, 1.0, 1.3]], "adaptive": [[1.0, 1.2, 1.1]]}
+    >>> held_out([runs])["vs_oracle"]  # the in-sample oracle (s, 1.1) would say 0.0
+    -0.0571
+    """
+    rel: list[float] = []
+    picks: Counter[str] = Counter()
+    for runs in parts:
+        forced = [name for name in runs if name != mine]
+        for index, own in enumerate(runs.get(mine, ())):
+            feasible = {n: runs[n][index] for n in forced if all(m == m for m in runs[n][index])}
+            if len(own) < 2 or not all(m == m for m in own) or not feasible:
+                continue
+            priced = []
+            for j in range(len(own)):
+                rest = {n: statistics.median([*r[:j], *r[j + 1 :]]) for n, r in feasible.items()}
+                pick = oracle(rest)[0]
+                picks[pick] += 1
+                priced.append(feasible[pick][j])
+            rel.append(statistics.fmean(own) / statistics.fmean(priced) - 1.0)
+    if not rel:
+        return {}
+    return {
+        "vs_oracle": round(statistics.fmean(rel), 4),
+        "share_over_10pct": round(sum(r > over for r in rel) / len(rel), 4),
+        "queries": len(rel),
+        "oracle_picks": dict(sorted(picks.items())),
+    }
+
+
 def merge(parts: Sequence[tuple[Sequence[Mapping[str, float]], Sequence[float]]]) -> Regret:
     """One regret over several samples (stores, embedders), strategies feasible in all."""
     costs = [c for part_costs, _ in parts for c in part_costs]

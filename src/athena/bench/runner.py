@@ -420,6 +420,11 @@ def _regret(parts: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     out = total.to_dict()
     out["per_query"] = [round(v, 4) for v in total.per_query]
     out["by_session"] = {name: oracle.regret(m.costs, m.adaptive).to_dict() for name, m in usable}
+    # Against an oracle priced on runs it did not choose by (older sessions kept no runs).
+    runs = [(name, getattr(m, "runs", None) or {}) for name, m in usable]
+    out["held_out"] = oracle.held_out([r for _, r in runs])
+    for name, r in runs:
+        out["by_session"][name]["held_out"] = oracle.held_out([r])
     # The choices alone (older saved sessions kept no per-query picks: none then).
     picked = [(name, m) for name, m in usable if len(getattr(m, "picks", ())) == len(m.costs)]
     if picked:
