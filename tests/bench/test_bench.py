@@ -168,6 +168,7 @@ def test_held_out_oracle_is_priced_on_the_run_it_did_not_choose_by() -> None:
     assert held["vs_oracle"] == pytest.approx(round((first + 0.05) / 2, 4))
     assert held["queries"] == 2 and held["share_over_10pct"] == 0.0
     assert held["oracle_picks"] == {"p": 1, "s": 4}
+    assert held["per_query"] == [round(first, 4), 0.05]
     assert oracle.regret([{"s": 1.1, "p": 1.0}], [1.1]).vs_oracle == pytest.approx(0.1)
     assert oracle.held_out([{"s": [[1.0]], "adaptive": [[1.0]]}]) == {}  # nothing held out
 

@@ -182,6 +182,7 @@ def held_out(
         "share_over_10pct": round(sum(r > over for r in rel) / len(rel), 4),
         "queries": len(rel),
         "oracle_picks": dict(sorted(picks.items())),
+        "per_query": [round(r, 4) for r in rel],
     }
 
 

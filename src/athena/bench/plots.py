@@ -135,9 +135,15 @@ def _regret(plt: Any, sessions: Sequence[Session], regret: dict[str, Any]) -> An
         title=f"Regret per query ({len(values)} queries)",
     )
     hist.legend(fontsize=8)
-    ordered = sorted(values)
-    cdf.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], color="#d62728")
+    held = [float(v) for v in (regret.get("held_out") or {}).get("per_query", [])]
+    for label, curve, colour in (("in-sample oracle", values, "#d62728"),
+                                 ("held-out oracle", held, "#1f77b4")):  # fmt: skip
+        if curve:
+            ordered = sorted(curve)
+            shares = [(i + 1) / len(ordered) for i in range(len(ordered))]
+            cdf.plot(ordered, shares, color=colour, label=label)
     cdf.axvline(0.0, color="grey", lw=1)
+    cdf.legend(fontsize=8)
     cdf.set(
         xscale="symlog",
         xlabel="relative regret (symlog)",

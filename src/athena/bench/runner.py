@@ -427,7 +427,9 @@ def _regret(parts: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     runs = [(name, getattr(m, "runs", None) or {}) for name, m in usable]
     out["held_out"] = oracle.held_out([r for _, r in runs])
     for name, r in runs:
-        out["by_session"][name]["held_out"] = oracle.held_out([r])
+        session = oracle.held_out([r])
+        session.pop("per_query", None)  # the plot draws all queries' together
+        out["by_session"][name]["held_out"] = session
     # The choices alone (older saved sessions kept no per-query picks: none then).
     picked = [(name, m) for name, m in usable if len(getattr(m, "picks", ())) == len(m.costs)]
     if picked:
