@@ -57,34 +57,54 @@ def watched(mem: Memory) -> Iterator[tuple[Watched, SearchRequest]]:
     yield pipeline, request
 
 
-def test_fan_out_keeps_cheap_layers_and_a_critical_path_with_the_caller() -> None:
-    handed, inline = fan_out(LAYERS, COSTS.__getitem__)
-    assert handed == ["episodic", "semantic", "graph"]
-    assert inline == ["procedural", "prospective"]
+def test_fan_out_keeps_cheap_layers_and_balances_the_rest_in_one_task_per_core() -> None:
+    tasks, inline = fan_out(LAYERS, COSTS.__getitem__)
+    assert tasks == [["semantic", "graph"]]  # one hand-off: 0.5 ms against the caller's 0.4
+    assert inline == ["episodic", "procedural", "prospective"]
     dominant = {**COSTS, "graph": 0.7}  # as long as episodic and semantic together
     assert fan_out(LAYERS, dominant.__getitem__) == (
-        ["episodic", "semantic"],
+        [["episodic", "semantic"]],
         ["graph", "procedural", "prospective"],
     )
     alone = {name: INLINE_MS / 2 for name in LAYERS}  # nothing worth a hand-off
     assert fan_out(LAYERS, alone.__getitem__)[0] == []
     assert fan_out(["graph"], dominant.__getitem__) == ([], ["graph"])  # one layer: no hop
-    handed, _ = fan_out(LAYERS, dominant.__getitem__, keep_costliest=False)
-    assert handed == ["graph", "episodic", "semantic"]  # a recall with a timeout
+    tasks, inline = fan_out(LAYERS, dominant.__getitem__, keep_costliest=False, slots=2)
+    assert tasks == [["graph"], ["episodic", "semantic"]]  # a recall with a timeout
+    assert inline == ["procedural", "prospective"]
+    four = fan_out(LAYERS, COSTS.__getitem__, slots=3)[0]  # more cores: a layer each
+    assert four == [["semantic"], ["graph"]]
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8])
+def test_every_layer_is_searched_once_whatever_the_cores(
+    watched: tuple[Watched, SearchRequest], cores: int
+) -> None:
+    pipeline, request = watched
+    executor = ParallelExecutor(pipeline, 4, COSTS, cores=cores)
+    try:
+        got = executor.run(request, LAYERS)
+        timed = executor.run(request, LAYERS, timeout=5.0)
+    finally:
+        executor.close()
+    for name in LAYERS:
+        alone = pipeline.run(name, request, "sequential").ids
+        assert got[name].ids == alone and timed[name].ids == alone
 
 
 def test_results_equal_each_layer_alone_in_the_order_asked(
     watched: tuple[Watched, SearchRequest],
 ) -> None:
     pipeline, request = watched
-    executor = ParallelExecutor(pipeline, 2, COSTS)
+    executor = ParallelExecutor(pipeline, 2, COSTS, cores=2)
     try:
         got = executor.run(request, LAYERS)
     finally:
         executor.close()
     ran_on, caller = dict(pipeline.threads), threading.current_thread().name
     assert ran_on["procedural"] == caller and ran_on["prospective"] == caller
-    assert ran_on["episodic"].startswith("athena-reader")
+    assert ran_on["episodic"] == caller  # the costliest: the caller's share
+    assert ran_on["semantic"] == ran_on["graph"] and ran_on["graph"].startswith("athena-reader")
     assert list(got) == list(LAYERS)
     for name in LAYERS:
         assert got[name].ids == pipeline.run(name, request, "sequential").ids

@@ -5,15 +5,17 @@ the heavy parts (FTS5, numpy, faiss) release the GIL. A recall with a timeout ge
 RecallTimeout at the deadline, whatever its layers are doing.
 
 The calling thread is one of the workers (:func:`fan_out`): it searches the layers too cheap
-for a hand-off and, when the recall has no timeout, a costliest layer that is the critical
-path by itself, while the pool searches the others, instead of sleeping until the pool is
-done. A hand-off to a reader thread and back costs 42-78 µs on the 2-core machine the
-benchmarks ran on (a no-op task, median; ``athena bench`` measures it in every session).
+for a hand-off and, when the recall has no timeout, the costliest layer and whatever else
+balances the shares, while the pool searches the rest as one task per other core (a reader
+thread searching its layers in turn), instead of sleeping until the pool is done. A
+hand-off to a reader thread and back costs 42-78 µs on the 2-core machine the benchmarks
+ran on (a no-op task, median; ``athena bench`` measures it in every session).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
@@ -30,34 +32,44 @@ LEARN: Final = 0.2  # the weight of a layer's newest time in its expected time
 
 
 def fan_out(
-    layers: Sequence[str], cost: Callable[[str], float], keep_costliest: bool = True
-) -> tuple[list[str], list[str]]:
-    """Split ``layers`` into those handed to the pool and those the caller searches itself,
-    in the order it searches them.
+    layers: Sequence[str],
+    cost: Callable[[str], float],
+    keep_costliest: bool = True,
+    slots: int = 1,
+) -> tuple[list[list[str]], list[str]]:
+    """Split ``layers`` into the pool's tasks (each a list of layers one reader thread
+    searches in turn) and the layers the caller searches itself, in the order it does.
 
     A layer cheaper than :data:`INLINE_MS` is never handed off (the hand-off costs more).
-    With ``keep_costliest``, the costliest layer stays with the caller when it is expected
-    to take at least as long as the other layers together: it alone is the recall's
-    critical path, and keeping it skips a hand-off on that path (one tenant of 100k
-    memories, k=50: 13-19% faster than handing every layer off). Otherwise every other
-    layer goes to the pool: a caller busy in Python holds the GIL the pool threads need to
-    start (LoCoMo, k=50: 1-3% slower when it always kept its costliest layer).
+    The others are dealt, costliest first, to whichever share is lightest so far: with
+    ``keep_costliest`` the caller's and ``slots`` tasks, so the caller takes the costliest
+    layer and keeps working while the pool works, and the critical path is the heaviest
+    share, not a layer and its hand-off; without (a recall with a timeout: a layer the
+    caller runs cannot be left behind at the deadline) ``slots`` tasks alone. A reader
+    thread searching two layers in turn costs one hand-off, not two: a hand-off and back
+    costs 42-78 µs here, and two cores run no more than two shares at once anyway.
 
     >>> ms = {"episodic": 0.4, "semantic": 0.3, "graph": 0.2, "procedural": 0.01}
     >>> fan_out(["episodic", "semantic", "graph", "procedural"], ms.__getitem__)
-    (['episodic', 'semantic', 'graph'], ['procedural'])
+    ([['semantic', 'graph']], ['episodic', 'procedural'])
     >>> ms["graph"] = 2.5
     >>> fan_out(["episodic", "semantic", "graph", "procedural"], ms.__getitem__)
-    (['episodic', 'semantic'], ['graph', 'procedural'])
-    >>> fan_out(["episodic", "semantic", "graph"], ms.__getitem__, keep_costliest=False)
-    (['graph', 'episodic', 'semantic'], [])
+    ([['episodic', 'semantic']], ['graph', 'procedural'])
+    >>> fan_out(["episodic", "semantic", "graph"], ms.__getitem__, False, slots=2)
+    ([['graph'], ['episodic', 'semantic']], [])
     """
     ms = {name: cost(name) for name in layers}  # each asked once
     ranked = sorted(layers, key=ms.__getitem__, reverse=True)
-    handed = [name for name in ranked if ms[name] >= INLINE_MS]
-    if keep_costliest and handed and ms[handed[0]] >= sum(ms[n] for n in handed[1:]):
-        handed = handed[1:]
-    return handed, [name for name in ranked if name not in handed]
+    shares: list[list[str]] = [[] for _ in range(max(slots, 1) + keep_costliest)]
+    loads = [0.0] * len(shares)
+    for name in ranked:
+        if ms[name] >= INLINE_MS:
+            lightest = loads.index(min(loads))  # ties: the first, the caller's if kept
+            shares[lightest].append(name)
+            loads[lightest] += ms[name]
+    inline = shares.pop(0) if keep_costliest else []
+    inline += [name for name in ranked if ms[name] < INLINE_MS]
+    return [share for share in shares if share], inline
 
 
 class ParallelExecutor:
@@ -75,10 +87,12 @@ class ParallelExecutor:
         threads: int = DEFAULT_THREADS,
         expected: Mapping[str, float] | None = None,
         known: Callable[[str], float | None] | None = None,
+        cores: int | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._ms: dict[str, float] = dict(expected or {})
         self._known = known
+        self._threads, self._cores = threads, cores or os.cpu_count() or 1
         self._pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="athena-reader")
 
     def expected_ms(self, layer: str) -> float:
@@ -99,23 +113,26 @@ class ParallelExecutor:
         ``timeout``, the caller keeps only the cheap layers, checked as each ends: a layer
         the caller is running cannot be left behind at the deadline."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        handed, inline = fan_out(layers, self.expected_ms, keep_costliest=timeout is None)
+        keep = timeout is None
+        slots = max(min(self._threads, self._cores - keep), 1)  # the caller takes a core
+        tasks, inline = fan_out(layers, self.expected_ms, keep, slots)
         run = self.pipeline.run
-        futures = {name: self._pool.submit(run, name, request, "parallel") for name in handed}
+        futures = [(task, self._pool.submit(self._search, task, request)) for task in tasks]
         results: dict[str, LayerResult] = {}
         try:
             for name in inline:
                 results[name] = run(name, request, "parallel")
                 if deadline is not None and time.monotonic() > deadline:
                     raise RecallTimeout(f"layer {name!r} missed its {timeout}s deadline")
-            for name, future in futures.items():
+            for task, future in futures:
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 try:
-                    results[name] = future.result(timeout=remaining)
+                    results.update(future.result(timeout=remaining))
                 except cf.TimeoutError as exc:
-                    raise RecallTimeout(f"layer {name!r} missed its {timeout}s deadline") from exc
+                    names = ", ".join(map(repr, task))
+                    raise RecallTimeout(f"layer {names} missed its {timeout}s deadline") from exc
         except BaseException:
-            for future in futures.values():
+            for _, future in futures:
                 future.cancel()
             raise
         for name, result in results.items():  # unlocked: a race loses one sample, no more
@@ -126,6 +143,10 @@ class ParallelExecutor:
                 result.elapsed_ms if old is None else old + LEARN * (result.elapsed_ms - old)
             )
         return {name: results[name] for name in layers}  # in the order asked
+
+    def _search(self, layers: Sequence[str], request: SearchRequest) -> dict[str, LayerResult]:
+        """One task on a reader thread: ``layers`` searched in turn."""
+        return {name: self.pipeline.run(name, request, "parallel") for name in layers}
 
     def close(self) -> None:
         """Drop the layers not started; wait for those running (a fan-out that timed out or
