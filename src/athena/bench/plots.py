@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
+from matplotlib.ticker import PercentFormatter
 
 from athena.bench.arms import ARMS, percentile
 
@@ -139,14 +140,15 @@ def _regret(plt: Any, sessions: Sequence[Session], regret: dict[str, Any]) -> An
     for label, curve, colour in (("in-sample oracle", values, "#d62728"),
                                  ("held-out oracle", held, "#1f77b4")):  # fmt: skip
         if curve:
-            ordered = sorted(curve)
+            ordered = sorted(max(min(v, 2.0), -1.0) for v in curve)
             shares = [(i + 1) / len(ordered) for i in range(len(ordered))]
             cdf.plot(ordered, shares, color=colour, label=label)
     cdf.axvline(0.0, color="grey", lw=1)
+    cdf.axvline(0.10, ls="--", color="black", lw=1)
     cdf.legend(fontsize=8)
+    cdf.xaxis.set_major_formatter(PercentFormatter(1.0))
     cdf.set(
-        xscale="symlog",
-        xlabel="relative regret (symlog)",
+        xlabel="(adaptive − oracle) / oracle, clipped to [−100%, 200%]",
         ylabel="share of queries",
         title="Cumulative regret",
     )

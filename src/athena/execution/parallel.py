@@ -130,7 +130,8 @@ class ParallelExecutor:
                     results.update(future.result(timeout=remaining))
                 except cf.TimeoutError as exc:
                     names = ", ".join(map(repr, task))
-                    raise RecallTimeout(f"layer {names} missed its {timeout}s deadline") from exc
+                    what = "layer" if len(task) == 1 else "layers"
+                    raise RecallTimeout(f"{what} {names} missed its {timeout}s deadline") from exc
         except BaseException:
             for _, future in futures:
                 future.cancel()
