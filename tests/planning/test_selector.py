@@ -376,3 +376,19 @@ def test_a_check_that_finds_sequential_cheaper_brings_it_back() -> None:
         raise AssertionError("SEQUENTIAL never won its context back")
     assert checks == WINDOW // 2 + 1  # enough 2 ms runs to carry the window's median
     assert [sel.decide(s).strategy for _ in range(20)] == [Strategy.SEQUENTIAL] * 20
+
+
+def test_the_snapshot_shows_what_each_strategy_learned_where_it_learned_most() -> None:
+    sel = StrategySelector(rng=random.Random(0), explore_rate=0.0)
+    busy, quiet = situation(seq_ms=3.0), situation(seq_ms=40.0)
+    for ms in (3.0, 3.2, 2.8):
+        sel.learn(Strategy.SEQUENTIAL, busy, ms)
+    sel.learn(Strategy.SEQUENTIAL, quiet, 40.0)
+    sel.learn(Strategy.PARALLEL, busy, 6.0)
+    costs = sel.snapshot()["costs"]
+    assert isinstance(costs, dict)
+    first, second = costs["sequential"]["cells"]
+    assert (first["n"], first["ms"], second["n"], second["ms"]) == (3, 3.0, 1, 40.0)
+    assert costs["sequential"]["relative"] is None
+    assert costs["parallel"]["relative"] == 2.0  # 6 ms against SEQUENTIAL's 3 there
+    assert costs["distributed"] == {"relative": None, "cells": []}

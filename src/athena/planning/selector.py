@@ -328,7 +328,27 @@ class StrategySelector:
             "decisions": counts,
             "explored": self.explored,
             "observations": {s.value: m.n for s, m in self._models.items()},
+            "costs": {s.value: _busiest(m) for s, m in self._models.items()},
         }
+
+
+def _busiest(model: CostModel, cells: int = 4) -> dict[str, object]:
+    """What ``model`` has learned where it has learned most: its ``cells`` most observed
+    contexts (layers, estimate scale, load, pool) with their median ms, spread and count,
+    and its cost relative to SEQUENTIAL's in the same context.
+
+    >>> _busiest(CostModel())
+    {'relative': None, 'cells': []}
+    """
+    busiest = sorted(model.cells.items(), key=lambda kv: -kv[1].n)[:cells]
+    relative = model.relative
+    return {
+        "relative": round(relative.mean, 3) if relative.n else None,
+        "cells": [
+            {"context": list(key), "n": c.n, "ms": round(c.mean, 3), "sd": round(c.var**0.5, 3)}
+            for key, c in busiest
+        ],
+    }
 
 
 def explore(
