@@ -212,3 +212,8 @@ def test_close_waits_for_a_layer_still_running_after_a_timeout(
     assert "semantic" not in pipeline.finished
     executor.close()  # the store closes next: nothing may still be reading through it
     assert "semantic" in pipeline.finished
+
+
+def test_the_engine_deals_shares_for_the_cores_its_graph_assumes(mem: Memory) -> None:
+    engine = mem.engine  # type: ignore[attr-defined]
+    assert engine.parallel._cores == engine.graph.cores

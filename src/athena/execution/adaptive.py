@@ -55,7 +55,10 @@ class AdaptiveEngine:
         self.selector = selector or StrategySelector()
         self.feedback = Feedback(store, self.graph, self.selector)
         self.telemetry = self.feedback.telemetry
-        self.parallel = ParallelExecutor(pipeline, threads, known=self.graph.learned_ms)
+        # The same cores the graph's parallel benefit assumes: one share of layers per core.
+        self.parallel = ParallelExecutor(
+            pipeline, threads, known=self.graph.learned_ms, cores=self.graph.cores
+        )
         self.admission = admission or AdmissionGate(default_slots())
         self.aggregator = ResultAggregator()
         self.plans = RecallPlans(self.graph, self.cache, self.model)
