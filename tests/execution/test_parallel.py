@@ -10,9 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from athena import Memory, RecallTimeout
+from athena.execution.adaptive import AdaptiveEngine
 from athena.execution.parallel import INLINE_MS, LEARN, UNSEEN_MS, ParallelExecutor, fan_out
 from athena.execution.pipeline import Pipeline
 from athena.layers.protocol import LayerResult, SearchRequest
+from athena.planning.dependency_graph import DependencyGraph
 from athena.records import LAYERS, MemoryInput, make_query
 
 COSTS = {"episodic": 0.4, "semantic": 0.3, "graph": 0.2, "procedural": 0.003, "prospective": 0.002}
@@ -215,5 +217,10 @@ def test_close_waits_for_a_layer_still_running_after_a_timeout(
 
 
 def test_the_engine_deals_shares_for_the_cores_its_graph_assumes(mem: Memory) -> None:
-    engine = mem.engine  # type: ignore[attr-defined]
-    assert engine.parallel._cores == engine.graph.cores
+    inner = mem.engine  # type: ignore[attr-defined]
+    engine = AdaptiveEngine(inner.pipeline, inner.store, graph=DependencyGraph(cores=7))
+    try:
+        assert engine.parallel._cores == 7  # not this machine's count
+    finally:
+        engine.parallel.close()
+        engine.pools.close()
