@@ -229,3 +229,40 @@ def test_a_reader_waits_for_hits_another_thread_is_counting(tmp_path: Path) -> N
         counting.join()
     finally:
         store.close()
+
+
+def test_a_paired_recall_answers_as_sequential_and_teaches_a_ratio_not_a_cost(
+    memory: Memory,
+) -> None:
+    """A recall the selector asks to run both ways: its hits are SEQUENTIAL's, the selector
+    learns PARALLEL's layer time over SEQUENTIAL's on that question, and the recall's own
+    cost (both runs) teaches no strategy."""
+    for i, layer in enumerate(["episodic", "semantic", "episodic", "semantic", "procedural"]):
+        memory.remember(f"Note {i}: Alice keeps the garden keys in the shed.", tenant="t",
+                        layer=layer)  # fmt: skip
+    engine = memory.engine  # type: ignore[attr-defined]
+    selector = engine.selector
+    asks = ["Where are the garden keys?", "Who keeps the keys?", "What is in the shed?"]
+    expected = [memory.recall(q, tenant="t", strategy="sequential").hits for q in asks]
+    decide = selector.decide
+
+    def pairing(s: Situation) -> Decision:
+        decision = decide(s)
+        decision.strategy, decision.pair = Strategy.SEQUENTIAL, Strategy.PARALLEL
+        return decision
+
+    selector.decide = pairing
+    learned = dict(selector.snapshot()["observations"])
+    for question, hits in zip(asks, expected, strict=True):
+        memory.engine.cache.clear()  # type: ignore[attr-defined]
+        got = memory.recall(question, tenant="t", explain=True)
+        assert [h.id for h in got.hits] == [h.id for h in hits]
+        assert got.explain is not None and got.explain["paired"] is True
+    assert selector.snapshot()["observations"] == learned  # no strategy learnt a cost
+    pairs = selector.pairs.snapshot()
+    assert sum(p["pairs"] for p in pairs.values()) == len(asks)
+    assert all(key.startswith("parallel/") and p["ratio"] > 0 for key, p in pairs.items())
+    selector.decide = decide
+    memory.engine.cache.clear()  # type: ignore[attr-defined]
+    plain = memory.recall(asks[0], tenant="t", explain=True)
+    assert plain.explain is not None and plain.explain["paired"] is False
