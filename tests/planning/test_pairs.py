@@ -15,13 +15,17 @@ KEY = ("parallel", 3, 0)
 
 def test_an_undecided_context_asks_one_recall_in_every_few_until_the_cap() -> None:
     pairs = PairedRuns()
-    asked = [pairs.wanted(KEY) for _ in range(PAIR_EVERY * 3)]
+    asked = [pairs.wanted(KEY, 2.0) for _ in range(PAIR_EVERY * 3)]
     assert asked.count(True) == 3 and asked[PAIR_EVERY - 1]
     for _ in range(PAIR_CAP):
         pairs.record(KEY, 1.0)  # as cheap as SEQUENTIAL: never decided
-    assert not any(pairs.wanted(KEY) for _ in range(PAIR_EVERY * 3))
-    assert pairs.wanted(("parallel", 5, 0)) is False  # counted per key: its first ask
+    assert not any(pairs.wanted(KEY, 2.0) for _ in range(PAIR_EVERY * 3))
+    assert pairs.wanted(("parallel", 5, 0), 2.0) is False  # counted per key: its first ask
     assert [pairs.flip() for _ in range(4)] == [True, False, True, False]
+    dearer = PairedRuns()
+    for _ in range(PAIR_MIN):
+        dearer.record(KEY, 1.25)  # surely dearer: decided against, no more pairs
+    assert not any(dearer.wanted(KEY, 2.0) for _ in range(PAIR_EVERY * 3))
 
 
 def test_a_verdict_needs_enough_pairs_all_below_one() -> None:

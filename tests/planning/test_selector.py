@@ -436,3 +436,9 @@ def test_no_pairs_where_parallel_runs_cost_more() -> None:
     for _ in range(PAIR_MIN):
         sel.paired(Strategy.PARALLEL, s, 0.8)  # old pairs must not outlive a change
     assert sel.decide(s).strategy is Strategy.SEQUENTIAL
+
+
+def test_no_pairs_under_load() -> None:
+    sel, s = _noisy_store_selector(0.8)
+    busy = replace(s, inflight=6)
+    assert all(sel.decide(busy).pair is None for _ in range(PAIR_EVERY * 3))

@@ -7,9 +7,9 @@ ms, the graph layer alone 0.3-6.4 ms by question, while PARALLEL saved about 14%
 medians of a few dozen runs cannot tell the gain from noise, however long it lasts. The
 same question run both ways can: the ratio of its two layer times carries only the noise of
 the runs, not the spread of the questions. A paired recall costs its layers twice, so only
-an undecided context asks for one, one recall in :data:`PAIR_EVERY`, and at most
-:data:`PAIR_CAP` before it stops asking. Which strategy runs first alternates, so the
-warmth the first run leaves the second falls on both alike.
+an undecided context asks for one, one recall in :data:`PAIR_EVERY`, until the pairs decide
+against the other strategy or :data:`PAIR_CAP` of them could not decide. Which strategy runs
+first alternates, so the warmth the first run leaves the second falls on both alike.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class PairedRuns:
     """The paired runs of one selector, per (strategy, layers, concurrency level).
 
     >>> pairs = PairedRuns()
-    >>> [pairs.wanted(("parallel", 3, 0)) for _ in range(PAIR_EVERY)].count(True)
+    >>> [pairs.wanted(("parallel", 3, 0), 2.0) for _ in range(PAIR_EVERY)].count(True)
     1
     >>> for _ in range(PAIR_MIN): pairs.record(("parallel", 3, 0), 0.8)
     >>> round(pairs.verdict(("parallel", 3, 0), 2.0), 2), pairs.verdict(("parallel", 5, 0), 2.0)
@@ -91,12 +91,15 @@ class PairedRuns:
             return None
         return math.exp(found.mean) if found.bounds(z)[1] < 1.0 else None
 
-    def wanted(self, key: Key) -> bool:
+    def wanted(self, key: Key, z: float) -> bool:
         """Whether this recall of an undecided context should run both ways (one in
-        :data:`PAIR_EVERY`, until :data:`PAIR_CAP` pairs)."""
+        :data:`PAIR_EVERY`, until :data:`PAIR_CAP` pairs, or until :data:`PAIR_MIN` or more
+        put the ratio above 1 by ``z`` standard errors: decided against)."""
         with self._lock:
             found = self._ratios.get(key)
-            if found is not None and found.n >= PAIR_CAP:
+            if found is not None and (
+                found.n >= PAIR_CAP or (found.n >= PAIR_MIN and found.bounds(z)[0] > 1.0)
+            ):
                 return False
             asked = self._asked[key] = self._asked.get(key, 0) + 1
             return asked % PAIR_EVERY == 0

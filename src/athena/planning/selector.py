@@ -297,15 +297,20 @@ class StrategySelector:
     ) -> tuple[tuple[float, float] | None, Strategy | None]:
         """PARALLEL's predicted cost if its paired runs show it cheaper by the margin (the
         layers' share of the saving, :attr:`Situation.sequential_ms`), else None; and
-        PARALLEL if this recall should run both ways. Only where PARALLEL's own runs put it
-        below SEQUENTIAL: a verdict of old pairs must not outlive a change."""
+        PARALLEL if this recall should run both ways. Not where PARALLEL's own recent runs
+        put it at or above SEQUENTIAL (a verdict of old pairs must not outlive a change), nor
+        with other recalls running (a pair doubles its layers' work when it costs most)."""
+        if key[2] > 0:
+            return None, None
         sequential, mine = costs[Strategy.SEQUENTIAL][0], costs[Strategy.PARALLEL]
-        if not mine[0] < sequential:
+        cell = self._models[Strategy.PARALLEL].cells.get(cell_key(Strategy.PARALLEL, key))
+        if cell is not None and cell.n >= REFERENCE_AFTER and mine[0] >= sequential:
             return None, None
         pairs_key = (Strategy.PARALLEL.value, s.layers, key[2])
         ratio = self.pairs.verdict(pairs_key, SWITCH_SE)
         if ratio is None:
-            return None, Strategy.PARALLEL if self.pairs.wanted(pairs_key) else None
+            wanted = self.pairs.wanted(pairs_key, SWITCH_SE)
+            return None, Strategy.PARALLEL if wanted else None
         gain = (1.0 - ratio) * s.sequential_ms
         if gain < max((1.0 - SWITCH_MARGIN) * sequential, SWITCH_MIN_MS):
             return None, None
