@@ -427,6 +427,12 @@ def test_pairs_that_show_no_gain_or_too_small_a_one_keep_sequential() -> None:
         for _ in range(PAIR_MIN * 2):
             sel.paired(Strategy.PARALLEL, s, ratio)
         assert sel.decide(s).strategy is Strategy.SEQUENTIAL
+    sel, s = _noisy_store_selector(0.8)
+    for _ in range(PAIR_MIN * 2):
+        sel.paired(Strategy.PARALLEL, s, 0.8)
+    light = replace(s, sequential_ms=1.0)  # 20% of 1 ms of layers: 0.2 ms, under 0.25
+    assert sel.decide(light).strategy is Strategy.SEQUENTIAL
+    assert sel.decide(s).strategy is Strategy.PARALLEL  # 20% of 4 ms
 
 
 def test_no_pairs_where_parallel_runs_cost_more() -> None:
