@@ -11,7 +11,6 @@ import pytest
 from athena.planning.analysis import classify
 from athena.planning.costs import REFRESH_AFTER, REFRESH_MAX, WINDOW
 from athena.planning.dependency_graph import MIN_OBSERVATIONS, DependencyGraph
-from athena.planning.pairs import PAIR_EVERY, PAIR_MIN
 from athena.planning.selector import Situation, Strategy, StrategySelector, explore
 
 
@@ -393,58 +392,3 @@ def test_the_snapshot_shows_what_each_strategy_learned_where_it_learned_most() -
     assert costs["sequential"]["relative"] is None
     assert costs["parallel"]["relative"] == 2.0  # 6 ms against SEQUENTIAL's 3 there
     assert costs["distributed"] == {"relative": None, "cells": []}
-
-
-def _noisy_store_selector(parallel_factor: float) -> tuple[StrategySelector, Situation]:
-    """One tenant of 100k memories: questions cost 2-10 ms, PARALLEL ``parallel_factor`` of
-    SEQUENTIAL on each; the two medians are too noisy for the selector to leave SEQUENTIAL."""
-    s = Situation(3, 4.0, 2.0, 0.0, 0, 0.0, False, False, 1)
-    sel = StrategySelector(rng=random.Random(4), explore_rate=0.0)
-    costs = [2.0, 3.0, 5.0, 8.0, 10.0, 2.5, 6.0]
-    for index in range(42):
-        sel.learn(Strategy.SEQUENTIAL, s, costs[index % len(costs)])
-    for index in range(30):
-        sel.learn(Strategy.PARALLEL, s, parallel_factor * costs[(index + 3) % len(costs)])
-    return sel, s
-
-
-def test_where_medians_cannot_tell_paired_runs_are_asked_for_and_decide() -> None:
-    sel, s = _noisy_store_selector(0.8)
-    first = [sel.decide(s) for _ in range(PAIR_EVERY)]
-    assert all(d.strategy is Strategy.SEQUENTIAL for d in first)
-    assert [d.pair for d in first].count(Strategy.PARALLEL) == 1
-    for _ in range(PAIR_MIN):
-        sel.paired(Strategy.PARALLEL, s, 0.8)
-    decision = sel.decide(s)
-    assert decision.strategy is Strategy.PARALLEL and decision.pair is None
-    assert decision.why == "cheaper on the same questions run both ways"
-    assert decision.estimated_ms < sel.predict(Strategy.SEQUENTIAL, s)[0]
-
-
-def test_pairs_that_show_no_gain_or_too_small_a_one_keep_sequential() -> None:
-    for ratio in (1.0, 0.97):  # the same, or 3% of the layers: under the 10% margin
-        sel, s = _noisy_store_selector(0.8)
-        for _ in range(PAIR_MIN * 2):
-            sel.paired(Strategy.PARALLEL, s, ratio)
-        assert sel.decide(s).strategy is Strategy.SEQUENTIAL
-    sel, s = _noisy_store_selector(0.8)
-    for _ in range(PAIR_MIN * 2):
-        sel.paired(Strategy.PARALLEL, s, 0.8)
-    light = replace(s, sequential_ms=1.0)  # 20% of 1 ms of layers: 0.2 ms, under 0.25
-    assert sel.decide(light).strategy is Strategy.SEQUENTIAL
-    assert sel.decide(s).strategy is Strategy.PARALLEL  # 20% of 4 ms
-
-
-def test_no_pairs_where_parallel_runs_cost_more() -> None:
-    sel, s = _noisy_store_selector(1.3)  # its own runs put it above SEQUENTIAL
-    decisions = [sel.decide(s) for _ in range(PAIR_EVERY * 3)]
-    assert all(d.pair is None and d.strategy is Strategy.SEQUENTIAL for d in decisions)
-    for _ in range(PAIR_MIN):
-        sel.paired(Strategy.PARALLEL, s, 0.8)  # old pairs must not outlive a change
-    assert sel.decide(s).strategy is Strategy.SEQUENTIAL
-
-
-def test_no_pairs_under_load() -> None:
-    sel, s = _noisy_store_selector(0.8)
-    busy = replace(s, inflight=6)
-    assert all(sel.decide(busy).pair is None for _ in range(PAIR_EVERY * 3))

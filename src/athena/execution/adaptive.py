@@ -108,8 +108,6 @@ class AdaptiveEngine:
         # recall that took 4 ms once it had the tenant's indexes (100k-tenants, static).
         remote = sum(r.loaded for r in run.fresh.values() if r.source == "distributed")
         built = self.pipeline.ctx.loaded() - loaded + remote > BUILD_ROWS
-        # A paired recall ran its layers twice: its cost is no strategy's either.
-        built = built or run.paired
         _learn(self.feedback, run, hits, cost, built)
         details = run.explain(actual, asked) if explain else None
         return Recall(hits=hits, explain=details)

@@ -56,7 +56,6 @@ class RecallRun:
         self.analysis: QueryAnalysis | None = None
         self.confidence = 1.0
         self.queued_ms = 0.0  # waited for an execution slot (engine.admission)
-        self.paired = False  # its layers also ran another way, to compare (teaches no cost)
         self.started = time.monotonic()
 
     def execute(self) -> tuple[Hit, ...]:
@@ -120,11 +119,7 @@ class RecallRun:
                 self.fresh = remote
             elif request is not None and self.executed is not None:
                 timeout = None if left is None else max(left - waited, 0.0)
-                pair = self.decision.pair if self.decision is not None else None
-                if pair is not None and timeout is None and len(missing) > 1:
-                    self.fresh = paired(self, pair, request, missing)
-                else:
-                    self.fresh = in_process(self, self.executed, request, missing, timeout)
+                self.fresh = in_process(self, self.executed, request, missing, timeout)
             hits = self._finish(cached, uses_cache, depth)
         return hits
 
@@ -238,31 +233,6 @@ def in_process(
     return out
 
 
-def paired(
-    run: RecallRun, other: Strategy, request: SearchRequest, layers: tuple[str, ...]
-) -> dict[str, LayerResult]:
-    """The layers run SEQUENTIAL (the answer) and ``other`` (timed, then dropped: every
-    strategy returns the same rankings), which first alternating; the selector learns the
-    ratio of their times (:mod:`athena.planning.pairs`).
-
-    >>> # paired(run, Strategy.PARALLEL, request, ("episodic", "semantic", "graph"))
-    """
-    selector = run.engine.selector
-    order = (Strategy.SEQUENTIAL, other) if selector.pairs.flip() else (other, Strategy.SEQUENTIAL)
-    spent: dict[Strategy, float] = {}
-    fresh: dict[str, LayerResult] = {}
-    for strategy in order:
-        start = time.perf_counter()
-        got = in_process(run, strategy, request, layers, None)
-        spent[strategy] = time.perf_counter() - start
-        if strategy is Strategy.SEQUENTIAL:
-            fresh = got
-    if spent[Strategy.SEQUENTIAL] > 0.0:
-        selector.paired(other, run.situation, spent[other] / spent[Strategy.SEQUENTIAL])
-    run.paired = True
-    return fresh
-
-
 def run_explain(run: RecallRun, actual_ms: float, asked: tuple[str, ...]) -> dict[str, Any]:
     """The explain object of an executed recall; ``asked``: the layers the caller asked for.
 
@@ -290,7 +260,6 @@ def run_explain(run: RecallRun, actual_ms: float, asked: tuple[str, ...]) -> dic
         "skipped_layers": sorted(set(asked) - set(run.query.layers)),
         "query_type": run.query_type,
         "fallback": run.fallback,
-        "paired": run.paired,
         "analysis": None
         if run.analysis is None
         else {
@@ -329,6 +298,5 @@ def served_explain(
         "skipped_layers": sorted(set(asked) - set(query.layers)),
         "query_type": query_type,
         "fallback": None,
-        "paired": False,
         "analysis": None,
     }

@@ -26,7 +26,6 @@ from enum import StrEnum
 from typing import Final
 
 from athena.planning.costs import REFERENCE_AFTER, WINDOW, Context, CostModel, Refresh
-from athena.planning.pairs import PairedRuns
 
 
 class Strategy(StrEnum):
@@ -77,7 +76,6 @@ class Decision:
     predicted: tuple[tuple[str, float], ...] = ()
     setting: str = ""
     warm_pool: bool = False  # exploring drew the pool, whose workers lack the tenant: warm it
-    pair: Strategy | None = None  # also run the layers this way, to compare (see pairs.py)
 
     @property
     def reasoning(self) -> str:
@@ -196,7 +194,6 @@ class StrategySelector:
         self.history: deque[Decision] = deque(maxlen=history)
         self._lock = threading.Lock()
         self._refresh = Refresh()
-        self.pairs = PairedRuns()
         self.explored = 0
 
     def feasible(self, s: Situation) -> list[Strategy]:
@@ -259,12 +256,6 @@ class StrategySelector:
             chosen, why = best, "sequential: none cheaper beyond the margin and the noise"
         else:
             chosen, why = best, "lowest predicted cost"
-        pair = None
-        if best is Strategy.SEQUENTIAL and Strategy.PARALLEL in options:
-            won, pair = self._paired(costs, s, key)
-            if won is not None:
-                best = chosen = Strategy.PARALLEL
-                why, costs[best] = "cheaper on the same questions run both ways", won
         warm = False
         if len(options) > 1 and self._rng.random() < self.explore_rate:
             pick, warm = explore(options, costs, best, s)
@@ -287,40 +278,9 @@ class StrategySelector:
             predicted=tuple([(o, costs[o][0]) for o in options]),  # a Strategy is its str
             setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
             warm_pool=warm,
-            pair=pair if chosen is Strategy.SEQUENTIAL else None,
         )
         self.history.append(decision)  # deque.append is atomic
         return decision
-
-    def _paired(
-        self, costs: dict[Strategy, tuple[float, float]], s: Situation, key: Context
-    ) -> tuple[tuple[float, float] | None, Strategy | None]:
-        """PARALLEL's predicted cost if its paired runs show its layers 10% and the recall
-        0.25 ms cheaper (the layers' time: :attr:`Situation.sequential_ms`), else None; and
-        PARALLEL if this recall should run both ways. Not where PARALLEL's own recent runs
-        put it at or above SEQUENTIAL (a verdict of old pairs must not outlive a change), nor
-        with other recalls running (a pair doubles its layers' work when it costs most)."""
-        if key[2] > 0:
-            return None, None
-        sequential, mine = costs[Strategy.SEQUENTIAL][0], costs[Strategy.PARALLEL]
-        cell = self._models[Strategy.PARALLEL].cells.get(cell_key(Strategy.PARALLEL, key))
-        if cell is not None and cell.n >= REFERENCE_AFTER and mine[0] >= sequential:
-            return None, None
-        pairs_key = (Strategy.PARALLEL.value, s.layers, key[2])
-        ratio = self.pairs.verdict(pairs_key, SWITCH_SE)
-        if ratio is None:
-            wanted = self.pairs.wanted(pairs_key, SWITCH_SE)
-            return None, Strategy.PARALLEL if wanted else None
-        # The margin in the pairs' own terms: the layers' time, and the 0.25 ms a recall
-        # must save (their confidence bound stands for the noise a median's margin covers)
-        gain = (1.0 - ratio) * s.sequential_ms
-        if ratio > SWITCH_MARGIN or gain < SWITCH_MIN_MS:
-            return None, None
-        return (sequential - gain, mine[1]), None
-
-    def paired(self, strategy: Strategy, s: Situation, ratio: float) -> None:
-        """One question's layers ran both ways: ``strategy``'s time over SEQUENTIAL's."""
-        self.pairs.record((strategy.value, s.layers, context(s)[2]), ratio)
 
     def for_cache(
         self,
@@ -369,7 +329,6 @@ class StrategySelector:
             "explored": self.explored,
             "observations": {s.value: m.n for s, m in self._models.items()},
             "costs": {s.value: _busiest(m) for s, m in self._models.items()},
-            "pairs": self.pairs.snapshot(),
         }
 
 
