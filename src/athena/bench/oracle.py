@@ -130,11 +130,19 @@ def decision_regret(
         rel.append((statistics.fmean(priced) - best) / best)
     if not rel:
         return {}
+    return {**_summary(rel, over), "picks": dict(sorted(counted.items()))}
+
+
+def _summary(rel: Sequence[float], over: float) -> dict[str, Any]:
+    """Mean relative regret, the share over ``over`` and the count of ``rel`` (not empty).
+
+    >>> _summary([0.0, 0.2], 0.1)
+    {'vs_oracle': 0.1, 'share_over_10pct': 0.5, 'queries': 2}
+    """
     return {
         "vs_oracle": round(statistics.fmean(rel), 4),
         "share_over_10pct": round(sum(r > over for r in rel) / len(rel), 4),
         "queries": len(rel),
-        "picks": dict(sorted(counted.items())),
     }
 
 
@@ -178,9 +186,7 @@ def held_out(
     if not rel:
         return {}
     return {
-        "vs_oracle": round(statistics.fmean(rel), 4),
-        "share_over_10pct": round(sum(r > over for r in rel) / len(rel), 4),
-        "queries": len(rel),
+        **_summary(rel, over),
         "oracle_picks": dict(sorted(picks.items())),
         "per_query": [round(r, 4) for r in rel],
     }
