@@ -21,6 +21,7 @@ from pathlib import Path
 
 from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
+from athena.execution.adaptive import STRATEGIES
 from athena.memory import Memory
 
 DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--embedder", default="static")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--strategy", default="sequential")
+    parser.add_argument("--strategy", default="sequential", choices=STRATEGIES)
     args = parser.parse_args()
     store = build_store(args.store, args.embedder, args.data, args.out)
     memory = Memory(working_copy(store, args.out / "gc-pause"), embedder=args.embedder, pool="off")
