@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from pathlib import Path
@@ -86,6 +87,36 @@ def test_version_2_file_gains_the_change_feed(tmp_path: Path) -> None:
         s.close()
 
 
+def test_version_5_file_gains_the_mentions_event_times(tmp_path: Path) -> None:
+    from athena.store.schema import MIGRATIONS, _split
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for number in range(5):  # the file as the previous release left it
+        for statement in _split(MIGRATIONS[number]):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 5")
+    for memory_id, when in ((1, 7.0), (2, None), (3, 9.0)):
+        conn.execute(
+            "INSERT INTO memories (id, tenant, layer, key, kind, text, event_time, created_at,"
+            " updated_at, scope) VALUES (?, 't', 'episodic', ?, 'turn', 'Ann said', ?, 0, 0, 's')",
+            (memory_id, f"k{memory_id}", when),
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO entities (id, tenant, norm, name) VALUES (1, 't', 'ann', 'Ann')"
+        )
+        conn.execute("INSERT INTO mentions (entity_id, memory_id) VALUES (1, ?)", (memory_id,))
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(path)
+    try:
+        assert s.mentioning("t", [1], 10) == [(3, 1), (1, 1), (2, 1)]
+        s.update("t", 2, {"event_time": 8.0}, None)
+        assert s.mentioning("t", [1], 2) == [(3, 1), (2, 1)]
+    finally:
+        s.close()
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     SQLiteStore(path).close()
@@ -124,6 +155,92 @@ def test_entity_counts_stop_at_the_cap(store: SQLiteStore) -> None:
         "jon": 2,
     }
     assert store.entities("t", ["maria"], cap=0)["maria"][1] == 0
+
+
+_EXAMPLES = itertools.count()
+
+
+def _mentions_joined(store: SQLiteStore, ids: list[int], limit: int) -> list[tuple[int, int]]:
+    """The most recent mentions as the memories' own event times order them (the reference
+    the mentions' copy must agree with)."""
+    conn = sqlite3.connect(store.path)
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        "SELECT n.memory_id, n.entity_id FROM mentions n JOIN memories m ON m.id = n.memory_id"
+        f" WHERE n.entity_id IN ({marks})"
+        " ORDER BY m.event_time DESC, n.memory_id DESC, n.entity_id DESC LIMIT ?",
+        (*ids, limit),
+    ).fetchall()
+    conn.close()
+    return [(int(a), int(b)) for a, b in rows]
+
+
+def test_mentioning_is_newest_event_first_and_follows_event_time_changes(
+    store: SQLiteStore,
+) -> None:
+    ids = store.put(
+        [prepared(key=f"k{i}", text=f"turn {i}", event_time=float(t), entities=("Maria",))
+         for i, t in enumerate([5, 1, 9, 3])]
+        + [prepared(key="none", text="no time", entities=("Maria", "Jon"))]
+    )  # fmt: skip
+    found = store.entities("t", ["maria", "jon"])
+    maria, jon = found["maria"][0], found["jon"][0]
+    # Newest first; a memory without an event time last.
+    assert [m for m, _ in store.mentioning("t", [maria], 10)] == [ids[i] for i in (2, 0, 3, 1, 4)]
+    assert store.mentioning("t", [maria, jon], 2) == [(ids[2], maria), (ids[0], maria)]
+    store.update("t", ids[1], {"event_time": 100.0}, None)  # moves to the front
+    store.put([prepared(key="k2", text="turn 2", event_time=0.5, entities=("Maria",))])  # back
+    assert [m for m, _ in store.mentioning("t", [maria], 3)] == [ids[1], ids[0], ids[3]]
+    assert store.mentioning("t", [maria, jon], 10) == _mentions_joined(store, [maria, jon], 10)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "put", "time", "time", "text", "delete"]),
+            st.integers(0, 5),  # which memory (key)
+            st.none() | st.integers(0, 4).map(float),  # event time: ties on purpose
+            st.lists(st.sampled_from(["Ann", "Bo", "Cy"]), min_size=1, max_size=3),
+        ),
+        max_size=25,
+    ),
+    limit=st.integers(1, 12),
+)
+def test_mentions_keep_their_memories_event_time(
+    store: SQLiteStore,
+    ops: list[tuple[str, int, float | None, list[str]]],
+    limit: int,
+) -> None:
+    """Whatever writes, rewrites, retimes or deletes came before, the most recent mentions
+    read from the mentions' index are those the memories' own event times give."""
+    tenant = f"h{next(_EXAMPLES)}"  # one store for every example: each its own tenant
+    stored: dict[str, int] = {}
+    for op, which, when, names in ops:
+        key = f"k{which}"
+        known = stored.get(key)
+        if op == "put":
+            [stored[key]] = store.put([prepared(tenant=tenant, key=key, event_time=when,
+                text=f"{key} {' '.join(names)}", entities=tuple(names))])  # fmt: skip
+        elif known is not None and op == "time":
+            store.update(tenant, known, {"event_time": when}, None)
+        elif known is not None and op == "text":
+            text = f"{key} now {' '.join(names)}"
+            new = prepared(tenant=tenant, key=key, text=text, entities=tuple(names))
+            store.update(tenant, known, {"text": text, "event_time": when}, new)
+        elif known is not None:
+            store.delete(tenant, [stored.pop(key)])
+    conn = sqlite3.connect(store.path)
+    unequal = conn.execute(
+        "SELECT count(*) FROM mentions n JOIN memories m ON m.id = n.memory_id"
+        " WHERE n.event_time IS NOT m.event_time"
+    ).fetchone()[0]
+    conn.close()
+    assert unequal == 0
+    entity_ids = [eid for eid, _ in store.entities(tenant, ["ann", "bo", "cy"]).values()]
+    assert store.mentioning(tenant, entity_ids, limit) == _mentions_joined(store, entity_ids, limit)
 
 
 def test_lexical_search_is_scoped_and_filtered(store: SQLiteStore) -> None:

@@ -181,6 +181,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     INSERT INTO store_identity (id, uuid) VALUES (1, lower(hex(randomblob(16))));
     """,
+    # 6: each mention carries its memory's event time, indexed per entity, so the graph
+    # layer finds an entity's most recent mentions in the index alone. Joining every
+    # mention to its memory to sort them took the graph layer's search 5-8 ms for one
+    # question in ten on one tenant of 103k memories (entities mentioned thousands of
+    # times); the trigger keeps the copy equal to the memory's event time.
+    """
+    ALTER TABLE mentions ADD COLUMN event_time REAL;
+    UPDATE mentions SET event_time =
+        (SELECT event_time FROM memories WHERE memories.id = mentions.memory_id);
+    CREATE INDEX mentions_recent ON mentions (entity_id, event_time, memory_id);
+    CREATE TRIGGER mentions_time_au AFTER UPDATE OF event_time ON memories
+    WHEN old.event_time IS NOT new.event_time BEGIN
+        UPDATE mentions SET event_time = new.event_time WHERE memory_id = new.id;
+    END;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

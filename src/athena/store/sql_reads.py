@@ -259,15 +259,21 @@ def neighbours(
 def mentioning(
     conn: sqlite3.Connection, tenant: str, entity_ids: Sequence[int], limit: int
 ) -> list[tuple[int, int]]:
+    """The ``limit`` most recent (memory id, entity id) mentions of ``entity_ids``, newest
+    event first (ties: the higher memory id, then entity id).
+
+    Read from the mentions' own index (entity, event time, memory), never joining the
+    memories: the join cost 5-8 ms for entities mentioned thousands of times. ``tenant``
+    is implied: an entity id is one tenant's (entities are unique per tenant and a memory
+    mentions only its own tenant's), and the rows of the ids are read per tenant after.
+    """
     if not entity_ids:
         return []
     marks = ",".join("?" * len(entity_ids))
     rows = conn.execute(
-        "SELECT n.memory_id, n.entity_id FROM mentions n JOIN memories m ON m.id = n.memory_id"
-        # "+m.tenant": start from the mentions' key, not the whole tenant (138 -> 5.6 ms).
-        f" WHERE +m.tenant = ? AND n.entity_id IN ({marks})"
-        " ORDER BY m.event_time DESC, n.memory_id DESC LIMIT ?",
-        (tenant, *entity_ids, limit),
+        f"SELECT memory_id, entity_id FROM mentions WHERE entity_id IN ({marks})"
+        " ORDER BY event_time DESC, memory_id DESC, entity_id DESC LIMIT ?",
+        (*entity_ids, limit),
     ).fetchall()
     return [(int(r[0]), int(r[1])) for r in rows]
 

@@ -127,8 +127,9 @@ def _link_entities(
         names.setdefault(subject.casefold(), subject)
         names.setdefault(obj.casefold(), obj)
     ids = {norm: _entity_id(conn, item.tenant, name, at) for norm, name in names.items()}
-    conn.executemany(
-        "INSERT OR IGNORE INTO mentions (entity_id, memory_id) VALUES (?, ?)",
+    conn.executemany(  # the event time as the memory row now holds it (see schema 6)
+        "INSERT OR IGNORE INTO mentions (entity_id, memory_id, event_time)"
+        " SELECT ?, id, event_time FROM memories WHERE id = ?",
         [(entity_id, memory_id) for entity_id in ids.values()],
     )
     conn.executemany(
