@@ -113,8 +113,47 @@ def test_version_5_file_gains_the_mentions_event_times(tmp_path: Path) -> None:
         assert s.mentioning("t", [1], 10) == [(3, 1), (1, 1), (2, 1)]
         s.update("t", 2, {"event_time": 8.0}, None)
         assert s.mentioning("t", [1], 2) == [(3, 1), (2, 1)]
+        assert (s.memory_count("t"), s.memory_count("nobody")) == (3, 0)
+        s.delete("t", [1])
+        assert s.memory_count("t") == 2
+        assert s.deleted_after("t", "episodic", 0) == [(4, 1)]
     finally:
         s.close()
+    conn = sqlite3.connect(path)
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT seq, memory_id FROM memory_changes"
+        " WHERE tenant = 't' AND layer = 'episodic' AND seq > 0 AND deleted ORDER BY seq"
+    ).fetchall()
+    conn.close()
+    assert "memory_changes_deleted" in str(plan)  # the tombstones alone, not every change
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["a", "b"]), st.integers(0, 6)), max_size=30
+    )
+)
+def test_memory_count_follows_every_write(
+    store: SQLiteStore, ops: list[tuple[bool, str, int]]
+) -> None:
+    """Puts (new keys and rewrites of old ones) and deletes, in two tenants: the kept
+    count is always the tenant's count of rows."""
+    prefix = f"c{next(_EXAMPLES)}"
+    for put, tenant, key in ops:
+        name = f"{prefix}{tenant}"
+        if put:
+            store.put([prepared(tenant=name, key=f"k{key}", text=f"text {key}")])
+        else:
+            store.delete(name, [m.id for m in store.get(name, list(range(1, 10_000)))][:1])
+    conn = sqlite3.connect(store.path)
+    for tenant in ("a", "b"):
+        name = f"{prefix}{tenant}"
+        rows = conn.execute("SELECT count(*) FROM memories WHERE tenant = ?", (name,)).fetchone()
+        assert store.memory_count(name) == rows[0]
+    conn.close()
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ class GraphLayer:
         known = self._names.get(key)
         if known is None:
             names = frozenset(ctx.store.entity_names(tenant))
-            known = (names, int(ctx.store.stats(tenant)["memories"]))
+            known = (names, ctx.store.memory_count(tenant))
             with self._lock:
                 for old in [k for k in self._names if k[0] == tenant]:
                     del self._names[old]

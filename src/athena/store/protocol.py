@@ -189,6 +189,9 @@ class Store(Protocol):
     ) -> list[tuple[int, int]]:
         """(memory id, entity id) pairs for memories that mention these entities."""
 
+    def memory_count(self, tenant: str) -> int:
+        """How many memories ``tenant`` holds, every layer (0: none), read in O(1)."""
+
     def entity_names(self, tenant: str) -> list[str]:
         """Normalised names of every entity of ``tenant``."""
 

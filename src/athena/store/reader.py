@@ -115,6 +115,9 @@ class SQLiteReader:
     ) -> list[tuple[int, int]]:
         return self._read(reads.mentioning, tenant, entity_ids, limit)
 
+    def memory_count(self, tenant: str) -> int:
+        return self._read(reads.memory_count, tenant)
+
     def entity_names(self, tenant: str) -> list[str]:
         return self._read(reads.entity_names, tenant)
 

@@ -278,6 +278,11 @@ def mentioning(
     return [(int(r[0]), int(r[1])) for r in rows]
 
 
+def memory_count(conn: sqlite3.Connection, tenant: str) -> int:
+    row = conn.execute("SELECT memories FROM tenant_sizes WHERE tenant = ?", (tenant,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def entity_names(conn: sqlite3.Connection, tenant: str) -> list[str]:
     return [r[0] for r in conn.execute("SELECT norm FROM entities WHERE tenant = ?", (tenant,))]
 
