@@ -1,0 +1,64 @@
+"""An agent's loop on one tenant: remember a turn, then recall, so every recall follows a write.
+
+``python benchmarks/recall_after_write.py [--store 100k-one-tenant] [--turns 300] [--out DIR]``
+builds (or reuses, under ``DIR/stores``) the static-embedder store, works on a copy, builds
+the indexes of every tenant it will ask (a recall each), then for each of ``--turns``
+questions remembers one new episodic turn in the question's tenant and recalls the question
+(the default strategy).
+The write moves the tenant's generations, so the recall cannot be a cache hit, and every
+index it reads (vectors, BM25 postings, the graph's entity names and memory count) first
+catches up with the write. It prints p50, mean and p90 of the recalls and the remembers.
+To compare two engines, run it from each one's checkout in alternating processes
+(``PYTHONPATH=<checkout>/src python benchmarks/recall_after_write.py --out DIR``, a separate
+``DIR`` each, with ``DIR/stores`` a link to the same stores), swapping which goes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from pathlib import Path
+
+from athena.bench.runner import resolve_data
+from athena.bench.workloads import STORES, build_store, working_copy
+from athena.memory import Memory
+
+DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena bench finds it
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", default="100k-one-tenant", choices=STORES)
+    parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    args = parser.parse_args()
+    store = build_store(args.store, "static", DATA, args.out)
+    db = working_copy(store, args.out / "recall-after-write")
+    asks = list(store.asks)
+    random.Random(3).shuffle(asks)
+    recalls: list[float] = []
+    remembers: list[float] = []
+    with Memory(db, embedder="static", pool="off") as mem:
+        timed = asks[30 : 30 + args.turns]
+        for ask in asks[:30] + list({ask.tenant: ask for ask in timed}.values()):
+            mem.recall(ask.text, tenant=ask.tenant, strategy="sequential")  # indexes built
+        for turn, ask in enumerate(timed):
+            start = time.perf_counter()
+            text = f"turn {turn}: I met Caroline at the lake"
+            mem.remember(text, tenant=ask.tenant, layer="episodic")
+            remembers.append((time.perf_counter() - start) * 1000.0)
+            start = time.perf_counter()
+            mem.recall(ask.text, tenant=ask.tenant)
+            recalls.append((time.perf_counter() - start) * 1000.0)
+    for name, ms in (("recall after a write", recalls), ("remember", remembers)):
+        ms.sort()
+        print(
+            f"{name:20s} p50 {statistics.median(ms):.3f} ms  mean {statistics.fmean(ms):.3f}"
+            f"  p90 {ms[int(0.9 * len(ms))]:.3f}  ({len(ms)})"
+        )
+
+
+if __name__ == "__main__":
+    main()
