@@ -156,6 +156,23 @@ def test_memory_count_follows_every_write(
     conn.close()
 
 
+def test_an_older_file_opened_read_only_is_refused_not_misread(tmp_path: Path) -> None:
+    from athena.store.schema import MIGRATIONS, _split
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for number in range(5):
+        for statement in _split(MIGRATIONS[number]):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 5")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreReadOnly, match="schema version 5"):
+        SQLiteStore(path, readonly=True)  # its reads would ask for tables it lacks
+    SQLiteStore(path).close()  # opened writable, it is migrated
+    SQLiteStore(path, readonly=True).close()
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     SQLiteStore(path).close()

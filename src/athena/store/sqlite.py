@@ -45,7 +45,6 @@ class SQLiteStore(SQLiteReader):
         self.path = Path(path)
         self._listeners: list[Listener] = []
         self.read_only_reason: str | None = "this store was opened read-only" if readonly else None
-        fell_back = False
         if not readonly:
             try:
                 initialise(self.path)
@@ -57,15 +56,15 @@ class SQLiteStore(SQLiteReader):
                 if reason is None:
                     raise
             if reason is not None:
-                readonly, fell_back = True, True
+                readonly = True
                 self.read_only_reason = f"the database is read-only: {reason}"
         elif not self.path.exists():
             raise StoreError(f"no database at {self.path}")
         self.readonly = readonly
         super().__init__(self.path, immutable=readonly and needs_immutable(self.path))
         self._writer = Writer(self.path, self._notify)
-        if fell_back:
-            self._check_schema()  # nobody can migrate it: it must be this version already
+        if readonly:  # nobody can migrate it here: it must be this version already
+            self._check_schema()
 
     def _check_schema(self) -> None:
         try:
