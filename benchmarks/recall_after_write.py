@@ -11,6 +11,8 @@ catches up with the write. It prints p50, mean and p90 of the recalls and the re
 To compare two engines, run it from each one's checkout in alternating processes
 (``PYTHONPATH=<checkout>/src python benchmarks/recall_after_write.py --out DIR``, a separate
 ``DIR`` each, with ``DIR/stores`` a link to the same stores), swapping which goes first.
+Let the older engine build the stores: it cannot open a store a newer schema has touched
+(each run migrates only its own copy).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ DATA = resolve_data(None)  # ../shared/data/locomo/locomo10.json, as athena benc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default="100k-one-tenant", choices=STORES)
-    parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument("--turns", type=int, default=300, help="remember-recall pairs (>= 1)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args()
+    if args.turns < 1:
+        parser.error("--turns must be at least 1")
     store = build_store(args.store, "static", DATA, args.out)
     db = working_copy(store, args.out / "recall-after-write")
     asks = list(store.asks)

@@ -106,6 +106,10 @@ def test_version_5_file_gains_the_mentions_event_times(tmp_path: Path) -> None:
             "INSERT OR IGNORE INTO entities (id, tenant, norm, name) VALUES (1, 't', 'ann', 'Ann')"
         )
         conn.execute("INSERT INTO mentions (entity_id, memory_id) VALUES (1, ?)", (memory_id,))
+    conn.execute(
+        "INSERT INTO memories (id, tenant, layer, key, kind, text, created_at, updated_at,"
+        " scope) VALUES (9, 'u', 'episodic', 'k', 'turn', 'another tenant', 0, 0, 's')"
+    )
     conn.commit()
     conn.close()
     s = SQLiteStore(path)
@@ -113,10 +117,27 @@ def test_version_5_file_gains_the_mentions_event_times(tmp_path: Path) -> None:
         assert s.mentioning("t", [1], 10) == [(3, 1), (1, 1), (2, 1)]
         s.update("t", 2, {"event_time": 8.0}, None)
         assert s.mentioning("t", [1], 2) == [(3, 1), (2, 1)]
-        assert (s.memory_count("t"), s.memory_count("nobody")) == (3, 0)
+        assert [s.memory_count(t) for t in ("t", "u", "nobody")] == [3, 1, 0]
         s.delete("t", [1])
         assert s.memory_count("t") == 2
-        assert s.deleted_after("t", "episodic", 0) == [(4, 1)]
+        assert s.deleted_after("t", "episodic", 0) == [(5, 1)]
+    finally:
+        s.close()
+    conn = sqlite3.connect(path)
+    # A writer that knows nothing of schema 6 (an older release still running, another
+    # tool): the triggers keep the mentions' event times and the counts right all the same.
+    conn.execute(
+        "INSERT INTO memories (id, tenant, layer, key, kind, text, event_time, created_at,"
+        " updated_at, scope) VALUES (4, 't', 'episodic', 'k4', 'turn', 'Ann', 11.0, 0, 0, 's')"
+    )
+    conn.execute("INSERT INTO mentions (entity_id, memory_id) VALUES (1, 4)")
+    conn.execute("UPDATE memories SET tenant = 'u' WHERE id = 2")
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(path)
+    try:
+        assert s.mentioning("t", [1], 1) == [(4, 1)]
+        assert [s.memory_count(t) for t in ("t", "u")] == [2, 2]
     finally:
         s.close()
     conn = sqlite3.connect(path)

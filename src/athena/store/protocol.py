@@ -187,7 +187,9 @@ class Store(Protocol):
     def mentioning(
         self, tenant: str, entity_ids: Sequence[int], limit: int
     ) -> list[tuple[int, int]]:
-        """(memory id, entity id) pairs for memories that mention these entities."""
+        """The ``limit`` most recent (memory id, entity id) mentions of these entities,
+        newest event first. ``tenant`` owns the entity ids (an entity is one tenant's and
+        is mentioned only by its memories); a store may rely on that rather than filter."""
 
     def memory_count(self, tenant: str) -> int:
         """How many memories ``tenant`` holds, every layer (0: none), read in O(1)."""

@@ -184,8 +184,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # 6: what a recall reads on a large tenant, made cheap (one tenant of 103k memories):
     # - each mention carries its memory's event time, indexed per entity, so the graph
     #   layer finds an entity's most recent mentions in the index alone (joining every
-    #   mention to its memory to sort them took 5-8 ms for one question in ten); a trigger
-    #   keeps the copy equal to the memory's event time;
+    #   mention to its memory to sort them took 5-8 ms for one question in ten); triggers
+    #   keep the copy equal to the memory's event time, whoever writes (a process of an
+    #   older release still running, another tool);
     # - the tombstones of a scope have an index of their own: a vector index that never
     #   saw a deletion asks for those after seq 0, which walked every change of the scope
     #   (10 ms on the first recall after each write);
@@ -196,6 +197,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     UPDATE mentions SET event_time =
         (SELECT event_time FROM memories WHERE memories.id = mentions.memory_id);
     CREATE INDEX mentions_recent ON mentions (entity_id, event_time, memory_id);
+    CREATE TRIGGER mentions_time_ai AFTER INSERT ON mentions
+    WHEN new.event_time IS NOT (SELECT event_time FROM memories WHERE id = new.memory_id) BEGIN
+        UPDATE mentions SET event_time =
+            (SELECT event_time FROM memories WHERE id = new.memory_id)
+        WHERE entity_id = new.entity_id AND memory_id = new.memory_id;
+    END;
     CREATE TRIGGER mentions_time_au AFTER UPDATE OF event_time ON memories
     WHEN old.event_time IS NOT new.event_time BEGIN
         UPDATE mentions SET event_time = new.event_time WHERE memory_id = new.id;
