@@ -198,7 +198,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         (SELECT event_time FROM memories WHERE memories.id = mentions.memory_id);
     CREATE INDEX mentions_recent ON mentions (entity_id, event_time, memory_id);
     CREATE TRIGGER mentions_time_ai AFTER INSERT ON mentions
-    WHEN new.event_time IS NOT (SELECT event_time FROM memories WHERE id = new.memory_id) BEGIN
+    WHEN new.event_time IS NULL
+        AND (SELECT event_time FROM memories WHERE id = new.memory_id) IS NOT NULL BEGIN
         UPDATE mentions SET event_time =
             (SELECT event_time FROM memories WHERE id = new.memory_id)
         WHERE entity_id = new.entity_id AND memory_id = new.memory_id;
