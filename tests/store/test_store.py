@@ -118,8 +118,11 @@ def test_version_5_file_gains_the_mentions_event_times(tmp_path: Path) -> None:
         s.update("t", 2, {"event_time": 8.0}, None)
         assert s.mentioning("t", [1], 2) == [(3, 1), (2, 1)]
         assert [s.memory_count(t) for t in ("t", "u", "nobody")] == [3, 1, 0]
+        assert s.entities("t", ["ann"]) == {"ann": (1, 3)}
         s.delete("t", [1])
         assert s.memory_count("t") == 2
+        assert s.entities("t", ["ann"], cap=1) == {"ann": (1, 1)}
+        assert s.entities("t", ["ann"]) == {"ann": (1, 2)}  # the mention went with it
         assert s.deleted_after("t", "episodic", 0) == [(5, 1)]
     finally:
         s.close()
@@ -314,9 +317,18 @@ def test_mentions_keep_their_memories_event_time(
         "SELECT count(*) FROM mentions n JOIN memories m ON m.id = n.memory_id"
         " WHERE n.event_time IS NOT m.event_time"
     ).fetchone()[0]
+    counted = dict(
+        conn.execute(
+            "SELECT e.norm, count(n.memory_id) FROM entities e"
+            " LEFT JOIN mentions n ON n.entity_id = e.id WHERE e.tenant = ? GROUP BY e.id",
+            (tenant,),
+        ).fetchall()
+    )
     conn.close()
     assert unequal == 0
-    entity_ids = [eid for eid, _ in store.entities(tenant, ["ann", "bo", "cy"]).values()]
+    kept = store.entities(tenant, ["ann", "bo", "cy"])
+    assert {norm: count for norm, (_, count) in kept.items()} == counted  # the kept counts
+    entity_ids = [eid for eid, _ in kept.values()]
     assert store.mentioning(tenant, entity_ids, limit) == _mentions_joined(store, entity_ids, limit)
 
 

@@ -190,8 +190,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # - the tombstones of a scope have an index of their own: a vector index that never
     #   saw a deletion asks for those after seq 0, which walked every change of the scope
     #   (10 ms on the first recall after each write);
-    # - each tenant's memory count, kept by triggers: the graph layer's ubiquity cap read it
-    #   with a count over the tenant (8 ms after each write).
+    # - each tenant's memory count and each entity's mention count, kept by triggers: the
+    #   graph layer's ubiquity cap read the first with a count over the tenant (8 ms after
+    #   each write) and the second by counting an entity's mentions up to the cap (0.28 ms
+    #   a recall, median).
     """
     ALTER TABLE mentions ADD COLUMN event_time REAL;
     UPDATE mentions SET event_time =
@@ -207,6 +209,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE TRIGGER mentions_time_au AFTER UPDATE OF event_time ON memories
     WHEN old.event_time IS NOT new.event_time BEGIN
         UPDATE mentions SET event_time = new.event_time WHERE memory_id = new.id;
+    END;
+    ALTER TABLE entities ADD COLUMN mention_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE entities SET mention_count =
+        (SELECT count(*) FROM mentions WHERE mentions.entity_id = entities.id);
+    CREATE TRIGGER entity_mentions_ai AFTER INSERT ON mentions BEGIN
+        UPDATE entities SET mention_count = mention_count + 1 WHERE id = new.entity_id;
+    END;
+    CREATE TRIGGER entity_mentions_ad AFTER DELETE ON mentions BEGIN
+        UPDATE entities SET mention_count = mention_count - 1 WHERE id = old.entity_id;
     END;
     CREATE INDEX memory_changes_deleted ON memory_changes (tenant, layer, seq) WHERE deleted;
     CREATE TABLE tenant_sizes (
