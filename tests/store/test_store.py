@@ -140,6 +140,7 @@ def test_version_5_file_gains_the_mentions_event_times(tmp_path: Path) -> None:
     s = SQLiteStore(path)
     try:
         assert s.mentioning("t", [1], 1) == [(4, 1)]
+        assert s.entities("t", ["ann"]) == {"ann": (1, 3)}
         assert [s.memory_count(t) for t in ("t", "u")] == [2, 2]
     finally:
         s.close()
