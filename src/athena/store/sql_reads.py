@@ -229,12 +229,12 @@ def entities(
     marks = ",".join("?" * len(norms))
     # Each entity's mentions are counted by triggers (schema 6): counting them here, even
     # stopping at the cap, walked thousands of index entries for a speaker of every turn.
-    count = "mention_count" if cap is None else "min(mention_count, ?)"
     rows = conn.execute(
-        f"SELECT e.norm, e.id, {count} FROM entities e WHERE e.tenant = ? AND e.norm IN ({marks})",
-        (*(() if cap is None else (max(0, cap),)), tenant, *norms),
+        f"SELECT norm, id, mention_count FROM entities WHERE tenant = ? AND norm IN ({marks})",
+        (tenant, *norms),
     ).fetchall()
-    return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+    top = None if cap is None else max(0, cap)
+    return {r[0]: (int(r[1]), int(r[2]) if top is None else min(int(r[2]), top)) for r in rows}
 
 
 def neighbours(
