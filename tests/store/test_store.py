@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
-from athena.store import PreparedMemory, RowFilter, SQLiteStore
+from athena.store import EntityNames, PreparedMemory, RowFilter, SQLiteStore
 from athena.store.connection import translate
 from athena.store.schema import SCHEMA_VERSION
 
@@ -273,6 +273,65 @@ def test_mentioning_is_newest_event_first_and_follows_event_time_changes(
     store.put([prepared(key="k2", text="turn 2", event_time=0.5, entities=("Maria",))])  # back
     assert [m for m, _ in store.mentioning("t", [maria], 3)] == [ids[1], ids[0], ids[3]]
     assert store.mentioning("t", [maria, jon], 10) == _mentions_joined(store, [maria, jon], 10)
+
+
+def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
+    from athena.store.schema import MIGRATIONS, _split
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for number in range(6):  # the file as the previous release left it
+        for statement in _split(MIGRATIONS[number]):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 6")
+    for entity_id, tenant, norm in ((1, "t", "ann"), (2, "u", "bo"), (3, "t", "cy")):
+        conn.execute(
+            "INSERT INTO entities (id, tenant, norm, name) VALUES (?, ?, ?, ?)",
+            (entity_id, tenant, norm, norm.title()),
+        )
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(path)
+    try:
+        assert s.entity_names("t") == EntityNames(0, [(1, "ann"), (3, "cy")])
+        assert s.entity_names("t", 1) == EntityNames(0, [(3, "cy")])
+        assert s.entity_names("nobody") == EntityNames(0, [])
+    finally:
+        s.close()
+    conn = sqlite3.connect(path)
+    # A writer that knows nothing of schema 7: the triggers count what it removes or renames.
+    conn.execute("DELETE FROM entities WHERE id = 3")
+    conn.execute("UPDATE entities SET norm = 'anne' WHERE id = 1")
+    conn.execute("UPDATE entities SET name = 'Bob' WHERE id = 2")  # a display name: no count
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(path)
+    try:
+        assert s.entity_names("t") == EntityNames(2, [(1, "anne")])
+        assert s.entity_names("u") == EntityNames(0, [(2, "bo")])
+    finally:
+        s.close()
+    conn = sqlite3.connect(path)
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id, norm FROM entities WHERE tenant = 't' AND id > 5 ORDER BY id"
+    ).fetchall()
+    assert "entities_recent" in str(plan)  # the names past that id alone, not every name
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN DELETE FROM entities WHERE tenant = 't' AND mention_count = 0"
+    ).fetchall()
+    conn.close()
+    assert "entities_unmentioned" in str(plan)  # the unmentioned alone, not every entity
+    s = SQLiteStore(path)
+    try:  # a deletion takes every unmentioned entity of its tenant with it, Anne's too
+        [kept] = s.put([prepared(key="a", entities=("Cy",))])
+        [gone] = s.put([prepared(key="b", entities=("Dee", "Cy"))])
+        s.delete("t", [gone])
+        assert s.entity_names("t").names == [(3, "cy")]  # the id of the first Cy, reused
+        assert s.entity_names("t").deletions == 4  # the first cy, the rename, anne, dee
+        assert s.entity_names("u").names == [(2, "bo")]
+        assert s.get("t", [kept])[0].text == "hello world"
+    finally:
+        s.close()
 
 
 @settings(

@@ -9,6 +9,7 @@ the caller (``attributes["relations"]``) are stored as they are.
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from typing import Final
 
 from athena.retrieval.lexical import STOPWORDS
@@ -51,7 +52,7 @@ def extract_entities(text: str, actor: str | None = None) -> tuple[str, ...]:
     return tuple(found.values())
 
 
-def query_entities(text: str, known: frozenset[str], max_words: int = 3) -> list[str]:
+def query_entities(text: str, known: Container[str], max_words: int = 3) -> list[str]:
     """Known entity names (normalised) that appear in ``text`` as 1- to 3-word n-grams.
 
     >>> query_entities("Where did caroline meet Mel?", frozenset({"caroline", "paris"}))

@@ -15,9 +15,11 @@ from athena.errors import InvalidInput
 from athena.layers.extraction import query_entities
 from athena.layers.protocol import LayerContext, Prepared, SearchRequest
 from athena.records import MemoryInput
+from athena.store.protocol import EntityNames, Store
 
 NEIGHBOUR_WEIGHT: Final = 0.5
 MAX_NEIGHBOURS: Final = 10
+MERGE_AT: Final = 256  # names added since a full read kept apart (more for many names)
 # An entity in more than this share of a tenant's memories (the agent's user, the speaker of
 # every turn) says nothing about which memory a query wants; it neither matches nor expands.
 UBIQUITY: Final = 0.05
@@ -32,8 +34,8 @@ class GraphLayer:
     default_kind = "relation"
 
     def __init__(self) -> None:
-        self._names: dict[tuple[str, tuple[tuple[str, int], ...]], tuple[frozenset[str], int]]
-        self._names = {}
+        # Per tenant: the generations its names and memory count were read at, and those.
+        self._held: dict[str, tuple[tuple[tuple[str, int], ...], Names, int]] = {}
         self._lock = threading.Lock()
 
     def prepare(self, item: MemoryInput) -> Prepared:
@@ -59,18 +61,18 @@ class GraphLayer:
 
     def _known(
         self, ctx: LayerContext, tenant: str, generations: dict[str, int]
-    ) -> tuple[frozenset[str], int]:
-        """The tenant's entity names and memory count, cached per generation of every layer
-        (the count moves with writes to any layer), so every process computes the same."""
-        key = (tenant, tuple(sorted(generations.items())))
-        known = self._names.get(key)
-        if known is None:
-            names = frozenset(ctx.store.entity_names(tenant))
-            known = (names, ctx.store.memory_count(tenant))
-            with self._lock:
-                for old in [k for k in self._names if k[0] == tenant]:
-                    del self._names[old]
-                self._names[key] = known
+    ) -> tuple[Names, int]:
+        """The tenant's entity names and memory count, read again when any layer's
+        generation moved (the count moves with writes to any layer), so every process
+        computes the same. The names are read from where the last read stopped."""
+        key = tuple(sorted(generations.items()))
+        held = self._held.get(tenant)
+        if held is not None and held[0] == key:
+            return held[1], held[2]
+        names = read_names(ctx.store, tenant, None if held is None else held[1])
+        known = (names, ctx.store.memory_count(tenant))
+        with self._lock:
+            self._held[tenant] = (key, *known)
         return known
 
     def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
@@ -100,3 +102,69 @@ class GraphLayer:
             passing = ctx.store.admitted(tenant, ranked[: request.depth * 4], where)
             ranked = [m for m in ranked if m in passing]
         return [(m, scores[m]) for m in ranked[: request.depth]]
+
+
+class Names:
+    """A tenant's normalised entity names as one snapshot of the store held them, for
+    membership tests only (:func:`~athena.layers.extraction.query_entities`).
+
+    Immutable: a newer snapshot is a new object sharing the old one's sets. Names added
+    since sit in a small set beside the large one, merged into it once they outgrow a share
+    of it, so a write's one or two new names cost a copy of that small set, not of all.
+
+    >>> from athena.store import EntityNames
+    >>> names = Names.read(EntityNames(0, [(1, "ann"), (4, "bo")]))
+    >>> later = names.extended(EntityNames(0, [(7, "cy")]))
+    >>> "cy" in later, "cy" in names, "ann" in later, len(later), later.last_id
+    (True, False, True, 3, 7)
+    """
+
+    __slots__ = ("_base", "_recent", "deletions", "last_id")
+
+    def __init__(
+        self, base: frozenset[str], recent: frozenset[str], last_id: int, deletions: int
+    ) -> None:
+        self._base, self._recent = base, recent
+        self.last_id, self.deletions = last_id, deletions
+
+    @classmethod
+    def read(cls, read: EntityNames) -> Names:
+        """Every name, from a read that started at id 0."""
+        last = read.names[-1][0] if read.names else 0
+        return cls(frozenset(norm for _, norm in read.names), frozenset(), last, read.deletions)
+
+    def extended(self, read: EntityNames) -> Names:
+        """These names and those of ``read`` (the entities past :attr:`last_id`, with no
+        deletion since these were read: ``read.deletions == self.deletions``)."""
+        if not read.names:
+            return self
+        recent = self._recent.union(norm for _, norm in read.names)
+        base = self._base
+        if len(recent) > max(MERGE_AT, 4 * math.isqrt(len(base))):
+            base, recent = base | recent, frozenset()
+        return Names(base, recent, read.names[-1][0], self.deletions)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._base or name in self._recent
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._recent)
+
+
+def read_names(store: Store, tenant: str, held: Names | None) -> Names:
+    """``tenant``'s entity names now: those added since ``held`` was read, beside it, or
+    all of them again if there is nothing held or an entity was deleted since.
+
+    >>> import tempfile, os
+    >>> from athena.store import SQLiteStore
+    >>> store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "n.db"))
+    >>> names = read_names(store, "t", None)
+    >>> len(names), read_names(store, "t", names) is names
+    (0, True)
+    >>> store.close()
+    """
+    if held is not None:
+        read = store.entity_names(tenant, held.last_id)
+        if read.deletions == held.deletions:
+            return held.extended(read)
+    return Names.read(store.entity_names(tenant))

@@ -110,6 +110,15 @@ class VectorBatch:
     matrix: npt.NDArray[np.float32]
 
 
+@dataclass(frozen=True, slots=True)
+class EntityNames:
+    """A tenant's entities newer than some id, and its count of entity deletions, read in
+    one snapshot (:meth:`Store.entity_names`)."""
+
+    deletions: int  # only grows: names read at an equal count are all still there
+    names: list[tuple[int, str]]  # (entity id, normalised name), ids ascending
+
+
 class Store(Protocol):
     """Storage for every tenant's memories."""
 
@@ -194,8 +203,12 @@ class Store(Protocol):
     def memory_count(self, tenant: str) -> int:
         """How many memories ``tenant`` holds, every layer (0: none), read in O(1)."""
 
-    def entity_names(self, tenant: str) -> list[str]:
-        """Normalised names of every entity of ``tenant``."""
+    def entity_names(self, tenant: str, after: int = 0) -> EntityNames:
+        """The normalised names of ``tenant``'s entities with an id above ``after`` (all of
+        them at 0), and how many of its entities were ever deleted, renamed or moved away.
+
+        Entity ids only grow while that count stands; once it moves, an id may have been
+        reused, so a caller holding names read before must read them all again."""
 
     def stats(self, tenant: str | None) -> dict[str, Any]:
         """Counts per layer (and tenants), for one tenant or all."""

@@ -240,6 +240,31 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         ON CONFLICT (tenant) DO UPDATE SET memories = memories + 1;
     END;
     """,
+    # 7: how many of each tenant's entities were ever deleted (or renamed, or moved), kept
+    # by triggers: the graph layer then loads only the names added since it last looked
+    # (entity ids only grow until an entity is deleted, when the largest may be reused),
+    # and loads all of them again only when this count has moved, through an index of
+    # each tenant's entities by id. Reloading every name after each write took 27 ms a
+    # recall on a tenant of 41k names. And the entities no memory mentions have an index of
+    # their own: a deletion removes them, and finding them walked every entity of the
+    # tenant (18 ms a forget there).
+    """
+    CREATE INDEX entities_recent ON entities (tenant, id);
+    CREATE INDEX entities_unmentioned ON entities (tenant) WHERE mention_count = 0;
+    CREATE TABLE entity_deletions (
+        tenant TEXT PRIMARY KEY,
+        deleted INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TRIGGER entity_deletions_ad AFTER DELETE ON entities BEGIN
+        INSERT INTO entity_deletions (tenant, deleted) VALUES (old.tenant, 1)
+        ON CONFLICT (tenant) DO UPDATE SET deleted = deleted + 1;
+    END;
+    CREATE TRIGGER entity_deletions_au AFTER UPDATE OF tenant, norm ON entities
+    WHEN old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm BEGIN
+        INSERT INTO entity_deletions (tenant, deleted) VALUES (old.tenant, 1)
+        ON CONFLICT (tenant) DO UPDATE SET deleted = deleted + 1;
+    END;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from athena.store.protocol import MemoryRow, RowFilter, VectorBatch
+from athena.store.protocol import EntityNames, MemoryRow, RowFilter, VectorBatch
 
 _COLUMNS = (
     "id, tenant, layer, key, kind, session, actor, text, event_time, created_at,"
@@ -282,8 +282,21 @@ def memory_count(conn: sqlite3.Connection, tenant: str) -> int:
     return int(row[0]) if row else 0
 
 
-def entity_names(conn: sqlite3.Connection, tenant: str) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT norm FROM entities WHERE tenant = ?", (tenant,))]
+def entity_names(conn: sqlite3.Connection, tenant: str, after: int) -> EntityNames:
+    # Two statements in one read transaction, so one snapshot: the names and the count of
+    # deletions that says whether names read before are still all there.
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute(
+            "SELECT deleted FROM entity_deletions WHERE tenant = ?", (tenant,)
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT id, norm FROM entities WHERE tenant = ? AND id > ? ORDER BY id",
+            (tenant, after),
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")  # a read transaction: nothing to undo
+    return EntityNames(0 if row is None else int(row[0]), [(int(r[0]), r[1]) for r in rows])
 
 
 def stats(conn: sqlite3.Connection, tenant: str | None) -> dict[str, Any]:

@@ -192,13 +192,10 @@ def delete(
             bump(conn, touched, tenant, row[0])
             # Mentions cascade away; the graph layer's answers change with them.
             bump(conn, touched, tenant, "graph")
-    # Entities nobody mentions any more would otherwise match queries forever.
+    # Entities nobody mentions any more would otherwise match queries forever. Their
+    # mention counts are kept by triggers (schema 6), and a partial index holds those at 0.
     if deleted:
-        conn.execute(
-            "DELETE FROM entities WHERE tenant = ? AND NOT EXISTS"
-            " (SELECT 1 FROM mentions WHERE mentions.entity_id = entities.id)",
-            (tenant,),
-        )
+        conn.execute("DELETE FROM entities WHERE tenant = ? AND mention_count = 0", (tenant,))
     return deleted
 
 
