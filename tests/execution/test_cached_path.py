@@ -186,3 +186,31 @@ def test_a_kept_plan_is_made_again_only_when_its_own_types_choice_moves(
         engine.graph._forget_kept()
     engine.plans.plan(request, "hybrid")
     assert len(classified) == 3  # the adaptive plan made again once; the hybrid one kept
+
+
+def test_a_plan_made_while_the_graphs_choice_moves_is_not_kept(
+    seeded: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan made while its type's layer choice moves (it read the version before the
+    choice) is made again on the next repeat, and then kept."""
+    from athena.planning.analysis import classify
+
+    engine: Any = seeded.engine
+    request = seeded._requests.make(QUESTION, "t", 5, None)
+    real = engine.graph.select_layers
+    made: list[str] = []
+
+    def moving(query_type: str, layers: tuple[str, ...]) -> tuple[str, ...]:
+        made.append(query_type)
+        chosen = real(query_type, layers)
+        if len(made) == 1:  # the counts cross a threshold right after this choice was read
+            with engine.graph._lock:
+                engine.graph._forget_kept(query_type)
+        return chosen  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(engine.graph, "select_layers", moving)
+    keys = [engine.plans.plan(request, "adaptive")[3] for _ in range(3)]
+    assert made == [classify(QUESTION)] * 2  # made again once, then kept
+    # The plan made again holds the very key object its cache entry was stored under (an
+    # equal tuple of its own cost each hit an element-by-element comparison).
+    assert keys[1] == keys[0] and keys[1] is keys[0] and keys[2] is keys[0]
