@@ -163,3 +163,18 @@ def test_recall_finds_a_name_first_written_after_the_last_recall(memory: Memory)
     assert [hit.text for hit in found.hits] == ["Zorvak walked to the lake."]
     memory.forget(found.hits[0].id, tenant="t")
     assert memory.recall("Who is Zorvak?", tenant="t", **graph).hits == ()  # type: ignore[arg-type]
+
+
+def test_a_layer_shared_by_two_stores_keeps_each_ones_names(tmp_path: Path) -> None:
+    from athena.layers import default_layers
+
+    shared = default_layers()
+    options = {"pool": "off", "execution": "sequential", "layers": shared}
+    graph = {"layers": ["graph"], "strategy": "sequential"}
+    with Memory(tmp_path / "x.db", **options) as x, Memory(tmp_path / "y.db", **options) as y:  # type: ignore[arg-type]
+        for text in ("Quillon met Ann.", "Bo met Cy.", "Ann met Dee."):
+            x.remember(text, tenant="t")
+        assert len(x.recall("Who is Quillon?", tenant="t", **graph).hits) == 1  # type: ignore[arg-type]
+        y.remember("Zorvak walked to the lake.", tenant="t")  # ids below x's newest
+        found = y.recall("Who is Zorvak?", tenant="t", **graph)  # type: ignore[arg-type]
+        assert [hit.text for hit in found.hits] == ["Zorvak walked to the lake."]

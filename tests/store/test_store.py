@@ -16,6 +16,8 @@ from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
 from athena.store import EntityNames, PreparedMemory, RowFilter, SQLiteStore
 from athena.store.connection import translate
 from athena.store.schema import SCHEMA_VERSION
+from athena.store.sql_reads import ENTITY_NAMES
+from athena.store.sql_writes import UNMENTIONED
 
 
 def prepared(
@@ -303,32 +305,42 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
     conn.execute("DELETE FROM entities WHERE id = 3")
     conn.execute("UPDATE entities SET norm = 'anne' WHERE id = 1")
     conn.execute("UPDATE entities SET name = 'Bob' WHERE id = 2")  # a display name: no count
+    conn.execute("INSERT INTO entities (id, tenant, norm, name) VALUES (7, 'v', 'eve', 'Eve')")
+    conn.execute("INSERT INTO entities (id, tenant, norm, name) VALUES (5, 'v', 'fay', 'Fay')")
     conn.commit()
     conn.close()
     s = SQLiteStore(path)
     try:
         assert s.entity_names("t") == EntityNames(2, [(1, "anne")])
         assert s.entity_names("u") == EntityNames(0, [(2, "bo")])
+        assert s.entity_names("v") == EntityNames(1, [(5, "fay"), (7, "eve")])  # 5 below 7
     finally:
         s.close()
     conn = sqlite3.connect(path)
-    plan = conn.execute(
-        "EXPLAIN QUERY PLAN SELECT id, norm FROM entities WHERE tenant = 't' AND id > 5 ORDER BY id"
-    ).fetchall()
-    assert "entities_recent" in str(plan)  # the names past that id alone, not every name
-    plan = conn.execute(
-        "EXPLAIN QUERY PLAN DELETE FROM entities WHERE tenant = 't' AND mention_count = 0"
-    ).fetchall()
+    conn.execute("UPDATE entities SET tenant = 't' WHERE id = 2")  # moved: both tenants count
+    conn.commit()
+    plans = [
+        conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+        for sql, params in ((ENTITY_NAMES, ("t", 5)), (UNMENTIONED, ("t",)))
+    ]  # the statements the store runs
     conn.close()
-    assert "entities_unmentioned" in str(plan)  # the unmentioned alone, not every entity
+    assert "entities_recent" in str(plans[0])  # the names past that id alone, not every name
+    assert "TEMP B-TREE" not in str(plans[0])  # in id order as the index holds them
+    assert "entities_unmentioned" in str(plans[1])  # the unmentioned alone, not every entity
     s = SQLiteStore(path)
-    try:  # a deletion takes every unmentioned entity of its tenant with it, Anne's too
+    try:
+        assert s.entity_names("t") == EntityNames(3, [(1, "anne"), (2, "bo")])
+        assert s.entity_names("u") == EntityNames(1, [])
+    finally:
+        s.close()
+    s = SQLiteStore(path)
+    try:  # a deletion takes every unmentioned entity of its tenant with it: Anne, Bo, Dee
         [kept] = s.put([prepared(key="a", entities=("Cy",))])
         [gone] = s.put([prepared(key="b", entities=("Dee", "Cy"))])
         s.delete("t", [gone])
-        assert s.entity_names("t").names == [(3, "cy")]  # the id of the first Cy, reused
-        assert s.entity_names("t").deletions == 4  # the first cy, the rename, anne, dee
-        assert s.entity_names("u").names == [(2, "bo")]
+        assert s.entity_names("t").names == [(8, "cy")]
+        assert s.entity_names("t").deletions == 6  # cy, the rename, bo's move, anne, bo, dee
+        assert s.entity_names("u") == EntityNames(1, [])  # Bo moved to t, then went
         assert s.get("t", [kept])[0].text == "hello world"
     finally:
         s.close()

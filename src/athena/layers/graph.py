@@ -24,6 +24,8 @@ MERGE_AT: Final = 256  # names added since a full read kept apart (more for many
 # every turn) says nothing about which memory a query wants; it neither matches nor expands.
 UBIQUITY: Final = 0.05
 
+Generations = tuple[tuple[str, int], ...]
+
 
 class GraphLayer:
     """Who and what, and how they relate. Writes to this layer are entity or relation
@@ -34,8 +36,10 @@ class GraphLayer:
     default_kind = "relation"
 
     def __init__(self) -> None:
-        # Per tenant: the generations its names and memory count were read at, and those.
-        self._held: dict[str, tuple[tuple[tuple[str, int], ...], Names, int]] = {}
+        # Per (store, tenant): the store, the generations the tenant's names and memory
+        # count were read at, and those. The store is held, so its id names no other (one
+        # layer object may serve several Memory objects, each on its own file).
+        self._held: dict[tuple[int, str], tuple[Store, Generations, Names, int]] = {}
         self._lock = threading.Lock()
 
     def prepare(self, item: MemoryInput) -> Prepared:
@@ -65,14 +69,14 @@ class GraphLayer:
         """The tenant's entity names and memory count, read again when any layer's
         generation moved (the count moves with writes to any layer), so every process
         computes the same. The names are read from where the last read stopped."""
-        key = tuple(sorted(generations.items()))
-        held = self._held.get(tenant)
-        if held is not None and held[0] == key:
-            return held[1], held[2]
-        names = read_names(ctx.store, tenant, None if held is None else held[1])
-        known = (names, ctx.store.memory_count(tenant))
+        store, key = ctx.store, tuple(sorted(generations.items()))
+        held = self._held.get((id(store), tenant))
+        if held is not None and held[1] == key:
+            return held[2], held[3]
+        names = read_names(store, tenant, None if held is None else held[2])
+        known = (names, store.memory_count(tenant))
         with self._lock:
-            self._held[tenant] = (key, *known)
+            self._held[(id(store), tenant)] = (store, key, *known)
         return known
 
     def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:

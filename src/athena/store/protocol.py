@@ -205,10 +205,12 @@ class Store(Protocol):
 
     def entity_names(self, tenant: str, after: int = 0) -> EntityNames:
         """The normalised names of ``tenant``'s entities with an id above ``after`` (all of
-        them at 0), and how many of its entities were ever deleted, renamed or moved away.
+        them at 0), and a count that moves whenever one of its entities is deleted, renamed,
+        moved in or out, or given an id below its largest; read in one snapshot.
 
-        Entity ids only grow while that count stands; once it moves, an id may have been
-        reused, so a caller holding names read before must read them all again."""
+        While that count stands, a tenant's new entities take ids above all its others;
+        once it moves, an id may have been reused, so a caller holding names read before
+        must read them all again."""
 
     def stats(self, tenant: str | None) -> dict[str, Any]:
         """Counts per layer (and tenants), for one tenant or all."""

@@ -240,11 +240,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         ON CONFLICT (tenant) DO UPDATE SET memories = memories + 1;
     END;
     """,
-    # 7: how many of each tenant's entities were ever deleted (or renamed, or moved), kept
-    # by triggers: the graph layer then loads only the names added since it last looked
-    # (entity ids only grow until an entity is deleted, when the largest may be reused),
-    # and loads all of them again only when this count has moved, through an index of
-    # each tenant's entities by id. Reloading every name after each write took 27 ms a
+    # 7: how many of each tenant's entities were ever deleted (or renamed, moved, given
+    # another id, or inserted below the tenant's largest id: none of which Athena does),
+    # kept by triggers: the graph layer then loads only the names added since it last
+    # looked (entity ids only grow until an entity is deleted, when the largest may be
+    # reused), and loads all of them again only when this count has moved, through an index
+    # of each tenant's entities by id. Reloading every name after each write took 27 ms a
     # recall on a tenant of 41k names. And the entities no memory mentions have an index of
     # their own: a deletion removes them, and finding them walked every entity of the
     # tenant (18 ms a forget there).
@@ -259,9 +260,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         INSERT INTO entity_deletions (tenant, deleted) VALUES (old.tenant, 1)
         ON CONFLICT (tenant) DO UPDATE SET deleted = deleted + 1;
     END;
-    CREATE TRIGGER entity_deletions_au AFTER UPDATE OF tenant, norm ON entities
-    WHEN old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm BEGIN
+    CREATE TRIGGER entity_deletions_au AFTER UPDATE OF id, tenant, norm ON entities
+    WHEN old.id IS NOT new.id OR old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm
+    BEGIN
         INSERT INTO entity_deletions (tenant, deleted) VALUES (old.tenant, 1)
+        ON CONFLICT (tenant) DO UPDATE SET deleted = deleted + 1;
+        INSERT INTO entity_deletions (tenant, deleted) SELECT new.tenant, 1
+        WHERE new.tenant IS NOT old.tenant
+        ON CONFLICT (tenant) DO UPDATE SET deleted = deleted + 1;
+    END;
+    CREATE TRIGGER entity_deletions_ai AFTER INSERT ON entities
+    WHEN new.id < (SELECT max(id) FROM entities WHERE tenant = new.tenant) BEGIN
+        INSERT INTO entity_deletions (tenant, deleted) VALUES (new.tenant, 1)
         ON CONFLICT (tenant) DO UPDATE SET deleted = deleted + 1;
     END;
     """,

@@ -282,21 +282,19 @@ def memory_count(conn: sqlite3.Connection, tenant: str) -> int:
     return int(row[0]) if row else 0
 
 
+# One statement, so one snapshot: the names and the count of deletions that says whether
+# names read before are all still there (its row first, id -1). Not a read transaction of
+# two statements: an interrupt between them could leave the reader inside it for good.
+ENTITY_NAMES = (
+    "SELECT -1 AS id, NULL AS norm,"
+    " coalesce((SELECT deleted FROM entity_deletions WHERE tenant = ?1), 0) AS deleted"
+    " UNION ALL SELECT id, norm, NULL FROM entities WHERE tenant = ?1 AND id > ?2 ORDER BY id"
+)
+
+
 def entity_names(conn: sqlite3.Connection, tenant: str, after: int) -> EntityNames:
-    # Two statements in one read transaction, so one snapshot: the names and the count of
-    # deletions that says whether names read before are still all there.
-    conn.execute("BEGIN")
-    try:
-        row = conn.execute(
-            "SELECT deleted FROM entity_deletions WHERE tenant = ?", (tenant,)
-        ).fetchone()
-        rows = conn.execute(
-            "SELECT id, norm FROM entities WHERE tenant = ? AND id > ? ORDER BY id",
-            (tenant, after),
-        ).fetchall()
-    finally:
-        conn.execute("COMMIT")  # a read transaction: nothing to undo
-    return EntityNames(0 if row is None else int(row[0]), [(int(r[0]), r[1]) for r in rows])
+    rows = conn.execute(ENTITY_NAMES, (tenant, after)).fetchall()
+    return EntityNames(int(rows[0][2]), [(int(r[0]), r[1]) for r in rows[1:]])
 
 
 def stats(conn: sqlite3.Connection, tenant: str | None) -> dict[str, Any]:

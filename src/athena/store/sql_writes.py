@@ -178,6 +178,9 @@ def update(
     return row_from_sql(new)
 
 
+UNMENTIONED = "DELETE FROM entities WHERE tenant = ? AND mention_count = 0"
+
+
 def delete(
     conn: sqlite3.Connection, touched: Touched, tenant: str, ids: Sequence[int]
 ) -> list[int]:
@@ -195,7 +198,7 @@ def delete(
     # Entities nobody mentions any more would otherwise match queries forever. Their
     # mention counts are kept by triggers (schema 6), and a partial index holds those at 0.
     if deleted:
-        conn.execute("DELETE FROM entities WHERE tenant = ? AND mention_count = 0", (tenant,))
+        conn.execute(UNMENTIONED, (tenant,))
     return deleted
 
 
