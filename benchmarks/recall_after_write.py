@@ -8,11 +8,13 @@ questions remembers one new episodic turn in the question's tenant and recalls t
 ``--names N`` first gives each asked tenant N more distinct entity names (N/2 turns, each
 naming two made-up people, embedded and indexed as any turn), for the cost of a tenant
 whose history names many people and places: LoCoMo's replicas repeat its 1,150 names.
-The write moves the tenant's generations, so the recall cannot be a cache hit, and every
-index it reads (vectors, BM25 postings, the graph's entity names and memory count) first
-catches up with the write. It prints p50, mean and p90 of the recalls and the remembers,
-then of forgetting those turns one at a time (each forget also removes the entities that
-no memory mentions any more).
+Each turn names Caroline and one new made-up person. The write moves the tenant's
+generations, so the recall cannot be a cache hit, and every index it reads (vectors, BM25
+postings, the graph's entity names and memory count) first catches up with the write. It
+prints p50, mean and p90 of the recalls and the remembers, then of forgetting those turns
+one at a time, each forget followed by its question again (a forget removes the entities
+no memory mentions any more, here the turn's new person, so the graph layer reads all of
+the tenant's names again at that recall).
 To compare two engines, run it from each one's checkout in alternating processes
 (``PYTHONPATH=<checkout>/src python benchmarks/recall_after_write.py --out DIR``, a separate
 ``DIR`` each, with ``DIR/stores`` a link to the same stores), swapping which goes first.
@@ -52,6 +54,7 @@ def main() -> None:
     recalls: list[float] = []
     remembers: list[float] = []
     forgets: list[float] = []
+    after_forgets: list[float] = []
     written: list[tuple[int, str]] = []
     with Memory(db, embedder="static", pool="off") as mem:
         timed = asks[30 : 30 + args.turns]
@@ -61,20 +64,24 @@ def main() -> None:
             mem.recall(ask.text, tenant=ask.tenant, strategy="sequential")  # indexes built
         for turn, ask in enumerate(timed):
             start = time.perf_counter()
-            text = f"turn {turn}: I met Caroline at the lake"
+            text = f"turn {turn}: I met Caroline and {made_up(FORGOTTEN + turn)} at the lake"
             written.append((mem.remember(text, tenant=ask.tenant, layer="episodic"), ask.tenant))
             remembers.append((time.perf_counter() - start) * 1000.0)
             start = time.perf_counter()
             mem.recall(ask.text, tenant=ask.tenant)
             recalls.append((time.perf_counter() - start) * 1000.0)
-        for memory_id, tenant in written:
+        for (memory_id, tenant), ask in zip(written, timed, strict=True):
             start = time.perf_counter()
             mem.forget(memory_id, tenant=tenant)
             forgets.append((time.perf_counter() - start) * 1000.0)
+            start = time.perf_counter()
+            mem.recall(ask.text, tenant=ask.tenant)
+            after_forgets.append((time.perf_counter() - start) * 1000.0)
     for name, ms in (
         ("recall after a write", recalls),
         ("remember", remembers),
         ("forget", forgets),
+        ("recall after forget", after_forgets),
     ):
         ms.sort()
         print(
@@ -84,6 +91,7 @@ def main() -> None:
 
 
 SYLLABLES = "ka lo ve rin ta mo su zer an el dri pho qua nix bel tor".split()
+FORGOTTEN = 900_000  # the made-up people of the timed turns: past any --names'
 
 
 def made_up(index: int) -> str:

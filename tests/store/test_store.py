@@ -16,7 +16,7 @@ from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
 from athena.store import EntityNames, PreparedMemory, RowFilter, SQLiteStore
 from athena.store.connection import translate
 from athena.store.schema import SCHEMA_VERSION
-from athena.store.sql_reads import ENTITY_NAMES
+from athena.store.sql_reads import ENTITY_NAMES, ENTITY_NAMES_AFTER
 from athena.store.sql_writes import UNMENTIONED
 
 
@@ -295,9 +295,10 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
     conn.close()
     s = SQLiteStore(path)
     try:
-        assert s.entity_names("t") == EntityNames(0, [(1, "ann"), (3, "cy")])
-        assert s.entity_names("t", 1) == EntityNames(0, [(3, "cy")])
-        assert s.entity_names("nobody") == EntityNames(0, [])
+        assert s.entity_names("t") == EntityNames(0, 3, frozenset({"ann", "cy"}))
+        assert s.entity_names("t", 1) == EntityNames(0, 3, frozenset({"cy"}))
+        assert s.entity_names("t", 3) == EntityNames(0, 3, frozenset())
+        assert s.entity_names("nobody") == EntityNames(0, 0, frozenset())
     finally:
         s.close()
     conn = sqlite3.connect(path)
@@ -311,9 +312,9 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
     conn.close()
     s = SQLiteStore(path)
     try:
-        assert s.entity_names("t") == EntityNames(2, [(1, "anne")])
-        assert s.entity_names("u") == EntityNames(0, [(2, "bo")])
-        assert s.entity_names("v") == EntityNames(1, [(5, "fay"), (7, "eve")])  # 5 below 7
+        assert s.entity_names("t") == EntityNames(2, 1, frozenset({"anne"}))
+        assert s.entity_names("u") == EntityNames(0, 2, frozenset({"bo"}))
+        assert s.entity_names("v") == EntityNames(1, 7, frozenset({"fay", "eve"}))  # 5 below 7
     finally:
         s.close()
     conn = sqlite3.connect(path)
@@ -321,16 +322,21 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
     conn.commit()
     plans = [
         conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
-        for sql, params in ((ENTITY_NAMES, ("t", 5)), (UNMENTIONED, ("t",)))
+        for sql, params in (
+            (ENTITY_NAMES_AFTER, ("t", 5)),
+            (ENTITY_NAMES, ("t",)),
+            (UNMENTIONED, ("t",)),
+        )
     ]  # the statements the store runs
     conn.close()
-    assert "entities_recent" in str(plans[0])  # the names past that id alone, not every name
-    assert "TEMP B-TREE" not in str(plans[0])  # in id order as the index holds them
-    assert "entities_unmentioned" in str(plans[1])  # the unmentioned alone, not every entity
+    assert "entities_recent (tenant=? AND id>?)" in str(plans[0])  # past that id alone
+    assert "COVERING INDEX sqlite_autoindex_entities_1 (tenant=?)" in str(plans[1])  # no rows
+    assert "TEMP B-TREE" not in str(plans[:2])  # nothing sorted
+    assert "entities_unmentioned" in str(plans[2])  # the unmentioned alone, not every entity
     s = SQLiteStore(path)
     try:
-        assert s.entity_names("t") == EntityNames(3, [(1, "anne"), (2, "bo")])
-        assert s.entity_names("u") == EntityNames(1, [])
+        assert s.entity_names("t") == EntityNames(3, 2, frozenset({"anne", "bo"}))
+        assert s.entity_names("u") == EntityNames(1, 0, frozenset())
     finally:
         s.close()
     s = SQLiteStore(path)
@@ -338,9 +344,10 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
         [kept] = s.put([prepared(key="a", entities=("Cy",))])
         [gone] = s.put([prepared(key="b", entities=("Dee", "Cy"))])
         s.delete("t", [gone])
-        assert s.entity_names("t").names == [(8, "cy")]
+        assert s.entity_names("t").names == {"cy"}
+        assert s.entity_names("t").last_id == 8
         assert s.entity_names("t").deletions == 6  # cy, the rename, bo's move, anne, bo, dee
-        assert s.entity_names("u") == EntityNames(1, [])  # Bo moved to t, then went
+        assert s.entity_names("u") == EntityNames(1, 0, frozenset())  # Bo moved to t, then went
         assert s.get("t", [kept])[0].text == "hello world"
     finally:
         s.close()

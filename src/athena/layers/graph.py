@@ -117,8 +117,8 @@ class Names:
     of it, so a write's one or two new names cost a copy of that small set, not of all.
 
     >>> from athena.store import EntityNames
-    >>> names = Names.read(EntityNames(0, [(1, "ann"), (4, "bo")]))
-    >>> later = names.extended(EntityNames(0, [(7, "cy")]))
+    >>> names = Names.read(EntityNames(0, 4, frozenset({"ann", "bo"})))
+    >>> later = names.extended(EntityNames(0, 7, frozenset({"cy"})))
     >>> "cy" in later, "cy" in names, "ann" in later, len(later), later.last_id
     (True, False, True, 3, 7)
     """
@@ -134,19 +134,18 @@ class Names:
     @classmethod
     def read(cls, read: EntityNames) -> Names:
         """Every name, from a read that started at id 0."""
-        last = read.names[-1][0] if read.names else 0
-        return cls(frozenset(norm for _, norm in read.names), frozenset(), last, read.deletions)
+        return cls(read.names, frozenset(), read.last_id, read.deletions)
 
     def extended(self, read: EntityNames) -> Names:
         """These names and those of ``read`` (the entities past :attr:`last_id`, with no
         deletion since these were read: ``read.deletions == self.deletions``)."""
         if not read.names:
             return self
-        recent = self._recent.union(norm for _, norm in read.names)
+        recent = self._recent | read.names
         base = self._base
         if len(recent) > max(MERGE_AT, 4 * math.isqrt(len(base))):
             base, recent = base | recent, frozenset()
-        return Names(base, recent, read.names[-1][0], self.deletions)
+        return Names(base, recent, read.last_id, self.deletions)
 
     def __contains__(self, name: object) -> bool:
         return name in self._base or name in self._recent

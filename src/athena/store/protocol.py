@@ -116,7 +116,8 @@ class EntityNames:
     one snapshot (:meth:`Store.entity_names`)."""
 
     deletions: int  # only grows: names read at an equal count are all still there
-    names: list[tuple[int, str]]  # (entity id, normalised name), ids ascending
+    last_id: int  # the tenant's largest entity id (0: it has none)
+    names: frozenset[str]  # normalised names
 
 
 class Store(Protocol):
@@ -205,8 +206,9 @@ class Store(Protocol):
 
     def entity_names(self, tenant: str, after: int = 0) -> EntityNames:
         """The normalised names of ``tenant``'s entities with an id above ``after`` (all of
-        them at 0), and a count that moves whenever one of its entities is deleted, renamed,
-        moved in or out, or given an id below its largest; read in one snapshot.
+        them at 0), the tenant's largest entity id, and a count that moves whenever one of
+        its entities is deleted, renamed, moved in or out, or given an id below its largest;
+        read in one snapshot.
 
         While that count stands, a tenant's new entities take ids above all its others;
         once it moves, an id may have been reused, so a caller holding names read before

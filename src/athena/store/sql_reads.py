@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -282,19 +282,45 @@ def memory_count(conn: sqlite3.Connection, tenant: str) -> int:
     return int(row[0]) if row else 0
 
 
-# One statement, so one snapshot: the names and the count of deletions that says whether
-# names read before are all still there (its row first, id -1). Not a read transaction of
-# two statements: an interrupt between them could leave the reader inside it for good.
-ENTITY_NAMES = (
-    "SELECT -1 AS id, NULL AS norm,"
-    " coalesce((SELECT deleted FROM entity_deletions WHERE tenant = ?1), 0) AS deleted"
-    " UNION ALL SELECT id, norm, NULL FROM entities WHERE tenant = ?1 AND id > ?2 ORDER BY id"
+# One statement, so one snapshot: a first row holding the count of deletions (which says
+# whether names read before are all still there) and the tenant's largest entity id, then
+# the names. Not a read transaction of two statements: an interrupt between them could
+# leave the reader inside it for good. Every name is read from the covering (tenant, norm)
+# index, in no order (in id order, through the (tenant, id) index and a row lookup each,
+# reading 41k names took 27 ms instead of 17); the names past an id, through (tenant, id).
+_HEAD = (
+    "SELECT coalesce((SELECT deleted FROM entity_deletions WHERE tenant = ?1), 0),"
+    " coalesce((SELECT max(id) FROM entities WHERE tenant = ?1), 0)"
 )
+ENTITY_NAMES = _HEAD + " UNION ALL SELECT norm, NULL FROM entities WHERE tenant = ?1"
+ENTITY_NAMES_AFTER = ENTITY_NAMES + " AND id > ?2"
 
 
 def entity_names(conn: sqlite3.Connection, tenant: str, after: int) -> EntityNames:
-    rows = conn.execute(ENTITY_NAMES, (tenant, after)).fetchall()
-    return EntityNames(int(rows[0][2]), [(int(r[0]), r[1]) for r in rows[1:]])
+    if after > 0:
+        rows = conn.execute(ENTITY_NAMES_AFTER, (tenant, after))
+    else:
+        rows = conn.execute(ENTITY_NAMES, (tenant,))
+    return entity_names_of(rows)
+
+
+def entity_names_of(rows: Iterator[tuple[Any, ...]]) -> EntityNames:
+    """An :class:`EntityNames` from :data:`ENTITY_NAMES`' rows: the head (its second column
+    never NULL) and the names (NULL there). SQLite yields a compound's left part first, but
+    does not promise it, so a name that comes first is handled too.
+
+    >>> entity_names_of(iter([(2, 9), ("ann", None)]))
+    EntityNames(deletions=2, last_id=9, names=frozenset({'ann'}))
+    >>> entity_names_of(iter([("ann", None), (2, 9), ("bo", None)])).names == {"ann", "bo"}
+    True
+    """
+    head = next(rows)
+    if head[1] is not None:
+        return EntityNames(int(head[0]), int(head[1]), frozenset(row[0] for row in rows))
+    rest = [head, *rows]
+    [head] = [row for row in rest if row[1] is not None]
+    names = frozenset(row[0] for row in rest if row[1] is None)
+    return EntityNames(int(head[0]), int(head[1]), names)
 
 
 def stats(conn: sqlite3.Connection, tenant: str | None) -> dict[str, Any]:
