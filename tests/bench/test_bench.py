@@ -266,3 +266,31 @@ def test_every_arm_follows_every_other_about_equally_often() -> None:
         assert 0.7 * expected < follows[pair] < 1.3 * expected, (pair, follows[pair])
     first = Counter(turn[0] for turn in turns)
     assert min(first.values()) > 0.7 * len(turns) / len(arms)
+
+
+def test_the_arms_open_in_a_shuffled_order_and_come_back_as_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from athena.bench import arms as arms_module
+    from athena.bench.arms import ARMS, Arm, open_arms, opening_order
+    from athena.bench.workloads import STORES
+    from athena.memory import Memory
+
+    seeds = [f"{store}/{embedder}" for store in STORES for embedder in ("static", "transformer")]
+    assert len({opening_order(ARMS, seed)[-1] for seed in seeds}) > 1  # no arm always last
+    assert opening_order(ARMS, "s") == opening_order(ARMS, "s")  # a run repeats
+    db = tmp_path / "arms.db"
+    with Memory(db) as memory:
+        memory.remember("Ann plays the cello.", tenant="t")
+    opened: list[str] = []
+
+    class Counted(Arm):
+        def __init__(self, name: str, *args: Any, **kwargs: Any) -> None:
+            opened.append(name)
+            super().__init__(name, *args, **kwargs)
+
+    monkeypatch.setattr(arms_module, "Arm", Counted)
+    names = ["baseline", "sequential", "cache", "hybrid", "adaptive"]
+    with open_arms(db, "static", names, pools="off", shuffle="session") as arms:
+        assert [arm.name for arm in arms] == names
+    assert opened == opening_order(names, "session") != names

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from athena.bench import loadgen, oracle
-from athena.bench.arms import ARMS, EXECUTING, Arm, open_arms, summarise, wait_for_pools, warm_up
+from athena.bench.arms import (
+    ARMS,
+    EXECUTING,
+    Arm,
+    open_arms,
+    opening_order,
+    summarise,
+    wait_for_pools,
+    warm_up,
+)
 from athena.bench.report import Session, write
 from athena.bench.scenarios import fit, latency_scenarios
 from athena.bench.workloads import STORES, Store, build_store, working_copy
@@ -172,7 +181,9 @@ def run_session(
     rng.shuffle(asks)
     learn, rest = asks[: sizes.learn], asks[sizes.learn :]
     tenants = sorted({a.tenant for a in asks})
-    with open_arms(db, embedder, plan.arms, pools=plan.pools) as arms:
+    seed = f"{store.name}/{embedder}"  # the arms open in a shuffled order: see opening_order
+    details["opened"] = opening_order(plan.arms, seed)
+    with open_arms(db, embedder, plan.arms, pools=plan.pools, shuffle=seed) as arms:
         details["shared_indexes"] = share_indexes(arms)
         started = time.perf_counter()
         details["pools"] = wait_for_pools(arms)
