@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from athena.bench import oracle
-from athena.bench.arms import parallel_limit, percentile, recall_limit
+from athena.bench.arms import ARMS, parallel_limit, percentile, recall_limit
 from athena.bench.runner import QUICK, plan_for, run, with_sizes
 from athena.bench.workloads import Ask, build_store, recall_ops, with_writes, zipf_stream
 from athena.embedding import load_embedder
@@ -85,6 +85,11 @@ def test_the_complex_limit_counts_what_does_not_fan_out(doc: dict[str, Any]) -> 
     assert 1.0 <= complex_["limit"] <= complex_["layers_limit"]
     goal = next(g for g in doc["goals"] if g["goal"].startswith("complex multi-layer"))
     assert f"the layers alone: {complex_['layers_limit']:.3g}×" in goal["measured"]
+
+
+def test_each_session_opened_every_arm_once(doc: dict[str, Any]) -> None:
+    for name, session in doc["sessions"].items():
+        assert sorted(session["opened"]) == sorted(ARMS), name  # the runner shuffled them
 
 
 def test_baseline_ratio_is_one(doc: dict[str, Any]) -> None:
@@ -293,4 +298,5 @@ def test_the_arms_open_in_a_shuffled_order_and_come_back_as_asked(
     names = ["baseline", "sequential", "cache", "hybrid", "adaptive"]
     with open_arms(db, "static", names, pools="off", shuffle="session") as arms:
         assert [arm.name for arm in arms] == names
+        assert [arm.name for arm in sorted(arms, key=lambda arm: arm.opened)] == opened
     assert opened == opening_order(names, "session") != names

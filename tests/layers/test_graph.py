@@ -134,6 +134,7 @@ def test_names_read_incrementally_are_a_full_read(
             held = read_names(store, tenant, held)
             assert held_names(held) == all_names(store, tenant)
             assert len(held) == len(all_names(store, tenant))
+            assert held.last_id == store.entity_names(tenant).last_id
     held = read_names(store, tenant, held)
     assert held_names(held) == all_names(store, tenant)
 

@@ -25,16 +25,18 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from athena.bench.workloads import Ask, Op
 from athena.embedding import CachingEmbedder, load_embedder
 from athena.errors import AthenaError
 from athena.memory import AsyncMemory, Memory
+
+T = TypeVar("T")
 
 ARMS: Final = ("baseline", "sequential", "parallel", "distributed", "cache", "hybrid", "adaptive")
 FIXED: Final = ("sequential", "parallel", "distributed", "cache", "hybrid")
@@ -74,6 +76,7 @@ class Arm:
         elif pools == "distributed" and spec.pool == "eager":
             spec = replace(spec, pool="lazy")  # never started: the selector cannot use it
         self.name, self.spec, self.strategy = name, spec, spec.strategy
+        self.opened = 0  # its place in the order the arms were opened in (open_arms)
         model: Any = embedder
         if not spec.embed_cache:
             wrapped = load_embedder(embedder)
@@ -158,21 +161,24 @@ def open_arms(
     if pools not in POOLS:
         raise ValueError(f"pools must be one of {', '.join(POOLS)}")
     arms: list[Arm] = []
+    place: dict[int, int] = {}  # an arm's place in ``names``, by its object's id
     try:
-        for name in opening_order(names, shuffle):
-            arms.append(Arm(name, path, embedder, pools=pools))
+        for index in opening_order(range(len(names)), shuffle):
+            arms.append(Arm(names[index], path, embedder, pools=pools))
+            arms[-1].opened = len(arms) - 1
+            place[id(arms[-1])] = index
             if arms[-1].spec.pool == "eager":
                 # One pool at a time: on a large tenant each worker builds its indexes at
                 # start, and eight workers building at once on two cores overran the pool's
                 # start allowance (the one-tenant store's pools never came up).
                 wait_for_pools(arms[-1:])
-        yield sorted(arms, key=lambda arm: list(names).index(arm.name))
+        yield sorted(arms, key=lambda arm: place[id(arm)])
     finally:
         for arm in arms:
             arm.close()
 
 
-def opening_order(names: Sequence[str], seed: str | None) -> list[str]:
+def opening_order(names: Iterable[T], seed: str | None) -> list[T]:
     """The order to open the arms in: ``names`` as given, or shuffled by ``seed``.
 
     The order an arm was opened in moves its cached hits, whatever its strategy: on
@@ -181,7 +187,9 @@ def opening_order(names: Sequence[str], seed: str | None) -> list[str]:
     the hit p50 rose with the order, 7.43-7.99, 8.01-8.28 and 8.44-8.56 µs; the adaptive
     arm asked with HYBRID's strategy and opened last was 0.34-0.43 µs slower than the
     HYBRID arm. The bench opened ADAPTIVE last in every session, and "never slower" flagged
-    its cached hit more than any other row. Shuffled per session, no arm is always last.
+    its cached hit more than any other row. The bench now shuffles the order afresh for each
+    session of each run (a fixed seed per session kept one order run after run), and keeps
+    it in the session's details.
 
     >>> opening_order(["a", "b"], None)
     ['a', 'b']

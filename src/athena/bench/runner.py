@@ -26,7 +26,6 @@ from athena.bench.arms import (
     EXECUTING,
     Arm,
     open_arms,
-    opening_order,
     summarise,
     wait_for_pools,
     warm_up,
@@ -181,9 +180,11 @@ def run_session(
     rng.shuffle(asks)
     learn, rest = asks[: sizes.learn], asks[sizes.learn :]
     tenants = sorted({a.tenant for a in asks})
-    seed = f"{store.name}/{embedder}"  # the arms open in a shuffled order: see opening_order
-    details["opened"] = opening_order(plan.arms, seed)
+    # The arms open in an order shuffled afresh for each session of each run (a seed per
+    # session alone kept one order run after run; see opening_order), kept in the details.
+    seed = f"{store.name}/{embedder}/{random.SystemRandom().getrandbits(64)}"
     with open_arms(db, embedder, plan.arms, pools=plan.pools, shuffle=seed) as arms:
+        details["opened"] = [arm.name for arm in sorted(arms, key=lambda arm: arm.opened)]
         details["shared_indexes"] = share_indexes(arms)
         started = time.perf_counter()
         details["pools"] = wait_for_pools(arms)

@@ -168,6 +168,6 @@ def read_names(store: Store, tenant: str, held: Names | None) -> Names:
     """
     if held is not None:
         read = store.entity_names(tenant, held.last_id)
-        if read.deletions == held.deletions:
-            return held.extended(read)
+        if read.deletions == held.deletions and read.last_id >= held.last_id:
+            return held.extended(read)  # (a smaller largest id: not the file read before)
     return Names.read(store.entity_names(tenant))

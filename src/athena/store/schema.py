@@ -244,11 +244,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # another id, or inserted below the tenant's largest id: none of which Athena does),
     # kept by triggers: the graph layer then loads only the names added since it last
     # looked (entity ids only grow until an entity is deleted, when the largest may be
-    # reused), and loads all of them again only when this count has moved, through an index
-    # of each tenant's entities by id. Reloading every name after each write took 27 ms a
-    # recall on a tenant of 41k names. And the entities no memory mentions have an index of
-    # their own: a deletion removes them, and finding them walked every entity of the
-    # tenant (18 ms a forget there).
+    # reused), and loads all of them again only when this count has moved; the new names
+    # come through an index of each tenant's entities by id. Reloading every name after
+    # each write took 27 ms a recall on a tenant of 41k names. And the entities no memory
+    # mentions have an index of their own: a deletion removes them, and finding them walked
+    # every entity of the tenant (18 ms a forget there).
     """
     CREATE INDEX entities_recent ON entities (tenant, id);
     CREATE INDEX entities_unmentioned ON entities (tenant) WHERE mention_count = 0;
