@@ -96,7 +96,7 @@ def main() -> None:
 
 SYLLABLES = "ka lo ve rin ta mo su zer an el dri pho qua nix bel tor".split()
 NAMES = 16**5  # distinct made-up names
-FORGOTTEN = 900_000  # the made-up people of the timed turns: past any --names'
+FORGOTTEN = 900_000  # the made-up people of the timed turns: past any --names
 
 
 def made_up(index: int) -> str:

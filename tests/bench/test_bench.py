@@ -89,7 +89,7 @@ def test_the_complex_limit_counts_what_does_not_fan_out(doc: dict[str, Any]) -> 
 
 def test_each_session_opened_every_arm_once(doc: dict[str, Any]) -> None:
     for name, session in doc["sessions"].items():
-        assert sorted(session["opened"]) == sorted(ARMS), name  # the runner shuffled them
+        assert sorted(session["opened"]) == sorted(ARMS), name  # each opened once, recorded
 
 
 def test_baseline_ratio_is_one(doc: dict[str, Any]) -> None:
@@ -282,8 +282,8 @@ def test_the_arms_open_in_a_shuffled_order_and_come_back_as_asked(
     from athena.memory import Memory
 
     seeds = [f"{store}/{embedder}" for store in STORES for embedder in ("static", "transformer")]
-    assert len({opening_order(ARMS, seed)[-1] for seed in seeds}) > 1  # no arm always last
-    assert opening_order(ARMS, "s") == opening_order(ARMS, "s")  # a run repeats
+    assert len({opening_order(ARMS, seed)[-1] for seed in seeds}) > 1  # not one arm last
+    assert opening_order(ARMS, "s") == opening_order(ARMS, "s")  # one seed, one order
     db = tmp_path / "arms.db"
     with Memory(db) as memory:
         memory.remember("Ann plays the cello.", tenant="t")

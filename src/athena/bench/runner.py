@@ -21,15 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from athena.bench import loadgen, oracle
-from athena.bench.arms import (
-    ARMS,
-    EXECUTING,
-    Arm,
-    open_arms,
-    summarise,
-    wait_for_pools,
-    warm_up,
-)
+from athena.bench.arms import ARMS, EXECUTING, Arm, open_arms, summarise, wait_for_pools, warm_up
 from athena.bench.report import Session, write
 from athena.bench.scenarios import fit, latency_scenarios
 from athena.bench.workloads import STORES, Store, build_store, working_copy
