@@ -64,15 +64,21 @@ def test_reopening_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
     s2.close()
 
 
-def test_version_2_file_gains_the_change_feed(tmp_path: Path) -> None:
+def older_file(path: Path, version: int) -> sqlite3.Connection:
+    """A connection to a new file at schema ``version``, as that release left it."""
     from athena.store.schema import MIGRATIONS, _split
 
-    path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    for number in (0, 1):  # the file as the previous release left it
-        for statement in _split(MIGRATIONS[number]):
+    for migration in MIGRATIONS[:version]:
+        for statement in _split(migration):
             conn.execute(statement)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
+def test_version_2_file_gains_the_change_feed(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = older_file(path, 2)
     conn.execute(
         "INSERT INTO memories (tenant, layer, key, kind, text, created_at, updated_at, scope)"
         " VALUES ('t', 'episodic', 'k', 'turn', 'an old memory', 0, 0, 's')"
@@ -90,14 +96,8 @@ def test_version_2_file_gains_the_change_feed(tmp_path: Path) -> None:
 
 
 def test_version_5_file_gains_the_mentions_event_times(tmp_path: Path) -> None:
-    from athena.store.schema import MIGRATIONS, _split
-
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    for number in range(5):  # the file as the previous release left it
-        for statement in _split(MIGRATIONS[number]):
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 5")
+    conn = older_file(path, 5)
     for memory_id, when in ((1, 7.0), (2, None), (3, 9.0)):
         conn.execute(
             "INSERT INTO memories (id, tenant, layer, key, kind, text, event_time, created_at,"
@@ -184,14 +184,8 @@ def test_memory_count_follows_every_write(
 
 
 def test_an_older_file_opened_read_only_is_refused_not_misread(tmp_path: Path) -> None:
-    from athena.store.schema import MIGRATIONS, _split
-
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    for number in range(5):
-        for statement in _split(MIGRATIONS[number]):
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 5")
+    conn = older_file(path, 5)
     conn.commit()
     conn.close()
     with pytest.raises(StoreReadOnly, match="schema version 5"):
@@ -278,14 +272,8 @@ def test_mentioning_is_newest_event_first_and_follows_event_time_changes(
 
 
 def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
-    from athena.store.schema import MIGRATIONS, _split
-
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    for number in range(6):  # the file as the previous release left it
-        for statement in _split(MIGRATIONS[number]):
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 6")
+    conn = older_file(path, 6)
     for entity_id, tenant, norm in ((1, "t", "ann"), (2, "u", "bo"), (3, "t", "cy")):
         conn.execute(
             "INSERT INTO entities (id, tenant, norm, name) VALUES (?, ?, ?, ?)",
