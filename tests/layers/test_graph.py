@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from athena import Memory
 from athena.layers.graph import UBIQUITY, Names, read_names
-from athena.store import PreparedMemory, SQLiteStore
+from athena.store import EntityChanges, EntityNames, PreparedMemory, SQLiteStore
 
 POOL = ("Ann", "Bo", "Cy", "Dee", "Eli", "Fay")
 
@@ -103,7 +104,7 @@ _TENANTS = itertools.count()
 @given(
     ops=st.lists(
         st.tuples(
-            st.sampled_from(["put", "put", "text", "delete", "read"]),
+            st.sampled_from(["put", "put", "text", "delete", "read", "other", "full"]),
             st.integers(0, 4),  # which memory (key)
             st.lists(st.sampled_from(POOL), min_size=1, max_size=3),
         ),
@@ -113,16 +114,21 @@ _TENANTS = itertools.count()
 def test_names_read_incrementally_are_a_full_read(
     store: SQLiteStore, ops: list[tuple[str, int, list[str]]]
 ) -> None:
-    """Whatever writes, rewrites and deletions came between two reads (deleting the newest
-    entity lets its id be taken again), the names held are exactly the tenant's, and a read
-    past a deletion starts over."""
+    """Whatever writes, rewrites and deletions came between two reads, in this tenant and
+    another (deleting the file's newest entities lets their ids be taken again, below the
+    largest id read), the names held are exactly the tenant's."""
     tenant = f"h{next(_TENANTS)}"  # one store for every example: each its own tenant
     put(store, f"{tenant}-other", "k", ["Zed"])  # another tenant's names never show
     stored: dict[str, int] = {}
+    others: dict[str, int] = {}
     held = read_names(store, tenant, None)
     for op, which, names in ops:
         key = f"k{which}"
-        if op == "put":
+        if op == "other" and key in others:
+            store.delete(f"{tenant}-other", [others.pop(key)])
+        elif op == "other":
+            others[key] = put(store, f"{tenant}-other", key, names)
+        elif op == "put":
             stored[key] = put(store, tenant, key, names)
         elif op == "text" and key in stored:
             store.delete(tenant, [stored.pop(key)])
@@ -130,13 +136,37 @@ def test_names_read_incrementally_are_a_full_read(
         elif op == "delete" and key in stored:
             store.delete(tenant, [stored.pop(key)])
             assert unmentioned(store, tenant) == 0  # a deletion leaves no entity unmentioned
-        else:
-            held = read_names(store, tenant, held)
+        else:  # a full read now and then, so the names held are not all recent ones
+            held = read_names(store, tenant, None if op == "full" else held)
             assert held_names(held) == all_names(store, tenant)
             assert len(held) == len(all_names(store, tenant))
-            assert held.last_id == store.entity_names(tenant).last_id
+            assert (held.deletions, held.last_id) == astuple(store.entity_names(tenant))[:2]
     held = read_names(store, tenant, held)
     assert held_names(held) == all_names(store, tenant)
+
+
+@given(
+    first=st.frozensets(st.sampled_from(POOL)),
+    steps=st.lists(st.tuples(st.frozensets(st.sampled_from(POOL)), st.sets(st.sampled_from(POOL)))),
+    merge_at=st.integers(0, 3),
+)
+def test_names_changed_step_by_step_hold_what_a_set_would(
+    first: frozenset[str], steps: list[tuple[frozenset[str], set[str]]], merge_at: int
+) -> None:
+    """Each step removes names and (re)adds others, as a read of the change log gives them;
+    the names held, and their count, are a plain set's, whether or not the small sets were
+    merged into the large one."""
+    import athena.layers.graph as graph
+
+    model = set(first)
+    names = Names.read(EntityNames(0, 1, first))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(graph, "MERGE_AT", merge_at)
+        for number, (removed, added) in enumerate(steps, start=1):
+            model = (model - removed) | added
+            names = names.changed(EntityChanges(number, 1, frozenset(added), removed, True))
+            assert {name for name in POOL if name in names} == model
+            assert len(names) == len(model)
 
 
 def test_a_reused_entity_id_is_not_missed(store: SQLiteStore) -> None:
@@ -151,8 +181,40 @@ def test_a_reused_entity_id_is_not_missed(store: SQLiteStore) -> None:
     assert held_names(held) == {"ann", "bo", "dee"}
     store.delete("t", [first])
     assert held_names(read_names(store, "t", held)) == {"bo", "dee"}
-    assert store.entity_names("t").deletions == 2
-    assert store.entity_names("t", newest).names == {"dee"}
+    assert store.entity_names("t").deletions == 3  # Cy went, its id given again, Ann went
+
+
+def test_an_id_given_again_below_the_largest_read_is_not_missed(store: SQLiteStore) -> None:
+    put(store, "t", "a", ["Ann"])
+    other = put(store, "u", "z", ["Zed"])
+    newest = put(store, "t", "b", ["Bo"])  # entity ids: Ann, Zed (u's), Bo
+    held = read_names(store, "t", None)
+    store.delete("u", [other])
+    store.delete("t", [newest])  # the file's two newest entities go
+    put(store, "t", "c", ["Cy"])  # and Cy takes Zed's id, below the largest t's reader saw
+    now = store.entity_names("t")
+    assert now.last_id < held.last_id and now.names == {"ann", "cy"}
+    assert held_names(read_names(store, "t", held)) == {"ann", "cy"}
+
+
+def test_names_read_past_a_pruned_change_log_are_read_again(store: SQLiteStore) -> None:
+    put(store, "t", "a", ["Ann"])
+    held = read_names(store, "t", None)
+    conn = sqlite3.connect(store.path)  # 1,300 entities come and go
+    for i in range(1300):
+        conn.execute("INSERT INTO entities (tenant, norm, name) VALUES ('t', ?, 'x')", (f"n{i}",))
+        conn.execute("DELETE FROM entities WHERE norm = ?", (f"n{i}",))
+    conn.commit()
+    logged = conn.execute("SELECT count(*), min(seq) FROM entity_changes WHERE tenant = 't'")
+    count, first = logged.fetchone()
+    conn.close()
+    now = store.entity_names("t")
+    assert 1024 <= count < 1280 and first == now.deletions - count + 1  # the newest kept
+    assert not store.entity_changes("t", held.last_id, held.deletions).complete
+    assert store.entity_changes("t", held.last_id, first - 1).complete
+    again = read_names(store, "t", held)
+    assert held_names(again) == {"ann"} and len(again) == 1
+    assert (again.last_id, again.deletions) == (now.last_id, now.deletions)
 
 
 def test_recall_finds_a_name_first_written_after_the_last_recall(memory: Memory) -> None:

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
-from athena.store import EntityNames, PreparedMemory, RowFilter, SQLiteStore
+from athena.store import EntityChanges, EntityNames, PreparedMemory, RowFilter, SQLiteStore
 from athena.store.connection import translate
 from athena.store.schema import SCHEMA_VERSION
-from athena.store.sql_reads import ENTITY_NAMES, ENTITY_NAMES_AFTER
+from athena.store.sql_reads import ENTITY_CHANGES, ENTITY_NAMES
 from athena.store.sql_writes import UNMENTIONED
 
 
@@ -271,7 +271,32 @@ def test_mentioning_is_newest_event_first_and_follows_event_time_changes(
     assert store.mentioning("t", [maria, jon], 10) == _mentions_joined(store, [maria, jon], 10)
 
 
-def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
+def logged(
+    deletions: int, last_id: int, names: set[str], removed: set[str] | None = None
+) -> EntityChanges:
+    return EntityChanges(deletions, last_id, frozenset(names), frozenset(removed or ()), True)
+
+
+def test_version_7_file_logs_changes_from_its_count(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = older_file(path, 7)
+    conn.execute("INSERT INTO entities (id, tenant, norm, name) VALUES (4, 't', 'ann', 'Ann')")
+    conn.execute("DELETE FROM entities WHERE id = 4")  # counted, not logged
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(path)
+    try:  # a reader at that count saw no entity
+        assert s.entity_changes("t", 0, 1) == logged(1, 0, set())  # nothing since the count
+        assert not s.entity_changes("t", 4, 0).complete  # the change before it: not kept
+        [memory_id] = s.put([prepared(key="a", entities=("Bo",))])
+        assert s.entity_changes("t", 0, 1) == logged(1, 1, {"bo"})
+        s.delete("t", [memory_id])
+        assert s.entity_changes("t", 1, 1) == logged(2, 0, set(), {"bo"})
+    finally:
+        s.close()
+
+
+def test_version_6_file_counts_and_logs_entity_changes(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = older_file(path, 6)
     for entity_id, tenant, norm in ((1, "t", "ann"), (2, "u", "bo"), (3, "t", "cy")):
@@ -284,13 +309,14 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
     s = SQLiteStore(path)
     try:
         assert s.entity_names("t") == EntityNames(0, 3, frozenset({"ann", "cy"}))
-        assert s.entity_names("t", 1) == EntityNames(0, 3, frozenset({"cy"}))
-        assert s.entity_names("t", 3) == EntityNames(0, 3, frozenset())
+        assert s.entity_changes("t", 1, 0) == logged(0, 3, {"cy"})
+        assert s.entity_changes("t", 3, 0).names == frozenset()
         assert s.entity_names("nobody") == EntityNames(0, 0, frozenset())
     finally:
         s.close()
     conn = sqlite3.connect(path)
-    # A writer that knows nothing of schema 7: the triggers count what it removes or renames.
+    # A writer that knows nothing of schemas 7-8: the triggers count and log what it removes
+    # or renames.
     conn.execute("DELETE FROM entities WHERE id = 3")
     conn.execute("UPDATE entities SET norm = 'anne' WHERE id = 1")
     conn.execute("UPDATE entities SET name = 'Bob' WHERE id = 2")  # a display name: no count
@@ -303,6 +329,10 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
         assert s.entity_names("t") == EntityNames(2, 1, frozenset({"anne"}))
         assert s.entity_names("u") == EntityNames(0, 2, frozenset({"bo"}))
         assert s.entity_names("v") == EntityNames(1, 7, frozenset({"fay", "eve"}))  # 5 below 7
+        # The log since a read that saw Ann and Cy: Cy's id and Ann's are read again.
+        assert s.entity_changes("t", 3, 0) == logged(2, 1, {"anne"}, {"ann", "cy"})
+        assert s.entity_changes("v", 7, 0) == logged(1, 7, {"fay"})
+        assert s.entity_changes("t", 3, 1).removed == {"ann"}  # the rename alone
     finally:
         s.close()
     conn = sqlite3.connect(path)
@@ -311,13 +341,15 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
     plans = [
         conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
         for sql, params in (
-            (ENTITY_NAMES_AFTER, ("t", 5)),
+            (ENTITY_CHANGES, ("t", 5, 2)),
             (ENTITY_NAMES, ("t",)),
             (UNMENTIONED, ("t",)),
         )
     ]  # the statements the store runs
     conn.close()
     assert "entities_recent (tenant=? AND id>?)" in str(plans[0])  # past that id alone
+    assert str(plans[0]).count("PRIMARY KEY (tenant=? AND seq>?)") == 2  # the log since
+    assert "INTEGER PRIMARY KEY (rowid=?)" in str(plans[0])  # a logged id
     assert "COVERING INDEX sqlite_autoindex_entities_1 (tenant=?)" in str(plans[1])  # no rows
     assert "TEMP B-TREE" not in str(plans[:2])  # nothing sorted
     assert "entities_unmentioned" in str(plans[2])  # the unmentioned alone, not every entity
@@ -325,6 +357,8 @@ def test_version_6_file_counts_entity_deletions(tmp_path: Path) -> None:
     try:
         assert s.entity_names("t") == EntityNames(3, 2, frozenset({"anne", "bo"}))
         assert s.entity_names("u") == EntityNames(1, 0, frozenset())
+        assert s.entity_changes("t", 1, 2) == logged(3, 2, {"bo"})
+        assert s.entity_changes("u", 2, 0) == logged(1, 0, set(), {"bo"})
     finally:
         s.close()
     s = SQLiteStore(path)

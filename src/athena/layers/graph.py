@@ -15,11 +15,11 @@ from athena.errors import InvalidInput
 from athena.layers.extraction import query_entities
 from athena.layers.protocol import LayerContext, Prepared, SearchRequest
 from athena.records import MemoryInput
-from athena.store.protocol import EntityNames, Store
+from athena.store.protocol import EntityChanges, EntityNames, Store
 
 NEIGHBOUR_WEIGHT: Final = 0.5
 MAX_NEIGHBOURS: Final = 10
-MERGE_AT: Final = 256  # names added since a full read kept apart (more for many names)
+MERGE_AT: Final = 256  # names changed since a full read kept apart (more for many names)
 # An entity in more than this share of a tenant's memories (the agent's user, the speaker of
 # every turn) says nothing about which memory a query wants; it neither matches nor expands.
 UBIQUITY: Final = 0.05
@@ -113,50 +113,64 @@ class Names:
     membership tests only (:func:`~athena.layers.extraction.query_entities`).
 
     Immutable: a newer snapshot is a new object sharing the old one's sets. Names added
-    since sit in a small set beside the large one, merged into it once they outgrow a share
-    of it, so a write's one or two new names cost a copy of that small set, not of all.
+    since sit in a small set beside the large one, and names the large one holds that went
+    in another small set, merged into it once they outgrow a share of it, so a write's or a
+    forget's one or two names cost a copy of a small set, not of all.
 
-    >>> from athena.store import EntityNames
+    >>> from athena.store import EntityChanges, EntityNames
     >>> names = Names.read(EntityNames(0, 4, frozenset({"ann", "bo"})))
-    >>> later = names.extended(EntityNames(0, 7, frozenset({"cy"})))
-    >>> "cy" in later, "cy" in names, "ann" in later, len(later), later.last_id
-    (True, False, True, 3, 7)
+    >>> later = names.changed(EntityChanges(1, 7, frozenset({"cy"}), frozenset({"bo"}), True))
+    >>> "cy" in later, "cy" in names, "ann" in later, "bo" in later, len(later), later.last_id
+    (True, False, True, False, 2, 7)
     """
 
-    __slots__ = ("_base", "_recent", "deletions", "last_id")
+    __slots__ = ("_base", "_gone", "_recent", "deletions", "last_id")
 
     def __init__(
-        self, base: frozenset[str], recent: frozenset[str], last_id: int, deletions: int
+        self,
+        base: frozenset[str],
+        recent: frozenset[str],
+        gone: frozenset[str],
+        last_id: int,
+        deletions: int,
     ) -> None:
-        self._base, self._recent = base, recent
+        # Names in recent are not in base; names in gone are in base, and not held.
+        self._base, self._recent, self._gone = base, recent, gone
         self.last_id, self.deletions = last_id, deletions
 
     @classmethod
     def read(cls, read: EntityNames) -> Names:
-        """Every name, from a read that started at id 0."""
-        return cls(read.names, frozenset(), read.last_id, read.deletions)
+        """Every name, from a full read."""
+        return cls(read.names, frozenset(), frozenset(), read.last_id, read.deletions)
 
-    def extended(self, read: EntityNames) -> Names:
-        """These names and those of ``read`` (the entities past :attr:`last_id`, with no
-        deletion since these were read: ``read.deletions == self.deletions``)."""
-        if not read.names:
+    def changed(self, read: EntityChanges) -> Names:
+        """These names changed by ``read`` (complete, and read since these were)."""
+        same = (read.last_id, read.deletions) == (self.last_id, self.deletions)
+        if same and not read.names and not read.removed:
             return self
-        recent = self._recent | read.names
         base = self._base
-        if len(recent) > max(MERGE_AT, 4 * math.isqrt(len(base))):
-            base, recent = base | recent, frozenset()
-        return Names(base, recent, read.last_id, self.deletions)
+        recent = self._recent - read.removed
+        gone = self._gone | (read.removed & base)
+        if read.names:
+            recent |= read.names - base
+            gone -= read.names
+        if len(recent) + len(gone) > max(MERGE_AT, 4 * math.isqrt(len(base))):
+            base, recent, gone = (base - gone) | recent, frozenset(), frozenset()
+        return Names(base, recent, gone, read.last_id, read.deletions)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._base or name in self._recent
+        if name in self._base:
+            return name not in self._gone
+        return name in self._recent
 
     def __len__(self) -> int:
-        return len(self._base) + len(self._recent)
+        return len(self._base) - len(self._gone) + len(self._recent)
 
 
 def read_names(store: Store, tenant: str, held: Names | None) -> Names:
-    """``tenant``'s entity names now: those added since ``held`` was read, beside it, or
-    all of them again if there is nothing held or an entity was deleted since.
+    """``tenant``'s entity names now: ``held`` changed by what the store logged since it
+    was read, or all of them again if there is nothing held or the store no longer keeps
+    every change since.
 
     >>> import tempfile, os
     >>> from athena.store import SQLiteStore
@@ -167,7 +181,10 @@ def read_names(store: Store, tenant: str, held: Names | None) -> Names:
     >>> store.close()
     """
     if held is not None:
-        read = store.entity_names(tenant, held.last_id)
-        if read.deletions == held.deletions and read.last_id >= held.last_id:
-            return held.extended(read)  # (a smaller largest id: not the file read before)
+        read = store.entity_changes(tenant, held.last_id, held.deletions)
+        if read.complete and (
+            read.deletions > held.deletions
+            or (read.deletions == held.deletions and read.last_id >= held.last_id)
+        ):  # (a count gone down, or a smaller largest id with none: not the file read)
+            return held.changed(read)
     return Names.read(store.entity_names(tenant))

@@ -1,6 +1,7 @@
 """Storage: the :class:`Store` seam and its embedded SQLite implementation."""
 
 from athena.store.protocol import (
+    EntityChanges,
     EntityNames,
     MemoryRow,
     PreparedMemory,
@@ -11,6 +12,7 @@ from athena.store.protocol import (
 from athena.store.sqlite import SQLiteStore
 
 __all__ = [
+    "EntityChanges",
     "EntityNames",
     "MemoryRow",
     "PreparedMemory",

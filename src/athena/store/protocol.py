@@ -112,12 +112,25 @@ class VectorBatch:
 
 @dataclass(frozen=True, slots=True)
 class EntityNames:
-    """A tenant's entities newer than some id, and its count of entity deletions, read in
-    one snapshot (:meth:`Store.entity_names`)."""
+    """A tenant's entity names, its count of entity changes and its largest entity id, read
+    in one snapshot (:meth:`Store.entity_names`)."""
 
     deletions: int  # only grows: names read at an equal count are all still there
     last_id: int  # the tenant's largest entity id (0: it has none)
     names: frozenset[str]  # normalised names
+
+
+@dataclass(frozen=True, slots=True)
+class EntityChanges:
+    """How a tenant's entity names changed since a read of them, read in one snapshot
+    (:meth:`Store.entity_changes`): names read before, less :attr:`removed`, plus
+    :attr:`names`, are the names now, if :attr:`complete`."""
+
+    deletions: int  # the count of changes now
+    last_id: int  # the largest entity id now
+    names: frozenset[str]  # now: of the entities past the id read, or changed since
+    removed: frozenset[str]  # the names changed entities had (some may be back in names)
+    complete: bool  # False: the store no longer keeps every change since; read them all
 
 
 class Store(Protocol):
@@ -204,15 +217,18 @@ class Store(Protocol):
     def memory_count(self, tenant: str) -> int:
         """How many memories ``tenant`` holds, every layer (0: none), read in O(1)."""
 
-    def entity_names(self, tenant: str, after: int = 0) -> EntityNames:
-        """The normalised names of ``tenant``'s entities with an id above ``after`` (all of
-        them at 0), the tenant's largest entity id, and a count that moves whenever one of
-        its entities is deleted, renamed, moved in or out, or given an id below its largest;
-        read in one snapshot.
+    def entity_names(self, tenant: str) -> EntityNames:
+        """The normalised names of ``tenant``'s entities, its largest entity id, and a count
+        that moves whenever one of its entities is deleted, renamed, moved in or out, or
+        given an id a reader may have seen; read in one snapshot."""
 
-        While that count stands, a tenant's new entities take ids above all its others;
-        once it moves, an id may have been reused, so a caller holding names read before
-        must read them all again."""
+    def entity_changes(self, tenant: str, after: int, since: int) -> EntityChanges:
+        """How ``tenant``'s names changed since a read of them that saw ids up to ``after``
+        and ``since`` changes: the names of its entities past ``after`` or changed since,
+        the names the changed ones had, and whether every change since is still kept (if
+        not, read them all). While the count stands, new entities take ids above all the
+        tenant's others; a changed entity, and an id a reader may have seen given again,
+        are among the changes."""
 
     def stats(self, tenant: str | None) -> dict[str, Any]:
         """Counts per layer (and tenants), for one tenant or all."""

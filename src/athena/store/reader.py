@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from athena.store import sql_reads as reads
 from athena.store.connection import Readers, translate, translated
-from athena.store.protocol import EntityNames, MemoryRow, RowFilter, VectorBatch
+from athena.store.protocol import EntityChanges, EntityNames, MemoryRow, RowFilter, VectorBatch
 from athena.store.wal_watch import WalGate
 
 T = TypeVar("T")
@@ -118,8 +118,11 @@ class SQLiteReader:
     def memory_count(self, tenant: str) -> int:
         return self._read(reads.memory_count, tenant)
 
-    def entity_names(self, tenant: str, after: int = 0) -> EntityNames:
-        return self._read(reads.entity_names, tenant, after)
+    def entity_names(self, tenant: str) -> EntityNames:
+        return self._read(reads.entity_names, tenant)
+
+    def entity_changes(self, tenant: str, after: int, since: int) -> EntityChanges:
+        return self._read(reads.entity_changes, tenant, after, since)
 
     def stats(self, tenant: str | None) -> dict[str, Any]:
         return self._read(reads.stats, tenant)

@@ -275,6 +275,56 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         ON CONFLICT (tenant) DO UPDATE SET deleted = deleted + 1;
     END;
     """,
+    # 8: what each counted change was, kept for the last 1,024-1,279 changes of a tenant
+    # (pruned 256 at a time): the entity's id, read again, and the name it had, which may
+    # have gone. The graph layer then applies the changes since its count instead of reading
+    # every name again (22 ms the first recall after a forget, on a tenant of 41k names).
+    # SQLite may give a removed entity's id to a new one, below the largest id a reader
+    # saw: an insert at or below the largest id the tenant ever lost is counted and logged
+    # too (``removed_max``), so a reused id is always one the log names.
+    """
+    ALTER TABLE entity_deletions ADD COLUMN removed_max INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE entity_changes (
+        tenant TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        entity_id INTEGER NOT NULL,
+        norm TEXT,
+        PRIMARY KEY (tenant, seq)
+    ) WITHOUT ROWID;
+    CREATE VIEW entity_change_log (tenant, entity_id, norm) AS
+        SELECT tenant, entity_id, norm FROM entity_changes;
+    CREATE TRIGGER entity_change_log_ii INSTEAD OF INSERT ON entity_change_log BEGIN
+        INSERT INTO entity_deletions (tenant, deleted, removed_max)
+        VALUES (new.tenant, 1, CASE WHEN new.norm IS NULL THEN 0 ELSE new.entity_id END)
+        ON CONFLICT (tenant) DO UPDATE SET
+            deleted = deleted + 1, removed_max = max(removed_max, excluded.removed_max);
+        INSERT INTO entity_changes (tenant, seq, entity_id, norm)
+        SELECT new.tenant, deleted, new.entity_id, new.norm
+        FROM entity_deletions WHERE tenant = new.tenant;
+        DELETE FROM entity_changes WHERE tenant = new.tenant AND seq <=
+            (SELECT deleted - 1024 FROM entity_deletions
+             WHERE tenant = new.tenant AND deleted % 256 = 0);
+    END;
+    DROP TRIGGER entity_deletions_ad;
+    DROP TRIGGER entity_deletions_au;
+    DROP TRIGGER entity_deletions_ai;
+    CREATE TRIGGER entity_deletions_ad AFTER DELETE ON entities BEGIN
+        INSERT INTO entity_change_log VALUES (old.tenant, old.id, old.norm);
+    END;
+    CREATE TRIGGER entity_deletions_au AFTER UPDATE OF id, tenant, norm ON entities
+    WHEN old.id IS NOT new.id OR old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm
+    BEGIN
+        INSERT INTO entity_change_log VALUES (old.tenant, old.id, old.norm);
+        INSERT INTO entity_change_log SELECT new.tenant, new.id, NULL
+        WHERE new.id IS NOT old.id OR new.tenant IS NOT old.tenant;
+    END;
+    CREATE TRIGGER entity_deletions_ai AFTER INSERT ON entities
+    WHEN new.id < (SELECT max(id) FROM entities WHERE tenant = new.tenant)
+        OR new.id <= (SELECT removed_max FROM entity_deletions WHERE tenant = new.tenant)
+    BEGIN
+        INSERT INTO entity_change_log VALUES (new.tenant, new.id, NULL);
+    END;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
