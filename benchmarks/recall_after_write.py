@@ -13,10 +13,10 @@ generations, so the recall cannot be a cache hit, and every index it reads (vect
 postings, the graph's entity names and memory count) first catches up with the write. It
 prints p50, mean and p90 of the recalls and the remembers, then of forgetting those turns
 one at a time, each forget followed by its question again (a forget removes the entities
-no memory mentions any more, here the turn's new person, so the graph layer reads all of
-the tenant's names again at that recall). That recall asks a question asked before, so its
-query embedding is cached, unlike most recalls after a write (with the static model, tens
-of µs). Until the recall after a forget was added, the turns named only Caroline.
+no memory mentions any more, here the turn's new person; until schema 8 the graph layer
+then read all of the tenant's names again, now it applies the logged change). That recall
+asks a question asked before, so its query embedding is cached, unlike most recalls after
+a write (with the static model, tens of µs). Until the recall after a forget was added, the turns named only Caroline.
 To compare two engines, run it from each one's checkout in alternating processes
 (``PYTHONPATH=<checkout>/src python benchmarks/recall_after_write.py --out DIR``, a separate
 ``DIR`` each, with ``DIR/stores`` a link to the same stores), swapping which goes first.
