@@ -16,7 +16,8 @@ one at a time, each forget followed by its question again (a forget removes the 
 no memory mentions any more, here the turn's new person; until schema 8 the graph layer
 then read all of the tenant's names again, now it applies the logged change). That recall
 asks a question asked before, so its query embedding is cached, unlike most recalls after
-a write (with the static model, tens of µs). Until the recall after a forget was added, the turns named only Caroline.
+a write (with the static model, tens of µs). Until the recall after a forget was added,
+the turns named only Caroline.
 To compare two engines, run it from each one's checkout in alternating processes
 (``PYTHONPATH=<checkout>/src python benchmarks/recall_after_write.py --out DIR``, a separate
 ``DIR`` each, with ``DIR/stores`` a link to the same stores), swapping which goes first.
