@@ -241,3 +241,62 @@ def test_a_layer_shared_by_two_stores_keeps_each_ones_names(tmp_path: Path) -> N
         y.remember("Zorvak walked to the lake.", tenant="t")  # ids below x's newest
         found = y.recall("Who is Zorvak?", tenant="t", **graph)  # type: ignore[arg-type]
         assert [hit.text for hit in found.hits] == ["Zorvak walked to the lake."]
+
+
+def entity(entity_id: int | None, tenant: str, norm: str) -> str:
+    """``INTO entities ...`` for an INSERT, the id given or (None) SQLite's."""
+    if entity_id is None:
+        return f"INTO entities (tenant, norm, name) VALUES ('{tenant}', '{norm}', 'x')"
+    return f"INTO entities (id, tenant, norm, name) VALUES ({entity_id}, '{tenant}', '{norm}', 'x')"
+
+
+@pytest.mark.parametrize(
+    ("before", "between"),
+    [
+        ([], ["INSERT " + entity(0, "t", "zero")]),  # an id of 0 in a tenant with none
+        (  # a REPLACE displaces the row at its id: no delete trigger fires
+            ["INSERT " + entity(1, "t", "a"), "INSERT " + entity(2, "t", "ann")],
+            ["INSERT OR REPLACE " + entity(2, "t", "bob")],
+        ),
+        (  # an update's REPLACE displaces the newest entity, whose id is then reused
+            ["INSERT " + entity(1, "t", "a"), "INSERT " + entity(2, "t", "b")],
+            [
+                "UPDATE OR REPLACE entities SET norm = 'b' WHERE id = 1",
+                "INSERT " + entity(None, "t", "c"),
+            ],
+        ),
+        (  # the newest entity moved by its rowid, then its id reused
+            ["INSERT " + entity(1, "t", "a"), "INSERT " + entity(2, "t", "b")],
+            ["UPDATE entities SET rowid = 0 WHERE id = 2", "INSERT " + entity(None, "t", "c")],
+        ),
+        (  # the same by its other names
+            ["INSERT " + entity(1, "t", "a"), "INSERT " + entity(2, "t", "b")],
+            [
+                "UPDATE entities SET _rowid_ = 0 WHERE id = 2",
+                "UPDATE entities SET oid = 2 WHERE id = 0",
+                "UPDATE entities SET oid = -1 WHERE id = 2",
+                "INSERT " + entity(None, "t", "c"),
+            ],
+        ),
+        (  # another tenant's entity displaced by one of this tenant's
+            ["INSERT " + entity(1, "u", "a"), "INSERT " + entity(2, "t", "b")],
+            ["INSERT OR REPLACE " + entity(1, "t", "x")],
+        ),
+    ],
+)
+def test_a_raw_writers_changes_are_logged(
+    store: SQLiteStore, before: list[str], between: list[str]
+) -> None:
+    """Writers other than Athena (raw SQL), in ways SQLite fires no plain trigger for."""
+    conn = sqlite3.connect(store.path)
+    for sql in before:
+        conn.execute(sql)
+    conn.commit()
+    held = read_names(store, "t", None)
+    for sql in between:
+        conn.execute(sql)
+    conn.commit()
+    conn.close()
+    held = read_names(store, "t", held)
+    assert {name for name in all_names(store, "t") if name in held} == all_names(store, "t")
+    assert len(held) == len(all_names(store, "t"))

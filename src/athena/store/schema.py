@@ -280,8 +280,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # have gone. The graph layer then applies the changes since its count instead of reading
     # every name again (22 ms the first recall after a forget, on a tenant of 41k names).
     # SQLite may give a removed entity's id to a new one, below the largest id a reader
-    # saw: an insert at or below the largest id the tenant ever lost is counted and logged
-    # too (``removed_max``), so a reused id is always one the log names.
+    # saw: an insert at or below the largest id the tenant ever lost (or at an id <= 0) is
+    # counted and logged too (``removed_max``), so a reused id is always one the log names.
+    # A row another writer's REPLACE displaces fires no delete trigger (recursive_triggers
+    # is off), so the BEFORE triggers log the row an insert's id or an update's id or name
+    # would displace (a plain conflict aborts the statement, log and all). Not caught: an
+    # INSERT OR REPLACE displacing a row by its (tenant, norm), the name it puts back the
+    # same; Athena writes no REPLACE. The update triggers list rowid, _rowid_ and oid beside
+    # id: ``UPDATE OF id`` does not fire for ``SET rowid = ...``.
     """
     ALTER TABLE entity_deletions ADD COLUMN removed_max INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE entity_changes (
@@ -311,7 +317,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE TRIGGER entity_deletions_ad AFTER DELETE ON entities BEGIN
         INSERT INTO entity_change_log VALUES (old.tenant, old.id, old.norm);
     END;
-    CREATE TRIGGER entity_deletions_au AFTER UPDATE OF id, tenant, norm ON entities
+    CREATE TRIGGER entity_deletions_au
+    AFTER UPDATE OF id, tenant, norm, rowid, _rowid_, oid ON entities
     WHEN old.id IS NOT new.id OR old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm
     BEGIN
         INSERT INTO entity_change_log VALUES (old.tenant, old.id, old.norm);
@@ -320,9 +327,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     END;
     CREATE TRIGGER entity_deletions_ai AFTER INSERT ON entities
     WHEN new.id < (SELECT max(id) FROM entities WHERE tenant = new.tenant)
-        OR new.id <= (SELECT removed_max FROM entity_deletions WHERE tenant = new.tenant)
+        OR new.id <= coalesce(
+            (SELECT removed_max FROM entity_deletions WHERE tenant = new.tenant), 0)
     BEGIN
         INSERT INTO entity_change_log VALUES (new.tenant, new.id, NULL);
+    END;
+    CREATE TRIGGER entity_displaced_bi BEFORE INSERT ON entities
+    WHEN EXISTS (SELECT 1 FROM entities WHERE id = new.id) BEGIN
+        INSERT INTO entity_change_log SELECT tenant, id, norm FROM entities WHERE id = new.id;
+    END;
+    CREATE TRIGGER entity_displaced_bu
+    BEFORE UPDATE OF id, tenant, norm, rowid, _rowid_, oid ON entities
+    WHEN old.id IS NOT new.id OR old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm
+    BEGIN
+        INSERT INTO entity_change_log SELECT tenant, id, norm FROM entities
+        WHERE (id = new.id OR (tenant = new.tenant AND norm = new.norm)) AND id IS NOT old.id;
     END;
     """,
 )
