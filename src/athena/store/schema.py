@@ -279,17 +279,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # (pruned 256 at a time): the entity's id, read again, and the name it had, which may
     # have gone. The graph layer then applies the changes since its count instead of reading
     # every name again (22 ms the first recall after a forget, on a tenant of 41k names).
-    # SQLite may give a removed entity's id to a new one, below the largest id a reader
-    # saw: an insert at or below the largest id the tenant ever lost (or at an id <= 0) is
-    # counted and logged too (``removed_max``), so a reused id is always one the log names.
-    # A row another writer's REPLACE displaces fires no delete trigger (recursive_triggers
-    # is off), so the BEFORE triggers log the row an insert's id or an update's id or name
-    # would displace (a plain conflict aborts the statement, log and all). Not caught: an
-    # INSERT OR REPLACE displacing a row by its (tenant, norm), the name it puts back the
-    # same; Athena writes no REPLACE. The update triggers list rowid, _rowid_ and oid beside
-    # id: ``UPDATE OF id`` does not fire for ``SET rowid = ...``.
+    # SQLite may give a gone entity's id to a new one, below the largest id a reader saw:
+    # every id that enters a tenant (an insert, a move, a new id) at or below the largest it
+    # ever held (``max_seen``; none held: 0) is counted and logged, so a reused id is always
+    # one the log names. A row another writer's REPLACE displaces fires no delete trigger
+    # (recursive_triggers is off), so the BEFORE triggers log the row an insert's or an
+    # update's id would displace (a plain conflict aborts the statement, log and all); one
+    # displaced by a name leaves that name held, and its id, if reused, enters at or below
+    # ``max_seen``. The update triggers list rowid, _rowid_ and oid beside id:
+    # ``UPDATE OF id`` does not fire for ``SET rowid = ...``. Views with INSTEAD OF triggers
+    # keep each rule in one place.
     """
-    ALTER TABLE entity_deletions ADD COLUMN removed_max INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE entity_deletions ADD COLUMN max_seen INTEGER;
+    INSERT INTO entity_deletions (tenant, deleted, max_seen)
+        SELECT tenant, 0, max(id) FROM entities WHERE true GROUP BY tenant
+        ON CONFLICT (tenant) DO UPDATE SET max_seen = excluded.max_seen;
     CREATE TABLE entity_changes (
         tenant TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -300,16 +304,25 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE VIEW entity_change_log (tenant, entity_id, norm) AS
         SELECT tenant, entity_id, norm FROM entity_changes;
     CREATE TRIGGER entity_change_log_ii INSTEAD OF INSERT ON entity_change_log BEGIN
-        INSERT INTO entity_deletions (tenant, deleted, removed_max)
-        VALUES (new.tenant, 1, CASE WHEN new.norm IS NULL THEN 0 ELSE new.entity_id END)
-        ON CONFLICT (tenant) DO UPDATE SET
-            deleted = deleted + 1, removed_max = max(removed_max, excluded.removed_max);
+        INSERT INTO entity_deletions (tenant, deleted) VALUES (new.tenant, 1)
+        ON CONFLICT (tenant) DO UPDATE SET deleted = deleted + 1;
         INSERT INTO entity_changes (tenant, seq, entity_id, norm)
         SELECT new.tenant, deleted, new.entity_id, new.norm
         FROM entity_deletions WHERE tenant = new.tenant;
         DELETE FROM entity_changes WHERE tenant = new.tenant AND seq <=
             (SELECT deleted - 1024 FROM entity_deletions
              WHERE tenant = new.tenant AND deleted % 256 = 0);
+    END;
+    CREATE VIEW entity_arrivals (tenant, entity_id) AS
+        SELECT tenant, entity_id FROM entity_changes;
+    CREATE TRIGGER entity_arrivals_ii INSTEAD OF INSERT ON entity_arrivals BEGIN
+        INSERT INTO entity_change_log SELECT new.tenant, new.entity_id, NULL
+        WHERE new.entity_id <= coalesce(
+            (SELECT max_seen FROM entity_deletions WHERE tenant = new.tenant), 0);
+        INSERT INTO entity_deletions (tenant, deleted, max_seen)
+        VALUES (new.tenant, 0, new.entity_id)
+        ON CONFLICT (tenant) DO UPDATE SET
+            max_seen = max(coalesce(max_seen, excluded.max_seen), excluded.max_seen);
     END;
     DROP TRIGGER entity_deletions_ad;
     DROP TRIGGER entity_deletions_au;
@@ -322,15 +335,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     WHEN old.id IS NOT new.id OR old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm
     BEGIN
         INSERT INTO entity_change_log VALUES (old.tenant, old.id, old.norm);
-        INSERT INTO entity_change_log SELECT new.tenant, new.id, NULL
+        INSERT INTO entity_arrivals SELECT new.tenant, new.id
         WHERE new.id IS NOT old.id OR new.tenant IS NOT old.tenant;
     END;
-    CREATE TRIGGER entity_deletions_ai AFTER INSERT ON entities
-    WHEN new.id < (SELECT max(id) FROM entities WHERE tenant = new.tenant)
-        OR new.id <= coalesce(
-            (SELECT removed_max FROM entity_deletions WHERE tenant = new.tenant), 0)
-    BEGIN
-        INSERT INTO entity_change_log VALUES (new.tenant, new.id, NULL);
+    CREATE TRIGGER entity_deletions_ai AFTER INSERT ON entities BEGIN
+        INSERT INTO entity_arrivals VALUES (new.tenant, new.id);
     END;
     CREATE TRIGGER entity_displaced_bi BEFORE INSERT ON entities
     WHEN EXISTS (SELECT 1 FROM entities WHERE id = new.id) BEGIN
@@ -341,7 +350,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     WHEN old.id IS NOT new.id OR old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm
     BEGIN
         INSERT INTO entity_change_log SELECT tenant, id, norm FROM entities
-        WHERE (id = new.id OR (tenant = new.tenant AND norm = new.norm)) AND id IS NOT old.id;
+        WHERE id = new.id AND new.id IS NOT old.id;
     END;
     """,
 )
