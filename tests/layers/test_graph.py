@@ -140,7 +140,7 @@ def test_names_read_incrementally_are_a_full_read(
             held = read_names(store, tenant, None if op == "full" else held)
             assert held_names(held) == all_names(store, tenant)
             assert len(held) == len(all_names(store, tenant))
-            assert (held.deletions, held.last_id) == astuple(store.entity_names(tenant))[:2]
+            assert (held.changes, held.last_id) == astuple(store.entity_names(tenant))[:2]
     held = read_names(store, tenant, held)
     assert held_names(held) == all_names(store, tenant)
 
@@ -181,7 +181,7 @@ def test_a_reused_entity_id_is_not_missed(store: SQLiteStore) -> None:
     assert held_names(held) == {"ann", "bo", "dee"}
     store.delete("t", [first])
     assert held_names(read_names(store, "t", held)) == {"bo", "dee"}
-    assert store.entity_names("t").deletions == 3  # Cy went, its id given again, Ann went
+    assert store.entity_names("t").changes == 3  # Cy went, its id given again, Ann went
 
 
 def test_an_id_given_again_below_the_largest_read_is_not_missed(store: SQLiteStore) -> None:
@@ -209,12 +209,12 @@ def test_names_read_past_a_pruned_change_log_are_read_again(store: SQLiteStore) 
     count, first = logged.fetchone()
     conn.close()
     now = store.entity_names("t")
-    assert 1024 <= count < 1280 and first == now.deletions - count + 1  # the newest kept
-    assert not store.entity_changes("t", held.last_id, held.deletions).complete
+    assert 1024 <= count < 1280 and first == now.changes - count + 1  # the newest kept
+    assert not store.entity_changes("t", held.last_id, held.changes).complete
     assert store.entity_changes("t", held.last_id, first - 1).complete
     again = read_names(store, "t", held)
     assert held_names(again) == {"ann"} and len(again) == 1
-    assert (again.last_id, again.deletions) == (now.last_id, now.deletions)
+    assert (again.last_id, again.changes) == (now.last_id, now.changes)
 
 
 def test_recall_finds_a_name_first_written_after_the_last_recall(memory: Memory) -> None:
@@ -254,6 +254,10 @@ def entity(entity_id: int | None, tenant: str, norm: str) -> str:
     ("before", "between"),
     [
         ([], ["INSERT " + entity(0, "t", "zero")]),  # an id of 0 in a tenant with none
+        (  # the same after the tenant held only an id below 0
+            ["INSERT " + entity(-1, "t", "a"), "DELETE FROM entities WHERE id = -1"],
+            ["INSERT " + entity(0, "t", "zero")],
+        ),
         (  # a REPLACE displaces the row at its id: no delete trigger fires
             ["INSERT " + entity(1, "t", "a"), "INSERT " + entity(2, "t", "ann")],
             ["INSERT OR REPLACE " + entity(2, "t", "bob")],

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from athena.layers.graph import Names, read_names
 from athena.store import SQLiteStore
-from athena.store.schema import MIGRATIONS, SCHEMA_VERSION, _split
+from athena.store.schema import SCHEMA_VERSION, migrate
 
 TENANTS = st.sampled_from(["t", "u"])
 NAMES = st.sampled_from([f"n{i}" for i in range(4)])
@@ -38,10 +38,7 @@ class NamesAgainstAnyWriter(RuleBasedStateMachine):
 
     @initialize(version=st.sampled_from([6, 7, SCHEMA_VERSION]))
     def at_version(self, version: int) -> None:
-        for migration in MIGRATIONS[:version]:
-            for statement in _split(migration):
-                self.conn.execute(statement)
-        self.conn.execute(f"PRAGMA user_version = {version}")
+        migrate(self.conn, to=version)
 
     def write(self, sql: str, *args: object) -> None:
         with contextlib.suppress(sqlite3.IntegrityError):  # aborted: its triggers' writes too

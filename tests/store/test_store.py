@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
 from athena.store import EntityChanges, EntityNames, PreparedMemory, RowFilter, SQLiteStore
 from athena.store.connection import translate
-from athena.store.schema import SCHEMA_VERSION
+from athena.store.schema import SCHEMA_VERSION, migrate
 from athena.store.sql_reads import ENTITY_CHANGES, ENTITY_NAMES
 from athena.store.sql_writes import UNMENTIONED
 
@@ -66,13 +66,8 @@ def test_reopening_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
 
 def older_file(path: Path, version: int) -> sqlite3.Connection:
     """A connection to a new file at schema ``version``, as that release left it."""
-    from athena.store.schema import MIGRATIONS, _split
-
     conn = sqlite3.connect(path)
-    for migration in MIGRATIONS[:version]:
-        for statement in _split(migration):
-            conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {version}")
+    migrate(conn, to=version)
     return conn
 
 
@@ -272,9 +267,9 @@ def test_mentioning_is_newest_event_first_and_follows_event_time_changes(
 
 
 def logged(
-    deletions: int, last_id: int, names: set[str], removed: set[str] | None = None
+    changes: int, last_id: int, names: set[str], removed: set[str] | None = None
 ) -> EntityChanges:
-    return EntityChanges(deletions, last_id, frozenset(names), frozenset(removed or ()), True)
+    return EntityChanges(changes, last_id, frozenset(names), frozenset(removed or ()), True)
 
 
 def test_version_7_file_logs_changes_from_its_count(tmp_path: Path) -> None:
@@ -368,7 +363,7 @@ def test_version_6_file_counts_and_logs_entity_changes(tmp_path: Path) -> None:
         s.delete("t", [gone])
         assert s.entity_names("t").names == {"cy"}
         assert s.entity_names("t").last_id == 8
-        assert s.entity_names("t").deletions == 6  # cy, the rename, bo's move, anne, bo, dee
+        assert s.entity_names("t").changes == 6  # cy, the rename, bo's move, anne, bo, dee
         assert s.entity_names("u") == EntityNames(1, 0, frozenset())  # Bo moved to t, then went
         assert s.get("t", [kept])[0].text == "hello world"
     finally:

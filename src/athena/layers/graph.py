@@ -124,7 +124,7 @@ class Names:
     (True, False, True, False, 2, 7)
     """
 
-    __slots__ = ("_base", "_gone", "_recent", "deletions", "last_id")
+    __slots__ = ("_base", "_gone", "_recent", "changes", "last_id")
 
     def __init__(
         self,
@@ -132,20 +132,20 @@ class Names:
         recent: frozenset[str],
         gone: frozenset[str],
         last_id: int,
-        deletions: int,
+        changes: int,
     ) -> None:
         # Names in recent are not in base; names in gone are in base, and not held.
         self._base, self._recent, self._gone = base, recent, gone
-        self.last_id, self.deletions = last_id, deletions
+        self.last_id, self.changes = last_id, changes
 
     @classmethod
     def read(cls, read: EntityNames) -> Names:
         """Every name, from a full read."""
-        return cls(read.names, frozenset(), frozenset(), read.last_id, read.deletions)
+        return cls(read.names, frozenset(), frozenset(), read.last_id, read.changes)
 
     def changed(self, read: EntityChanges) -> Names:
         """These names changed by ``read`` (complete, and read since these were)."""
-        same = (read.last_id, read.deletions) == (self.last_id, self.deletions)
+        same = (read.last_id, read.changes) == (self.last_id, self.changes)
         if same and not read.names and not read.removed:
             return self
         base = self._base
@@ -156,7 +156,7 @@ class Names:
             gone -= read.names
         if len(recent) + len(gone) > max(MERGE_AT, 4 * math.isqrt(len(base))):
             base, recent, gone = (base - gone) | recent, frozenset(), frozenset()
-        return Names(base, recent, gone, read.last_id, read.deletions)
+        return Names(base, recent, gone, read.last_id, read.changes)
 
     def __contains__(self, name: object) -> bool:
         if name in self._base:
@@ -181,10 +181,10 @@ def read_names(store: Store, tenant: str, held: Names | None) -> Names:
     >>> store.close()
     """
     if held is not None:
-        read = store.entity_changes(tenant, held.last_id, held.deletions)
+        read = store.entity_changes(tenant, held.last_id, held.changes)
         if read.complete and (
-            read.deletions > held.deletions
-            or (read.deletions == held.deletions and read.last_id >= held.last_id)
+            read.changes > held.changes
+            or (read.changes == held.changes and read.last_id >= held.last_id)
         ):  # (a count gone down, or a smaller largest id with none: not the file read)
             return held.changed(read)
     return Names.read(store.entity_names(tenant))

@@ -115,7 +115,7 @@ class EntityNames:
     """A tenant's entity names, its count of entity changes and its largest entity id, read
     in one snapshot (:meth:`Store.entity_names`)."""
 
-    deletions: int  # only grows: names read at an equal count are all still there
+    changes: int  # only grows: names read at an equal count are all still there
     last_id: int  # the tenant's largest entity id (0: it has none)
     names: frozenset[str]  # normalised names
 
@@ -126,7 +126,7 @@ class EntityChanges:
     (:meth:`Store.entity_changes`): names read before, less :attr:`removed`, plus
     :attr:`names`, are the names now, if :attr:`complete`."""
 
-    deletions: int  # the count of changes now
+    changes: int  # the count of changes now
     last_id: int  # the largest entity id now
     names: frozenset[str]  # now: of the entities past the id read, or changed since
     removed: frozenset[str]  # the names changed entities had (some may be back in names)

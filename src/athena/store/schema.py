@@ -278,17 +278,20 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # 8: what each counted change was, kept for the last 1,024-1,279 changes of a tenant
     # (pruned 256 at a time): the entity's id, read again, and the name it had, which may
     # have gone. The graph layer then applies the changes since its count instead of reading
-    # every name again (22 ms the first recall after a forget, on a tenant of 41k names).
+    # every name again (19-22 ms the first recall after a forget, on a tenant of 41k names).
     # SQLite may give a gone entity's id to a new one, below the largest id a reader saw:
     # every id that enters a tenant (an insert, a move, a new id) at or below the largest it
-    # ever held (``max_seen``; none held: 0) is counted and logged, so a reused id is always
-    # one the log names. A row another writer's REPLACE displaces fires no delete trigger
-    # (recursive_triggers is off), so the BEFORE triggers log the row an insert's or an
-    # update's id would displace (a plain conflict aborts the statement, log and all); one
-    # displaced by a name leaves that name held, and its id, if reused, enters at or below
-    # ``max_seen``. The update triggers list rowid, _rowid_ and oid beside id:
-    # ``UPDATE OF id`` does not fire for ``SET rowid = ...``. Views with INSTEAD OF triggers
-    # keep each rule in one place.
+    # ever held (``max_seen``), or at or below 0 (a reader of a tenant with none saw 0), is
+    # counted and logged, so a reused id is always one the log names. (The table and its
+    # ``deleted`` column keep their schema-7 names: they count every logged change.) A row
+    # another writer's REPLACE displaces fires no delete trigger (recursive_triggers is off),
+    # so the BEFORE triggers log the row an insert's or an update's id would displace (a
+    # plain conflict aborts the statement, log and all); one displaced by a name leaves that
+    # name held, and its id, if reused, enters at or below ``max_seen``. An insert that lets
+    # SQLite pick the id shows the BEFORE trigger an id of -1: an entity another writer put
+    # at -1 is logged again by each such insert (harmless, a re-read). The update triggers
+    # list rowid, _rowid_ and oid beside id: ``UPDATE OF id`` does not fire for ``SET rowid
+    # = ...``. Views with INSTEAD OF triggers keep each rule in one place.
     """
     ALTER TABLE entity_deletions ADD COLUMN max_seen INTEGER;
     INSERT INTO entity_deletions (tenant, deleted, max_seen)
@@ -317,8 +320,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         SELECT tenant, entity_id FROM entity_changes;
     CREATE TRIGGER entity_arrivals_ii INSTEAD OF INSERT ON entity_arrivals BEGIN
         INSERT INTO entity_change_log SELECT new.tenant, new.entity_id, NULL
-        WHERE new.entity_id <= coalesce(
-            (SELECT max_seen FROM entity_deletions WHERE tenant = new.tenant), 0);
+        WHERE new.entity_id <= max(0, coalesce(
+            (SELECT max_seen FROM entity_deletions WHERE tenant = new.tenant), 0));
         INSERT INTO entity_deletions (tenant, deleted, max_seen)
         VALUES (new.tenant, 0, new.entity_id)
         ON CONFLICT (tenant) DO UPDATE SET
@@ -345,12 +348,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     WHEN EXISTS (SELECT 1 FROM entities WHERE id = new.id) BEGIN
         INSERT INTO entity_change_log SELECT tenant, id, norm FROM entities WHERE id = new.id;
     END;
-    CREATE TRIGGER entity_displaced_bu
-    BEFORE UPDATE OF id, tenant, norm, rowid, _rowid_, oid ON entities
-    WHEN old.id IS NOT new.id OR old.tenant IS NOT new.tenant OR old.norm IS NOT new.norm
-    BEGIN
-        INSERT INTO entity_change_log SELECT tenant, id, norm FROM entities
-        WHERE id = new.id AND new.id IS NOT old.id;
+    CREATE TRIGGER entity_displaced_bu BEFORE UPDATE OF id, rowid, _rowid_, oid ON entities
+    WHEN old.id IS NOT new.id BEGIN
+        INSERT INTO entity_change_log SELECT tenant, id, norm FROM entities WHERE id = new.id;
     END;
     """,
 )
@@ -384,8 +384,9 @@ def initialise(path: Path) -> None:
         conn.close()
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring ``conn``'s database to :data:`SCHEMA_VERSION`; return the version it had.
+def migrate(conn: sqlite3.Connection, to: int = SCHEMA_VERSION) -> int:
+    """Bring ``conn``'s database to version ``to`` (this release's, unless a test builds a
+    file as an older release left it); return the version it had.
 
     The caller holds the write lock (``BEGIN IMMEDIATE``) so two processes opening a new
     file at once cannot both run a migration.
@@ -395,7 +396,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise StoreError(
             f"database schema version {version} is newer than this Athena ({SCHEMA_VERSION})"
         )
-    for number in range(version, SCHEMA_VERSION):
+    for number in range(version, to):
         for statement in _split(MIGRATIONS[number]):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {number + 1}")

@@ -299,13 +299,14 @@ ENTITY_NAMES = _HEAD + " UNION ALL SELECT norm, NULL FROM entities WHERE tenant 
 # and the names now (kind 2) of the entities past ?2 (through (tenant, id)) and of those
 # the log names. A name that went and came back is among these: names are unique within a
 # tenant, so no entity the log leaves out held it at the read.
-_LOGGED = "FROM entity_changes c WHERE c.tenant = ?1 AND c.seq > ?3"
 ENTITY_CHANGES = (
-    _HEAD.replace("SELECT", "SELECT 0,", 1)
-    + f" UNION ALL SELECT 1, c.norm, NULL {_LOGGED}"
-    + " UNION ALL SELECT 2, norm, NULL FROM entities WHERE tenant = ?1 AND id > ?2"
-    + " UNION ALL SELECT 2, e.norm, NULL "
-    + _LOGGED.replace("c WHERE", "c JOIN entities e ON e.id = c.entity_id AND e.tenant = ?1 WHERE")
+    "SELECT 0, coalesce((SELECT deleted FROM entity_deletions WHERE tenant = ?1), 0),"
+    " coalesce((SELECT max(id) FROM entities WHERE tenant = ?1), 0)"
+    " UNION ALL SELECT 1, norm, NULL FROM entity_changes WHERE tenant = ?1 AND seq > ?3"
+    " UNION ALL SELECT 2, norm, NULL FROM entities WHERE tenant = ?1 AND id > ?2"
+    " UNION ALL SELECT 2, e.norm, NULL FROM entity_changes c"
+    " JOIN entities e ON e.id = c.entity_id AND e.tenant = ?1"
+    " WHERE c.tenant = ?1 AND c.seq > ?3"
 )
 
 
@@ -319,7 +320,7 @@ def entity_names_of(rows: Iterator[tuple[Any, ...]]) -> EntityNames:
     does not promise it, so a name that comes first is handled too.
 
     >>> entity_names_of(iter([(2, 9), ("ann", None)]))
-    EntityNames(deletions=2, last_id=9, names=frozenset({'ann'}))
+    EntityNames(changes=2, last_id=9, names=frozenset({'ann'}))
     >>> entity_names_of(iter([("ann", None), (2, 9), ("bo", None)])).names == {"ann", "bo"}
     True
     """
@@ -353,7 +354,7 @@ def entity_changes(conn: sqlite3.Connection, tenant: str, after: int, since: int
     >>> entity_changes(conn, "t", 4, 0).complete
     False
     """
-    deletions = last_id = logged = 0
+    changes = last_id = logged = 0
     names: set[str] = set()
     removed: set[str] = set()
     for kind, value, extra in conn.execute(ENTITY_CHANGES, (tenant, after, since)):
@@ -364,9 +365,9 @@ def entity_changes(conn: sqlite3.Connection, tenant: str, after: int, since: int
             if value is not None:
                 removed.add(value)
         else:
-            deletions, last_id = int(value), int(extra)
-    complete = logged == deletions - since
-    return EntityChanges(deletions, last_id, frozenset(names), frozenset(removed), complete)
+            changes, last_id = int(value), int(extra)
+    complete = logged == changes - since
+    return EntityChanges(changes, last_id, frozenset(names), frozenset(removed), complete)
 
 
 def stats(conn: sqlite3.Connection, tenant: str | None) -> dict[str, Any]:
