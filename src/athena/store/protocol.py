@@ -219,8 +219,8 @@ class Store(Protocol):
 
     def entity_names(self, tenant: str) -> EntityNames:
         """The normalised names of ``tenant``'s entities, its largest entity id, and a count
-        that moves whenever one of its entities is deleted, renamed, moved in or out, or
-        given an id a reader may have seen; read in one snapshot."""
+        that moves whenever one of its entities is deleted, renamed or moved out, or an id a
+        reader may have seen enters it; read in one snapshot."""
 
     def entity_changes(self, tenant: str, after: int, since: int) -> EntityChanges:
         """How ``tenant``'s names changed since a read of them that saw ids up to ``after``
