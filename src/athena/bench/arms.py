@@ -160,19 +160,19 @@ def open_arms(
     ``shuffle``: a seed to open the arms in a shuffled order (see :func:`opening_order`)."""
     if pools not in POOLS:
         raise ValueError(f"pools must be one of {', '.join(POOLS)}")
-    arms: list[Arm] = []
-    place: dict[int, int] = {}  # an arm's place in ``names``, by its object's id
+    arms: list[Arm] = []  # in the order opened
+    asked: list[Arm | None] = [None] * len(names)  # in the order of ``names``
     try:
         for index in opening_order(range(len(names)), shuffle):
-            arms.append(Arm(names[index], path, embedder, pools=pools))
-            arms[-1].opened = len(arms) - 1
-            place[id(arms[-1])] = index
-            if arms[-1].spec.pool == "eager":
+            arm = asked[index] = Arm(names[index], path, embedder, pools=pools)
+            arm.opened = len(arms)
+            arms.append(arm)
+            if arm.spec.pool == "eager":
                 # One pool at a time: on a large tenant each worker builds its indexes at
                 # start, and eight workers building at once on two cores overran the pool's
                 # start allowance (the one-tenant store's pools never came up).
-                wait_for_pools(arms[-1:])
-        yield sorted(arms, key=lambda arm: place[id(arm)])
+                wait_for_pools([arm])
+        yield [arm for arm in asked if arm is not None]
     finally:
         for arm in arms:
             arm.close()

@@ -288,11 +288,11 @@ def memory_count(conn: sqlite3.Connection, tenant: str) -> int:
 # leave the reader inside it for good. Every name is read from the covering (tenant, norm)
 # index, in no order (in id order, through the (tenant, id) index and a row lookup each,
 # reading 41k names took 27 ms instead of 17).
-_HEAD = (
-    "SELECT coalesce((SELECT deleted FROM entity_deletions WHERE tenant = ?1), 0),"
+_HEAD = (  # the count of changes and the largest id
+    "coalesce((SELECT deleted FROM entity_deletions WHERE tenant = ?1), 0),"
     " coalesce((SELECT max(id) FROM entities WHERE tenant = ?1), 0)"
 )
-ENTITY_NAMES = _HEAD + " UNION ALL SELECT norm, NULL FROM entities WHERE tenant = ?1"
+ENTITY_NAMES = f"SELECT {_HEAD} UNION ALL SELECT norm, NULL FROM entities WHERE tenant = ?1"
 
 # What changed since a read that saw ids up to ?2 and ?3 changes, in one snapshot too:
 # the head (kind 0), the changes logged since (kind 1: the name the entity had, or NULL),
@@ -300,8 +300,7 @@ ENTITY_NAMES = _HEAD + " UNION ALL SELECT norm, NULL FROM entities WHERE tenant 
 # the log names. A name that went and came back is among these: names are unique within a
 # tenant, so no entity the log leaves out held it at the read.
 ENTITY_CHANGES = (
-    "SELECT 0, coalesce((SELECT deleted FROM entity_deletions WHERE tenant = ?1), 0),"
-    " coalesce((SELECT max(id) FROM entities WHERE tenant = ?1), 0)"
+    f"SELECT 0, {_HEAD}"
     " UNION ALL SELECT 1, norm, NULL FROM entity_changes WHERE tenant = ?1 AND seq > ?3"
     " UNION ALL SELECT 2, norm, NULL FROM entities WHERE tenant = ?1 AND id > ?2"
     " UNION ALL SELECT 2, e.norm, NULL FROM entity_changes c"
