@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -644,6 +645,11 @@ class Interleavings(RuleBasedStateMachine):
     @invariant()
     def hits_are_counted_exactly(self) -> None:
         assert self.cache.stats()["hits"] == self.hits
+
+    @invariant()
+    def texts_are_counted_exactly(self) -> None:
+        lru = self.cache._lru
+        assert lru.texts == dict(Counter(key[3] for key in lru.data))
 
 
 Interleavings.TestCase.settings = settings(max_examples=200, stateful_step_count=80, deadline=None)

@@ -12,6 +12,7 @@ races between recalls.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from hypothesis import event, settings
@@ -121,6 +122,12 @@ class Release(RuleBasedStateMachine):
             cache.put_full(query, MODEL, read, hits, 4.0)
         served = {name: (c.value.ids[0], c.value.source, c.age_s) for name, c in cached.items()}
         return ("partial" if served else "miss"), served
+
+    @invariant()
+    def texts_are_counted_exactly(self) -> None:
+        for cache in (self.whole, self.split):
+            lru = cache._lru
+            assert lru.texts == dict(Counter(key[3] for key in lru.data))
 
     @invariant()
     def counted_alike(self) -> None:

@@ -107,9 +107,21 @@ def test_a_hit_over_fewer_layers_reuses_its_narrowed_query(
     assert first.explain is not None and again.explain is not None
     assert again.explain["cache"] == "hit" and again.hits == first.hits
     request = seeded._requests.make(QUESTION, "t", 5, None)
-    made = engine.plans.narrowed(request, narrowed)
-    assert made is engine.plans.narrowed(request, narrowed)  # no replace() on every hit
+    made = engine.plans.plan(request, "adaptive")[2]
+    assert made is engine.plans.plan(request, "adaptive")[2]  # kept: not built on every hit
     assert made == replace(request, layers=narrowed)
+
+
+def test_a_narrowed_query_keeps_every_field_but_its_layers() -> None:
+    from dataclasses import fields, replace
+
+    from athena.execution.plans import narrowed
+    from athena.records import RecallQuery, make_query
+
+    names = [f.name for f in fields(RecallQuery)]  # a new field must be carried by narrowed
+    assert names == ["text", "tenant", "k", "layers", "since", "until", "session", "actor", "kinds"]
+    query = make_query("Who?", "t", 7, None, 1.0, 2.0, "s1", "bob", ["turn"])
+    assert narrowed(query, ("graph",)) == replace(query, layers=("graph",))
 
 
 def test_a_kept_plan_follows_the_graphs_layer_choice(

@@ -91,6 +91,7 @@ class _CacheCore:
         if max_entries < 0 or max_bytes < 0:
             raise ValueError("max_entries and max_bytes must not be negative")
         self._ttls = {**DEFAULT_TTLS, **ttl_seconds}
+        self._full_ttls: dict[tuple[str, ...], float] = {}
         if any(math.isnan(ttl) or ttl < 0 for ttl in self._ttls.values()):
             raise ValueError("TTLs must be seconds >= 0 (0 disables caching a layer)")
         self._clock = clock
@@ -99,8 +100,14 @@ class _CacheCore:
         self._counts = ck.Counts()
         self._flights = SingleFlight(self._lock)
 
-    def _ttl(self, layers: Collection[str]) -> float:
-        return min((self._ttls.get(layer, 0.0) for layer in layers), default=0.0)
+    def _ttl(self, layers: tuple[str, ...]) -> float:
+        """The shortest TTL of ``layers`` (kept per layer set: asked on every fill)."""
+        ttl = self._full_ttls.get(layers)
+        if ttl is None:
+            ttl = min((self._ttls.get(layer, 0.0) for layer in layers), default=0.0)
+            if len(self._full_ttls) < 64:  # bounded: a few layer sets are asked for
+                self._full_ttls[layers] = ttl
+        return ttl
 
     def _add(self, entries: Collection[tuple[Hashable, Entry]]) -> None:
         """Add entries unless a newer one holds the key: a slow, older recall loses (lock
@@ -232,7 +239,10 @@ class _LayerRankings(_CacheCore):
 
         >>> # cached = cache.get_layers(query, embedder.name, 50, generations)
         """
-        text, now = normalize_text(query.text), self._clock()
+        text = normalize_text(query.text)
+        if text not in self._lru.texts:  # no entry under this text, full or layer: a new
+            return {}  # question's lookup builds and probes no keys (5 µs of a cold recall)
+        now = self._clock()
         keys = layer_keys(query, model, query.layers, depth, text)
         found: list[Entry] = []
         with self._lock:

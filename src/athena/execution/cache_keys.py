@@ -15,7 +15,7 @@ import string
 from collections import OrderedDict
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from athena.layers.protocol import LayerResult
 from athena.records import Hit, RecallQuery
@@ -272,12 +272,24 @@ def trust(entry: Entry, now: float) -> tuple[float, float]:
 
 
 class Lru:
-    """Entries in recency order, bounded by count and estimated bytes; not locked."""
+    """Entries in recency order, bounded by count and estimated bytes; not locked.
 
-    __slots__ = ("data", "evictions", "max_bytes", "max_entries", "nbytes")
+    ``texts`` counts the entries under each normalised query text (a full or a layer key's
+    fourth part): a lookup of a text with none, a new question's, skips building and
+    probing its keys.
+
+    >>> lru, entry = Lru(1, 10**6), Entry((), 0.0, 60.0, {}, "", 0, 10, 1.0, 1)
+    >>> lru.add(("full", "m", "t", "hi", (), 5, ()), entry)
+    >>> lru.add(("layer", "m", "t", "yo", "graph", 50, ()), entry)
+    >>> lru.texts, lru.evictions
+    ({'yo': 1}, 1)
+    """
+
+    __slots__ = ("data", "evictions", "max_bytes", "max_entries", "nbytes", "texts")
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.data: OrderedDict[Hashable, Entry] = OrderedDict()
+        self.texts: dict[str, int] = {}
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self.nbytes = self.evictions = 0
 
@@ -285,14 +297,26 @@ class Lru:
         self.drop(key)
         self.data[key] = entry
         self.nbytes += entry.size
+        text = cast(tuple[Any, ...], key)[3]
+        self.texts[text] = self.texts.get(text, 0) + 1
         while len(self.data) > self.max_entries or self.nbytes > self.max_bytes:
-            self.nbytes -= self.data.popitem(last=False)[1].size
+            old, gone = self.data.popitem(last=False)
+            self._gone(old, gone)
             self.evictions += 1
 
     def drop(self, key: Hashable) -> None:
         gone = self.data.pop(key, None)
         if gone is not None:
-            self.nbytes -= gone.size
+            self._gone(key, gone)
+
+    def _gone(self, key: Hashable, entry: Entry) -> None:
+        self.nbytes -= entry.size
+        text = cast(tuple[Any, ...], key)[3]
+        left = self.texts[text] - 1
+        if left:
+            self.texts[text] = left
+        else:
+            del self.texts[text]
 
 
 @dataclass(slots=True)

@@ -8,7 +8,6 @@ the plan on every repeat.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import replace
 from typing import Final
 
 from athena.execution.cache import ResultCache
@@ -16,7 +15,6 @@ from athena.planning.analysis import classify
 from athena.planning.dependency_graph import DependencyGraph
 from athena.records import LAYERS, RecallQuery
 
-NARROWED_KEPT: Final = 4096  # queries kept narrowed to the layers the graph selects
 PLANS_KEPT: Final = 4096  # plans of recent query objects, per kind (adaptive or not)
 
 # A query object's plan: its type, the layers asked, the query to run, its full cache key;
@@ -37,7 +35,6 @@ class RecallPlans:
 
     def __init__(self, graph: DependencyGraph, cache: ResultCache, model: str) -> None:
         self.graph, self.cache, self.model = graph, cache, model
-        self._narrow: dict[tuple[RecallQuery, tuple[str, ...]], RecallQuery] = {}
         self._plans: tuple[dict[int, Plan], dict[int, Plan]] = ({}, {})  # other, adaptive
         self._keys: dict[Hashable, Hashable] = {}  # full keys of recent plans, one object each
         graph.watch(self)  # kept adaptive plans are dropped when the layer choice moves
@@ -62,7 +59,7 @@ class RecallPlans:
         if adaptive and asked == LAYERS:
             chosen = self.graph.select_layers(query_type, asked)
             if chosen != asked:
-                run = self.narrowed(query, chosen)
+                run = narrowed(query, chosen)
         made = (query_type, asked, run, self._interned(self.cache.full_key(run, self.model)))
         if len(plans) >= PLANS_KEPT:
             plans.clear()
@@ -111,15 +108,14 @@ class RecallPlans:
         keys[key] = key
         return key
 
-    def narrowed(self, query: RecallQuery, layers: tuple[str, ...]) -> RecallQuery:
-        """``query`` over ``layers`` only, the same object each time it is asked again:
-        ``dataclasses.replace`` cost 3 µs on every adaptive cache hit once the graph had
-        learned to skip a layer (run 12: the adaptive arm's hit 1.4x HYBRID's there)."""
-        key = (query, layers)
-        narrowed = self._narrow.get(key)
-        if narrowed is None:
-            narrowed = replace(query, layers=layers)
-            if len(self._narrow) >= NARROWED_KEPT:
-                self._narrow.clear()
-            self._narrow[key] = narrowed
-        return narrowed
+
+def narrowed(query: RecallQuery, layers: tuple[str, ...]) -> RecallQuery:
+    """``query`` over ``layers`` only. Built once per kept plan, on a cold recall's path:
+    directly, 1.1 µs, where ``dataclasses.replace`` walks the fields (2.6 µs).
+
+    >>> from athena.records import make_query
+    >>> narrowed(make_query("Hi", "t", 5), ("semantic",)).layers
+    ('semantic',)
+    """
+    q = query
+    return RecallQuery(q.text, q.tenant, q.k, layers, q.since, q.until, q.session, q.actor, q.kinds)
