@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from unittest import mock
 
 from hypothesis import given, settings
@@ -52,13 +51,3 @@ def test_kept_adaptive_plans_follow_every_move_of_the_layer_choice(
                 assert asked == LAYERS
                 assert run.layers == graph.select_layers(query_type, LAYERS)
                 assert plans.plan(query, "hybrid")[2] is query  # a fixed strategy never narrows
-
-
-def test_the_graph_holds_its_watchers_weakly() -> None:
-    graph = DependencyGraph(cores=2)
-    plans = RecallPlans(graph, ResultCache(), "static")
-    assert len(graph._watchers) == 1
-    del plans
-    gc.collect()
-    assert len(graph._watchers) == 0
-    graph.load_json(graph.to_json())  # nobody left to tell

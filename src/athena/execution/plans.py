@@ -18,9 +18,10 @@ from athena.records import LAYERS, RecallQuery
 PLANS_KEPT: Final = 4096  # plans of recent query objects, per kind (adaptive or not)
 
 # A query object's plan: its type, the layers asked, the query to run, its full cache key;
-# kept beside the query it was made for.
+# kept beside the query it was made for, its type's layer-choice version cell and the
+# version it was made at.
 Made = tuple[str, tuple[str, ...], RecallQuery, Hashable]
-Plan = tuple[RecallQuery, Made]
+Plan = tuple[RecallQuery, list[int], int, Made]
 
 
 class RecallPlans:
@@ -37,7 +38,6 @@ class RecallPlans:
         self.graph, self.cache, self.model = graph, cache, model
         self._plans: tuple[dict[int, Plan], dict[int, Plan]] = ({}, {})  # other, adaptive
         self._keys: dict[Hashable, Hashable] = {}  # full keys of recent plans, one object each
-        graph.watch(self)  # kept adaptive plans are dropped when the layer choice moves
 
     def plan(self, query: RecallQuery, strategy: str) -> Made:
         """The query type, the layers asked for, the query over the layers to run, and its
@@ -51,8 +51,10 @@ class RecallPlans:
         adaptive = strategy == "adaptive"
         plans = self._plans[adaptive]
         plan = plans.get(id(query))
-        if plan is not None and plan[0] is query:
-            return plan[1]
+        if (
+            plan is not None and plan[0] is query and (not adaptive or plan[1][0] == plan[2])
+        ):  # only an adaptive plan reads the graph's layer choice
+            return plan[3]
         query_type, asked, run = classify(query.text), query.layers, query
         cell = self.graph.choice_version(query_type)
         version = cell[0]  # read before the choice: a change meanwhile makes the plan stale
@@ -63,27 +65,8 @@ class RecallPlans:
         made = (query_type, asked, run, self._interned(self.cache.full_key(run, self.model)))
         if len(plans) >= PLANS_KEPT:
             plans.clear()
-        plans[id(query)] = (query, made)
-        if adaptive and cell[0] != version:  # moved while made: choices_changed may have run
-            plans.pop(id(query), None)  # before it was kept, so it is made again next time
+        plans[id(query)] = (query, cell, version, made)
         return made
-
-    def choices_changed(self, query_type: str | None) -> None:
-        """Drop the kept adaptive plans of ``query_type`` (every type's if None): the graph's
-        layer choice for it may have moved (:meth:`DependencyGraph.watch`). Pushed, so a
-        kept plan is current without a check on every repeat (reading the graph's version
-        cell on each hit: the adaptive arm's hit 1.003-1.042x HYBRID's, median 1.023;
-        without it 1.003-1.026x, median 1.016; `benchmarks/arm_hits.py --hits 2000`, six
-        rounds each, alternating). Rare: a type's counts cross a threshold a few times in
-        a process's life.
-        """
-        plans = self._plans[True]
-        if query_type is None:
-            plans.clear()
-            return
-        for ident, (_, made) in list(plans.items()):
-            if made[0] == query_type:
-                plans.pop(ident, None)
 
     def _interned(self, key: Hashable) -> Hashable:
         """The one key object of its value. A plan made again (the graph's layer choice

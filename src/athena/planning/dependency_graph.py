@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import json
 import threading
-import weakref
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 EWMA: Final = 0.1
 MIN_OBSERVATIONS: Final = 200  # a layer is skipped only after this many queries of a type
 MAX_KEPT: Final = 1024  # remembered select_layers answers (query types x layer sets)
 DEFAULT_LAYER_MS: Final = 1.0
-
-
-class ChoiceWatcher(Protocol):
-    """Keeps something made from the graph's layer choices (see DependencyGraph.watch)."""
-
-    def choices_changed(self, query_type: str | None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -92,9 +85,9 @@ class DependencyGraph:
         # change only when a count crosses a threshold, and observe() clears them then.
         self._kept: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         # Per query type, a one-item list holding the version of its answers, moved whenever
-        # they may change (see choice_version); and who keeps plans made from them (watch).
+        # they may change: a plan kept by a caller holds the cell and the version it was
+        # made at, and is current while they agree (see choice_version).
         self._versions: dict[str, list[int]] = {}
-        self._watchers: weakref.WeakSet[ChoiceWatcher] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def observe(
@@ -152,29 +145,10 @@ class DependencyGraph:
             self._kept.clear()
             for cell in self._versions.values():
                 cell[0] += 1
-        else:
-            for key in [key for key in self._kept if key[0] == query_type]:
-                del self._kept[key]
-            self.choice_version(query_type)[0] += 1
-        for watcher in list(self._watchers):
-            watcher.choices_changed(query_type)
-
-    def watch(self, watcher: ChoiceWatcher) -> None:
-        """Have ``watcher.choices_changed(query_type)`` called (the graph's lock held, so it
-        must not call back into the graph) whenever that type's layer choice may change,
-        ``None`` for every type; held weakly. A caller keeping plans drops them then, so
-        its kept plan needs no check of its own on every repeat (:meth:`choice_version`
-        still tells a plan being made whether the choice moved meanwhile).
-
-        >>> class Plans:
-        ...     def choices_changed(self, query_type): print("dropped", query_type)
-        >>> g, plans = DependencyGraph(), Plans()
-        >>> g.watch(plans)
-        >>> g.load_json('{"types": {}}')
-        dropped None
-        """
-        with self._lock:
-            self._watchers.add(watcher)
+            return
+        for key in [key for key in self._kept if key[0] == query_type]:
+            del self._kept[key]
+        self.choice_version(query_type)[0] += 1
 
     def choice_version(self, query_type: str) -> list[int]:
         """The cell holding the version of ``query_type``'s layer choice: a plan made at
