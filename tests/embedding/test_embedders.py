@@ -209,6 +209,44 @@ def test_cache_embeds_only_misses_once() -> None:
     assert cached.embed([]).shape == (0, 2)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from(["a", "b", "Where is Bob?", "x" * 600, "y" * 600, "a" * 512, ""]),
+            min_size=1,
+            max_size=4,
+        ),
+        max_size=12,
+    ),
+    st.integers(1, 4),
+)
+def test_the_cache_returns_what_the_model_does_in_any_order_of_calls(
+    static: StaticEmbedder, calls: list[list[str]], bound: int
+) -> None:
+    cached = CachingEmbedder(static, max_entries=bound)
+    for texts in calls:
+        got = cached.embed(texts)
+        np.testing.assert_array_equal(got, static.embed(texts))
+        assert got.dtype == np.float32 and got.flags.writeable
+        got[:] = 7.0  # the caller's own array: the next call must not see it
+        assert len(cached) <= bound
+    assert cached.hits + cached.misses == sum(len(texts) for texts in calls)
+
+
+def test_one_text_is_served_from_the_cache_as_a_fresh_array(static: StaticEmbedder) -> None:
+    cached = CachingEmbedder(static, max_entries=2)
+    first = cached.embed(["Where is Bob?"])
+    again = cached.embed(["Where is Bob?"])
+    assert (cached.hits, cached.misses) == (1, 1) and again is not first
+    cached.embed(["a"])
+    cached.embed(["Where is Bob?"])  # a hit moves it to the newest end
+    cached.embed(["b"])  # so "a" is the one evicted
+    assert cached.embed(["Where is Bob?"]) is not None and cached.misses == 3
+    cached.embed(["a"])
+    assert cached.misses == 4
+
+
 def test_load_embedder_static() -> None:
     e = load_embedder("static")
     assert isinstance(e, CachingEmbedder)
