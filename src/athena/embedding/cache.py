@@ -132,7 +132,7 @@ class CachingEmbedder:
         embedder's own fresh array is returned as it is (the cache keeps a copy). The
         general path (keys, an output array, a dict of misses, copies, the LRU library's
         Python-level bookkeeping) cost a cold recall 37 µs over the bare model, measured
-        between other recalls (`benchmarks/cold_path.py`)."""
+        between other recalls (`benchmarks/engine_overhead.py --parts`)."""
         key = text_key(text)
         with self._lock:
             vec = self._cache.get(key)
