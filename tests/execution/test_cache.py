@@ -303,6 +303,7 @@ def test_lru_eviction_by_count() -> None:
     assert all(cache.get_full(q, MODEL, {}) is not None for q in (qs[0], qs[2], qs[3]))
     stats = cache.stats()
     assert stats["entries"] == 3 and stats["evictions"] == 1
+    assert cache._lru.texts == {("t1", f"question {i}"): 1 for i in (0, 2, 3)}  # evicted: gone
 
 
 def test_lru_eviction_by_bytes() -> None:
@@ -317,6 +318,7 @@ def test_lru_eviction_by_bytes() -> None:
         cache.put_layer(q, MODEL, 50, ranking("semantic", tuple(range(100))), {}, cost_ms=1.0)
     stats = cache.stats()
     assert stats["entries"] == 2 and stats["bytes"] == 2 * size and stats["evictions"] == 2
+    assert cache._lru.texts == {("t1", "question 2"): 1, ("t1", "question 3"): 1}
     assert [bool(cache.get_layers(q, MODEL, 50, {})) for q in qs] == [False, False, True, True]
 
 
@@ -649,7 +651,7 @@ class Interleavings(RuleBasedStateMachine):
     @invariant()
     def texts_are_counted_exactly(self) -> None:
         lru = self.cache._lru
-        assert lru.texts == dict(Counter(key[3] for key in lru.data))
+        assert lru.texts == dict(Counter((key[2], key[3]) for key in lru.data))
 
 
 Interleavings.TestCase.settings = settings(max_examples=200, stateful_step_count=80, deadline=None)

@@ -127,7 +127,7 @@ class Release(RuleBasedStateMachine):
     def texts_are_counted_exactly(self) -> None:
         for cache in (self.whole, self.split):
             lru = cache._lru
-            assert lru.texts == dict(Counter(key[3] for key in lru.data))
+            assert lru.texts == dict(Counter((key[2], key[3]) for key in lru.data))
 
     @invariant()
     def counted_alike(self) -> None:

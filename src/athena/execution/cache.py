@@ -240,8 +240,8 @@ class _LayerRankings(_CacheCore):
         >>> # cached = cache.get_layers(query, embedder.name, 50, generations)
         """
         text = normalize_text(query.text)
-        if text not in self._lru.texts:  # no entry under this text, full or layer: a new
-            return {}  # question's lookup builds and probes no keys (5 µs of a cold recall)
+        if (query.tenant, text) not in self._lru.texts:  # no entry, full or layer, under this
+            return {}  # text: a new question's lookup builds and probes no keys (about 5 µs)
         now = self._clock()
         keys = layer_keys(query, model, query.layers, depth, text)
         found: list[Entry] = []

@@ -274,22 +274,23 @@ def trust(entry: Entry, now: float) -> tuple[float, float]:
 class Lru:
     """Entries in recency order, bounded by count and estimated bytes; not locked.
 
-    ``texts`` counts the entries under each normalised query text (a full or a layer key's
-    fourth part): a lookup of a text with none, a new question's, skips building and
-    probing its keys.
+    ``texts`` counts the entries under each tenant and normalised query text (a full or a
+    layer key's third and fourth parts): a lookup of a text with none, a new question's,
+    skips building and probing its keys. Per tenant, so one tenant's entries never change
+    what another's lookup does.
 
     >>> lru, entry = Lru(1, 10**6), Entry((), 0.0, 60.0, {}, "", 0, 10, 1.0, 1)
     >>> lru.add(("full", "m", "t", "hi", (), 5, ()), entry)
     >>> lru.add(("layer", "m", "t", "yo", "graph", 50, ()), entry)
     >>> lru.texts, lru.evictions
-    ({'yo': 1}, 1)
+    ({('t', 'yo'): 1}, 1)
     """
 
     __slots__ = ("data", "evictions", "max_bytes", "max_entries", "nbytes", "texts")
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.data: OrderedDict[Hashable, Entry] = OrderedDict()
-        self.texts: dict[str, int] = {}
+        self.texts: dict[tuple[str, str], int] = {}
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self.nbytes = self.evictions = 0
 
@@ -297,7 +298,7 @@ class Lru:
         self.drop(key)
         self.data[key] = entry
         self.nbytes += entry.size
-        text = cast(tuple[Any, ...], key)[3]
+        text = _scope(key)
         self.texts[text] = self.texts.get(text, 0) + 1
         while len(self.data) > self.max_entries or self.nbytes > self.max_bytes:
             old, gone = self.data.popitem(last=False)
@@ -311,12 +312,18 @@ class Lru:
 
     def _gone(self, key: Hashable, entry: Entry) -> None:
         self.nbytes -= entry.size
-        text = cast(tuple[Any, ...], key)[3]
+        text = _scope(key)
         left = self.texts[text] - 1
         if left:
             self.texts[text] = left
         else:
             del self.texts[text]
+
+
+def _scope(key: Hashable) -> tuple[str, str]:
+    """(tenant, normalised text) of a full or a layer key."""
+    parts = cast(tuple[Any, ...], key)
+    return parts[2], parts[3]
 
 
 @dataclass(slots=True)
