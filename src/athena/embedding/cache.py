@@ -29,7 +29,8 @@ def text_key(text: str) -> str | bytes:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest()
 
 
-# About 5 MB of 256-dim vectors (estimated from entry sizes): room for the queries an agent
+# About 5 MB of 256-dim vectors (estimated from entry sizes) and their keys (texts of up to
+# 512 characters: 2.3 MB more if all 4,096 are that long, in ASCII): room for the queries an agent
 # repeats. Every remember brings a new text too, so a larger cache only fills: at the soak's
 # 10 writes/s a 16,384-entry one needs about 27 minutes and 20 MB to fill. Bulk imports of
 # repeated text pass their own.
