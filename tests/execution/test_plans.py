@@ -25,7 +25,6 @@ event = st.one_of(
     ),
     st.tuples(st.just("hit"), st.sampled_from(QUESTIONS), st.just(set()), st.just(set())),
     st.tuples(st.just("load"), st.just(""), st.just(set()), st.just(set())),
-    st.tuples(st.just("plan"), st.sampled_from(QUESTIONS), st.just(set()), st.just(set())),
 )
 
 
