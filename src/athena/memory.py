@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from athena.catch_up import CatchUp
 from athena.embedding import Embedder, load_embedder
 from athena.errors import ExecutionError, InvalidInput, NotFound
 from athena.execution.admission import QueueTally
@@ -89,12 +90,15 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
                 LexicalIndexes(self.store, snapshots),
             )
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
+            self.catch_up = CatchUp(self.store, self.generations, self.pipeline)
             if engine is None:
                 engine = _engine_factory(execution, pool, hnsw_cutoff, index_snapshots)
             self.engine = engine(self.pipeline, self.store)
             if backfill:
                 self.backfill_vectors()
         except BaseException:
+            if hasattr(self, "catch_up"):
+                self.catch_up.close()
             self.store.close()
             raise
 
@@ -130,6 +134,7 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
 
     def close(self) -> None:
         try:
+            self.catch_up.close()
             self.engine.close()
         finally:
             self.store.close()

@@ -207,6 +207,19 @@ def test_same_key_updates_instead_of_duplicating(store: SQLiteStore) -> None:
     assert store.get("t", a)[0].text == "two"
 
 
+def test_an_id_is_never_used_again(store: SQLiteStore) -> None:
+    # The newest memory forgotten, the next one written to another scope: with SQLite's
+    # own choice (largest id + 1) it took the same id, and its change replaced the
+    # tombstone that tells the first scope's indexes the memory is gone.
+    [first] = store.put([prepared(key="a")])
+    store.delete("t", [first])
+    [second] = store.put([prepared(tenant="u", key="b")])
+    [third] = store.put([prepared(key="a")])  # the same key again: a new memory too
+    assert len({first, second, third}) == 3 and first < second < third
+    assert store.deleted_after("t", "episodic", 0) == [(store.change_seq_high() - 2, first)]
+    assert store.get("t", [first]) == [] and store.get("u", [first]) == []
+
+
 def test_rows_are_scoped_by_tenant(store: SQLiteStore) -> None:
     [mid] = store.put([prepared(tenant="alice")])
     assert store.get("bob", [mid]) == []

@@ -79,6 +79,17 @@ class GraphLayer:
             self._held[(id(store), tenant)] = (store, key, *known)
         return known
 
+    def follow(self, ctx: LayerContext, tenant: str, generations: dict[str, int]) -> None:
+        """Read the tenant's new names and memory count now, if this layer holds them
+        (see :class:`~athena.layers.protocol.FollowsWrites`).
+
+        >>> from types import SimpleNamespace
+        >>> ctx = SimpleNamespace(store=None)  # it holds no tenant: nothing is read
+        >>> GraphLayer().follow(ctx, "t", {"episodic": 2})  # type: ignore[arg-type]
+        """
+        if (id(ctx.store), tenant) in self._held:
+            self._known(ctx, tenant, generations)
+
     def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
         tenant = request.query.tenant
         generation = request.generations.get(self.name, 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -83,3 +83,14 @@ class MemoryLayer(Protocol):
 
     def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
         """Ranked (memory id, score) for the query, best first, at most ``request.depth``."""
+
+
+@runtime_checkable
+class FollowsWrites(Protocol):
+    """A layer that keeps a tenant's state in the process (the graph layer's entity names
+    and memory count) and can bring it up to ``generations`` after a write, before the next
+    recall asks (:mod:`athena.catch_up`). It must do nothing for a tenant it does not hold.
+    """
+
+    def follow(self, ctx: LayerContext, tenant: str, generations: dict[str, int]) -> None:
+        """Bring the state this layer holds for ``tenant`` up to ``generations``."""

@@ -206,6 +206,20 @@ class LexicalIndex(LexicalPostings):
                     return self._apply(store, generation)
                 return self._apply(store, generation, changes)
 
+    def follow(self, store: ChangeFeed, generation: int, most: int) -> int:
+        """:meth:`sync`, for an index already loaded and at most ``most`` changes behind;
+        otherwise nothing (the next search loads or catches it up). Returns the changes
+        applied."""
+        if generation == self._synced_generation or self._synced_generation is None:
+            return 0
+        with self._lock:
+            if generation == self._synced_generation:
+                return 0
+            changes = store.changes_after(self.tenant, self.layer, self._last_seq)
+            if len(changes) > most:
+                return 0
+            return self._apply(store, generation, changes)
+
     def _apply(
         self,
         store: ChangeFeed,
@@ -361,3 +375,18 @@ class LexicalIndexes:
         if applied:
             self.loaded += applied
         return index
+
+    def follow(self, tenant: str, layer: str, generation: int, most: int) -> int:
+        """Catch the (tenant, layer) index up to ``generation`` if it is loaded and at most
+        ``most`` changes behind (a scope never searched stays unbuilt, a large catch-up is
+        left for the next search); returns how many changes it applied.
+
+        >>> LexicalIndexes(None).follow("t", "episodic", 3, 512)  # type: ignore[arg-type]
+        0
+        """
+        index = self._indexes.get((tenant, layer))
+        if index is None:
+            return 0
+        applied = index.follow(self._store, generation, most)
+        self.loaded += applied
+        return applied

@@ -245,6 +245,27 @@ class VectorIndex:
                 return self._first_sync(store, self._snapshots, generation)
             return self._catch_up(store, generation)
 
+    def follow(self, store: Store, generation: int, most: int) -> int:
+        """:meth:`sync`, for an index already loaded, at most ``most`` vectors and
+        tombstones behind, whose catch-up builds nothing (no first load, no graph, no
+        rebuild); otherwise nothing: the next search does it. Returns how many it applied."""
+        if generation == self._synced_generation or self._state.backend is None:
+            return 0
+        with self._lock:
+            state = self._state
+            if generation == self._synced_generation:
+                return 0
+            gone, batch = read = self._read_after(store, state)
+            size = len(state.ids) + len(batch.ids)
+            exact = isinstance(state.backend, ExactBackend)
+            if (
+                len(gone) + len(batch.ids) > most
+                or (exact and size > self.hnsw_cutoff)
+                or state.dead + len(gone) > 1_000
+            ):
+                return 0
+            return self._catch_up(store, generation, read)
+
     def _first_sync(self, store: Store, snapshots: IndexSnapshots, generation: int) -> int:
         """Start from the scope's snapshot if there is one. If the scope turns out to need a
         graph, build it under the cross-process lock (or load what another process built
@@ -409,3 +430,18 @@ class VectorIndexes:
         if applied:
             self.loaded += applied
         return index
+
+    def follow(self, tenant: str, layer: str, generation: int, most: int) -> int:
+        """Catch the (tenant, layer) index up to ``generation`` if it is loaded, at most
+        ``most`` vectors behind and needs no build (see :meth:`VectorIndex.follow`);
+        returns how many vectors and tombstones it applied.
+
+        >>> VectorIndexes(None, "m").follow("t", "episodic", 3, 512)  # type: ignore[arg-type]
+        0
+        """
+        index = self._indexes.get((tenant, layer))
+        if index is None:
+            return 0
+        applied = index.follow(self._store, generation, most)
+        self.loaded += applied
+        return applied

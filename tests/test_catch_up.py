@@ -1,0 +1,191 @@
+"""The catch-up thread: loaded indexes follow this process's writes before the next recall,
+never anything else, and never at the cost of a recall's correctness."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from athena import Memory
+from athena.catch_up import MOST
+from athena.embedding import Embedder
+from athena.records import MemoryInput
+from athena.retrieval.vector import ExactBackend, HnswBackend
+
+WORDS = "tea coffee lisbon porto train boat sister brother garden river piano".split()
+
+
+@pytest.fixture
+def mem(tmp_path: Path, embedder: Embedder) -> Iterator[Memory]:
+    m = Memory(tmp_path / "c.db", embedder=embedder, pool="off")
+    yield m
+    m.close()
+
+
+def loaded(mem: Memory) -> int:
+    return mem.pipeline.ctx.loaded()
+
+
+def test_a_write_to_a_loaded_scope_is_caught_up_before_the_next_recall(mem: Memory) -> None:
+    mem.remember("Ann drinks tea in Lisbon", tenant="t", key="ann")
+    mem.recall("who drinks tea?", tenant="t")  # loads the tenant's indexes
+    before = loaded(mem)
+    mem.remember("Bo drinks coffee in Porto", tenant="t", key="bo")
+    assert mem.catch_up.settle(10.0)
+    caught = loaded(mem)
+    assert caught >= before + 2  # its vector and its postings, by the thread
+    hits = mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits
+    assert loaded(mem) == caught  # the recall found both indexes current
+    assert hits[0].key == "bo"
+
+
+def test_a_scope_no_recall_has_searched_stays_unbuilt(mem: Memory) -> None:
+    mem.remember("Ann drinks tea", tenant="a")
+    mem.recall("tea?", tenant="a")
+    before = loaded(mem)
+    mem.remember("Bo drinks coffee", tenant="b")
+    mem.remember("Cy reads books", tenant="a", layer="semantic")  # a's semantic: never searched
+    assert mem.catch_up.settle(10.0)
+    assert loaded(mem) == before
+    assert mem.catch_up.followed >= 1
+
+
+def test_a_bulk_import_is_left_to_the_next_recall(mem: Memory) -> None:
+    mem.remember("Ann drinks tea", tenant="t")
+    mem.recall("tea?", tenant="t")
+    before = loaded(mem)
+    items = [
+        MemoryInput(layer="episodic", text=f"note {i} about {WORDS[i % len(WORDS)]}", tenant="t")
+        for i in range(MOST + 1)
+    ]
+    mem.remember_many(items)
+    assert mem.catch_up.settle(10.0)
+    assert loaded(mem) == before  # too far behind: not the thread's
+    hits = mem.recall("a note about the piano", tenant="t", k=3).hits
+    assert loaded(mem) >= before + 2 * (MOST + 1)
+    assert hits and all(h.text.startswith("note ") for h in hits)
+
+
+def test_the_thread_never_builds_a_graph(tmp_path: Path, embedder: Embedder) -> None:
+    with Memory(tmp_path / "g.db", embedder=embedder, pool="off", hnsw_cutoff=8) as mem:
+        mem.remember_many(
+            [MemoryInput(layer="episodic", text=f"fact {i}", tenant="t") for i in range(8)]
+        )
+        mem.recall("fact?", tenant="t")
+        index = mem.pipeline.ctx.indexes.warm("t", "episodic", 0)
+        assert isinstance(index._state.backend, ExactBackend)
+        mem.remember("fact 8", tenant="t")  # past the cutoff: the next recall builds it
+        assert mem.catch_up.settle(10.0)
+        assert isinstance(index._state.backend, ExactBackend) and len(index) == 8
+        mem.recall("fact 8?", tenant="t")
+        assert isinstance(index._state.backend, HnswBackend) and len(index) == 9
+
+
+def test_a_failed_catch_up_is_left_to_the_recall(
+    mem: Memory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    mem.remember("Ann drinks tea", tenant="t")
+    mem.recall("tea?", tenant="t")
+    lexicon = mem.pipeline.ctx.lexicon
+
+    def broken(*args: object) -> int:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(lexicon, "follow", broken)
+    with caplog.at_level(logging.DEBUG, logger="athena.catch_up"):
+        mem.remember("Bo drinks coffee", tenant="t", key="bo")
+        assert mem.catch_up.settle(10.0)
+    assert "disk on fire" in caplog.text
+    monkeypatch.undo()
+    assert mem.recall("who drinks coffee?", tenant="t", k=1).hits[0].key == "bo"
+    mem.remember("Cy drinks water", tenant="t", key="cy")  # the thread lives on
+    assert mem.catch_up.settle(10.0)
+    assert mem.recall("who drinks water?", tenant="t", k=1).hits[0].key == "cy"
+
+
+def test_close_right_after_a_write_stops_the_thread(tmp_path: Path, embedder: Embedder) -> None:
+    mem = Memory(tmp_path / "x.db", embedder=embedder, pool="off")
+    mem.remember("Ann drinks tea", tenant="t")
+    mem.recall("tea?", tenant="t")
+    mem.remember("Bo drinks coffee", tenant="t")
+    thread = mem.catch_up._thread
+    mem.close()
+    assert thread is not None and not thread.is_alive()
+    mem.catch_up.close()  # idempotent
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["remember", "update", "forget", "recall"]),
+        st.sampled_from(WORDS[:4]),  # few words: a recall often asks for the newest memory
+        st.sampled_from(["episodic", "semantic"]),
+        st.booleans(),  # then wait for the catch-up (else the next recall may race it)
+    ),
+    min_size=1,
+    max_size=25,
+)
+PEOPLE = ("Ann", "Cy", "Dee")
+
+
+def views(mem: Memory, word: str) -> list[object]:
+    """What a recall of ``word`` reads from the in-process state: each text layer's lexical
+    and vector rankings with their scores, and the graph layer's names and memory count,
+    synced to the current generations as a recall syncs them."""
+    from athena.layers.graph import GraphLayer
+    from athena.retrieval.lexical import query_stems
+
+    ctx, generations = mem.pipeline.ctx, mem.generations.get("t")
+    vector = mem.embedder.embed([f"{word}?"])[0]
+    seen: list[object] = []
+    for layer in ("episodic", "semantic"):
+        generation = generations.get(layer, 0)
+        seen.append(ctx.lexicon.search("t", layer, generation, query_stems(word), 50))
+        seen.append(ctx.indexes.search("t", layer, generation, vector, 50))
+    graph = mem.layers["graph"]
+    assert isinstance(graph, GraphLayer)
+    names, count = graph._known(ctx, "t", generations)
+    seen.append(([p.lower() in names for p in PEOPLE], len(names), count))
+    return seen
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS)
+def test_recalls_equal_a_memory_without_the_thread(
+    ops: list[tuple[str, str, str, bool]],
+) -> None:
+    """For any interleaving of writes, recalls and catch-ups, every recall, and every index
+    it reads, answers as in a Memory on the same file whose indexes catch up only when it
+    recalls."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "h.db"
+        with Memory(path, pool="off") as mem, Memory(path, pool="off") as ref:
+            ref.catch_up.close()
+            mem.remember("Ann drinks tea in Lisbon", tenant="t", layer="semantic")
+            mem.remember("Bo took the train to Porto", tenant="t", layer="episodic")
+            for m in (mem, ref):  # every index loaded: the thread's to follow from here
+                m.recall("tea?", tenant="t", strategy="sequential")
+            ids: list[int] = []
+            for n, (op, word, layer, settle) in enumerate(ops):
+                text = f"{word} note {n} with {PEOPLE[n % len(PEOPLE)]}"
+                if op == "remember":
+                    ids.append(mem.remember(text, tenant="t", layer=layer))
+                elif op == "update" and ids:
+                    mem.update(ids[n % len(ids)], tenant="t", text=text)
+                elif op == "forget" and ids:
+                    mem.forget(ids.pop(n % len(ids)), tenant="t")
+                elif op == "recall":
+                    assert views(mem, word) == views(ref, word)
+                    got = mem.recall(f"{word}?", tenant="t", k=10, strategy="sequential")
+                    want = ref.recall(f"{word}?", tenant="t", k=10, strategy="sequential")
+                    assert [(h.id, h.score) for h in got.hits] == [
+                        (h.id, h.score) for h in want.hits
+                    ]
+                if settle:
+                    assert mem.catch_up.settle(10.0)
