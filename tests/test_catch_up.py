@@ -4,6 +4,8 @@ never anything else, and never at the cost of a recall's correctness."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +30,14 @@ def mem(tmp_path: Path, embedder: Embedder) -> Iterator[Memory]:
 
 
 def loaded(mem: Memory) -> int:
+    """Index rows the recalls applied."""
     return mem.pipeline.ctx.loaded()
+
+
+def followed(mem: Memory) -> int:
+    """Index rows the catch-up thread applied."""
+    ctx = mem.pipeline.ctx
+    return ctx.indexes.followed + ctx.lexicon.followed
 
 
 def test_a_write_to_a_loaded_scope_is_caught_up_before_the_next_recall(mem: Memory) -> None:
@@ -37,22 +46,22 @@ def test_a_write_to_a_loaded_scope_is_caught_up_before_the_next_recall(mem: Memo
     before = loaded(mem)
     mem.remember("Bo drinks coffee in Porto", tenant="t", key="bo")
     assert mem.catch_up.settle(10.0)
-    caught = loaded(mem)
-    assert caught >= before + 2  # its vector and its postings, by the thread
+    assert followed(mem) == 2  # its vector and its postings, by the thread
     hits = mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits
-    assert loaded(mem) == caught  # the recall found both indexes current
+    assert loaded(mem) == before  # the recall found both indexes current
     assert hits[0].key == "bo"
 
 
 def test_a_scope_no_recall_has_searched_stays_unbuilt(mem: Memory) -> None:
     mem.remember("Ann drinks tea", tenant="a")
     mem.recall("tea?", tenant="a")
-    before = loaded(mem)
     mem.remember("Bo drinks coffee", tenant="b")
     mem.remember("Cy reads books", tenant="a", layer="semantic")  # a's semantic: never searched
     assert mem.catch_up.settle(10.0)
-    assert loaded(mem) == before
-    assert mem.catch_up.followed >= 1
+    assert mem.catch_up.followed == 2 and followed(mem) == 0  # both taken up, none loaded
+    mem.remember("Dee reads too", tenant="a")  # a's episodic is loaded: followed
+    assert mem.catch_up.settle(10.0)
+    assert followed(mem) == 2
 
 
 def test_a_bulk_import_is_left_to_the_next_recall(mem: Memory) -> None:
@@ -65,10 +74,13 @@ def test_a_bulk_import_is_left_to_the_next_recall(mem: Memory) -> None:
     ]
     mem.remember_many(items)
     assert mem.catch_up.settle(10.0)
-    assert loaded(mem) == before  # too far behind: not the thread's
+    assert followed(mem) == 0  # too far behind: not the thread's
     hits = mem.recall("a note about the piano", tenant="t", k=3).hits
-    assert loaded(mem) >= before + 2 * (MOST + 1)
+    assert loaded(mem) == before + 2 * (MOST + 1)
     assert hits and all(h.text.startswith("note ") for h in hits)
+    mem.remember_many(items[:MOST])  # as far behind as it takes: the thread's
+    assert mem.catch_up.settle(10.0)
+    assert followed(mem) == 2 * MOST
 
 
 def test_the_thread_never_builds_a_graph(tmp_path: Path, embedder: Embedder) -> None:
@@ -77,13 +89,16 @@ def test_the_thread_never_builds_a_graph(tmp_path: Path, embedder: Embedder) -> 
             [MemoryInput(layer="episodic", text=f"fact {i}", tenant="t") for i in range(8)]
         )
         mem.recall("fact?", tenant="t")
-        index = mem.pipeline.ctx.indexes.warm("t", "episodic", 0)
+        index = mem.pipeline.ctx.indexes._indexes[("t", "episodic")]
         assert isinstance(index._state.backend, ExactBackend)
         mem.remember("fact 8", tenant="t")  # past the cutoff: the next recall builds it
         assert mem.catch_up.settle(10.0)
         assert isinstance(index._state.backend, ExactBackend) and len(index) == 8
         mem.recall("fact 8?", tenant="t")
         assert isinstance(index._state.backend, HnswBackend) and len(index) == 9
+        mem.remember("fact 9", tenant="t")  # a graph it only adds to
+        assert mem.catch_up.settle(10.0)
+        assert len(index) == 10 and mem.pipeline.ctx.indexes.followed == 1
 
 
 def test_a_failed_catch_up_is_left_to_the_recall(
@@ -103,19 +118,53 @@ def test_a_failed_catch_up_is_left_to_the_recall(
     assert "disk on fire" in caplog.text
     monkeypatch.undo()
     assert mem.recall("who drinks coffee?", tenant="t", k=1).hits[0].key == "bo"
+    before = followed(mem)
     mem.remember("Cy drinks water", tenant="t", key="cy")  # the thread lives on
     assert mem.catch_up.settle(10.0)
+    assert followed(mem) == before + 2
     assert mem.recall("who drinks water?", tenant="t", k=1).hits[0].key == "cy"
 
 
-def test_close_right_after_a_write_stops_the_thread(tmp_path: Path, embedder: Embedder) -> None:
+def test_a_listener_that_fails_does_not_lose_the_write(mem: Memory) -> None:
+    def broken(touched: set[tuple[str, str]]) -> None:
+        raise RuntimeError("listener on fire")
+
+    mem.store.on_commit(broken)
+    ids: list[int] = []
+
+    def write() -> None:  # committed, and the caller hears so; the writer thread lives on
+        ids.append(mem.remember("Ann drinks tea", tenant="t"))
+        ids.append(mem.remember("Bo drinks coffee", tenant="t"))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(30.0)  # (a dead writer thread left remember waiting for ever)
+    assert len(ids) == 2 and mem.get(ids[0], tenant="t")["text"] == "Ann drinks tea"
+
+
+def test_close_during_a_catch_up_waits_for_that_scope_only(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mem = Memory(tmp_path / "x.db", embedder=embedder, pool="off")
-    mem.remember("Ann drinks tea", tenant="t")
-    mem.recall("tea?", tenant="t")
-    mem.remember("Bo drinks coffee", tenant="t")
+    for tenant in ("a", "b"):
+        mem.remember("Ann drinks tea", tenant=tenant)
+        mem.recall("tea?", tenant=tenant)
+    started, taken = threading.Event(), []
+    plain = mem.catch_up.follow
+
+    def slow(tenant: str, layers: set[str]) -> None:
+        taken.append(tenant)
+        started.set()
+        time.sleep(0.3)
+        plain(tenant, layers)
+
+    monkeypatch.setattr(mem.catch_up, "follow", slow)
+    mem.remember_many([MemoryInput(layer="episodic", text="Bo", tenant=t) for t in ("a", "b")])
+    assert started.wait(10.0)
     thread = mem.catch_up._thread
     mem.close()
     assert thread is not None and not thread.is_alive()
+    assert len(taken) == 1  # the other tenant was left
     mem.catch_up.close()  # idempotent
 
 

@@ -78,10 +78,13 @@ class CatchUp:
             for tenant, layer in touched:
                 self._pending.setdefault(tenant, set()).add(layer)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="athena-catch-up", daemon=True
-                )
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name="athena-catch-up", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had (a limit, or shutting down)
+                    log.warning("no catch-up thread: recalls catch up themselves")
+                    return
+                self._thread = thread
             elif self._idle:
                 self._cond.notify_all()
 
@@ -105,6 +108,8 @@ class CatchUp:
                 pending, self._pending = self._pending, {}
                 self._busy = True
             for tenant, layers in pending.items():
+                if self._closed:  # close() waits for this thread: leave the rest
+                    break
                 try:
                     self.follow(tenant, layers)
                 except Exception:  # the next recall syncs these itself, and reports it
@@ -112,7 +117,10 @@ class CatchUp:
 
     def follow(self, tenant: str, layers: set[str]) -> None:
         """Catch ``tenant``'s loaded indexes of ``layers``, and any layer's own state of
-        the tenant, up to its current generations (what the thread does per commit)."""
+        the tenant, up to its current generations (what the thread does per commit).
+
+        >>> # mem.catch_up.follow("agent-1", {"episodic"})  # on the caller's thread
+        """
         generations = self._tracker.get(tenant)
         ctx = self._pipeline.ctx
         for layer in layers:
@@ -125,13 +133,21 @@ class CatchUp:
         self.followed += 1
 
     def settle(self, timeout: float) -> bool:
-        """Wait until every commit so far is caught up (or ``timeout`` seconds pass);
-        True if it is. For tests and benchmarks: a recall never needs to wait for it."""
+        """Wait until the thread has taken up every commit so far (or ``timeout`` seconds
+        pass); True if it has (what it left to the next recall included). For tests and
+        benchmarks: a recall never needs to wait for it.
+
+        >>> # mem.remember("...", tenant="t"); mem.catch_up.settle(5.0)
+        """
         with self._cond:
             return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def close(self) -> None:
-        """Stop taking commits and let the catch-up under way finish. Idempotent."""
+        """Stop taking commits and let the scope being caught up finish (the others are
+        left). Idempotent; :meth:`Memory.close <athena.memory.Memory.close>` calls it first.
+
+        >>> # mem.catch_up.close()  # this Memory's recalls now catch up themselves
+        """
         with self._cond:
             self._closed = True
             thread, self._thread = self._thread, None

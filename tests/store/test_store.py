@@ -468,7 +468,7 @@ def test_readers_do_not_map_the_file_and_see_every_commit(store: SQLiteStore) ->
     # A mapped WAL reader unmaps the whole file after each commit by another connection
     # (benchmarks/reader_mmap.py: a recall after a write ~7% dearer); the writer maps it.
     reader = store._readers.get()
-    assert reader.execute("PRAGMA mmap_size").fetchone()[0] == 0
+    assert reader.execute("PRAGMA mmap_size").fetchone()[0] == 0  # set so, not by default
     assert store._writer.run(lambda conn, _: conn.execute("PRAGMA mmap_size").fetchone()[0]) > 0
     for i in range(3):
         [mid] = store.put([prepared(key=f"k{i}", text=f"text {i}")])

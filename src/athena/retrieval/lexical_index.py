@@ -54,7 +54,7 @@ class ChangeFeed(Protocol):
     """Where an index learns what changed: :meth:`athena.store.protocol.Store.changes_after`."""
 
     def changes_after(
-        self, tenant: str, layer: str, after_seq: int
+        self, tenant: str, layer: str, after_seq: int, limit: int | None = None
     ) -> list[tuple[int, int, str | None]]: ...
 
 
@@ -207,15 +207,14 @@ class LexicalIndex(LexicalPostings):
                 return self._apply(store, generation, changes)
 
     def follow(self, store: ChangeFeed, generation: int, most: int) -> int:
-        """:meth:`sync`, for an index already loaded and at most ``most`` changes behind;
-        otherwise nothing (the next search loads or catches it up). Returns the changes
-        applied."""
+        """:meth:`sync`, for a loaded index at most ``most`` changes behind; otherwise
+        nothing, for the next search to do. Returns the changes applied."""
         if generation == self._synced_generation or self._synced_generation is None:
             return 0
         with self._lock:
             if generation == self._synced_generation:
                 return 0
-            changes = store.changes_after(self.tenant, self.layer, self._last_seq)
+            changes = store.changes_after(self.tenant, self.layer, self._last_seq, most + 1)
             if len(changes) > most:
                 return 0
             return self._apply(store, generation, changes)
@@ -350,6 +349,7 @@ class LexicalIndexes:
         self._indexes: dict[tuple[str, str], LexicalIndex] = {}
         self._lock = threading.Lock()
         self.loaded = 0  # changes applied by every sync so far (approximate)
+        self.followed = 0  # and by every follow (approximate)
 
     def search(
         self,
@@ -388,5 +388,5 @@ class LexicalIndexes:
         if index is None:
             return 0
         applied = index.follow(self._store, generation, most)
-        self.loaded += applied
+        self.followed += applied  # not ``loaded``: that tells a recall it built an index
         return applied

@@ -246,23 +246,20 @@ class VectorIndex:
             return self._catch_up(store, generation)
 
     def follow(self, store: Store, generation: int, most: int) -> int:
-        """:meth:`sync`, for an index already loaded, at most ``most`` vectors and
-        tombstones behind, whose catch-up builds nothing (no first load, no graph, no
-        rebuild); otherwise nothing: the next search does it. Returns how many it applied."""
+        """:meth:`sync`, for a loaded index at most ``most`` vectors and tombstones behind
+        whose catch-up builds nothing (see :func:`_builds`); otherwise nothing, for the next
+        search to do. Returns how many it applied.
+
+        >>> VectorIndex("t", "episodic", "m").follow(None, 1, 512)  # type: ignore[arg-type]
+        0
+        """
         if generation == self._synced_generation or self._state.backend is None:
             return 0
         with self._lock:
-            state = self._state
             if generation == self._synced_generation:
                 return 0
-            gone, batch = read = self._read_after(store, state)
-            size = len(state.ids) + len(batch.ids)
-            exact = isinstance(state.backend, ExactBackend)
-            if (
-                len(gone) + len(batch.ids) > most
-                or (exact and size > self.hnsw_cutoff)
-                or state.dead + len(gone) > 1_000
-            ):
+            read = self._read_after(store, self._state, most + 1)
+            if _builds(self._state, read, most, self.hnsw_cutoff):
                 return 0
             return self._catch_up(store, generation, read)
 
@@ -281,15 +278,9 @@ class VectorIndex:
             return self._catch_up(store, generation, read)
 
     def _restore(self, snapshots: IndexSnapshots) -> bool:
-        snap = snapshots.load("vector", self.tenant, self.layer, self.model)
-        if snap is None:
-            return False
-        try:
-            state = _State.restored(snap)
-        except Exception as exc:  # a damaged graph is a cache miss, never a failed recall
-            log.warning("ignoring the index snapshot of %s/%s: %s", self.tenant, self.layer, exc)
-            return False
-        # None: its arrays disagree; and a scope this size, this process searches exactly
+        state = _snapshot_state(snapshots, self.tenant, self.layer, self.model)
+        # None: no snapshot, or its arrays disagree; and a scope this size, this process
+        # searches exactly
         if state is None or len(state.latest) <= self.hnsw_cutoff:
             return False
         self._state, self._unsaved = state, 0
@@ -304,11 +295,13 @@ class VectorIndex:
         if self._snapshots.save("vector", *args):
             self._unsaved = 0
 
-    def _read_after(self, store: Store, state: _State) -> tuple[list[tuple[int, int]], VectorBatch]:
+    def _read_after(
+        self, store: Store, state: _State, limit: int | None = None
+    ) -> tuple[list[tuple[int, int]], VectorBatch]:
         # Tombstones first: a memory deleted after this read is caught by the next sync,
         # one re-inserted after it comes back through its new vector.
-        gone = store.deleted_after(self.tenant, self.layer, state.last_change)
-        return gone, store.vectors_after(self.tenant, self.layer, self.model, state.last_seq)
+        gone = store.deleted_after(self.tenant, self.layer, state.last_change, limit)
+        return gone, store.vectors_after(self.tenant, self.layer, self.model, state.last_seq, limit)
 
     def _catch_up(
         self,
@@ -374,6 +367,42 @@ class VectorIndex:
         return len(self._state.latest)
 
 
+def _snapshot_state(
+    snapshots: IndexSnapshots, tenant: str, layer: str, model: str
+) -> _State | None:
+    """The state the scope's snapshot holds; None if there is none, or it is damaged or
+    inconsistent (a cache miss, never a failed recall)."""
+    snap = snapshots.load("vector", tenant, layer, model)
+    if snap is None:
+        return None
+    try:
+        return _State.restored(snap)
+    except Exception as exc:
+        log.warning("ignoring the index snapshot of %s/%s: %s", tenant, layer, exc)
+        return None
+
+
+def _builds(
+    state: _State, read: tuple[list[tuple[int, int]], VectorBatch], most: int, cutoff: int
+) -> bool:
+    """Whether catching ``state`` up with ``read`` is more than a follow does: over
+    ``most`` rows (or a read cut at ``most + 1``), an exact index past the HNSW ``cutoff``
+    (a graph to build), or enough superseded vectors for a rebuild (see ``_catch_up``).
+
+    >>> state = _State(ExactBackend(4), [1, 2], [1, 2], {1: 1, 2: 2})
+    >>> batch = VectorBatch(np.array([3]), np.array([3]), np.zeros((1, 4), np.float32))
+    >>> _builds(state, ([], batch), 512, 20_000), _builds(state, ([], batch), 512, 2)
+    (False, True)
+    """
+    gone, batch = read
+    dead = state.dead + len(gone)
+    return (
+        len(gone) + len(batch.ids) > most
+        or (isinstance(state.backend, ExactBackend) and len(state.ids) + len(batch.ids) > cutoff)
+        or (dead > 1_000 and dead > len(state.ids) // 3)
+    )
+
+
 def _compacted(state: _State) -> _State:
     """The same live vectors without the superseded ones (exact backend only: a cheap copy,
     no reload), so an index whose memories are updated often stays the size of its data."""
@@ -405,6 +434,7 @@ class VectorIndexes:
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._lock = threading.Lock()
         self.loaded = 0  # vectors and tombstones applied by every sync so far (approximate)
+        self.followed = 0  # and by every follow (approximate)
 
     def search(
         self, tenant: str, layer: str, generation: int, query: Floats, limit: int
@@ -443,5 +473,5 @@ class VectorIndexes:
         if index is None:
             return 0
         applied = index.follow(self._store, generation, most)
-        self.loaded += applied
+        self.followed += applied  # not ``loaded``: that tells a recall it built an index
         return applied

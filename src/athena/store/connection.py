@@ -14,6 +14,7 @@ media, with no -shm file to share, can be read no other way).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import sqlite3
@@ -35,6 +36,7 @@ from athena.errors import (
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
+log = logging.getLogger(__name__)
 
 
 def translate(exc: sqlite3.Error) -> StoreError:
@@ -110,8 +112,7 @@ def open_connection(
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute(CACHE_PRAGMA)
-            if not readonly:
-                conn.execute(WRITER_MMAP_PRAGMA)
+            conn.execute("PRAGMA mmap_size = 0" if readonly else WRITER_MMAP_PRAGMA)
         except BaseException:
             conn.close()
             raise
@@ -250,7 +251,10 @@ class Writer:
                 future.set_exception(exc)
                 continue
             if touched:
-                self._on_commit(touched)
+                try:
+                    self._on_commit(touched)
+                except BaseException:  # committed: the caller hears so, and this thread lives
+                    log.exception("a commit listener failed")
             future.set_result(result)
 
 

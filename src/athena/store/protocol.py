@@ -165,8 +165,10 @@ class Store(Protocol):
     def admitted(self, tenant: str, ids: Sequence[int], where: RowFilter) -> set[int]:
         """Those of ``ids`` that belong to ``tenant`` and pass ``where``."""
 
-    def vectors_after(self, tenant: str, layer: str, model: str, after_seq: int) -> VectorBatch:
-        """Vectors written after ``after_seq``."""
+    def vectors_after(
+        self, tenant: str, layer: str, model: str, after_seq: int, limit: int | None = None
+    ) -> VectorBatch:
+        """Vectors written after ``after_seq``, oldest first (at most ``limit`` if given)."""
 
     def vector_seqs(self, ids: Sequence[int], model: str) -> dict[int, int]:
         """The current vector seq of each id (missing if deleted)."""
@@ -181,13 +183,17 @@ class Store(Protocol):
         """A random id minted with the database (None if its schema predates it)."""
 
     def changes_after(
-        self, tenant: str, layer: str, after_seq: int
+        self, tenant: str, layer: str, after_seq: int, limit: int | None = None
     ) -> list[tuple[int, int, str | None]]:
         """(seq, memory id, text) of memories of (tenant, layer) changed after ``after_seq``,
-        oldest first; the text is None for a memory that was deleted."""
+        oldest first (at most ``limit`` if given); the text is None for a memory that was
+        deleted."""
 
-    def deleted_after(self, tenant: str, layer: str, after_seq: int) -> list[tuple[int, int]]:
-        """(seq, memory id) of the memories of (tenant, layer) deleted after ``after_seq``."""
+    def deleted_after(
+        self, tenant: str, layer: str, after_seq: int, limit: int | None = None
+    ) -> list[tuple[int, int]]:
+        """(seq, memory id) of the memories of (tenant, layer) deleted after ``after_seq``,
+        oldest first (at most ``limit`` if given)."""
 
     def large_scopes(self, at_least: int) -> list[tuple[str, str, int]]:
         """(tenant, layer, memories) of every scope with ``at_least`` memories, largest first."""

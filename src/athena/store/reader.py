@@ -70,8 +70,10 @@ class SQLiteReader:
     def admitted(self, tenant: str, ids: Sequence[int], where: RowFilter) -> set[int]:
         return self._read(reads.admitted, tenant, ids, where)
 
-    def vectors_after(self, tenant: str, layer: str, model: str, after_seq: int) -> VectorBatch:
-        return self._read(reads.vectors_after, tenant, layer, model, after_seq)
+    def vectors_after(
+        self, tenant: str, layer: str, model: str, after_seq: int, limit: int | None = None
+    ) -> VectorBatch:
+        return self._read(reads.vectors_after, tenant, layer, model, after_seq, limit)
 
     def vector_seqs(self, ids: Sequence[int], model: str) -> dict[int, int]:
         return self._read(reads.vector_seqs, ids, model)
@@ -86,12 +88,14 @@ class SQLiteReader:
         return self._read(reads.identity)
 
     def changes_after(
-        self, tenant: str, layer: str, after_seq: int
+        self, tenant: str, layer: str, after_seq: int, limit: int | None = None
     ) -> list[tuple[int, int, str | None]]:
-        return self._read(reads.changes_after, tenant, layer, after_seq)
+        return self._read(reads.changes_after, tenant, layer, after_seq, limit)
 
-    def deleted_after(self, tenant: str, layer: str, after_seq: int) -> list[tuple[int, int]]:
-        return self._read(reads.deleted_after, tenant, layer, after_seq)
+    def deleted_after(
+        self, tenant: str, layer: str, after_seq: int, limit: int | None = None
+    ) -> list[tuple[int, int]]:
+        return self._read(reads.deleted_after, tenant, layer, after_seq, limit)
 
     def large_scopes(self, at_least: int) -> list[tuple[str, str, int]]:
         return self._read(reads.large_scopes, at_least)

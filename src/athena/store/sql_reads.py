@@ -121,12 +121,17 @@ def admitted(
 
 
 def vectors_after(
-    conn: sqlite3.Connection, tenant: str, layer: str, model: str, after_seq: int
+    conn: sqlite3.Connection,
+    tenant: str,
+    layer: str,
+    model: str,
+    after_seq: int,
+    limit: int | None = None,
 ) -> VectorBatch:
     rows = conn.execute(
         "SELECT seq, memory_id, vector FROM vectors"
-        " WHERE tenant = ? AND layer = ? AND model = ? AND seq > ? ORDER BY seq",
-        (tenant, layer, model, after_seq),
+        " WHERE tenant = ? AND layer = ? AND model = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (tenant, layer, model, after_seq, -1 if limit is None else limit),
     ).fetchall()
     if not rows:
         return VectorBatch(
@@ -168,25 +173,25 @@ def identity(conn: sqlite3.Connection) -> str | None:
 
 
 def changes_after(
-    conn: sqlite3.Connection, tenant: str, layer: str, after_seq: int
+    conn: sqlite3.Connection, tenant: str, layer: str, after_seq: int, limit: int | None = None
 ) -> list[tuple[int, int, str | None]]:
     # One statement, so one snapshot: a memory's text and its tombstone never disagree.
     rows = conn.execute(
         "SELECT c.seq, c.memory_id, CASE WHEN c.deleted THEN NULL ELSE m.text END"
         " FROM memory_changes c LEFT JOIN memories m ON m.id = c.memory_id"
-        " WHERE c.tenant = ? AND c.layer = ? AND c.seq > ? ORDER BY c.seq",
-        (tenant, layer, after_seq),
+        " WHERE c.tenant = ? AND c.layer = ? AND c.seq > ? ORDER BY c.seq LIMIT ?",
+        (tenant, layer, after_seq, -1 if limit is None else limit),
     ).fetchall()
     return [(int(r[0]), int(r[1]), r[2]) for r in rows]
 
 
 def deleted_after(
-    conn: sqlite3.Connection, tenant: str, layer: str, after_seq: int
+    conn: sqlite3.Connection, tenant: str, layer: str, after_seq: int, limit: int | None = None
 ) -> list[tuple[int, int]]:
     rows = conn.execute(
         "SELECT seq, memory_id FROM memory_changes"
-        " WHERE tenant = ? AND layer = ? AND seq > ? AND deleted ORDER BY seq",
-        (tenant, layer, after_seq),
+        " WHERE tenant = ? AND layer = ? AND seq > ? AND deleted ORDER BY seq LIMIT ?",
+        (tenant, layer, after_seq, -1 if limit is None else limit),
     ).fetchall()
     return [(int(r[0]), int(r[1])) for r in rows]
 

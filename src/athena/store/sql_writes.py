@@ -55,8 +55,9 @@ def put(conn: sqlite3.Connection, touched: Touched, items: Sequence[PreparedMemo
         )
         if row is None:
             # A new id is past every id ever used, as the change feed remembers them (it
-            # keeps a row, a tombstone once deleted, for every memory): SQLite's own choice,
-            # the largest id now + 1, gave a forgotten newest memory's id to the next one,
+            # keeps a row, a tombstone once deleted, for every memory), and past every id
+            # now (should the feed ever lack one). SQLite's own choice, the largest id
+            # now + 1, gave a forgotten newest memory's id to the next one,
             # whose change then replaced the tombstone, so an index of the forgotten
             # memory's scope kept it; and a client holding the old id reached the new one.
             memory_id = int(
@@ -64,7 +65,8 @@ def put(conn: sqlite3.Connection, touched: Touched, items: Sequence[PreparedMemo
                     "INSERT INTO memories (id, kind, session, actor, text, event_time,"
                     " updated_at, sources, metadata, attributes, created_at, tenant, layer,"
                     " key, scope) VALUES ("
-                    " (SELECT coalesce(max(memory_id), 0) + 1 FROM memory_changes),"
+                    " (SELECT max((SELECT coalesce(max(memory_id), 0) FROM memory_changes),"
+                    " (SELECT coalesce(max(id), 0) FROM memories)) + 1),"
                     " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         *values,
