@@ -30,6 +30,7 @@ from athena.bench.workloads import build_store, working_copy
 from athena.memory import Memory
 
 ON, OFF = "on", "off"
+REST_S = 0.02  # after each recall, longer than the writer's quiet spell
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -87,7 +88,10 @@ def main() -> None:
                     start = time.perf_counter()
                     mem.recall(ask.text, tenant=ask.tenant)
                     recalls.setdefault((gap, arm), []).append(time.perf_counter() - start)
-                    mem.catch_up.settle(5.0)  # nothing left over for the other arm's turn
+                    # Both arms rest alike before the next write (a recall after a rest
+                    # is slower), and nothing is left over for the next turn.
+                    time.sleep(REST_S)
+                    mem.catch_up.settle(5.0)
         finally:
             for mem in mems.values():
                 mem.close()

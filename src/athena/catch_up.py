@@ -1,12 +1,15 @@
-"""The loaded indexes caught up with this process's own writes right after each commit.
+"""The loaded indexes caught up with this process's own writes once writing pauses.
 
 Before it searches, a recall brings every index it reads up to the scope's write
 generation: the vectors and BM25 postings written since, the graph layer's entity names
 and memory count. After a write, that catch-up was the next recall's to pay: a faiss HNSW
 insert alone took about 0.5 ms in a tenant of 100k memories. An agent writes, then thinks
 (a model call), then recalls, so :class:`CatchUp` does that work in between, on a thread of
-its own (on the other core where the work releases the GIL, as faiss does), once no
-commit has come for :data:`QUIET_S`.
+its own (on the other core where the work releases the GIL, as faiss does), once writing
+pauses: the store's writer thread tells it when no write has come for 10 ms after one
+(:data:`~athena.store.connection.QUIET_S`). An agent's next recall comes a model call
+later; a recall right after a write (a benchmark's loop) does its own catch-up, unhindered
+by this thread; a burst of writes is caught up once, after it.
 
 Only what is already loaded is caught up, and only a little way (:data:`MOST`): a scope no
 recall has searched stays unbuilt, and a bulk import's catch-up (or a graph's build) is the
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Final
 
 from athena.execution.pipeline import Pipeline
@@ -31,10 +33,6 @@ from athena.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 
-# Commits are taken up once none has come for this long: an agent's next recall comes after
-# a model call, far later; a recall right after a write (a benchmark's loop) does its own
-# catch-up unhindered by this thread, and a burst of writes is caught up once, after it.
-QUIET_S: Final = 0.01
 # A scope further behind than this (a bulk import), or one whose catch-up would build an
 # index, is left to its next recall, as before: this thread never holds close() for long.
 MOST: Final = 512
@@ -59,22 +57,21 @@ class CatchUp:
         self._tracker = tracker
         self._pipeline = pipeline
         self._pending: dict[str, set[str]] = {}  # tenant -> layers written since last taken
+        self._due = False  # writing paused since the pending writes: take them up
         self._busy = False
-        self._idle = False  # the thread waits for a commit (not for a quiet spell)
-        self._last = 0.0  # time.monotonic() of the last commit
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
         self.followed = 0  # commits' scopes taken up so far, by tenant
         store.on_commit(self._committed)
+        store.on_quiet(self._quiet)
 
     def _committed(self, touched: set[tuple[str, str]]) -> None:
-        """The writer thread, after a commit: note the scopes (cheap; it never raises).
-        Only an idle thread is woken: one counting down its quiet spell reads ``_last``."""
+        """The writer thread, after a commit: note the scopes. Wakes nothing (a woken
+        thread cost the write and the recall after it 50-90 µs): :meth:`_quiet` does."""
         with self._cond:
             if self._closed:
                 return
-            self._last = time.monotonic()
             for tenant, layer in touched:
                 self._pending.setdefault(tenant, set()).add(layer)
             if self._thread is None:
@@ -85,7 +82,12 @@ class CatchUp:
                     log.warning("no catch-up thread: recalls catch up themselves")
                     return
                 self._thread = thread
-            elif self._idle:
+
+    def _quiet(self) -> None:
+        """The writer thread, once writing paused: wake the thread for what is pending."""
+        with self._cond:
+            if self._pending:
+                self._due = True
                 self._cond.notify_all()
 
     def _loop(self) -> None:
@@ -94,18 +96,11 @@ class CatchUp:
             with cond:
                 self._busy = False
                 cond.notify_all()  # settle() waits for this
-                while not self._pending and not self._closed:
-                    self._idle = True
+                while not (self._due and self._pending) and not self._closed:
                     cond.wait()
-                self._idle = False
-                while not self._closed:  # a quiet spell first
-                    left = self._last + QUIET_S - time.monotonic()
-                    if left <= 0:
-                        break
-                    cond.wait(left)
                 if self._closed:
                     return
-                pending, self._pending = self._pending, {}
+                pending, self._pending, self._due = self._pending, {}, False
                 self._busy = True
             for tenant, layers in pending.items():
                 if self._closed:  # close() waits for this thread: leave the rest

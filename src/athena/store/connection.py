@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from athena.errors import (
     StoreCorrupt,
@@ -36,6 +36,8 @@ from athena.errors import (
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
+# After a commit, this long with no write queued is a pause in writing (``on_quiet``).
+QUIET_S: Final = 0.01
 log = logging.getLogger(__name__)
 
 
@@ -176,11 +178,22 @@ def needs_immutable(path: Path) -> bool:
 
 
 class Writer:
-    """One thread that owns the write connection and runs queued transactions in order."""
+    """One thread that owns the write connection and runs queued transactions in order.
 
-    def __init__(self, path: Path, on_commit: Callable[[set[tuple[str, str]]], None]) -> None:
+    After a commit that changed memories it calls ``on_commit(touched)``, and once no write
+    has come for :data:`QUIET_S` after it, ``on_quiet()``: both on this thread, so neither
+    wakes another thread while a caller waits for its write.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        on_commit: Callable[[set[tuple[str, str]]], None],
+        on_quiet: Callable[[], None] = lambda: None,
+    ) -> None:
         self._path = path
         self._on_commit = on_commit
+        self._on_quiet = on_quiet
         self._tasks: queue.Queue[tuple[Callable[..., Any], Future[Any]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -221,8 +234,14 @@ class Writer:
     def _loop(self) -> None:
         conn = self._conn
         assert conn is not None
+        quiet_due = False
         while True:
-            item = self._tasks.get()
+            try:
+                item = self._tasks.get(timeout=QUIET_S) if quiet_due else self._tasks.get()
+            except queue.Empty:
+                quiet_due = False
+                _call(self._on_quiet)
+                continue
             if item is None:
                 # Fold the WAL back into the file, so a closed store is one file again
                 # (as far as readers still open allow).
@@ -251,11 +270,18 @@ class Writer:
                 future.set_exception(exc)
                 continue
             if touched:
-                try:
-                    self._on_commit(touched)
-                except BaseException:  # committed: the caller hears so, and this thread lives
-                    log.exception("a commit listener failed")
+                _call(self._on_commit, touched)
+                quiet_due = True
             future.set_result(result)
+
+
+def _call(listener: Callable[..., None], *args: Any) -> None:
+    """A commit or quiet listener: one that fails is logged, and the writer thread lives on
+    (the write is committed, and its caller hears so)."""
+    try:
+        listener(*args)
+    except BaseException:
+        log.exception("a store listener failed")
 
 
 class Readers:

@@ -139,6 +139,10 @@ class Store(Protocol):
     def on_commit(self, listener: Callable[[set[tuple[str, str]]], None]) -> None:
         """Call ``listener`` with the (tenant, layer) scopes of each committed write."""
 
+    def on_quiet(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` once writing pauses after a committed write (for work that
+        should not compete with the writes, such as catching indexes up)."""
+
     def put(self, items: Sequence[PreparedMemory]) -> list[int]:
         """Insert or (same tenant, layer, key) update, all in one transaction; return ids."""
 

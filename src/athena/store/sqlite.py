@@ -44,6 +44,7 @@ class SQLiteStore(SQLiteReader):
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._listeners: list[Listener] = []
+        self._quiet_listeners: list[Callable[[], None]] = []
         self.read_only_reason: str | None = "this store was opened read-only" if readonly else None
         if not readonly:
             try:
@@ -62,7 +63,7 @@ class SQLiteStore(SQLiteReader):
             raise StoreError(f"no database at {self.path}")
         self.readonly = readonly
         super().__init__(self.path, immutable=readonly and needs_immutable(self.path))
-        self._writer = Writer(self.path, self._notify)
+        self._writer = Writer(self.path, self._notify, self._quiet)
         if readonly:  # nobody can migrate it here: it must be this version already
             self._check_schema()
 
@@ -84,9 +85,16 @@ class SQLiteStore(SQLiteReader):
     def on_commit(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def on_quiet(self, listener: Callable[[], None]) -> None:
+        self._quiet_listeners.append(listener)
+
     def _notify(self, touched: set[tuple[str, str]]) -> None:
         for listener in self._listeners:
             listener(touched)
+
+    def _quiet(self) -> None:
+        for listener in self._quiet_listeners:
+            listener()
 
     def _write(self, fn: Callable[[sqlite3.Connection, set[tuple[str, str]]], T]) -> T:
         if self.readonly:
