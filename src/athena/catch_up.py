@@ -34,13 +34,15 @@ from athena.store.sqlite import SQLiteStore
 log = logging.getLogger(__name__)
 
 # A scope further behind than this (a bulk import), or one whose catch-up would build an
-# index, is left to its next recall, as before: this thread never holds close() for long.
+# index, is left to its next recall, as before: close() waits for one scope's catch-up at
+# most (with, now and then, the snapshot of a graph that took in 5,000 vectors since its
+# last, as a recall would save it).
 MOST: Final = 512
 
 
 class CatchUp:
-    """A thread that follows every commit of ``store`` with a catch-up of the loaded
-    indexes of the scopes it wrote (started by the first commit, stopped by :meth:`close`).
+    """A thread that, whenever writing to ``store`` pauses, catches up the loaded indexes
+    of the scopes this process wrote (started at the first pause, stopped by :meth:`close`).
 
     >>> import tempfile, os
     >>> from athena.memory import Memory
@@ -67,28 +69,30 @@ class CatchUp:
         store.on_quiet(self._quiet)
 
     def _committed(self, touched: set[tuple[str, str]]) -> None:
-        """The writer thread, after a commit: note the scopes. Wakes nothing (a woken
-        thread cost the write and the recall after it 50-90 µs): :meth:`_quiet` does."""
+        """The writer thread, after a commit: note the scopes. Wakes nothing (a thread woken
+        here cost the write and the recall after it 50-90 µs): :meth:`_quiet` does."""
         with self._cond:
-            if self._closed:
+            if not self._closed:
+                for tenant, layer in touched:
+                    self._pending.setdefault(tenant, set()).add(layer)
+
+    def _quiet(self) -> None:
+        """The writer thread, once writing paused: wake the thread (started the first time)
+        for what is pending."""
+        with self._cond:
+            if self._closed or not self._pending:
                 return
-            for tenant, layer in touched:
-                self._pending.setdefault(tenant, set()).add(layer)
+            self._due = True
             if self._thread is None:
                 thread = threading.Thread(target=self._loop, name="athena-catch-up", daemon=True)
                 try:
                     thread.start()
                 except RuntimeError:  # no thread to be had (a limit, or shutting down)
                     log.warning("no catch-up thread: recalls catch up themselves")
+                    self._pending.clear()
                     return
                 self._thread = thread
-
-    def _quiet(self) -> None:
-        """The writer thread, once writing paused: wake the thread for what is pending."""
-        with self._cond:
-            if self._pending:
-                self._due = True
-                self._cond.notify_all()
+            self._cond.notify_all()
 
     def _loop(self) -> None:
         cond = self._cond
@@ -112,7 +116,8 @@ class CatchUp:
 
     def follow(self, tenant: str, layers: set[str]) -> None:
         """Catch ``tenant``'s loaded indexes of ``layers``, and any layer's own state of
-        the tenant, up to its current generations (what the thread does per commit).
+        the tenant, up to its current generations (what the thread does, per tenant written,
+        once writing pauses).
 
         >>> # mem.catch_up.follow("agent-1", {"episodic"})  # on the caller's thread
         """
@@ -135,7 +140,8 @@ class CatchUp:
         >>> # mem.remember("...", tenant="t"); mem.catch_up.settle(5.0)
         """
         with self._cond:
-            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+            self._cond.wait_for(lambda: self._closed or not (self._pending or self._busy), timeout)
+            return not (self._pending or self._busy)
 
     def close(self) -> None:
         """Stop taking commits and let the scope being caught up finish (the others are

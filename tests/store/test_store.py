@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
 from athena.store import EntityChanges, EntityNames, PreparedMemory, RowFilter, SQLiteStore
-from athena.store.connection import translate
+from athena.store.connection import QUIET_S, translate
 from athena.store.schema import SCHEMA_VERSION, migrate
 from athena.store.sql_reads import ENTITY_CHANGES, ENTITY_NAMES
 from athena.store.sql_writes import UNMENTIONED
@@ -473,6 +473,31 @@ def test_readers_do_not_map_the_file_and_see_every_commit(store: SQLiteStore) ->
     for i in range(3):
         [mid] = store.put([prepared(key=f"k{i}", text=f"text {i}")])
         assert [row.text for row in store.get("t", [mid])] == [f"text {i}"]
+
+
+def test_writing_pauses_are_told_once_per_burst_and_a_failing_listener_is_survived(
+    store: SQLiteStore,
+) -> None:
+    import time
+
+    told: list[float] = []
+
+    def broken() -> None:
+        raise RuntimeError("listener on fire")
+
+    store.on_quiet(broken)  # before the counting one: it must still be called
+    store.on_quiet(lambda: told.append(time.monotonic()))
+    done = time.monotonic()
+    store.put([prepared(key=f"k{i}") for i in range(3)])
+    deadline = time.monotonic() + 10.0
+    while not told and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(told) == 1 and told[0] - done >= QUIET_S  # once, after the pause
+    store.save_state("learned", "{}")  # touches no memory: no pause to tell of
+    time.sleep(5 * QUIET_S)
+    assert len(told) == 1
+    [mid] = store.put([prepared(key="again")])  # the writer thread lives on
+    assert store.get("t", [mid])
 
 
 def test_failed_write_changes_nothing(store: SQLiteStore) -> None:

@@ -72,8 +72,8 @@ def translated() -> Iterator[None]:
 CACHE_PRAGMA = "PRAGMA cache_size = -16384"  # 16 MiB per connection
 # The writer maps the file; readers do not. When another connection commits, a WAL reader
 # drops its page cache and, if it maps the file, unmaps it all and faults every page in
-# again: a recall right after a write took ~7% longer with mapped readers (LoCoMo, ~0.11 ms;
-# 100k memories in one tenant, ~0.25 ms), cold recalls with no write the same
+# again: a recall right after a write took 8-10% longer with mapped readers (LoCoMo, about
+# 0.13 ms; 100k memories in one tenant, about 0.31 ms), cold recalls with no write the same
 # (benchmarks/reader_mmap.py).
 WRITER_MMAP_PRAGMA = "PRAGMA mmap_size = 268435456"
 
@@ -240,7 +240,7 @@ class Writer:
                 item = self._tasks.get(timeout=QUIET_S) if quiet_due else self._tasks.get()
             except queue.Empty:
                 quiet_due = False
-                _call(self._on_quiet)
+                guarded(self._on_quiet)
                 continue
             if item is None:
                 # Fold the WAL back into the file, so a closed store is one file again
@@ -270,14 +270,17 @@ class Writer:
                 future.set_exception(exc)
                 continue
             if touched:
-                _call(self._on_commit, touched)
+                guarded(self._on_commit, touched)
                 quiet_due = True
             future.set_result(result)
 
 
-def _call(listener: Callable[..., None], *args: Any) -> None:
-    """A commit or quiet listener: one that fails is logged, and the writer thread lives on
-    (the write is committed, and its caller hears so)."""
+def guarded(listener: Callable[..., None], *args: Any) -> None:
+    """Call a commit or quiet listener: one that fails is logged, and the writer thread and
+    the other listeners go on (the write is committed, and its caller hears so).
+
+    >>> guarded(lambda: 1 / 0)  # logged, not raised
+    """
     try:
         listener(*args)
     except BaseException:

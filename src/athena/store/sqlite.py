@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from athena.errors import StoreError, StoreReadOnly
 from athena.store import sql_writes as writes
-from athena.store.connection import Writer, needs_immutable, translated, unwritable
+from athena.store.connection import Writer, guarded, needs_immutable, translated, unwritable
 from athena.store.protocol import MemoryRow, PreparedMemory
 from athena.store.reader import SQLiteReader
 from athena.store.schema import SCHEMA_VERSION, initialise
@@ -90,11 +90,11 @@ class SQLiteStore(SQLiteReader):
 
     def _notify(self, touched: set[tuple[str, str]]) -> None:
         for listener in self._listeners:
-            listener(touched)
+            guarded(listener, touched)
 
     def _quiet(self) -> None:
         for listener in self._quiet_listeners:
-            listener()
+            guarded(listener)
 
     def _write(self, fn: Callable[[sqlite3.Connection, set[tuple[str, str]]], T]) -> T:
         if self.readonly:
