@@ -6,7 +6,7 @@ and memory count. After a write, that catch-up was the next recall's to pay: a f
 insert alone took about 0.5 ms in a tenant of 100k memories. An agent writes, then thinks
 (a model call), then recalls, so :class:`CatchUp` does that work in between, on a thread of
 its own (on the other core where the work releases the GIL, as faiss does), once writing
-pauses: the store's writer thread tells it when no write has come for 10 ms after one
+pauses: the store's quiet timer tells it when no write has come for 10 ms after one
 (:data:`~athena.store.connection.QUIET_S`). An agent's next recall comes a model call
 later; a recall right after a write (a benchmark's loop) does its own catch-up, unhindered
 by this thread; a burst of writes is caught up once, after it.
@@ -69,16 +69,17 @@ class CatchUp:
         store.on_quiet(self._quiet)
 
     def _committed(self, touched: set[tuple[str, str]]) -> None:
-        """The writer thread, after a commit: note the scopes. Wakes nothing (a thread woken
-        here cost the write and the recall after it 50-90 µs): :meth:`_quiet` does."""
+        """After a commit (on the writing thread, under the store's write lock): note the
+        scopes. Wakes nothing (a thread woken here cost the write and the recall after it
+        50-90 µs): :meth:`_quiet` does."""
         with self._cond:
             if not self._closed:
                 for tenant, layer in touched:
                     self._pending.setdefault(tenant, set()).add(layer)
 
     def _quiet(self) -> None:
-        """The writer thread, once writing paused: wake the thread (started the first time)
-        for what is pending."""
+        """The store's quiet timer, once writing paused: wake the thread (started the first
+        time) for what is pending."""
         with self._cond:
             if self._closed or not self._pending:
                 return

@@ -1,4 +1,5 @@
-"""Write transactions of the SQLite store: plain functions run on the writer thread."""
+"""Write transactions of the SQLite store: plain functions run on the one write connection,
+one at a time."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ class SQLiteStore(SQLiteReader):
     """Every tenant's memories in one SQLite file.
 
     Reads (:class:`~athena.store.reader.SQLiteReader`) run on each thread's own read-only
-    connection; writes are queued to one writer thread.
+    connection; writes take turns on the one write connection, each on its caller's thread.
 
     A file that exists but cannot be written (a read-only file system, no write permission
     on it, its -wal/-shm or their directory) opens read-only, as ``readonly=True`` does:
