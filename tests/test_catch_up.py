@@ -132,13 +132,13 @@ def test_a_listener_that_fails_does_not_lose_the_write(mem: Memory) -> None:
     mem.store.on_commit(broken)
     ids: list[int] = []
 
-    def write() -> None:  # committed, and the caller hears so; the writer thread lives on
+    def write() -> None:  # committed, and the caller hears so; writing goes on
         ids.append(mem.remember("Ann drinks tea", tenant="t"))
         ids.append(mem.remember("Bo drinks coffee", tenant="t"))
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
-    writer.join(30.0)  # (a dead writer thread left remember waiting for ever)
+    writer.join(30.0)  # (a dead writer thread once left remember waiting for ever)
     assert len(ids) == 2 and mem.get(ids[0], tenant="t")["text"] == "Ann drinks tea"
 
 

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
 from athena.store import EntityChanges, EntityNames, PreparedMemory, RowFilter, SQLiteStore
-from athena.store.connection import QUIET_S, translate
+from athena.store.connection import translate
 from athena.store.schema import SCHEMA_VERSION, migrate
 from athena.store.sql_reads import ENTITY_CHANGES, ENTITY_NAMES
 from athena.store.sql_writes import UNMENTIONED
+from athena.store.turns import QUIET_S
 
 
 def prepared(
@@ -496,7 +497,7 @@ def test_writing_pauses_are_told_once_per_burst_and_a_failing_listener_is_surviv
     store.save_state("learned", "{}")  # touches no memory: no pause to tell of
     time.sleep(5 * QUIET_S)
     assert len(told) == 1
-    [mid] = store.put([prepared(key="again")])  # the writer thread lives on
+    [mid] = store.put([prepared(key="again")])  # writing goes on
     assert store.get("t", [mid])
 
 

@@ -15,16 +15,14 @@ media, with no -shm file to share, can be read no other way).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TypeVar
 
 from athena.errors import (
     StoreCorrupt,
@@ -33,12 +31,10 @@ from athena.errors import (
     StoreLocked,
     StoreReadOnly,
 )
+from athena.store.turns import QuietTimer, TurnLock, guarded
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
-# After a commit, this long with no other commit is a pause in writing (``on_quiet``).
-QUIET_S: Final = 0.01
-log = logging.getLogger(__name__)
 
 
 def translate(exc: sqlite3.Error) -> StoreError:
@@ -181,10 +177,12 @@ class Writer:
     """The one write connection: each transaction runs on the caller's thread, one at a
     time (a lock), inside ``BEGIN IMMEDIATE``.
 
+    Writers take turns in the order they came (:class:`~athena.store.turns.TurnLock`).
     After a commit that changed memories it calls ``on_commit(touched)`` before the write
     returns, and once no such commit has come for :data:`QUIET_S`, ``on_quiet()`` on a
-    timer thread (:class:`QuietTimer`). Until stop 35 every write hopped to a writer thread
-    and back: an empty transaction took 97-99 µs so, against 20 on the caller's thread.
+    timer thread (:class:`~athena.store.turns.QuietTimer`). Until stop 35 every write
+    hopped to a writer thread and back: an empty transaction took 97-99 µs so, against 20 on
+    the caller's thread.
 
     >>> import tempfile, os
     >>> writer = Writer(Path(tempfile.mkdtemp()) / "w.db", lambda touched: None)
@@ -202,7 +200,7 @@ class Writer:
         self._path = path
         self._on_commit = on_commit
         self._quiet = QuietTimer(on_quiet)
-        self._lock = threading.Lock()
+        self._lock = TurnLock()  # writers take turns in the order they came
         self._conn: sqlite3.Connection | None = None
         self._closed = False
 
@@ -219,6 +217,9 @@ class Writer:
             if self._conn is None:
                 self._conn = open_connection(self._path)
             conn = self._conn
+            if conn.in_transaction:  # a ROLLBACK that failed: end it, or no write can start
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             touched: set[tuple[str, str]] = set()
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -239,7 +240,10 @@ class Writer:
 
     def close(self) -> None:
         """Let the write under way finish, then fold the WAL back into the file (so a
-        closed store is one file again, as far as readers still open allow). Idempotent."""
+        closed store is one file again, as far as readers still open allow). Idempotent.
+        Not from inside a write (a commit listener): that raises :class:`StoreError`."""
+        if self._lock.mine():
+            raise StoreError("the store cannot close inside a write (a store listener's?)")
         self._quiet.close()
         with self._lock:
             self._closed = True
@@ -248,85 +252,6 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()
-
-
-class QuietTimer:
-    """Calls ``listener`` on a thread of its own once :data:`QUIET_S` has passed since the
-    last :meth:`arm` (a pause in writing). The thread is started by the first arm and woken
-    only from its idle wait, once per burst of writes: one counting down re-reads the time
-    of the last arm when its wait ends.
-
-    >>> told = []
-    >>> timer = QuietTimer(lambda: told.append(1))
-    >>> timer.arm(); time.sleep(10 * QUIET_S); timer.close(); told
-    [1]
-    """
-
-    def __init__(self, listener: Callable[[], None]) -> None:
-        self._listener = listener
-        self._cond = threading.Condition()
-        self._last = 0.0  # time.monotonic() of the last arm
-        self._armed = False
-        self._idle = False
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def arm(self) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            self._last, self._armed = time.monotonic(), True
-            if self._thread is None:
-                thread = threading.Thread(target=self._loop, name="athena-quiet", daemon=True)
-                try:
-                    thread.start()
-                except RuntimeError:  # no thread to be had (a limit, or shutting down)
-                    log.warning("no quiet timer: work waiting for a pause in writing waits on")
-                    return
-                self._thread = thread
-            elif self._idle:
-                self._cond.notify()
-
-    def _loop(self) -> None:
-        cond = self._cond
-        with cond:
-            while not self._closed:
-                if not self._armed:
-                    self._idle = True
-                    cond.wait()
-                    self._idle = False
-                    continue
-                left = self._last + QUIET_S - time.monotonic()
-                if left > 0:
-                    cond.wait(left)
-                    continue
-                self._armed = False
-                cond.release()  # the listener runs unlocked: arm() never waits for it
-                try:
-                    guarded(self._listener)
-                finally:
-                    cond.acquire()
-
-    def close(self) -> None:
-        """Stop the thread (after a listener call under way). Idempotent."""
-        with self._cond:
-            self._closed = True
-            thread, self._thread = self._thread, None
-            self._cond.notify_all()
-        if thread is not None:
-            thread.join()
-
-
-def guarded(listener: Callable[..., None], *args: Any) -> None:
-    """Call a commit or quiet listener: one that fails is logged, and the write and the
-    other listeners go on (the write is committed, and its caller hears so).
-
-    >>> guarded(lambda: 1 / 0)  # logged, not raised
-    """
-    try:
-        listener(*args)
-    except BaseException:
-        log.exception("a store listener failed")
 
 
 class Readers:

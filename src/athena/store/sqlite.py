@@ -12,10 +12,11 @@ import numpy.typing as npt
 
 from athena.errors import StoreError, StoreReadOnly
 from athena.store import sql_writes as writes
-from athena.store.connection import Writer, guarded, needs_immutable, translated, unwritable
+from athena.store.connection import Writer, needs_immutable, translated, unwritable
 from athena.store.protocol import MemoryRow, PreparedMemory
 from athena.store.reader import SQLiteReader
 from athena.store.schema import SCHEMA_VERSION, initialise
+from athena.store.turns import guarded
 
 T = TypeVar("T")
 Listener = Callable[[set[tuple[str, str]]], None]
