@@ -7,7 +7,7 @@ insert alone took about 0.5 ms in a tenant of 100k memories. An agent writes, th
 (a model call), then recalls, so :class:`CatchUp` does that work in between, on a thread of
 its own (on the other core where the work releases the GIL, as faiss does), once writing
 pauses: the store's quiet timer tells it when no write has come for 10 ms after one
-(:data:`~athena.store.connection.QUIET_S`). An agent's next recall comes a model call
+(:data:`~athena.store.turns.QUIET_S`). An agent's next recall comes a model call
 later; a recall right after a write (a benchmark's loop) does its own catch-up, unhindered
 by this thread; a burst of writes is caught up once, after it.
 

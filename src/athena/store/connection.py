@@ -179,10 +179,10 @@ class Writer:
 
     Writers take turns in the order they came (:class:`~athena.store.turns.TurnLock`).
     After a commit that changed memories it calls ``on_commit(touched)`` before the write
-    returns, and once no such commit has come for :data:`QUIET_S`, ``on_quiet()`` on a
-    timer thread (:class:`~athena.store.turns.QuietTimer`). Until stop 35 every write
-    hopped to a writer thread and back: an empty transaction took 97-99 µs so, against 20 on
-    the caller's thread.
+    returns, and once no such commit has come for :data:`~athena.store.turns.QUIET_S`,
+    ``on_quiet()`` on a timer thread (:class:`~athena.store.turns.QuietTimer`). Until stop
+    35 every write hopped to a writer thread and back: an empty transaction took 97-99 µs
+    so, against 20 on the caller's thread.
 
     >>> import tempfile, os
     >>> writer = Writer(Path(tempfile.mkdtemp()) / "w.db", lambda touched: None)
