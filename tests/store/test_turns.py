@@ -49,6 +49,7 @@ def test_a_write_inside_a_write_raises_instead_of_waiting_for_ever(tmp_path: Pat
         with pytest.raises(StoreError, match="inside a write"):
             store._writer.run(lambda conn, touched: store.close())
         assert store._writer.run(lambda conn, touched: 7) == 7  # nothing held or left open
+        assert not store._gate._closed  # nor closed half-way (its readers and WAL watch)
     finally:
         store.close()
 

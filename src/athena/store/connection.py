@@ -238,12 +238,17 @@ class Writer:
                 self._quiet.arm()
         return result
 
+    def refuse_inside_a_write(self) -> None:
+        """Raise :class:`StoreError` if the calling thread is inside a write (closing then
+        would wait for ever on its own turn)."""
+        if self._lock.mine():
+            raise StoreError("the store cannot close inside a write (a store listener's?)")
+
     def close(self) -> None:
         """Let the write under way finish, then fold the WAL back into the file (so a
         closed store is one file again, as far as readers still open allow). Idempotent.
         Not from inside a write (a commit listener): that raises :class:`StoreError`."""
-        if self._lock.mine():
-            raise StoreError("the store cannot close inside a write (a store listener's?)")
+        self.refuse_inside_a_write()
         self._quiet.close()
         with self._lock:
             self._closed = True

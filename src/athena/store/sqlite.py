@@ -104,6 +104,8 @@ class SQLiteStore(SQLiteReader):
 
     def close(self) -> None:
         # Readers first: the writer's last act is a WAL checkpoint, which open readers limit.
+        # (Not from inside a write, a store listener's: that raises before closing anything.)
+        self._writer.refuse_inside_a_write()
         super().close()
         self._writer.close()
 
