@@ -316,7 +316,7 @@ class VectorIndex:
                 state.dead += 1
             state.last_change = change
         if len(batch.ids):
-            if state.dead > 1_000 and state.dead > len(state.ids) // 3:
+            if _rebuild_due(state.dead, len(state.ids)):
                 batch = store.vectors_after(self.tenant, self.layer, self.model, 0)
                 state = _State(None, [], [], {}, last_change=state.last_change)
             before = state.backend
@@ -382,6 +382,16 @@ def _snapshot_state(
         return None
 
 
+def _rebuild_due(dead: int, positions: int) -> bool:
+    """Whether ``dead`` superseded vectors among ``positions`` call for a rebuild from the
+    store (the catch-up's rule, which a follow leaves to it).
+
+    >>> _rebuild_due(1_001, 3_000), _rebuild_due(1_001, 3_004), _rebuild_due(900, 1_000)
+    (True, False, False)
+    """
+    return dead > 1_000 and dead > positions // 3
+
+
 def _builds(
     state: _State, read: tuple[list[tuple[int, int]], VectorBatch], most: int, cutoff: int
 ) -> bool:
@@ -399,7 +409,7 @@ def _builds(
     return (
         len(gone) + len(batch.ids) > most
         or (isinstance(state.backend, ExactBackend) and len(state.ids) + len(batch.ids) > cutoff)
-        or (dead > 1_000 and dead > len(state.ids) // 3)
+        or _rebuild_due(dead, len(state.ids))
     )
 
 
