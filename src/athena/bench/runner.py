@@ -28,6 +28,7 @@ from athena.bench.workloads import STORES, Store, build_store, working_copy
 from athena.embedding import load_embedder
 from athena.errors import InvalidInput
 from athena.heap import release_heap, settle_heap
+from athena.large_pages import on_large_pages
 
 DATA_DEFAULT: Final = Path("../shared/data/locomo/locomo10.json")
 DATA_FALLBACK: Final = Path("/work/shared/data/locomo/locomo10.json")
@@ -331,6 +332,7 @@ def run(plan: Plan, command: str, bars: Bars = no_bars) -> dict[str, Any]:
         "arms": list(plan.arms),
         "pools": plan.pools,
         "heap": "each session freezes its warmed heap out of full collections (settle_heap)",
+        "large_pages": on_large_pages(),  # glibc's heap on huge pages (athena.large_pages)
         "indexes": "each store's vector graphs are built once, when the store is built, and"
         " saved as snapshots that every session's processes load (Memory.prepare_indexes)",
     }

@@ -10,7 +10,9 @@ Adding a command group is one line: ``app.add_typer(other_app, name="telemetry")
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -32,6 +34,7 @@ from athena.interfaces.cli_support import (
     progress_bar,
     table,
 )
+from athena.large_pages import relaunch_on_large_pages
 from athena.records import LAYERS, MemoryInput, make_query
 
 if TYPE_CHECKING:
@@ -419,8 +422,33 @@ def _print_eval(report: EvalReport) -> None:
     )
 
 
+LONG_RUNNING = frozenset({"serve", "bench"})  # started on huge pages (athena.large_pages)
+VALUED_OPTIONS = frozenset({"--db", "--embedder"})  # global options that take a value
+
+
+def command_of(args: Sequence[str]) -> str | None:
+    """The command ``args`` name, past the global options (None: none named).
+
+    >>> command_of(["--db", "a.db", "serve", "http"]), command_of(["--version"])
+    ('serve', None)
+    """
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in VALUED_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A long-running command (``serve``, ``bench``) first
+    restarts the process with its heap on huge pages where it can (``ATHENA_LARGE_PAGES=0``
+    keeps it as started; see :mod:`athena.large_pages`)."""
+    if command_of(sys.argv[1:]) in LONG_RUNNING:
+        relaunch_on_large_pages()
     app()
 
 

@@ -27,6 +27,7 @@ from athena import __version__
 from athena.errors import AthenaError, InvalidInput
 from athena.heap import settle_heap
 from athena.importers.jsonl import parse_timestamp
+from athena.large_pages import relaunch_on_large_pages
 from athena.memory import Memory
 from athena.records import LAYERS, MAX_K, MAX_QUERY_CHARS, MAX_TEXT_CHARS, check_tenant
 
@@ -257,4 +258,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    relaunch_on_large_pages()  # as `athena serve mcp` does: the heap on huge pages
     sys.exit(main())
