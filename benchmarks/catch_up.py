@@ -11,6 +11,12 @@ shuffled order each turn), it remembers a new turn in the question's tenant, wai
 right after the write), and recalls the question, timing the remember and the recall.
 Several gaps (the default ``0,50``) take turns. It prints p50, p90 and mean per arm for
 each gap, and the ratio of the p50s (on over off).
+
+``--writer other`` writes each turn through a second ``Memory`` on the same copy (another
+process, as SQLite and the engine see it: no listener of the recalling one hears of the
+write); the recalling ``Memory`` of the ``on`` arm then watches the file for other
+writers' commits (:meth:`~athena.catch_up.CatchUp.watch`, as the servers do), the ``off``
+arm's does not.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ def main() -> None:
     parser.add_argument("--gap-ms", default="0,50", help="waits between write and recall")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--first", choices=(ON, OFF), default=ON)
+    parser.add_argument("--writer", choices=("self", "other"), default="self")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args()
     gaps = [float(g) / 1000.0 for g in args.gap_ms.split(",")]
@@ -62,14 +69,14 @@ def main() -> None:
         asks = list(store.asks)
         random.Random(3).shuffle(asks)
         timed = asks[30 : 30 + args.turns]
-        mems = {
-            arm: Memory(
-                working_copy(store, args.out / "catch-up" / arm), embedder="static", pool="off"
-            )
-            for arm in arms
-        }
+        paths = {arm: working_copy(store, args.out / "catch-up" / arm) for arm in arms}
+        mems = {arm: Memory(paths[arm], embedder="static", pool="off") for arm in arms}
+        writers = dict(mems)
         try:
             mems[OFF].catch_up.close()  # its commits now go unfollowed
+            if args.writer == "other":
+                writers = {arm: Memory(paths[arm], embedder="static", pool="off") for arm in arms}
+                mems[ON].catch_up.watch()
             for mem in mems.values():
                 for ask in asks[:30] + list({a.tenant: a for a in timed}.values()):
                     mem.recall(ask.text, tenant=ask.tenant, strategy="sequential")
@@ -81,7 +88,7 @@ def main() -> None:
                 for arm in rng.sample(arms, len(arms)):
                     mem = mems[arm]
                     start = time.perf_counter()
-                    mem.remember(text, tenant=ask.tenant, layer="episodic")
+                    writers[arm].remember(text, tenant=ask.tenant, layer="episodic")
                     remembers.setdefault((gap, arm), []).append(time.perf_counter() - start)
                     if gap:
                         time.sleep(gap)
@@ -93,13 +100,14 @@ def main() -> None:
                     time.sleep(REST_S)
                     mem.catch_up.settle(5.0)
         finally:
-            for mem in mems.values():
+            for mem in {*mems.values(), *writers.values()}:
                 mem.close()
         for gap in gaps:
             row: dict[str, Any] = {arm: summary(recalls[(gap, arm)]) for arm in arms}
             row["ratio"] = round(row[ON]["p50"] / row[OFF]["p50"], 3)
             row["remember"] = {arm: summary(remembers[(gap, arm)])["p50"] for arm in arms}
-            result[f"{name}, recall {gap * 1000:g} ms after a write"] = row
+            by = "another process's write" if args.writer == "other" else "a write"
+            result[f"{name}, recall {gap * 1000:g} ms after {by}"] = row
     print(json.dumps(result, indent=1))
 
 

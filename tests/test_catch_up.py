@@ -6,16 +6,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from athena import Memory
-from athena.catch_up import MOST
+from athena import Memory, catch_up
+from athena.catch_up import MOST, OtherWriters
 from athena.embedding import Embedder
+from athena.errors import InvalidInput
 from athena.records import MemoryInput
 from athena.retrieval.vector import ExactBackend, HnswBackend
 
@@ -170,6 +171,92 @@ def test_close_during_a_catch_up_waits_for_that_scope_only(
     mem.catch_up.close()  # idempotent
 
 
+def _until(done: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_another_process_writes_are_caught_up_when_watching(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    path = tmp_path / "w.db"
+    with (
+        Memory(path, embedder=embedder, pool="off") as mem,
+        Memory(path, embedder=embedder, pool="off") as other,  # another process, as SQLite sees it
+    ):
+        other.remember("Ann drinks tea in Lisbon", tenant="t", key="ann")
+        mem.recall("who drinks tea?", tenant="t")  # loads the tenant's indexes
+        before = loaded(mem)
+        mem.catch_up.watch(0.002)
+        mem.catch_up.watch(0.002)  # idempotent
+        other.remember("Bo drinks coffee in Porto", tenant="t", key="bo")
+        assert _until(lambda: followed(mem) == 2)  # its vector and postings, by mem's thread
+        assert mem.catch_up.watched >= 1
+        hits = mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits
+        assert loaded(mem) == before  # current already
+        assert hits[0].key == "bo"
+
+
+def test_without_watching_the_recall_catches_up_another_process_writes(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    path = tmp_path / "n.db"
+    with (
+        Memory(path, embedder=embedder, pool="off") as mem,
+        Memory(path, embedder=embedder, pool="off") as other,
+    ):
+        other.remember("Ann drinks tea in Lisbon", tenant="t", key="ann")
+        mem.recall("who drinks tea?", tenant="t")
+        before = loaded(mem)
+        other.remember("Bo drinks coffee in Porto", tenant="t", key="bo")
+        time.sleep(0.1)
+        assert followed(mem) == 0 and mem.catch_up.watched == 0
+        assert mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits[0].key == "bo"
+        assert loaded(mem) == before + 2
+
+
+def test_other_writers_are_read_after_a_pause_and_in_pieces(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catch_up, "SCAN", 2)
+    path = tmp_path / "o.db"
+    with (
+        Memory(path, embedder=embedder, pool="off") as mem,
+        Memory(path, embedder=embedder, pool="off") as other,
+    ):
+        mem.catch_up.close()  # the thread would take the scopes first
+        others = OtherWriters(mem.store)
+        assert others.scopes(0.0) == {}  # nothing written
+        items = [MemoryInput(layer="semantic", text=f"fact {i}", tenant=f"t{i}") for i in range(5)]
+        other.remember_many(items)
+        assert others.scopes(1.0) == {}  # the file moved: wait for it to be still
+        assert others.scopes(1.005) == {}  # still for 5 ms only
+        found = [others.scopes(1.02), others.scopes(1.02), others.scopes(1.02)]
+        assert found == [
+            {"t0": {"semantic"}, "t1": {"semantic"}},
+            {"t2": {"semantic"}, "t3": {"semantic"}},
+            {"t4": {"semantic"}},  # read on at once: the previous reads were full
+        ]
+        assert others.scopes(2.0) == {}  # nothing since
+
+
+def test_watching_is_stopped_by_close(tmp_path: Path, embedder: Embedder) -> None:
+    mem = Memory(tmp_path / "s.db", embedder=embedder, pool="off")
+    with pytest.raises(InvalidInput):
+        mem.catch_up.watch(0)
+    mem.catch_up.watch(0.002)
+    thread = mem.catch_up._thread
+    assert thread is not None and thread.is_alive()
+    mem.close()
+    assert not thread.is_alive()
+    mem.catch_up.watch()  # closed: nothing starts
+    assert mem.catch_up._thread is None
+
+
 OPS = st.lists(
     st.tuples(
         st.sampled_from(["remember", "update", "forget", "recall"]),
@@ -219,15 +306,19 @@ def test_recalls_equal_a_memory_without_the_thread(
         with (
             Memory(path, embedder=embedder, pool="off") as mem,
             Memory(path, embedder=embedder, pool="off") as ref,
+            Memory(path, embedder=embedder, pool="off") as watcher,  # another process's view
         ):
             ref.catch_up.close()
+            watcher.catch_up.watch(0.001)  # its thread follows mem's writes as others' writes
             mem.remember("Ann drinks tea in Lisbon", tenant="t", layer="semantic")
             mem.remember("Bo took the train to Porto", tenant="t", layer="episodic")
-            for m in (mem, ref):  # every index loaded: the thread's to follow from here
+            for m in (mem, ref, watcher):  # every index loaded: the threads' to follow
                 m.recall("tea?", tenant="t", strategy="sequential")
             ids: list[int] = []
+            seen, wrote = watcher.catch_up.watched, False
             for n, (op, word, layer, settle) in enumerate(ops):
                 text = f"{word} note {n} with {PEOPLE[n % len(PEOPLE)]}"
+                wrote = wrote or op == "remember" or (op in ("update", "forget") and bool(ids))
                 if op == "remember":
                     ids.append(mem.remember(text, tenant="t", layer=layer))
                 elif op == "update" and ids:
@@ -235,11 +326,18 @@ def test_recalls_equal_a_memory_without_the_thread(
                 elif op == "forget" and ids:
                     mem.forget(ids.pop(n % len(ids)), tenant="t")
                 elif op == "recall":
-                    assert views(mem, word) == views(ref, word)
-                    got = mem.recall(f"{word}?", tenant="t", k=10, strategy="sequential")
+                    want_views = views(ref, word)
+                    assert views(mem, word) == want_views
+                    assert views(watcher, word) == want_views
                     want = ref.recall(f"{word}?", tenant="t", k=10, strategy="sequential")
-                    assert [(h.id, h.score) for h in got.hits] == [
-                        (h.id, h.score) for h in want.hits
-                    ]
+                    for m in (mem, watcher):
+                        got = m.recall(f"{word}?", tenant="t", k=10, strategy="sequential")
+                        assert [(h.id, h.score) for h in got.hits] == [
+                            (h.id, h.score) for h in want.hits
+                        ]
                 if settle:
                     assert mem.catch_up.settle(10.0)
+                    if wrote:  # and the watcher has found the writes and followed them
+                        assert _until(lambda before=seen: watcher.catch_up.watched > before)
+                        assert watcher.catch_up.settle(10.0)
+                        seen, wrote = watcher.catch_up.watched, False

@@ -16,20 +16,31 @@ recall has searched stays unbuilt, and a bulk import's catch-up (or a graph's bu
 next recall's, as before.
 Nothing about a recall's correctness depends on it: each recall still syncs every index it
 reads to the generation it read, finding it current (one comparison) or waiting, under the
-index's lock, for a catch-up under way. Writes by other processes are caught up by the
-recall, as before. A failure here is left for that recall to meet and report.
+index's lock, for a catch-up under way. A failure here is left for that recall to meet and
+report.
+
+Writes by other processes (the other server processes of ``athena serve http --workers N``,
+an import) reach no listener of this one. After :meth:`CatchUp.watch` (the servers call
+it) the thread also looks, every :data:`WATCH_S`, at the file's WAL-index header (a read
+of mapped memory, no system call); once it has moved and then stayed still for
+:data:`~athena.store.turns.QUIET_S`, the thread reads the scopes changed since from the
+store's change feed and catches those up too. Without it, those writes are caught up by
+the recall, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Final
 
+from athena.errors import InvalidInput
 from athena.execution.pipeline import Pipeline
 from athena.generations import GenerationTracker
 from athena.layers.protocol import FollowsWrites
 from athena.store.sqlite import SQLiteStore
+from athena.store.turns import QUIET_S
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +49,63 @@ log = logging.getLogger(__name__)
 # most (with, now and then, the snapshot of a graph that took in 5,000 vectors since its
 # last, as a recall would save it).
 MOST: Final = 512
+WATCH_S: Final = 0.02  # how often a watching thread looks for other processes' commits
+SCAN: Final = 4096  # change-feed rows read per look: a bulk import is read over several
+
+
+class OtherWriters:
+    """The scopes other connections to the file wrote, once their writing paused.
+
+    :meth:`scopes` is polled: it returns nothing while the file's WAL-index header (or, where
+    it cannot be mapped, ``PRAGMA data_version``) is unchanged, or changed less than
+    :data:`QUIET_S` ago; then the (tenant, layer) scopes of the change feed's rows after the
+    last it read (this process's own writes among them: catching up a current index is one
+    comparison).
+
+    >>> import tempfile, os
+    >>> from athena.memory import Memory
+    >>> path = os.path.join(tempfile.mkdtemp(), "o.db")
+    >>> mine, theirs = Memory(path), Memory(path)
+    >>> others = OtherWriters(mine.store)
+    >>> _ = theirs.remember("Ann likes tea.", tenant="t", layer="semantic")
+    >>> others.scopes(0.0), others.scopes(1.0)  # moved, then still for 10 ms
+    ({}, {'t': {'semantic'}})
+    >>> theirs.close(); mine.close()
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._token = self._look()
+        self._seq = store.change_seq_high()
+        self._moved_at: float | None = None
+
+    def _look(self) -> object:
+        header = self._store.wal_header()
+        return header if header is not None else self._store.data_version()
+
+    def scopes(self, now: float) -> dict[str, set[str]]:
+        """Scopes written since the last call that found any, by tenant, once the file has
+        been still for :data:`QUIET_S` (``now``: ``time.monotonic()``)."""
+        token = self._look()
+        if token != self._token:
+            self._token, self._moved_at = token, now
+            return {}
+        if self._moved_at is None or now - self._moved_at < QUIET_S:
+            return {}
+        rows = self._store.scopes_changed_after(self._seq, SCAN)
+        # A full read leaves more: the next look reads on, without waiting again.
+        self._moved_at = now - QUIET_S if len(rows) == SCAN else None
+        found: dict[str, set[str]] = {}
+        for seq, tenant, layer in rows:
+            self._seq = seq
+            found.setdefault(tenant, set()).add(layer)
+        return found
 
 
 class CatchUp:
     """A thread that, whenever writing to ``store`` pauses, catches up the loaded indexes
-    of the scopes this process wrote (started at the first pause, stopped by :meth:`close`).
+    of the scopes this process wrote (started at the first pause, stopped by :meth:`close`),
+    and after :meth:`watch` those other processes wrote too.
 
     >>> import tempfile, os
     >>> from athena.memory import Memory
@@ -64,7 +127,11 @@ class CatchUp:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._store = store
+        self._others: OtherWriters | None = None
+        self._every = WATCH_S
         self.followed = 0  # commits' scopes taken up so far, by tenant
+        self.watched = 0  # of which found by watching the file (others' commits, and ours)
         store.on_commit(self._committed)
         store.on_quiet(self._quiet)
 
@@ -84,29 +151,46 @@ class CatchUp:
             if self._closed or not self._pending:
                 return
             self._due = True
-            if self._thread is None:
-                thread = threading.Thread(target=self._loop, name="athena-catch-up", daemon=True)
-                try:
-                    thread.start()
-                except RuntimeError:  # no thread to be had (a limit, or shutting down)
-                    log.warning("no catch-up thread: recalls catch up themselves")
-                    self._pending.clear()
-                    return
-                self._thread = thread
-            self._cond.notify_all()
+            if self._started():
+                self._cond.notify_all()
+
+    def watch(self, every: float = WATCH_S) -> None:
+        """Also catch up what other connections to the file write (other processes), looking
+        for their commits every ``every`` seconds (see the module docstring). Servers call
+        it; idempotent.
+
+        >>> # memory.catch_up.watch()  # a server process among others on one file
+        """
+        if not every > 0:
+            raise InvalidInput("every must be a positive number of seconds")
+        others = OtherWriters(self._store)
+        with self._cond:
+            if self._closed or self._others is not None:
+                return
+            self._others, self._every = others, every
+            if self._started():
+                self._cond.notify_all()
+
+    def _started(self) -> bool:
+        """Start the thread unless it runs (lock held); False if no thread can be had."""
+        if self._thread is not None:
+            return True
+        thread = threading.Thread(target=self._loop, name="athena-catch-up", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (a limit, or shutting down)
+            log.warning("no catch-up thread: recalls catch up themselves")
+            self._pending.clear()
+            self._others = None
+            return False
+        self._thread = thread
+        return True
 
     def _loop(self) -> None:
-        cond = self._cond
         while True:
-            with cond:
-                self._busy = False
-                cond.notify_all()  # settle() waits for this
-                while not (self._due and self._pending) and not self._closed:
-                    cond.wait()
-                if self._closed:
-                    return
-                pending, self._pending, self._due = self._pending, {}, False
-                self._busy = True
+            pending = self._next()
+            if pending is None:
+                return
             for tenant, layers in pending.items():
                 if self._closed:  # close() waits for this thread: leave the rest
                     break
@@ -114,6 +198,40 @@ class CatchUp:
                     self.follow(tenant, layers)
                 except Exception:  # the next recall syncs these itself, and reports it
                     log.debug("catching up %s after a write failed", tenant, exc_info=True)
+
+    def _next(self) -> dict[str, set[str]] | None:
+        """The next scopes to take up, waiting for a pause in this process's writing or,
+        when watching, for other writers' scopes; None once closed."""
+        cond = self._cond
+        while True:
+            with cond:
+                self._busy = False
+                cond.notify_all()  # settle() waits for this
+                while not (self._due and self._pending) and not self._closed:
+                    if self._others is not None:
+                        cond.wait(self._every)
+                        break
+                    cond.wait()
+                if self._closed:
+                    return None
+                if self._due and self._pending:
+                    pending, self._pending, self._due = self._pending, {}, False
+                    self._busy = True
+                    return pending
+                others = self._others
+            if others is None:
+                continue
+            try:  # outside the lock: a write's listener must not wait for this read
+                found = others.scopes(time.monotonic())
+            except Exception:  # a recall reads what this could not, and reports it
+                log.debug("looking for other processes' writes failed", exc_info=True)
+                continue
+            if found:
+                with cond:
+                    for tenant, layers in found.items():
+                        self._pending.setdefault(tenant, set()).update(layers)
+                    self._due = True
+                    self.watched += len(found)
 
     def follow(self, tenant: str, layers: set[str]) -> None:
         """Catch ``tenant``'s loaded indexes of ``layers``, and any layer's own state of

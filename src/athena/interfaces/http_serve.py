@@ -77,6 +77,7 @@ def serve_http(
         return
     memory = Memory(db, embedder=embedder)
     try:
+        memory.catch_up.watch()  # an import or another process may write to the file too
         app = _app(memory, tokens, settings, owns_memory=False)
         settle_heap()  # start-up's objects out of every later full collection's walk
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
@@ -131,6 +132,7 @@ def app_from_env() -> FastAPI:
         print(f"error: the server process cannot start: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
     try:
+        memory.catch_up.watch()  # the other server processes write to the file too
         app = _app(memory, tokens, settings, owns_memory=True)
     except BaseException:
         memory.close()

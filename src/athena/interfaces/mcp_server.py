@@ -227,6 +227,7 @@ def serve_mcp(
     with contextlib.redirect_stdout(sys.stderr):  # nothing but the protocol on stdout
         memory = Memory(db, embedder=embedder)
     try:
+        memory.catch_up.watch()  # another process may write to the file too
         server = build_server(memory)
         settle_heap()  # start-up's objects out of every later full collection's walk
         if transport == "stdio":

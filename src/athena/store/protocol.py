@@ -186,6 +186,10 @@ class Store(Protocol):
     def identity(self) -> str | None:
         """A random id minted with the database (None if its schema predates it)."""
 
+    def scopes_changed_after(self, after_seq: int, limit: int) -> list[tuple[int, str, str]]:
+        """(seq, tenant, layer) of the change feed's rows after ``after_seq``, oldest first,
+        at most ``limit``: where any connection wrote since (one row per memory changed)."""
+
     def changes_after(
         self, tenant: str, layer: str, after_seq: int, limit: int | None = None
     ) -> list[tuple[int, int, str | None]]:

@@ -87,6 +87,9 @@ class SQLiteReader:
     def identity(self) -> str | None:
         return self._read(reads.identity)
 
+    def scopes_changed_after(self, after_seq: int, limit: int) -> list[tuple[int, str, str]]:
+        return self._read(reads.scopes_changed_after, after_seq, limit)
+
     def changes_after(
         self, tenant: str, layer: str, after_seq: int, limit: int | None = None
     ) -> list[tuple[int, int, str | None]]:

@@ -164,6 +164,16 @@ def change_seq_high(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def scopes_changed_after(
+    conn: sqlite3.Connection, after_seq: int, limit: int
+) -> list[tuple[int, str, str]]:
+    rows = conn.execute(
+        "SELECT seq, tenant, layer FROM memory_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    )
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
 def identity(conn: sqlite3.Connection) -> str | None:
     try:
         row = conn.execute("SELECT uuid FROM store_identity WHERE id = 1").fetchone()
