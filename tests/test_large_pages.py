@@ -87,10 +87,11 @@ def _child(env: dict[str, str]) -> tuple[int, dict[str, object]]:
     return proc.pid, json.loads(lines[0])
 
 
-@pytest.mark.skipif(large_page_env() is None, reason="no huge pages for glibc's heap here")
 def test_a_relaunched_process_allocates_on_huge_pages() -> None:
     base = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", SWITCH)}
     base.pop("GLIBC_TUNABLES", None)
+    if large_page_env(base) is None:
+        pytest.skip("no huge pages for glibc's heap here (Linux, glibc 2.35+, THP on)")
     pid, huge = _child(base)
     assert huge["pid"] == pid  # replaced in place: a supervisor's pid still names it
     assert huge["malloc"] == "malloc" and huge["tunables"] == TUNABLE
@@ -122,3 +123,21 @@ def test_only_long_running_commands_relaunch(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(sys, "argv", argv)
         cli.main()
     assert calls == ["relaunch", "app", "app"]
+
+
+def test_a_failed_restart_carries_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from athena import large_pages
+
+    def refuse(*_: object) -> None:
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr(large_pages, "large_page_env", lambda: {"PYTHONMALLOC": "malloc"})
+    monkeypatch.setattr(large_pages.os, "execve", refuse)
+    large_pages.relaunch_on_large_pages(["python", "-c", "pass"])  # returns: nothing replaced
+
+
+def test_an_interpreter_that_ignores_the_environment_is_not_restarted() -> None:
+    code = "from athena.large_pages import large_page_env as e; print(e() is None)"
+    command = [sys.executable, "-E", "-c", code]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True"

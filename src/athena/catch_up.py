@@ -131,7 +131,7 @@ class CatchUp:
         self._others: OtherWriters | None = None
         self._every = WATCH_S
         self.followed = 0  # commits' scopes taken up so far, by tenant
-        self.watched = 0  # of which found by watching the file (others' commits, and ours)
+        self.watched = 0  # tenants found written by watching the file (others', and ours)
         store.on_commit(self._committed)
         store.on_quiet(self._quiet)
 
@@ -157,12 +157,16 @@ class CatchUp:
     def watch(self, every: float = WATCH_S) -> None:
         """Also catch up what other connections to the file write (other processes), looking
         for their commits every ``every`` seconds (see the module docstring). Servers call
-        it; idempotent.
+        it. A second call changes nothing (its ``every`` included); on a file nobody can
+        write to (opened ``immutable``, on read-only media) it does nothing. :meth:`settle`
+        does not wait for writes the thread has not found yet: watch :attr:`watched`.
 
         >>> # memory.catch_up.watch()  # a server process among others on one file
         """
-        if not every > 0:
+        if not 0 < every <= threading.TIMEOUT_MAX:
             raise InvalidInput("every must be a positive number of seconds")
+        if self._store.immutable:
+            return
         others = OtherWriters(self._store)
         with self._cond:
             if self._closed or self._others is not None:
@@ -252,9 +256,10 @@ class CatchUp:
         self.followed += 1
 
     def settle(self, timeout: float) -> bool:
-        """Wait until the thread has taken up every commit so far (or ``timeout`` seconds
-        pass); True if it has (what it left to the next recall included). For tests and
-        benchmarks: a recall never needs to wait for it.
+        """Wait until the thread has taken up every commit of this process so far (or
+        ``timeout`` seconds pass); True if it has (what it left to the next recall
+        included). Other processes' commits count once the watching thread has found them
+        (:attr:`watched`). For tests and benchmarks: a recall never needs to wait for it.
 
         >>> # mem.remember("...", tenant="t"); mem.catch_up.settle(5.0)
         """

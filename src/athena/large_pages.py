@@ -24,6 +24,7 @@ environment (``env PYTHONMALLOC=malloc GLIBC_TUNABLES=glibc.malloc.hugetlb=1 pyt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,8 @@ def large_page_env(
     tunables = env.get("GLIBC_TUNABLES", "")
     if env.get(SWITCH, "1").strip() == "0" or "PYTHONMALLOC" in env:
         return None
+    if sys.flags.ignore_environment:  # python -E or -I would ignore PYTHONMALLOC
+        return None
     if "glibc.malloc.hugetlb" in tunables or not sys.platform.startswith("linux"):
         return None
     if not _glibc_has_tunable(_libc_version() if libc is None else libc):
@@ -82,12 +85,16 @@ def relaunch_on_large_pages(argv: Sequence[str] | None = None) -> None:
     >>> # relaunch_on_large_pages()  # the top of a long-running command
     """
     env = large_page_env()
-    if env is None:
+    if env is None or not sys.executable:
         return
     args = list(sys.orig_argv if argv is None else argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, args, env)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # closed, or None
+            stream.flush()
+    try:
+        os.execve(sys.executable, args, env)
+    except OSError as exc:  # carry on as started
+        print(f"athena: not restarted on huge pages: {exc}", file=sys.stderr)
 
 
 def on_large_pages(environ: Mapping[str, str] | None = None) -> bool:
@@ -100,6 +107,8 @@ def on_large_pages(environ: Mapping[str, str] | None = None) -> bool:
     """
     env = os.environ if environ is None else environ
     tunables = env.get("GLIBC_TUNABLES", "").split(":")
+    if sys.flags.ignore_environment and environ is None:
+        return False  # started with -E or -I: the interpreter read neither variable
     return env.get("PYTHONMALLOC") == "malloc" and TUNABLE in tunables
 
 

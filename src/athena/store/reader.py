@@ -41,6 +41,11 @@ class SQLiteReader:
         with translated():
             return fn(self._readers.get(), *args)
 
+    @property
+    def immutable(self) -> bool:
+        """Whether the readers open the file ``immutable``: nobody can write to it."""
+        return self._readers.immutable
+
     def data_version(self) -> int:
         """Changes whenever another connection (any process) commits to the file."""
         try:  # not `translated()`: this runs on every recall, and a context manager costs
