@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 from athena.errors import InvalidInput
@@ -82,6 +83,15 @@ class OtherWriters:
     def _look(self) -> object:
         header = self._store.wal_header()
         return header if header is not None else self._store.data_version()
+
+    def look(self, now: float) -> dict[str, set[str]]:
+        """:meth:`scopes`, or nothing when the store cannot be read (the recall reads what
+        this could not, and reports it)."""
+        try:
+            return self.scopes(now)
+        except Exception:
+            log.debug("looking for other processes' writes failed", exc_info=True)
+            return {}
 
     def scopes(self, now: float) -> dict[str, set[str]]:
         """Scopes written since the last call that found any, by tenant, once the file has
@@ -177,18 +187,12 @@ class CatchUp:
 
     def _started(self) -> bool:
         """Start the thread unless it runs (lock held); False if no thread can be had."""
-        if self._thread is not None:
-            return True
-        thread = threading.Thread(target=self._loop, name="athena-catch-up", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no thread to be had (a limit, or shutting down)
-            log.warning("no catch-up thread: recalls catch up themselves")
-            self._pending.clear()
-            self._others = None
-            return False
-        self._thread = thread
-        return True
+        if self._thread is None:
+            self._thread = start_daemon(self._loop, "athena-catch-up")
+            if self._thread is None:  # recalls catch up themselves
+                self._pending.clear()
+                self._others = None
+        return self._thread is not None
 
     def _loop(self) -> None:
         while True:
@@ -223,13 +227,8 @@ class CatchUp:
                     self._busy = True
                     return pending
                 others = self._others
-            if others is None:
-                continue
-            try:  # outside the lock: a write's listener must not wait for this read
-                found = others.scopes(time.monotonic())
-            except Exception:  # a recall reads what this could not, and reports it
-                log.debug("looking for other processes' writes failed", exc_info=True)
-                continue
+            # Outside the lock: a write's listener must not wait for this read.
+            found = {} if others is None else others.look(time.monotonic())
             if found:
                 with cond:
                     for tenant, layers in found.items():
@@ -279,3 +278,18 @@ class CatchUp:
             self._cond.notify_all()
         if thread is not None:
             thread.join()
+
+
+def start_daemon(target: Callable[[], None], name: str) -> threading.Thread | None:
+    """A started daemon thread running ``target``, or None when no thread can be had (a
+    limit, or the interpreter shutting down).
+
+    >>> start_daemon(lambda: None, "noop").join()
+    """
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:
+        log.warning("no %s thread: recalls catch up themselves", name)
+        return None
+    return thread
