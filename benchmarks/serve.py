@@ -1,7 +1,7 @@
 """Serving benchmark: recalls/s and latency over HTTP, and MCP per-call round trips.
 
 ``python benchmarks/serve.py [--duration 5] [--clients 10,100] [--db PATH] [--client raw|httpx]
-[--workers 1,2 --rounds 2] [--mcp-calls 0] [--embedder static|transformer]``
+[--workers 1,2 --rounds 2] [--mcp-calls 0] [--embedder static|transformer] [--heap huge|4k]``
 
 - Builds a LoCoMo database (``import_locomo``) unless ``--db`` names one already built.
 - Starts ``serve_http`` in a subprocess (the load generator must not share its GIL), with
@@ -16,6 +16,10 @@
   loop (Poisson arrivals at 70% of that throughput, at most N in flight; latency is taken
   from each request's scheduled time, so queueing in the client counts).
 - Times MCP over stdio with the SDK client: connect, then per-call round trips.
+- ``--heap huge`` (the default) starts the servers with the interpreter's heap on huge pages,
+  as ``athena serve`` starts itself (:mod:`athena.large_pages`); ``4k`` with CPython's own
+  allocator (``ATHENA_LARGE_PAGES=0``). To compare the two, run the script once per value,
+  alternating, on one ``--db``.
 
 The load generator is asyncio. By default it speaks HTTP/1.1 over N raw keep-alive
 connections (``--client raw``): httpx's AsyncClient with 100 connections tops out near 100
@@ -48,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from athena.large_pages import SWITCH, large_page_env
 
 DATA = Path("/work/shared/data/locomo/locomo10.json")
 OPEN_LOOP_LOAD = 0.7
@@ -105,6 +111,18 @@ def questions(variants: int = 1) -> list[tuple[str, str]]:
 PREFIXES = ("", "tell me: ", "I wonder, ", "quick question: ")
 
 
+HEAP = {"value": "huge"}  # set by --heap
+
+
+def server_env() -> dict[str, str]:
+    """The environment a server process starts with: ``--heap`` decides its allocator."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "GLIBC_TUNABLES")}
+    if HEAP["value"] == "4k":
+        return {**base, SWITCH: "0"}
+    env = large_page_env({k: v for k, v in base.items() if k != SWITCH})
+    return env if env is not None else base
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -121,7 +139,9 @@ def http_server(db: Path, workers: int = 1, embedder: str = "static") -> Iterato
     )
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=log, env=server_env()
+        )
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -435,7 +455,9 @@ def main() -> None:
     parser.add_argument(
         "--embedder", default="static", help="The servers' (and a built --db's) embedder."
     )
+    parser.add_argument("--heap", default="huge", choices=("huge", "4k"), help="See above.")
     args = parser.parse_args()
+    HEAP["value"] = args.heap
     if args.rounds < 1 or (args.cold_rate is not None and args.cold_rate <= 0):
         parser.error("--rounds must be at least 1 and --cold-rate positive")
     clients = [int(n) for n in args.clients.split(",")]
@@ -455,8 +477,9 @@ def main() -> None:
         )
     load = os.getloadavg()[0]
     print(
-        f"\nServing benchmark: {os.cpu_count()} CPUs shared by client and server, "
-        f"load average {load:.1f} at the end, {args.client} client, {args.duration:.0f}s cells\n"
+        f"\nServing benchmark ({args.heap} heap): {os.cpu_count()} CPUs shared by client and "
+        f"server, load average {load:.1f} at the end, {args.client} client, "
+        f"{args.duration:.0f}s cells\n"
     )
     print(table(cells + mcp))
     if args.rounds > 1 or len(counts) > 1:
