@@ -8,7 +8,8 @@ two page tables, and a recall that comes after a pause (an agent's model call) f
 TLB and caches cold: on the project's 2-core VM a LoCoMo recall took 1.28 ms p50 back
 to back and 3.35 ms with 50 ms asleep before it, and on huge pages recalls were 4-11% and
 cache hits after a pause 16-18% cheaper (``docs/benchmarks.md``, "Huge pages for the
-heap"). Bulk imports were slower (12-22%), so ``athena import`` starts as it is. Started
+heap"); a server kept saturated gained nothing (its cached requests about 2% slower).
+Bulk imports were slower (12-22%), so ``athena import`` starts as it is. Started
 with ``PYTHONMALLOC=malloc`` and ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (glibc 2.35 or later), Python allocates through glibc, which asks for huge pages for its
 heap, so the same working set spans a few hundred TLB entries fewer.
@@ -94,7 +95,8 @@ def relaunch_on_large_pages(argv: Sequence[str] | None = None) -> None:
     try:
         os.execve(sys.executable, args, env)
     except OSError as exc:  # carry on as started
-        print(f"athena: not restarted on huge pages: {exc}", file=sys.stderr)
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            print(f"athena: not restarted on huge pages: {exc}", file=sys.stderr)
 
 
 def on_large_pages(environ: Mapping[str, str] | None = None) -> bool:
