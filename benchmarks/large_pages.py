@@ -37,7 +37,7 @@ from recall_after_write import FORGOTTEN, made_up
 
 from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
-from athena.large_pages import SWITCH, large_page_env
+from athena.large_pages import heap_env
 from athena.memory import Memory
 
 STEPS = ("after a write", "after a pause", "back to back", "hit after a pause")
@@ -95,14 +95,10 @@ def _anon_huge_mb() -> float:
 
 
 def arm_env(arm: str, out: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "GLIBC_TUNABLES")}
-    base["LP_OUT"] = str(out)
-    if arm == "4k":
-        return {**base, SWITCH: "0"}
-    env = large_page_env({k: v for k, v in base.items() if k != SWITCH})
+    env = heap_env(arm == "huge")
     if env is None:
         raise SystemExit("huge pages are not available here (see athena.large_pages)")
-    return env
+    return {**env, "LP_OUT": str(out)}
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ from typing import Any
 
 import httpx
 
-from athena.large_pages import SWITCH, large_page_env
+from athena.large_pages import heap_env
 
 DATA = Path("/work/shared/data/locomo/locomo10.json")
 OPEN_LOOP_LOAD = 0.7
@@ -116,11 +116,11 @@ HEAP = {"value": "huge"}  # set by --heap
 
 def server_env() -> dict[str, str]:
     """The environment a server process starts with: ``--heap`` decides its allocator."""
-    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "GLIBC_TUNABLES")}
-    if HEAP["value"] == "4k":
-        return {**base, SWITCH: "0"}
-    env = large_page_env({k: v for k, v in base.items() if k != SWITCH})
-    return env if env is not None else base
+    env = heap_env(HEAP["value"] == "huge")
+    if env is None:  # no huge pages here: CPython's own allocator
+        env = heap_env(False)
+    assert env is not None
+    return env
 
 
 def free_port() -> int:

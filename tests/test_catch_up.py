@@ -180,68 +180,65 @@ def _until(done: Callable[[], bool], timeout: float = 10.0) -> bool:
     return False
 
 
-def test_another_process_writes_are_caught_up_when_watching(
-    tmp_path: Path, embedder: Embedder
-) -> None:
-    path = tmp_path / "w.db"
+@pytest.fixture
+def pair(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[Memory, Memory]]:
+    """Two Memory objects on one file: to SQLite and the engine, two processes."""
+    path = tmp_path / "p.db"
     with (
         Memory(path, embedder=embedder, pool="off") as mem,
-        Memory(path, embedder=embedder, pool="off") as other,  # another process, as SQLite sees it
+        Memory(path, embedder=embedder, pool="off") as other,
     ):
-        other.remember("Ann drinks tea in Lisbon", tenant="t", key="ann")
-        mem.recall("who drinks tea?", tenant="t")  # loads the tenant's indexes
-        before = loaded(mem)
-        mem.catch_up.watch(0.002)
-        mem.catch_up.watch(0.002)  # idempotent
-        other.remember("Bo drinks coffee in Porto", tenant="t", key="bo")
-        assert _until(lambda: followed(mem) == 2)  # its vector and postings, by mem's thread
-        assert mem.catch_up.watched >= 1
-        hits = mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits
-        assert loaded(mem) == before  # current already
-        assert hits[0].key == "bo"
+        yield mem, other
+
+
+def test_another_process_writes_are_caught_up_when_watching(pair: tuple[Memory, Memory]) -> None:
+    mem, other = pair
+    other.remember("Ann drinks tea in Lisbon", tenant="t", key="ann")
+    mem.recall("who drinks tea?", tenant="t")  # loads the tenant's indexes
+    before = loaded(mem)
+    mem.catch_up.watch(0.002)
+    mem.catch_up.watch(0.002)  # idempotent
+    other.remember("Bo drinks coffee in Porto", tenant="t", key="bo")
+    assert _until(lambda: followed(mem) == 2)  # its vector and postings, by mem's thread
+    assert mem.catch_up.watched >= 1
+    hits = mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits
+    assert loaded(mem) == before  # current already
+    assert hits[0].key == "bo"
 
 
 def test_without_watching_the_recall_catches_up_another_process_writes(
-    tmp_path: Path, embedder: Embedder
+    pair: tuple[Memory, Memory],
 ) -> None:
-    path = tmp_path / "n.db"
-    with (
-        Memory(path, embedder=embedder, pool="off") as mem,
-        Memory(path, embedder=embedder, pool="off") as other,
-    ):
-        other.remember("Ann drinks tea in Lisbon", tenant="t", key="ann")
-        mem.recall("who drinks tea?", tenant="t")
-        before = loaded(mem)
-        other.remember("Bo drinks coffee in Porto", tenant="t", key="bo")
-        time.sleep(0.1)
-        assert followed(mem) == 0 and mem.catch_up.watched == 0
-        assert mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits[0].key == "bo"
-        assert loaded(mem) == before + 2
+    mem, other = pair
+    other.remember("Ann drinks tea in Lisbon", tenant="t", key="ann")
+    mem.recall("who drinks tea?", tenant="t")
+    before = loaded(mem)
+    other.remember("Bo drinks coffee in Porto", tenant="t", key="bo")
+    time.sleep(0.1)
+    assert followed(mem) == 0 and mem.catch_up.watched == 0
+    assert mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits[0].key == "bo"
+    assert loaded(mem) == before + 2
 
 
 def test_other_writers_are_read_after_a_pause_and_in_pieces(
-    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Memory, Memory], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(catch_up, "SCAN", 2)
-    path = tmp_path / "o.db"
-    with (
-        Memory(path, embedder=embedder, pool="off") as mem,
-        Memory(path, embedder=embedder, pool="off") as other,
-    ):
-        mem.catch_up.close()  # the thread would take the scopes first
-        others = OtherWriters(mem.store)
-        assert others.scopes(0.0) == {}  # nothing written
-        items = [MemoryInput(layer="semantic", text=f"fact {i}", tenant=f"t{i}") for i in range(5)]
-        other.remember_many(items)
-        assert others.scopes(1.0) == {}  # the file moved: wait for it to be still
-        assert others.scopes(1.005) == {}  # still for 5 ms only
-        found = [others.scopes(1.02), others.scopes(1.02), others.scopes(1.02)]
-        assert found == [
-            {"t0": {"semantic"}, "t1": {"semantic"}},
-            {"t2": {"semantic"}, "t3": {"semantic"}},
-            {"t4": {"semantic"}},  # read on at once: the previous reads were full
-        ]
-        assert others.scopes(2.0) == {}  # nothing since
+    mem, other = pair
+    mem.catch_up.close()  # the thread would take the scopes first
+    others = OtherWriters(mem.store)
+    assert others.scopes(0.0) == {}  # nothing written
+    items = [MemoryInput(layer="semantic", text=f"fact {i}", tenant=f"t{i}") for i in range(5)]
+    other.remember_many(items)
+    assert others.scopes(1.0) == {}  # the file moved: wait for it to be still
+    assert others.scopes(1.005) == {}  # still for 5 ms only
+    found = [others.scopes(1.02), others.scopes(1.02), others.scopes(1.02)]
+    assert found == [
+        {"t0": {"semantic"}, "t1": {"semantic"}},
+        {"t2": {"semantic"}, "t3": {"semantic"}},
+        {"t4": {"semantic"}},  # read on at once: the previous reads were full
+    ]
+    assert others.scopes(2.0) == {}  # nothing since
 
 
 def test_watching_is_stopped_by_close(tmp_path: Path, embedder: Embedder) -> None:

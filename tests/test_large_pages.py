@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from athena.interfaces import cli
-from athena.large_pages import SWITCH, TUNABLE, large_page_env, on_large_pages
+from athena.large_pages import SWITCH, TUNABLE, heap_env, large_page_env, on_large_pages
 
 GLIBC = "glibc 2.36"
 
@@ -141,3 +141,12 @@ def test_an_interpreter_that_ignores_the_environment_is_not_restarted() -> None:
     command = [sys.executable, "-E", "-c", code]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True"
+
+
+def test_heap_env_replaces_what_the_environment_chose() -> None:
+    chosen = {"PATH": "/bin", "PYTHONMALLOC": "pymalloc", SWITCH: "0"}
+    assert heap_env(False, chosen) == {"PATH": "/bin", SWITCH: "0"}
+    huge = heap_env(True, chosen)
+    if huge is None:
+        pytest.skip("no huge pages for glibc's heap here")
+    assert on_large_pages(huge) and huge["PATH"] == "/bin" and SWITCH not in huge

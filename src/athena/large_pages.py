@@ -12,7 +12,7 @@ heap"); a server kept saturated gained nothing (its cached requests about 2% slo
 Bulk imports were slower (12-22%), so ``athena import`` starts as it is. Started
 with ``PYTHONMALLOC=malloc`` and ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (glibc 2.35 or later), Python allocates through glibc, which asks for huge pages for its
-heap, so the same working set spans a few hundred TLB entries fewer.
+heap, so the same working set needs one TLB entry per 2 MiB instead of one per 4 KiB.
 
 Both are read when the interpreter starts, so a process cannot switch itself over: it must
 be started so. :func:`large_page_env` is the environment to start one with (or None where
@@ -97,6 +97,20 @@ def relaunch_on_large_pages(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:  # carry on as started
         with contextlib.suppress(AttributeError, OSError, ValueError):
             print(f"athena: not restarted on huge pages: {exc}", file=sys.stderr)
+
+
+def heap_env(huge: bool, environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """``environ`` (default ``os.environ``) set to start a process on huge pages (``huge``)
+    or on CPython's own allocator, whatever allocator settings it held; None when huge
+    pages cannot be had here. For comparing the two (``benchmarks/large_pages.py``).
+
+    >>> heap_env(False, {"PYTHONMALLOC": "malloc", "PATH": "/bin"})
+    {'PATH': '/bin', 'ATHENA_LARGE_PAGES': '0'}
+    """
+    source = os.environ if environ is None else environ
+    drop = ("PYTHONMALLOC", "GLIBC_TUNABLES", SWITCH)
+    base = {k: v for k, v in source.items() if k not in drop}
+    return large_page_env(base) if huge else {**base, SWITCH: "0"}
 
 
 def on_large_pages(environ: Mapping[str, str] | None = None) -> bool:
