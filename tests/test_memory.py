@@ -173,16 +173,17 @@ async def test_async_face_shares_the_core(tmp_path: Path, embedder: Embedder) ->
             await mem.recall("", tenant="t")
 
 
-def test_execution_gauges_are_the_pool_admission_and_thread_queue_sections_of_the_stats(
+def test_execution_gauges_are_the_pool_admission_thread_queue_and_index_sections_of_the_stats(
     memory: Memory,
 ) -> None:
     memory.remember("the sky is blue", tenant="t")
     memory.recall("sky", tenant="t")
     gauges, stats = memory.execution_gauges(), memory.execution_stats()
-    sections = {"pool", "admission", "thread_queue"}
+    sections = {"pool", "admission", "thread_queue", "indexes"}
     assert set(gauges) == sections
     assert gauges == {name: stats[name] for name in sections}
     assert gauges["admission"]["admitted"] >= 1
+    assert gauges["indexes"]["memories"] >= 1 and gauges["indexes"]["tenants"] >= 1
 
 
 def test_backfill_can_wait_and_then_reports_its_progress(

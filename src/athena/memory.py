@@ -26,14 +26,15 @@ from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.protocol import RecallEngine
 from athena.execution.sequential import SequentialEngine
 from athena.generations import GenerationTracker
-from athena.layers import LayerContext, MemoryLayer, default_layers
+from athena.layers import MemoryLayer, default_layers
+from athena.layers.protocol import HoldsTenants, open_context
 from athena.memory_indexes import MemoryIndexes
 from athena.memory_recalls import MemoryRecalls
 from athena.memory_writes import MemoryWrites, check_id
 from athena.records import RequestMemo, check_tenant
-from athena.retrieval.lexical_index import LexicalIndexes
+from athena.retrieval.residency import check_budget, default_budget
 from athena.retrieval.snapshots import for_store
-from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF, VectorIndexes
+from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 from athena.store.sqlite import SQLiteStore
 
 P = ParamSpec("P")
@@ -55,6 +56,11 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
     off, they are found lexically until :meth:`backfill_vectors` runs (the CLI runs it
     behind a progress bar).
 
+    ``index_memories``: at most this many memories held in the in-memory indexes (this
+    process's and each pool worker's); past it the tenants searched least recently are
+    dropped and built again when next searched (:mod:`athena.retrieval.residency`).
+    Default: ``ATHENA_INDEX_MEMORIES``, else a quarter of physical memory at 2.6 KB each.
+
     >>> import tempfile, os
     >>> mem = Memory(os.path.join(tempfile.mkdtemp(), "m.db"))
     >>> mid = mem.remember("Alice moved to Lisbon in May.", tenant="agent-1", layer="semantic")
@@ -75,6 +81,7 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
         layers: Mapping[str, MemoryLayer] | None = None,
         index_snapshots: bool = True,
         backfill: bool = True,
+        index_memories: int | None = None,
     ) -> None:
         self.store = SQLiteStore(path)
         self._requests = RequestMemo()
@@ -84,15 +91,14 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
             self.layers = dict(layers or default_layers())
             self.generations = GenerationTracker(self.store)
             snapshots = for_store(self.store) if index_snapshots else None
-            ctx = LayerContext(
-                self.store,
-                VectorIndexes(self.store, self.embedder.name, hnsw_cutoff, snapshots),
-                LexicalIndexes(self.store, snapshots),
+            budget = default_budget() if index_memories is None else check_budget(index_memories)
+            ctx = open_context(
+                self.store, self.embedder.name, hnsw_cutoff, snapshots, self.layers.values(), budget
             )
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
             self.catch_up = CatchUp(self.store, self.generations, self.pipeline)
             if engine is None:
-                engine = _engine_factory(execution, pool, hnsw_cutoff, index_snapshots)
+                engine = _engine_factory(execution, pool, hnsw_cutoff, index_snapshots, budget)
             self.engine = engine(self.pipeline, self.store)
             if backfill:
                 self.backfill_vectors()
@@ -120,14 +126,20 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
         return out
 
     def execution_stats(self) -> dict[str, Any]:
-        """The execution layer's state: ``cache``, ``pool``, ``telemetry``, ``selector``, and
-        ``thread_queue`` (recalls the async faces queued for a thread, and their timeouts)."""
-        return {**self.engine.stats(), "thread_queue": self.thread_queue.stats()}
+        """The execution layer's state: ``cache``, ``pool``, ``telemetry``, ``selector``,
+        ``thread_queue`` (recalls the async faces queued for a thread, and their timeouts)
+        and ``indexes`` (memories held in this process's indexes, the budget, tenants held
+        and tenants dropped so far)."""
+        return {**self.engine.stats(), **self._process_gauges()}
 
     def execution_gauges(self) -> dict[str, Any]:
-        """Only the ``pool``, ``admission`` and ``thread_queue`` sections of
+        """Only the ``pool``, ``admission``, ``thread_queue`` and ``indexes`` sections of
         :meth:`execution_stats`, without summarising telemetry: what a metrics scrape reads."""
-        return {**self.engine.gauges(), "thread_queue": self.thread_queue.stats()}
+        return {**self.engine.gauges(), **self._process_gauges()}
+
+    def _process_gauges(self) -> dict[str, Any]:
+        residency = self.pipeline.ctx.residency.stats()
+        return {"thread_queue": self.thread_queue.stats(), "indexes": residency}
 
     def tenants(self) -> list[str]:
         return self.store.tenants()
@@ -137,6 +149,9 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
             self.catch_up.close()
             self.engine.close()
         finally:
+            for layer in self.layers.values():
+                if isinstance(layer, HoldsTenants):  # a layer shared by several Memory objects
+                    layer.forget(self.store)
             self.store.close()
 
     def __enter__(self) -> Memory:
@@ -147,7 +162,7 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
 
 
 def _engine_factory(
-    execution: str, pool: str, hnsw_cutoff: int, snapshots: bool
+    execution: str, pool: str, hnsw_cutoff: int, snapshots: bool, budget: int | None
 ) -> Callable[[Pipeline, SQLiteStore], RecallEngine]:
     """``execution``: "adaptive" (default) or "sequential" (the reference path only).
 
@@ -171,7 +186,11 @@ def _engine_factory(
 
             def backend() -> ProcessWorkerPool:
                 return ProcessWorkerPool(
-                    store.path, name, hnsw_cutoff=hnsw_cutoff, index_snapshots=snapshots
+                    store.path,
+                    name,
+                    hnsw_cutoff=hnsw_cutoff,
+                    index_snapshots=snapshots,
+                    index_memories=budget,
                 )
 
         return AdaptiveEngine(pipeline, store, backend=backend, eager_pool=pool == "eager")

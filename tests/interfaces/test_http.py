@@ -33,6 +33,8 @@ METRIC_NAMES = (
     "athena_recalls_waiting",
     "athena_recall_queued_seconds_total",
     "athena_http_rejected_total",
+    "athena_index_memories",
+    "athena_index_evictions_total",
 )
 
 
@@ -166,6 +168,8 @@ def test_metrics_expose_recall_cache_pool_and_writes(api: httpx.Client) -> None:
         assert name in got.text, name
     assert 'athena_writes_total{op="remember"}' in got.text
     assert "unknown" not in got.text  # the strategy label comes from explain
+    held = [line for line in got.text.splitlines() if line.startswith("athena_index_memories ")]
+    assert held and float(held[0].split()[1]) >= 1.0  # the sky's memory is in an index
 
 
 # -- bad input: 4xx with a typed body, never a 500 --------------------------------------------

@@ -61,6 +61,7 @@ class ProcessWorkerPool:
         latency_target_ms: float = 250.0,
         start_timeout: float = 60.0,
         index_snapshots: bool = True,
+        index_memories: int | None = None,
     ) -> None:
         if start_method not in ("spawn", "forkserver"):
             raise InvalidInput("start_method must be 'spawn' or 'forkserver' (never 'fork')")
@@ -75,7 +76,9 @@ class ProcessWorkerPool:
             start_timeout,
         )
         self.db_path = Path(db_path)
-        config = wk.WorkerConfig(str(db_path), embedder, hnsw_cutoff, index_snapshots)
+        config = wk.WorkerConfig(
+            str(db_path), embedder, hnsw_cutoff, index_snapshots, index_memories
+        )
         self._core = core = PoolCore(config, start_method, self.limits)
         self._start_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, wk.halt, core.cond, core.halted, core.procs)

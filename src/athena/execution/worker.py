@@ -40,11 +40,10 @@ from athena import errors
 from athena.embedding import load_embedder
 from athena.execution import shm
 from athena.execution.runner import run_layer
-from athena.layers import LayerContext, default_layers
-from athena.layers.protocol import SearchRequest
-from athena.retrieval.lexical_index import LexicalIndexes
+from athena.layers import default_layers
+from athena.layers.protocol import LayerContext, SearchRequest, open_context
+from athena.retrieval.residency import default_budget
 from athena.retrieval.snapshots import for_store
-from athena.retrieval.vector import VectorIndexes
 from athena.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
@@ -64,6 +63,7 @@ class WorkerConfig:
     embedder: str  # its full name (the vectors searched), or a load_embedder name
     hnsw_cutoff: int
     index_snapshots: bool = True  # load (and save) the database's index snapshots
+    index_memories: int | None = None  # its indexes' budget (None: the default one)
 
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:
@@ -132,11 +132,8 @@ def _initialise(
         model = vector_space(config.embedder)
         layers = default_layers()
         snapshots = for_store(store) if config.index_snapshots else None
-        ctx = LayerContext(
-            store,
-            VectorIndexes(store, model, config.hnsw_cutoff, snapshots),
-            LexicalIndexes(store, snapshots),
-        )
+        budget = config.index_memories or default_budget()
+        ctx = open_context(store, model, config.hnsw_cutoff, snapshots, layers.values(), budget)
         warmed = warm_indexes(ctx, WARM_AT_LEAST, WARM_BUDGET_S)
     except BaseException:
         store.close()

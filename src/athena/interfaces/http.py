@@ -195,7 +195,17 @@ class _EngineCollector(Collector):
         except Exception:
             stats = {}
         pool, admission = stats.get("pool") or {}, stats.get("admission") or {}
-        threads = stats.get("thread_queue") or {}
+        threads, indexes = stats.get("thread_queue") or {}, stats.get("indexes") or {}
+        yield GaugeMetricFamily(
+            "athena_index_memories",
+            "Memories held in this process's in-memory indexes.",
+            _number(indexes, "memories"),
+        )
+        yield CounterMetricFamily(
+            "athena_index_evictions",
+            "Tenants whose indexes were dropped to keep to the index budget.",
+            _number(indexes, "evicted"),
+        )
         yield GaugeMetricFamily(
             "athena_pool_workers", "Worker pool size.", _number(pool, "workers")
         )

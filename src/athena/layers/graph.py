@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Collection
 from typing import Any, Final
 
 from athena.errors import InvalidInput
@@ -89,6 +90,19 @@ class GraphLayer:
         """
         if (id(ctx.store), tenant) in self._held:
             self._known(ctx, tenant, generations)
+
+    def forget(self, store: Store, tenants: Collection[str] | None = None) -> None:
+        """Drop the names held for ``tenants`` of ``store`` (None: every tenant of it, so a
+        closed ``Memory``'s store is no longer held; see
+        :class:`~athena.layers.protocol.HoldsTenants`).
+
+        >>> GraphLayer().forget(None, ["t"])  # type: ignore[arg-type]
+        """
+        held, sid = self._held, id(store)
+        gone = None if tenants is None else set(tenants)
+        with self._lock:
+            for key in [k for k in held if k[0] == sid and (gone is None or k[1] in gone)]:
+                del held[key]
 
     def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
         tenant = request.query.tenant

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -10,6 +12,8 @@ import numpy.typing as npt
 
 from athena.records import MemoryInput, RecallQuery
 from athena.retrieval.lexical_index import LexicalIndexes
+from athena.retrieval.residency import Residency
+from athena.retrieval.snapshots import IndexSnapshots
 from athena.retrieval.vector import VectorIndexes
 from athena.store.protocol import RowFilter, Store
 
@@ -71,6 +75,38 @@ class LayerContext:
         much built an index, and its cost says nothing about its strategy's."""
         return self.indexes.loaded + self.lexicon.loaded
 
+    @property
+    def residency(self) -> Residency:
+        """Which tenants' indexes this process holds (see :mod:`athena.retrieval.residency`)."""
+        return self.indexes.residency
+
+
+def open_context(
+    store: Store,
+    model: str,
+    hnsw_cutoff: int,
+    snapshots: IndexSnapshots | None,
+    layers: Iterable[object],
+    budget: int | None,
+) -> LayerContext:
+    """A process's layer context: both index collections under one :class:`Residency` of
+    ``budget`` memories, which also drops what ``layers`` hold for the tenants it drops.
+
+    >>> ctx = open_context(None, "m", 0, None, [], 100)  # type: ignore[arg-type]
+    >>> ctx.residency.budget
+    100
+    """
+    residency = Residency(budget)
+    ctx = LayerContext(
+        store,
+        VectorIndexes(store, model, hnsw_cutoff, snapshots, residency),
+        LexicalIndexes(store, snapshots, residency),
+    )
+    for layer in layers:
+        if isinstance(layer, HoldsTenants):
+            residency.on_evict(functools.partial(layer.forget, store))
+    return ctx
+
 
 class MemoryLayer(Protocol):
     """One memory layer: its records, its write preparation and its search."""
@@ -94,3 +130,13 @@ class FollowsWrites(Protocol):
 
     def follow(self, ctx: LayerContext, tenant: str, generations: dict[str, int]) -> None:
         """Bring the state this layer holds for ``tenant`` up to ``generations``."""
+
+
+@runtime_checkable
+class HoldsTenants(Protocol):
+    """A layer that keeps per-tenant state in the process (the graph layer's entity names),
+    dropped with the tenant's indexes (:mod:`athena.retrieval.residency`) and, for every
+    tenant of a store, when the ``Memory`` on that store closes."""
+
+    def forget(self, store: Store, tenants: Collection[str] | None = None) -> None:
+        """Drop what this layer holds for ``tenants`` of ``store`` (None: all of them)."""

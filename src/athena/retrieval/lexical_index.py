@@ -22,13 +22,14 @@ import struct
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from athena.retrieval.lexical import STEMS_VERSION, stems
+from athena.retrieval.residency import Residency
 from athena.retrieval.snapshots import IndexSnapshots
 
 log = logging.getLogger(__name__)
@@ -343,11 +344,18 @@ def _top(
 class LexicalIndexes:
     """The lexical indexes of every (tenant, layer), built on first use."""
 
-    def __init__(self, store: ChangeFeed, snapshots: IndexSnapshots | None = None) -> None:
+    def __init__(
+        self,
+        store: ChangeFeed,
+        snapshots: IndexSnapshots | None = None,
+        residency: Residency | None = None,
+    ) -> None:
         self._store = store
         self.snapshots = snapshots
         self._indexes: dict[tuple[str, str], LexicalIndex] = {}
         self._lock = threading.Lock()
+        self.residency = residency or Residency()
+        self.residency.on_evict(self.drop)
         self.loaded = 0  # changes applied by every sync so far (approximate)
         self.followed = 0  # and by every follow (approximate)
 
@@ -366,15 +374,30 @@ class LexicalIndexes:
 
     def warm(self, tenant: str, layer: str, generation: int) -> LexicalIndex:
         """The (tenant, layer) index, built or caught up to ``generation``."""
-        key = (tenant, layer)
+        key, created = (tenant, layer), False
         index = self._indexes.get(key)
         if index is None:
             with self._lock:
-                index = self._indexes.setdefault(key, LexicalIndex(tenant, layer, self.snapshots))
+                index = self._indexes.get(key)
+                if index is None:
+                    index = self._indexes[key] = LexicalIndex(tenant, layer, self.snapshots)
+                    created = True
         applied = index.sync(self._store, generation)
-        if applied:
+        self.residency.touch(tenant)
+        if applied or created:
             self.loaded += applied
+            self.residency.grew(tenant, "lexical", layer, len(index))
         return index
+
+    def drop(self, tenants: Collection[str]) -> None:
+        """Forget the indexes of ``tenants`` (see :meth:`VectorIndexes.drop`).
+
+        >>> LexicalIndexes(None).drop(["t"])  # type: ignore[arg-type]
+        """
+        gone = set(tenants)
+        with self._lock:
+            for key in [key for key in self._indexes if key[0] in gone]:
+                del self._indexes[key]
 
     def follow(self, tenant: str, layer: str, generation: int, most: int) -> int:
         """Catch the (tenant, layer) index up to ``generation`` if it is loaded and at most
@@ -388,5 +411,7 @@ class LexicalIndexes:
         if index is None:
             return 0
         applied = index.follow(self._store, generation, most)
-        self.followed += applied  # not ``loaded``: that tells a recall it built an index
+        if applied:
+            self.followed += applied  # not ``loaded``: that tells a recall it built an index
+            self.residency.grew(tenant, "lexical", layer, len(index))
         return applied

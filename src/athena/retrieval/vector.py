@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from athena.retrieval.residency import Residency
 from athena.retrieval.snapshots import IndexSnapshots
 from athena.store.protocol import Store, VectorBatch
 
@@ -436,6 +438,7 @@ class VectorIndexes:
         model: str,
         hnsw_cutoff: int = DEFAULT_HNSW_CUTOFF,
         snapshots: IndexSnapshots | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self._store = store
         self._model = model
@@ -443,6 +446,8 @@ class VectorIndexes:
         self.snapshots = snapshots
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._lock = threading.Lock()
+        self.residency = residency or Residency()
+        self.residency.on_evict(self.drop)
         self.loaded = 0  # vectors and tombstones applied by every sync so far (approximate)
         self.followed = 0  # and by every follow (approximate)
 
@@ -459,17 +464,31 @@ class VectorIndexes:
 
     def warm(self, tenant: str, layer: str, generation: int) -> VectorIndex:
         """The (tenant, layer) index, built or caught up to ``generation``."""
-        key = (tenant, layer)
+        key, created = (tenant, layer), False
         index = self._indexes.get(key)
         if index is None:
             with self._lock:
-                index = self._indexes.setdefault(
-                    key, VectorIndex(tenant, layer, self._model, self.cutoff, self.snapshots)
-                )
+                index = self._indexes.get(key)
+                if index is None:
+                    index = VectorIndex(tenant, layer, self._model, self.cutoff, self.snapshots)
+                    self._indexes[key], created = index, True
         applied = index.sync(self._store, generation)
-        if applied:
+        self.residency.touch(tenant)
+        if applied or created:
             self.loaded += applied
+            self.residency.grew(tenant, "vector", layer, len(index))
         return index
+
+    def drop(self, tenants: Collection[str]) -> None:
+        """Forget the indexes of ``tenants`` (a search builds them again; see
+        :class:`~athena.retrieval.residency.Residency`).
+
+        >>> VectorIndexes(None, "m").drop(["t"])  # type: ignore[arg-type]
+        """
+        gone = set(tenants)
+        with self._lock:
+            for key in [key for key in self._indexes if key[0] in gone]:
+                del self._indexes[key]
 
     def follow(self, tenant: str, layer: str, generation: int, most: int) -> int:
         """Catch the (tenant, layer) index up to ``generation`` if it is loaded, at most
@@ -483,5 +502,7 @@ class VectorIndexes:
         if index is None:
             return 0
         applied = index.follow(self._store, generation, most)
-        self.followed += applied  # not ``loaded``: that tells a recall it built an index
+        if applied:
+            self.followed += applied  # not ``loaded``: that tells a recall it built an index
+            self.residency.grew(tenant, "vector", layer, len(index))
         return applied
