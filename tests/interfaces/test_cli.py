@@ -329,6 +329,17 @@ def test_stats_and_tenants(db: Path) -> None:
     assert ok(db, "tenants").stdout.split() == ["t1", "t2"]
 
 
+def test_a_bad_index_budget_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    fresh = tmp_path / "new.db"
+    env = {"ATHENA_DB": str(fresh), "ATHENA_INDEX_MEMORIES": "lots"}
+    bad = runner.invoke(app, ["remember", "hello", "-t", "t1"], env=env)
+    assert bad.exit_code == 2
+    assert bad.stderr.startswith("error: ATHENA_INDEX_MEMORIES must be a positive whole number")
+    assert not fresh.exists()
+    env["ATHENA_INDEX_MEMORIES"] = "50"
+    assert runner.invoke(app, ["remember", "hello", "-t", "t1"], env=env).exit_code == 0
+
+
 def test_env_vars_select_the_database_and_embedder(db: Path) -> None:
     result = runner.invoke(app, ["stats", "--json"], env={"ATHENA_DB": str(db)})
     assert result.exit_code == 0 and json.loads(result.stdout)["tenants"] == 2
