@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -151,17 +152,17 @@ def test_close_during_a_catch_up_waits_for_that_scope_only(
         mem.remember("Ann drinks tea", tenant=tenant)
         mem.recall("tea?", tenant=tenant)
     started, taken = threading.Event(), []
-    plain = mem.catch_up.follow
+    plain = catch_up.follow
 
-    def slow(tenant: str, layers: set[str]) -> None:
+    def slow(pipeline: Any, tracker: Any, tenant: str, layers: set[str]) -> bool:
         taken.append(tenant)
         started.set()
         deadline = time.monotonic() + 30.0
         while not mem.catch_up._closed and time.monotonic() < deadline:
             time.sleep(0.01)  # until close() has begun
-        plain(tenant, layers)
+        return plain(pipeline, tracker, tenant, layers)
 
-    monkeypatch.setattr(mem.catch_up, "follow", slow)
+    monkeypatch.setattr(catch_up, "follow", slow)
     mem.remember_many([MemoryInput(layer="episodic", text="Bo", tenant=t) for t in ("a", "b")])
     assert started.wait(10.0)
     thread = mem.catch_up._thread
@@ -204,6 +205,30 @@ def test_another_process_writes_are_caught_up_when_watching(pair: tuple[Memory, 
     hits = mem.recall("who drinks coffee in Porto?", tenant="t", k=2).hits
     assert loaded(mem) == before  # current already
     assert hits[0].key == "bo"
+
+
+def test_the_watcher_leaves_tenants_it_holds_nothing_of_unread(
+    pair: tuple[Memory, Memory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mem, other = pair
+    other.remember("Ann drinks tea in Lisbon", tenant="t")
+    other.remember("Cy reads in Faro", tenant="u")
+    mem.recall("who drinks tea?", tenant="t")  # t's indexes loaded; u never searched here
+    asked: list[str] = []
+    real = mem.generations.get
+
+    def get(tenant: str) -> dict[str, int]:
+        asked.append(tenant)
+        return real(tenant)
+
+    monkeypatch.setattr(mem.generations, "get", get)
+    mem.catch_up.watch(0.002)
+    other.remember("Bo drinks coffee in Porto", tenant="t")
+    other.remember("Dee swims in Faro", tenant="u")
+    assert _until(lambda: followed(mem) == 2)
+    assert mem.catch_up.settle(5.0)
+    assert "t" in asked and "u" not in asked  # u's generations were never read for it
+    assert not mem.pipeline.ctx.residency.holds("u")
 
 
 def test_without_watching_the_recall_catches_up_another_process_writes(

@@ -203,9 +203,10 @@ class CatchUp:
                 if self._closed:  # close() waits for this thread: leave the rest
                     break
                 try:
-                    self.follow(tenant, layers)
+                    follow(self._pipeline, self._tracker, tenant, layers)
                 except Exception:  # the next recall syncs these itself, and reports it
                     log.debug("catching up %s after a write failed", tenant, exc_info=True)
+                self.followed += 1
 
     def _next(self) -> dict[str, set[str]] | None:
         """The next scopes to take up, waiting for a pause in this process's writing or,
@@ -236,24 +237,6 @@ class CatchUp:
                     self._due = True
                     self.watched += len(found)
 
-    def follow(self, tenant: str, layers: set[str]) -> None:
-        """Catch ``tenant``'s loaded indexes of ``layers``, and any layer's own state of
-        the tenant, up to its current generations (what the thread does, per tenant written,
-        once writing pauses).
-
-        >>> # mem.catch_up.follow("agent-1", {"episodic"})  # on the caller's thread
-        """
-        generations = self._tracker.get(tenant)
-        ctx = self._pipeline.ctx
-        for layer in layers:
-            generation = generations.get(layer, 0)
-            ctx.indexes.follow(tenant, layer, generation, MOST)
-            ctx.lexicon.follow(tenant, layer, generation, MOST)
-        for memory_layer in self._pipeline.layers.values():
-            if isinstance(memory_layer, FollowsWrites):
-                memory_layer.follow(ctx, tenant, generations)
-        self.followed += 1
-
     def settle(self, timeout: float) -> bool:
         """Wait until the thread has taken up every commit of this process so far (or
         ``timeout`` seconds pass); True if it has (what it left to the next recall
@@ -278,6 +261,34 @@ class CatchUp:
             self._cond.notify_all()
         if thread is not None:
             thread.join()
+
+
+def follow(pipeline: Pipeline, tracker: GenerationTracker, tenant: str, layers: set[str]) -> bool:
+    """Catch what ``pipeline`` holds of ``tenant`` up to its current generations: its loaded
+    indexes of ``layers``, and the state of every layer that follows writes. A tenant this
+    process holds nothing of is left at once, before its generations are read (the watching
+    thread finds every tenant other processes write). True if anything was held.
+
+    >>> # follow(mem.pipeline, mem.generations, "agent-1", {"episodic"})
+    """
+    ctx = pipeline.ctx
+    followers = [
+        layer
+        for layer in pipeline.layers.values()
+        if isinstance(layer, FollowsWrites) and layer.holds(ctx, tenant)
+    ]
+    indexed = ctx.residency.holds(tenant)
+    if not (indexed or followers):
+        return False
+    generations = tracker.get(tenant)
+    if indexed:
+        for layer in layers:
+            generation = generations.get(layer, 0)
+            ctx.indexes.follow(tenant, layer, generation, MOST)
+            ctx.lexicon.follow(tenant, layer, generation, MOST)
+    for follower in followers:
+        follower.follow(ctx, tenant, generations)
+    return True
 
 
 def start_daemon(target: Callable[[], None], name: str) -> threading.Thread | None:

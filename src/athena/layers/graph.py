@@ -80,6 +80,15 @@ class GraphLayer:
             self._held[(id(store), tenant)] = (store, key, *known)
         return known
 
+    def holds(self, ctx: LayerContext, tenant: str) -> bool:
+        """Whether the tenant's names are held for ``ctx``'s store.
+
+        >>> from types import SimpleNamespace
+        >>> GraphLayer().holds(SimpleNamespace(store=None), "t")  # type: ignore[arg-type]
+        False
+        """
+        return (id(ctx.store), tenant) in self._held
+
     def follow(self, ctx: LayerContext, tenant: str, generations: dict[str, int]) -> None:
         """Read the tenant's new names and memory count now, if this layer holds them
         (see :class:`~athena.layers.protocol.FollowsWrites`).

@@ -128,6 +128,9 @@ class FollowsWrites(Protocol):
     recall asks (:mod:`athena.catch_up`). It must do nothing for a tenant it does not hold.
     """
 
+    def holds(self, ctx: LayerContext, tenant: str) -> bool:
+        """Whether this layer keeps state of ``tenant`` (the catch-up skips it otherwise)."""
+
     def follow(self, ctx: LayerContext, tenant: str, generations: dict[str, int]) -> None:
         """Bring the state this layer holds for ``tenant`` up to ``generations``."""
 

@@ -140,6 +140,10 @@ class Residency:
             for drop in self._drops:
                 drop(victims)
 
+    def holds(self, tenant: str) -> bool:
+        """Whether an index of ``tenant`` is held (counted) now."""
+        return tenant in self._held
+
     def forget(self, tenants: Collection[str]) -> None:
         """Stop counting ``tenants`` (their indexes were dropped by someone else)."""
         with self._lock:
