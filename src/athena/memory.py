@@ -56,10 +56,11 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
     off, they are found lexically until :meth:`backfill_vectors` runs (the CLI runs it
     behind a progress bar).
 
-    ``index_memories``: at most this many memories held in the in-memory indexes (this
-    process's and each pool worker's); past it the tenants searched least recently are
-    dropped and built again when next searched (:mod:`athena.retrieval.residency`).
-    Default: ``ATHENA_INDEX_MEMORIES``, else a quarter of physical memory at 2.6 KB each.
+    ``index_memories``: at most this many memories held in this process's in-memory
+    indexes, and as many in the pool's workers' together (each its share); past it the
+    tenants searched least recently are dropped and built again when next searched
+    (:mod:`athena.retrieval.residency`). Default: ``ATHENA_INDEX_MEMORIES``, else a
+    quarter of physical memory (or of a cgroup limit) at 2.6 KB each.
 
     >>> import tempfile, os
     >>> mem = Memory(os.path.join(tempfile.mkdtemp(), "m.db"))

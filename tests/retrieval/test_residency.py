@@ -313,3 +313,15 @@ def test_dropping_tenants_between_writes_never_changes_an_answer(
                         (h.id, h.score) for h in want.hits
                     ]
             assert tight.pipeline.ctx.residency.stats()["evicted"] >= 1
+
+
+def test_the_pool_workers_share_one_budget(tmp_path: Path) -> None:
+    from athena.execution.pool import ProcessWorkerPool
+
+    pool = ProcessWorkerPool(tmp_path / "p.db", max_workers=4, index_memories=100)
+    try:
+        assert pool._core.fleet.config.index_memories == 25  # never started: no process
+    finally:
+        pool.close()
+    with pytest.raises(InvalidInput):
+        ProcessWorkerPool(tmp_path / "p.db", index_memories=0)

@@ -29,6 +29,7 @@ from athena.execution import worker as wk
 from athena.execution.backend import PoolLimits, PoolLoad, Task
 from athena.execution.pool_core import PoolCore
 from athena.layers.protocol import LayerResult, SearchRequest
+from athena.retrieval.residency import check_budget, default_budget
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 
 
@@ -41,7 +42,9 @@ class ProcessWorkerPool:
     (:func:`~athena.execution.backend.default_max_workers`). The pool starts lazily (first
     :meth:`start` or :meth:`run`);
     ``task_timeout`` bounds one attempt of one message (a recall's layers given to one
-    worker), ``timeout`` of :meth:`run` the call.
+    worker), ``timeout`` of :meth:`run` the call. The workers share ``index_memories``
+    (default :func:`~athena.retrieval.residency.default_budget`): each holds at most its
+    ``max_workers``-th of it in its indexes.
 
     >>> # with ProcessWorkerPool("athena.db") as pool: pool.run(request, ["semantic"])
     """
@@ -76,9 +79,10 @@ class ProcessWorkerPool:
             start_timeout,
         )
         self.db_path = Path(db_path)
-        config = wk.WorkerConfig(
-            str(db_path), embedder, hnsw_cutoff, index_snapshots, index_memories
-        )
+        # The workers share one budget: each holds at most its share of the memories.
+        budget = default_budget() if index_memories is None else check_budget(index_memories)
+        share = None if budget is None else max(budget // self.limits.max_workers, 1)
+        config = wk.WorkerConfig(str(db_path), embedder, hnsw_cutoff, index_snapshots, share)
         self._core = core = PoolCore(config, start_method, self.limits)
         self._start_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, wk.halt, core.cond, core.halted, core.procs)
