@@ -186,3 +186,25 @@ def test_workers_must_be_positive(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0 and "workers" in result.output.lower()
     assert not (tmp_path / "x.db").exists()
+
+
+def test_the_server_processes_share_one_index_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any process may serve any tenant: with N processes each holds an N-th of the budget."""
+    import json
+
+    from athena.interfaces import http_serve
+
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(http_serve, "_serve_processes", lambda s, *_: started.append(s))
+    monkeypatch.setenv("ATHENA_INDEX_MEMORIES", "1000")
+    http_serve.serve_http(tmp_path / "b.db", workers=4)
+    assert started[0]["index_memories"] == 250
+    monkeypatch.setenv(http_serve.CONFIG_ENV, json.dumps(started[0]))
+    app = http_serve.app_from_env()
+    memory = app.state.memory
+    try:
+        assert memory.execution_stats()["indexes"]["budget"] == 250
+    finally:
+        memory.close()

@@ -14,6 +14,8 @@ one of them), each with its own :class:`~athena.memory.Memory` on the same SQLit
   file, the last save winning;
 * the worker pool is off (``pool="off"``): the processes already spread recalls over the
   cores, and pool workers would only contend with them;
+* the processes share one index budget (:mod:`athena.retrieval.residency`): each holds at
+  most its N-th of the memories one process would (any process serves any tenant);
 * before they start, the parent binds the port and prepares the file once (migration,
   vectors for another embedder, the saved indexes of large scopes), so the processes do
   not race to do it;
@@ -38,6 +40,7 @@ from athena.heap import settle_heap
 from athena.interfaces.http import create_app
 from athena.interfaces.http_auth import load_tokens
 from athena.memory import Memory
+from athena.retrieval.residency import default_budget
 
 STARTUP_FAILURE: Final = 3  # uvicorn's exit code for a process that cannot start
 CONFIG_ENV: Final = "ATHENA_HTTP_SERVER"  # the settings each server process reads
@@ -73,6 +76,8 @@ def serve_http(
         "max_inflight": max_inflight,
     }
     if workers > 1:
+        budget = default_budget()
+        settings["index_memories"] = None if budget is None else max(budget // workers, 1)
         _serve_processes(settings, host, port, workers)
         return
     memory = Memory(db, embedder=embedder)
@@ -127,7 +132,10 @@ def app_from_env() -> FastAPI:
         settings: dict[str, Any] = json.loads(os.environ[CONFIG_ENV])
         tokens_file = settings["tokens_file"]
         tokens = None if tokens_file is None else load_tokens(tokens_file)
-        memory = Memory(settings["db"], embedder=settings["embedder"], pool="off")
+        budget = settings.get("index_memories")
+        memory = Memory(
+            settings["db"], embedder=settings["embedder"], pool="off", index_memories=budget
+        )
     except Exception as exc:  # the supervisor stops on this code instead of restarting
         print(f"error: the server process cannot start: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
