@@ -18,7 +18,14 @@ from athena import Memory
 from athena.embedding import Embedder, load_embedder
 from athena.records import MemoryInput
 from athena.retrieval.lexical import query_stems, stems
-from athena.retrieval.lexical_index import COMPACT_MIN, K1, B, LexicalIndexes, LexicalPostings
+from athena.retrieval.lexical_index import (
+    COMPACT_MIN,
+    K1,
+    B,
+    LexicalIndexes,
+    LexicalPostings,
+    Pending,
+)
 from athena.retrieval.vector import VectorIndexes
 
 WORDS = ["apple", "river", "piano", "rocket", "garden", "violet", "tiger", "cloud"]
@@ -180,8 +187,13 @@ def test_scores_equal_bm25_written_out(
     texts: list[list[str]], dropped: set[int], query: list[str]
 ) -> None:
     index = LexicalPostings("t", "episodic")
+    pending: Pending = {}
     for memory_id, words in enumerate(texts):
-        index._add(memory_id, " ".join(words))
+        index._add(memory_id, " ".join(words), pending)
+        if memory_id == len(texts) // 2:  # two batches: new terms, then terms held already
+            index._flush(pending)
+            pending = {}
+    index._flush(pending)
     for memory_id in dropped & set(range(len(texts))):
         index._drop(memory_id)  # superseded documents stay in the postings until compacted
     live = {m: stems(" ".join(w)) for m, w in enumerate(texts) if m not in dropped}
@@ -191,3 +203,31 @@ def test_scores_equal_bm25_written_out(
     assert got.keys() == {m for m, s in expected.items() if s > 0.0}
     for memory_id, score in got.items():
         assert score == pytest.approx(expected[memory_id], rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(
+        st.text(alphabet=st.sampled_from("abcé'ß İ Straße running RUNS x"), max_size=40),
+        min_size=1,
+        max_size=8,
+    ),
+    room=st.integers(1, 12),
+)
+def test_stems_remembered_equal_stems_computed_afresh(texts: list[str], room: int) -> None:
+    """The stemmed words kept between documents (emptied when ``room`` is reached) never
+    change what a text is indexed as."""
+    from athena.retrieval import lexical
+
+    saved, lexical.STEMMED_MAX = lexical.STEMMED_MAX, room  # type: ignore[misc]
+    lexical._STEMMED.clear()
+    widest = 0  # the most distinct words of one text so far: kept whole past the room
+    try:
+        for text in texts + texts:
+            words = [w.replace("'", "") for w in lexical._WORD.findall(lexical._fold(text))]
+            assert stems(text) == lexical._stem(words)
+            widest = max(widest, len(set(words)))
+            assert len(lexical._STEMMED) <= max(room, widest)
+    finally:
+        lexical.STEMMED_MAX = saved  # type: ignore[misc]
+        lexical._STEMMED.clear()

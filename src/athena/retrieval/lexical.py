@@ -87,6 +87,13 @@ def _fold(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+# Words already stemmed, for index builds: a str -> str dict, which the garbage collector
+# never tracks (unlike PyStemmer's own cache, off above). A 662-document BM25 build spent
+# 15.5 µs a document in stems() without it, 9.8 with it (the words seen before).
+_STEMMED: dict[str, str] = {}
+STEMMED_MAX: Final = 50_000  # words kept (a few MB), emptied when full
+
+
 def stems(text: str) -> list[str]:
     """Every token of ``text``: case and diacritics folded, Porter-stemmed (what a document
     is indexed as; its length is the number of tokens).
@@ -94,7 +101,17 @@ def stems(text: str) -> list[str]:
     >>> stems("Caroline's groups were running")
     ['carolin', 'group', 'were', 'run']
     """
-    return _stem([w.replace("'", "") for w in _WORD.findall(_fold(text))])
+    words = [w.replace("'", "") for w in _WORD.findall(_fold(text))]
+    known = _STEMMED
+    out = list(map(known.get, words))
+    if None not in out:
+        return out  # type: ignore[return-value]  # no None in it
+    missing = list(dict.fromkeys(w for w, s in zip(words, out, strict=True) if s is None))
+    found = dict(zip(missing, _stem(missing), strict=True))
+    if len(known) + len(found) > STEMMED_MAX:
+        known.clear()
+    known.update(found)
+    return [s if s is not None else found[w] for w, s in zip(words, out, strict=True)]
 
 
 @functools.lru_cache(maxsize=4096)  # each text layer of a recall asks for the same text's

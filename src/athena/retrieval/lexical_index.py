@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 import threading
 from array import array
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -45,8 +44,9 @@ MAX_TF: Final = 65_535
 # collector, and a dict of str -> bytearray is not even scanned. With array pairs, 110
 # tenants' postings were about 740k of a process's 802k tracked objects and a full
 # collection took 124 ms, a stall any recall could land in (benchmarks/gc_pause.py).
-_POSITION: Final = struct.Struct("=I").pack
-_TF: Final = struct.Struct("=H").pack
+if array("I").itemsize != 4 or array("H").itemsize != 2:  # the postings' native widths
+    raise ImportError("the lexical index needs 32-bit 'I' and 16-bit 'H' arrays")
+Pending: TypeAlias = "dict[str, tuple[array[int], array[int]]]"  # term -> positions, tfs
 
 Admit = Callable[[list[int]], set[int]]
 
@@ -79,7 +79,10 @@ class LexicalPostings:
         self._total_length = 0
         self._dead = 0
 
-    def _add(self, memory_id: int, text: str) -> None:
+    def _add(self, memory_id: int, text: str, pending: Pending) -> None:
+        """Give ``text`` the next position; its postings wait in ``pending`` (term ->
+        positions, frequencies) until :meth:`_flush`: one array per term and batch, not
+        two ``struct`` packs per term and document)."""
         tokens = stems(text)
         position = len(self._ids)
         self._ids.append(memory_id)
@@ -88,12 +91,22 @@ class LexicalPostings:
         self._position[memory_id] = position
         self._total_length += len(tokens)
         for term, tf in Counter(tokens).items():
-            positions = self._positions.get(term)
-            if positions is None:
-                positions = self._positions[term] = bytearray()
-                self._tfs[term] = bytearray()
-            positions.extend(_POSITION(position))
-            self._tfs[term].extend(_TF(min(tf, MAX_TF)))
+            held = pending.get(term)
+            if held is None:
+                held = pending[term] = (array("I"), array("H"))
+            held[0].append(position)
+            held[1].append(tf if tf < MAX_TF else MAX_TF)
+
+    def _flush(self, pending: Pending) -> None:
+        """Append the postings :meth:`_add` left in ``pending`` (positions stay in order)."""
+        positions, tfs = self._positions, self._tfs
+        for term, (at, tf) in pending.items():
+            held = positions.get(term)
+            if held is None:
+                positions[term], tfs[term] = bytearray(at), bytearray(tf)
+            else:
+                held.extend(at)
+                tfs[term].extend(tf)
 
     def _drop(self, memory_id: int) -> None:
         position = self._position.pop(memory_id, None)
@@ -228,11 +241,13 @@ class LexicalIndex(LexicalPostings):
     ) -> int:
         if changes is None:
             changes = store.changes_after(self.tenant, self.layer, self._last_seq)
+        pending: Pending = {}
         for seq, memory_id, text in changes:
             self._drop(memory_id)
             if text is not None:
-                self._add(memory_id, text)
+                self._add(memory_id, text, pending)
             self._last_seq = seq
+        self._flush(pending)
         if self._dead > max(COMPACT_MIN, len(self._position) // 4):
             self._compact()
         self._synced_generation = generation
