@@ -5,6 +5,7 @@ tenants, and filters search deeper until enough rows pass."""
 from __future__ import annotations
 
 import doctest
+import gc
 import math
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,7 @@ def test_stems_remembered_equal_stems_computed_afresh(texts: list[str], room: in
             assert stems(text) == lexical._stem(words)
             widest = max(widest, len(set(words)))
             assert len(lexical._STEMMED) <= max(room, widest)
+        assert not gc.is_tracked(lexical._STEMMED)  # no full collection ever walks it
     finally:
         lexical.STEMMED_MAX = saved  # type: ignore[misc]
         lexical._STEMMED.clear()
