@@ -10,7 +10,7 @@ layer, the larger of its vector and lexical index) and, past its budget, drops t
 recently searched tenants down to :data:`LOW_WATER` of it: their indexes, and whatever
 else was registered with :meth:`Residency.on_evict` (the graph layer's names). A dropped
 tenant's next recall builds its indexes again, from the snapshots where they are saved
-(a 940-memory tenant's first recall took 43-46 ms there, against 1.7-3.7 ms once built).
+(a 940-memory tenant's first recall took 26-28 ms there, static, against about 1 ms once built).
 
 The tenant being searched is never the one dropped, so one tenant larger than the budget
 stays whole (alone). Recency costs a recall one dictionary store per index searched; the
