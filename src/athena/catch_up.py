@@ -39,7 +39,7 @@ from typing import Final
 from athena.errors import InvalidInput
 from athena.execution.pipeline import Pipeline
 from athena.generations import GenerationTracker
-from athena.layers.protocol import FollowsWrites
+from athena.layers.protocol import FollowsWrites, LayerContext
 from athena.store.sqlite import SQLiteStore
 from athena.store.turns import QUIET_S
 
@@ -204,9 +204,9 @@ class CatchUp:
                     break
                 try:
                     follow(self._pipeline, self._tracker, tenant, layers)
+                    self.followed += 1
                 except Exception:  # the next recall syncs these itself, and reports it
                     log.debug("catching up %s after a write failed", tenant, exc_info=True)
-                self.followed += 1
 
     def _next(self) -> dict[str, set[str]] | None:
         """The next scopes to take up, waiting for a pause in this process's writing or,
@@ -275,7 +275,7 @@ def follow(pipeline: Pipeline, tracker: GenerationTracker, tenant: str, layers: 
     followers = [
         layer
         for layer in pipeline.layers.values()
-        if isinstance(layer, FollowsWrites) and layer.holds(ctx, tenant)
+        if isinstance(layer, FollowsWrites) and _holds(layer, ctx, tenant)
     ]
     indexed = ctx.residency.holds(tenant)
     if not (indexed or followers):
@@ -289,6 +289,13 @@ def follow(pipeline: Pipeline, tracker: GenerationTracker, tenant: str, layers: 
     for follower in followers:
         follower.follow(ctx, tenant, generations)
     return True
+
+
+def _holds(layer: FollowsWrites, ctx: LayerContext, tenant: str) -> bool:
+    """Whether ``layer`` keeps state of ``tenant``: its ``holds(ctx, tenant)`` if it has one
+    (the graph layer), else True (a layer that only follows is always asked to)."""
+    holds = getattr(layer, "holds", None)
+    return True if holds is None else bool(holds(ctx, tenant))
 
 
 def start_daemon(target: Callable[[], None], name: str) -> threading.Thread | None:

@@ -84,6 +84,8 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
         backfill: bool = True,
         index_memories: int | None = None,
     ) -> None:
+        # Refused before the file is created or opened.
+        budget = default_budget() if index_memories is None else check_budget(index_memories)
         self.store = SQLiteStore(path)
         self._requests = RequestMemo()
         self.thread_queue = QueueTally()  # what the async faces' wait for a thread did
@@ -92,7 +94,6 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
             self.layers = dict(layers or default_layers())
             self.generations = GenerationTracker(self.store)
             snapshots = for_store(self.store) if index_snapshots else None
-            budget = default_budget() if index_memories is None else check_budget(index_memories)
             ctx = open_context(
                 self.store, self.embedder.name, hnsw_cutoff, snapshots, self.layers.values(), budget
             )
@@ -152,7 +153,7 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
         finally:
             for layer in self.layers.values():
                 if isinstance(layer, HoldsTenants):  # a layer shared by several Memory objects
-                    layer.forget(self.store)
+                    layer.forget_tenants(self.store)
             self.store.close()
 
     def __enter__(self) -> Memory:

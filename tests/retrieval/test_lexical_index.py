@@ -233,3 +233,34 @@ def test_stems_remembered_equal_stems_computed_afresh(texts: list[str], room: in
     finally:
         lexical.STEMMED_MAX = saved  # type: ignore[misc]
         lexical._STEMMED.clear()
+
+
+def test_a_build_that_fails_part_way_keeps_what_it_added_searchable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Feed:
+        def __init__(self) -> None:
+            self.rows = [(1, 1, "apple pie"), (2, 2, "boom"), (3, 3, "river bank")]
+
+        def changes_after(
+            self, tenant: str, layer: str, after: int, limit: int | None = None
+        ) -> list[tuple[int, int, str | None]]:
+            return [row for row in self.rows if row[0] > after]
+
+    real = lexical_index.stems
+
+    def stems_or_fail(text: str) -> list[str]:
+        if text == "boom":
+            raise MemoryError("as a large build might")
+        return real(text)
+
+    index, feed = lexical_index.LexicalIndex("t", "episodic"), Feed()
+    monkeypatch.setattr(lexical_index, "stems", stems_or_fail)
+    with pytest.raises(MemoryError):
+        index.sync(feed, 1)
+    assert [m for m, _ in index.search(query_stems("apple"), 5)] == [1]  # flushed anyway
+    monkeypatch.setattr(lexical_index, "stems", real)
+    index.sync(feed, 1)  # from where it stopped
+    assert [m for m, _ in index.search(query_stems("river"), 5)] == [3]
+    assert [m for m, _ in index.search(query_stems("boom"), 5)] == [2]
+    assert len(index) == 3

@@ -325,3 +325,56 @@ def test_the_pool_workers_share_one_budget(tmp_path: Path) -> None:
         pool.close()
     with pytest.raises(InvalidInput):
         ProcessWorkerPool(tmp_path / "p.db", index_memories=0)
+
+
+def test_an_index_dropped_while_it_synced_is_not_counted(
+    stores: tuple[Memory, Memory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread's eviction can land between a sync and its count: the count then
+    skips the detached index instead of holding a tenant no collection holds."""
+    from athena.retrieval import vector
+
+    _, tight = stores
+    ctx = tight.pipeline.ctx
+    real = vector.VectorIndex.sync
+
+    def sync_then_dropped(index: vector.VectorIndex, store: Any, generation: int) -> int:
+        applied = real(index, store, generation)
+        ctx.indexes.drop([index.tenant])  # as a concurrent eviction would, mid-warm
+        return applied
+
+    monkeypatch.setattr(vector.VectorIndex, "sync", sync_then_dropped)
+    generation = tight.generations.get("acme")["episodic"]
+    ctx.indexes.warm("acme", "episodic", generation)
+    assert ctx.residency.stats()["memories"] == 0 and not ctx.residency.holds("acme")
+
+
+def test_a_failing_drop_leaves_the_others_dropping_and_the_recall_answering() -> None:
+    dropped: list[str] = []
+
+    def broken(tenants: object) -> None:
+        raise RuntimeError("a drop that fails")
+
+    r = Residency(10)
+    r.on_evict(broken)
+    r.on_evict(dropped.extend)
+    r.grew("a", "vector", "episodic", 8)
+    r.grew("b", "vector", "episodic", 8)  # raises nothing
+    assert dropped == ["a"] and r.stats()["tenants"] == 1
+
+
+def test_a_dropped_tenant_is_not_touched_back() -> None:
+    r = Residency(10)
+    r.touch("gone")
+    assert r.stats()["tenants"] == 0 and "gone" not in r._last
+
+
+def test_a_worker_warms_only_what_its_share_holds(tmp_path: Path) -> None:
+    from athena.layers.protocol import open_context
+
+    with Memory(tmp_path / "w.db", pool="off") as mem:
+        _fill(mem)
+        ctx = open_context(mem.store, mem.embedder.name, 0, None, default_layers().values(), 20)
+        warmed = wk.warm_indexes(ctx, at_least=5, budget_s=60.0)
+    assert len(warmed) == 1 and warmed[0][1] == "episodic"  # a second would pass 20
+    assert ctx.residency.stats()["evicted"] == 0 and ctx.residency.memories <= 20

@@ -205,19 +205,22 @@ def warm_indexes(ctx: LayerContext, at_least: int, budget_s: float) -> list[tupl
     kill the worker and the recall would fall back. Built here, that cost falls within the
     start-up allowance, and recalls take the parallel path until a worker is ready. Largest
     first; once ``budget_s`` has passed only scopes with a saved snapshot (a fraction of a
-    second to load) are still warmed.
+    second to load) are still warmed, and never past the worker's index budget.
 
     >>> # warm_indexes(ctx, at_least=5_000, budget_s=30.0)  # [("one", "episodic"), ...]
     """
     start, warmed = time.monotonic(), list[tuple[str, str]]()
-    for tenant, layer, _ in ctx.store.large_scopes(at_least):
+    residency = ctx.residency
+    for tenant, layer, size in ctx.store.large_scopes(at_least):
         if time.monotonic() - start > budget_s and not ctx.indexes.has_snapshot(tenant, layer):
             continue
+        if residency.budget is not None and residency.memories + size > residency.budget:
+            continue  # past this worker's share of the index budget: it would drop others
         generation = ctx.store.generations(tenant).get(layer, 0)
         ctx.indexes.warm(tenant, layer, generation)
         ctx.lexicon.warm(tenant, layer, generation)
         warmed.append((tenant, layer))
-    return warmed
+    return [(tenant, layer) for tenant, layer in warmed if residency.holds(tenant)]
 
 
 def send_quietly(conn: Connection, message: object, pickled: bool = False) -> bool:

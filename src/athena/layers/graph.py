@@ -71,13 +71,19 @@ class GraphLayer:
         generation moved (the count moves with writes to any layer), so every process
         computes the same. The names are read from where the last read stopped."""
         store, key = ctx.store, tuple(sorted(generations.items()))
-        held = self._held.get((id(store), tenant))
+        slot = (id(store), tenant)
+        held = self._held.get(slot)
         if held is not None and held[1] == key:
+            ctx.residency.touch(tenant)
             return held[2], held[3]
         names = read_names(store, tenant, None if held is None else held[2])
         known = (names, store.memory_count(tenant))
+        entry = (store, key, *known)
         with self._lock:
-            self._held[(id(store), tenant)] = (store, key, *known)
+            self._held[slot] = entry
+        if held is None:  # counted (no memories of its own) so the budget drops it too
+            current = self._held
+            ctx.residency.grew(tenant, "names", self.name, 0, lambda: current.get(slot) is entry)
         return known
 
     def holds(self, ctx: LayerContext, tenant: str) -> bool:
@@ -100,12 +106,12 @@ class GraphLayer:
         if (id(ctx.store), tenant) in self._held:
             self._known(ctx, tenant, generations)
 
-    def forget(self, store: Store, tenants: Collection[str] | None = None) -> None:
+    def forget_tenants(self, store: Store, tenants: Collection[str] | None = None) -> None:
         """Drop the names held for ``tenants`` of ``store`` (None: every tenant of it, so a
         closed ``Memory``'s store is no longer held; see
         :class:`~athena.layers.protocol.HoldsTenants`).
 
-        >>> GraphLayer().forget(None, ["t"])  # type: ignore[arg-type]
+        >>> GraphLayer().forget_tenants(None, ["t"])  # type: ignore[arg-type]
         """
         held, sid = self._held, id(store)
         gone = None if tenants is None else set(tenants)

@@ -104,7 +104,7 @@ def open_context(
     )
     for layer in layers:
         if isinstance(layer, HoldsTenants):
-            residency.on_evict(functools.partial(layer.forget, store))
+            residency.on_evict(functools.partial(layer.forget_tenants, store))
     return ctx
 
 
@@ -128,9 +128,6 @@ class FollowsWrites(Protocol):
     recall asks (:mod:`athena.catch_up`). It must do nothing for a tenant it does not hold.
     """
 
-    def holds(self, ctx: LayerContext, tenant: str) -> bool:
-        """Whether this layer keeps state of ``tenant`` (the catch-up skips it otherwise)."""
-
     def follow(self, ctx: LayerContext, tenant: str, generations: dict[str, int]) -> None:
         """Bring the state this layer holds for ``tenant`` up to ``generations``."""
 
@@ -141,5 +138,5 @@ class HoldsTenants(Protocol):
     dropped with the tenant's indexes (:mod:`athena.retrieval.residency`) and, for every
     tenant of a store, when the ``Memory`` on that store closes."""
 
-    def forget(self, store: Store, tenants: Collection[str] | None = None) -> None:
+    def forget_tenants(self, store: Store, tenants: Collection[str] | None = None) -> None:
         """Drop what this layer holds for ``tenants`` of ``store`` (None: all of them)."""

@@ -242,12 +242,15 @@ class LexicalIndex(LexicalPostings):
         if changes is None:
             changes = store.changes_after(self.tenant, self.layer, self._last_seq)
         pending: Pending = {}
-        for seq, memory_id, text in changes:
-            self._drop(memory_id)
-            if text is not None:
-                self._add(memory_id, text, pending)
-            self._last_seq = seq
-        self._flush(pending)
+        try:
+            for seq, memory_id, text in changes:
+                self._drop(memory_id)
+                if text is not None:
+                    self._add(memory_id, text, pending)
+                self._last_seq = seq
+        finally:  # what was added is searchable even if a later change raised
+            self._flush(pending)
+            pending.clear()  # before a compaction or a snapshot needs the memory
         if self._dead > max(COMPACT_MIN, len(self._position) // 4):
             self._compact()
         self._synced_generation = generation
@@ -401,7 +404,10 @@ class LexicalIndexes:
         self.residency.touch(tenant)
         if applied or created:
             self.loaded += applied
-            self.residency.grew(tenant, "lexical", layer, len(index))
+            held = self._indexes
+            self.residency.grew(
+                tenant, "lexical", layer, len(index), lambda: held.get(key) is index
+            )
         return index
 
     def drop(self, tenants: Collection[str]) -> None:
@@ -428,5 +434,8 @@ class LexicalIndexes:
         applied = index.follow(self._store, generation, most)
         if applied:
             self.followed += applied  # not ``loaded``: that tells a recall it built an index
-            self.residency.grew(tenant, "lexical", layer, len(index))
+            held, key = self._indexes, (tenant, layer)
+            self.residency.grew(
+                tenant, "lexical", layer, len(index), lambda: held.get(key) is index
+            )
         return applied

@@ -9,18 +9,23 @@ was searched). A :class:`Residency` counts the memories each tenant's indexes ho
 layer, the larger of its vector and lexical index) and, past its budget, drops the least
 recently searched tenants down to :data:`LOW_WATER` of it: their indexes, and whatever
 else was registered with :meth:`Residency.on_evict` (the graph layer's names). A dropped
-tenant's next recall builds its indexes again, from the snapshots where they are saved
-(a 940-memory tenant's first recall took 26-28 ms there, static, against about 1 ms once built).
+tenant's next recall builds its indexes again (from the snapshots of scopes past 20,000
+memories; a 940-memory tenant's first recall took 26-28 ms there, static, against about
+1 ms once built).
 
-The tenant being searched is never the one dropped, so one tenant larger than the budget
-stays whole (alone). Recency costs a recall one dictionary store per index searched; the
-counting and the dropping run only when an index grew.
+The tenant whose index grew is never the one dropped, so one tenant larger than the budget
+stays whole (alone); a tenant another thread is recalling may be dropped between two of its
+layers, and that recall builds the rest again. Only live memories are counted (superseded
+vectors and postings awaiting compaction are not). Recency costs a recall a dictionary
+lookup and store per index searched; the counting and the dropping run only when an index
+grew.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Callable, Collection
@@ -35,6 +40,7 @@ LOW_WATER: Final = 0.9  # a drop goes down to this share of the budget: not one 
 ENV: Final = "ATHENA_INDEX_MEMORIES"
 
 Drop = Callable[[Collection[str]], object]
+log = logging.getLogger(__name__)
 
 
 CGROUP_LIMITS: Final = (
@@ -118,17 +124,31 @@ class Residency:
         self._lock = threading.Lock()
 
     def on_evict(self, drop: Drop) -> None:
-        """Call ``drop(tenants)`` whenever tenants are dropped (after the indexes are)."""
+        """Call ``drop(tenants)`` whenever tenants are dropped (under this object's lock:
+        ``drop`` must not call back into it)."""
         self._drops.append(drop)
 
     def touch(self, tenant: str) -> None:
-        """``tenant``'s index was searched now (one dictionary store, no lock)."""
-        self._last[tenant] = next(self._clock)
+        """``tenant``'s index was searched now (two dictionary operations, no lock)."""
+        if tenant in self._held:  # a tenant dropped meanwhile is counted again by grew()
+            self._last[tenant] = next(self._clock)
 
-    def grew(self, tenant: str, kind: str, layer: str, rows: int) -> None:
-        """``tenant``'s (``kind``, ``layer``) index holds ``rows`` now; past the budget,
-        drop the least recently searched other tenants down to :data:`LOW_WATER` of it."""
+    def grew(
+        self,
+        tenant: str,
+        kind: str,
+        layer: str,
+        rows: int,
+        current: Callable[[], bool] | None = None,
+    ) -> None:
+        """``tenant``'s (``kind``, ``layer``) index holds ``rows`` now, unless ``current()``
+        says it is no longer held (dropped while it synced: nothing is counted); past the
+        budget, drop the least recently searched other tenants down to :data:`LOW_WATER`
+        of it. The drops run under this object's lock, so no index is counted after its
+        drop began (the callbacks take their own locks, never this one)."""
         with self._lock:
+            if current is not None and not current():
+                return
             sizes = self._sizes.setdefault(tenant, {})
             sizes[(kind, layer)] = rows
             held = _held(sizes)
@@ -136,9 +156,12 @@ class Residency:
             self._held[tenant] = held
             self._last.setdefault(tenant, next(self._clock))
             victims = self._victims(tenant) if self._over() else []
-        if victims:
-            for drop in self._drops:
-                drop(victims)
+            for drop in self._drops if victims else ():
+                try:
+                    drop(victims)
+                except Exception:  # the others still drop theirs; this recall goes on
+                    log.warning("dropping the indexes of %d tenants failed", len(victims),
+                                exc_info=True)  # fmt: skip
 
     def holds(self, tenant: str) -> bool:
         """Whether an index of ``tenant`` is held (counted) now."""

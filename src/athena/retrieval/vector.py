@@ -476,7 +476,8 @@ class VectorIndexes:
         self.residency.touch(tenant)
         if applied or created:
             self.loaded += applied
-            self.residency.grew(tenant, "vector", layer, len(index))
+            held = self._indexes
+            self.residency.grew(tenant, "vector", layer, len(index), lambda: held.get(key) is index)
         return index
 
     def drop(self, tenants: Collection[str]) -> None:
@@ -504,5 +505,6 @@ class VectorIndexes:
         applied = index.follow(self._store, generation, most)
         if applied:
             self.followed += applied  # not ``loaded``: that tells a recall it built an index
-            self.residency.grew(tenant, "vector", layer, len(index))
+            held, key = self._indexes, (tenant, layer)
+            self.residency.grew(tenant, "vector", layer, len(index), lambda: held.get(key) is index)
         return applied
