@@ -208,6 +208,7 @@ def test_a_bad_budget_opens_no_memory(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("ATHENA_INDEX_MEMORIES", "-1")
     with pytest.raises(InvalidInput):
         Memory(tmp_path / "x.db", pool="off")
+    assert not list(tmp_path.iterdir())  # refused before the file was created
 
 
 _OPS = st.lists(
@@ -378,3 +379,29 @@ def test_a_worker_warms_only_what_its_share_holds(tmp_path: Path) -> None:
         warmed = wk.warm_indexes(ctx, at_least=5, budget_s=60.0)
     assert len(warmed) == 1 and warmed[0][1] == "episodic"  # a second would pass 20
     assert ctx.residency.stats()["evicted"] == 0 and ctx.residency.memories <= 20
+
+
+def test_names_read_across_a_drop_are_held_only_if_counted(
+    stores: tuple[Memory, Memory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drop between the graph layer's read of a tenant's names and its store of them: the
+    names stored afterwards are counted, so a later drop takes them too."""
+    from athena.layers import graph as graph_module
+
+    _, tight = stores
+    ctx, graph = tight.pipeline.ctx, tight.layers["graph"]
+    assert isinstance(graph, GraphLayer)
+    _ids(tight, QUESTIONS[1], "acme")
+    real = graph_module.read_names
+
+    def read_then_dropped(store: Any, tenant: str, names: Any) -> Any:
+        out = real(store, tenant, names)
+        graph.forget_tenants(store, [tenant])  # as an eviction would, in between
+        ctx.residency.forget([tenant])
+        return out
+
+    monkeypatch.setattr(graph_module, "read_names", read_then_dropped)
+    tight.remember("Alice0 met Carol in Faro.", tenant="acme", layer="semantic")
+    assert tight.catch_up.settle(5.0)
+    graph._known(ctx, "acme", tight.generations.get("acme"))
+    assert graph.holds(ctx, "acme") and ctx.residency.holds("acme")

@@ -81,9 +81,10 @@ class GraphLayer:
         entry = (store, key, *known)
         with self._lock:
             self._held[slot] = entry
-        if held is None:  # counted (no memories of its own) so the budget drops it too
-            current = self._held
-            ctx.residency.grew(tenant, "names", self.name, 0, lambda: current.get(slot) is entry)
+        # Counted (no memories of its own) so the budget drops it too; again on every read,
+        # since a drop may have come between the read and the store.
+        current = self._held
+        ctx.residency.grew(tenant, "names", self.name, 0, lambda: current.get(slot) is entry)
         return known
 
     def holds(self, ctx: LayerContext, tenant: str) -> bool:
