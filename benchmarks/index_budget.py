@@ -13,7 +13,9 @@ order, again from the start once all were asked), the result cache emptied befor
 (untimed), so every recall searches the tenant's indexes. A process reports its timed
 recalls' p50/p95/p99/mean, how many built an index (the process's indexes moved by more
 than a build's worth of rows), its resident and peak memory (``VmRSS``, ``VmHWM``) and the
-residency's counts. This prints each budget's medians over rounds and their ranges.
+residency's counts. This prints each budget's medians over rounds and their ranges, and
+writes them to ``--out/index-budget-<store>-<embedder>.json`` with a plot beside it
+(``.png``: resident memory against mean and p95 latency, one point per budget and round).
 """
 
 from __future__ import annotations
@@ -161,6 +163,34 @@ def main() -> None:
     print(f"{args.store}, {args.embedder}, {memories} memories")
     for name, cells in table.items():
         print(name, json.dumps(cells))
+    stem = args.out / f"index-budget-{args.store}-{args.embedder}"
+    meta = {"store": args.store, "embedder": args.embedder, "memories": memories}
+    meta.update(zipf=args.zipf, recalls=args.recalls, rounds=args.rounds)
+    document = {**meta, "table": table, "runs": rows}
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=1), encoding="utf-8")
+    plot(rows, f"{args.store}, {args.embedder}", stem.with_suffix(".png"))
+
+
+def plot(rows: dict[str, list[dict[str, float]]], title: str, path: Path) -> None:
+    """Resident MB against mean and p95 ms, one point per budget and round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for name, got in rows.items():
+        for ax, key in zip(axes, ("mean_ms", "p95_ms"), strict=True):
+            ax.scatter([r["rss_mb"] for r in got], [r[key] for r in got], label=f"budget {name}")
+    for ax, what in zip(axes, ("mean", "p95"), strict=True):
+        ax.set_xlabel("resident memory at the end (MB)")
+        ax.set_ylabel(f"recall {what} (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"Index budget: memory against recall latency ({title})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
