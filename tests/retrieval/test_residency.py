@@ -405,3 +405,73 @@ def test_names_read_across_a_drop_are_held_only_if_counted(
     assert tight.catch_up.settle(5.0)
     graph._known(ctx, "acme", tight.generations.get("acme"))
     assert graph.holds(ctx, "acme") and ctx.residency.holds("acme")
+
+
+def test_threads_recalling_and_writing_under_a_tight_budget_keep_it_consistent(
+    tmp_path: Path,
+) -> None:
+    """Four threads recall six tenants in a Memory that holds about one of them, while a
+    fifth writes and the catch-up thread follows: nothing raises, and once they stop every
+    index held is counted, the count is the sum of the tenants', the budget holds, and every
+    recall answers as a Memory that never drops."""
+    import random
+    import threading
+
+    tenants = [f"t{i}" for i in range(6)]
+    path = tmp_path / "c.db"
+    with Memory(path, pool="off") as writer:
+        writer.remember_many(
+            [
+                MemoryInput(
+                    tenant=t, layer=layer, text=f"{t} note {i}: Alice met Bob in Lisbon {i}"
+                )
+                for t in tenants
+                for i in range(10)
+                for layer in ("episodic", "semantic")
+            ]
+        )
+    errors: list[BaseException] = []
+    with (
+        Memory(path, pool="off", index_memories=25) as tight,
+        Memory(path, pool="off", index_memories=10**9) as ref,
+    ):
+
+        def recalls(seed: int) -> None:
+            rng = random.Random(seed)
+            try:
+                for _ in range(60):
+                    tight.recall("Who met Bob?", tenant=rng.choice(tenants), strategy="sequential")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def writes() -> None:
+            try:
+                for i in range(30):
+                    tight.remember(f"later {i}: Carol in Porto", tenant=tenants[i % 6])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=recalls, args=(n,)) for n in range(4)]
+        threads.append(threading.Thread(target=writes))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert tight.catch_up.settle(10.0)
+        residency = tight.pipeline.ctx.residency
+        ctx = tight.pipeline.ctx
+        with residency._lock:
+            held = dict(residency._held)
+            indexed = {key[0] for key in ctx.indexes._indexes} | {
+                key[0] for key in ctx.lexicon._indexes
+            }
+            assert indexed <= set(held)
+            assert residency.memories == sum(held.values())
+            assert residency.memories <= 25 or len(held) == 1
+        assert residency.stats()["evicted"] > 0
+        for tenant in tenants:
+            for text in ("Who met Bob?", "Carol in Porto", "Lisbon"):
+                got = tight.recall(text, tenant=tenant, k=8, strategy="sequential").hits
+                want = ref.recall(text, tenant=tenant, k=8, strategy="sequential").hits
+                assert [(h.id, h.score) for h in got] == [(h.id, h.score) for h in want]
