@@ -82,7 +82,7 @@ class LexicalPostings:
     def _add(self, memory_id: int, text: str, pending: Pending) -> None:
         """Give ``text`` the next position; its postings wait in ``pending`` (term ->
         positions, frequencies) until :meth:`_flush`: one array per term and batch, not
-        two ``struct`` packs per term and document)."""
+        two ``struct`` packs per term and document."""
         tokens = stems(text)
         position = len(self._ids)
         self._ids.append(memory_id)
