@@ -188,12 +188,12 @@ def test_scores_equal_bm25_written_out(
     texts: list[list[str]], dropped: set[int], query: list[str]
 ) -> None:
     index = LexicalPostings("t", "episodic")
-    pending: Pending = {}
+    pending = Pending()
     for memory_id, words in enumerate(texts):
         index._add(memory_id, " ".join(words), pending)
         if memory_id == len(texts) // 2:  # two batches: new terms, then terms held already
             index._flush(pending)
-            pending = {}
+            pending = Pending()
     index._flush(pending)
     for memory_id in dropped & set(range(len(texts))):
         index._drop(memory_id)  # superseded documents stay in the postings until compacted
@@ -264,3 +264,36 @@ def test_a_build_that_fails_part_way_keeps_what_it_added_searchable(
     assert [m for m, _ in index.search(query_stems("river"), 5)] == [3]
     assert [m for m, _ in index.search(query_stems("boom"), 5)] == [2]
     assert len(index) == 3
+
+
+def test_a_build_keeps_few_tracked_objects_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many distinct terms a batch has, its pending postings are a handful of
+    objects the garbage collector tracks: per-term containers, alive through a whole build,
+    made a process rebuilding tenants run a full collection every 70 recalls."""
+
+    texts = [f"word{i} term{i % 97} shared{i % 13} other{i * 7}" for i in range(600)]
+    rows: list[tuple[int, int, str | None]] = [(n + 1, n + 1, t) for n, t in enumerate(texts)]
+
+    class Feed:
+        def changes_after(
+            self, tenant: str, layer: str, after: int, limit: int | None = None
+        ) -> list[tuple[int, int, str | None]]:
+            return [row for row in rows if row[0] > after]  # the same row objects
+
+    alive: list[int] = []
+    real = lexical_index.LexicalIndex._flush
+
+    def counted(index: lexical_index.LexicalIndex, pending: Pending) -> None:
+        alive.append(len(gc.get_objects()))
+        real(index, pending)
+
+    monkeypatch.setattr(lexical_index.LexicalIndex, "_flush", counted)
+    index = lexical_index.LexicalIndex("t", "episodic")
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        index.sync(Feed(), 1)
+    finally:
+        gc.enable()
+    assert len(index) == 600 and len(index._positions) > 1_300  # distinct terms
+    assert alive[0] - before < 100
