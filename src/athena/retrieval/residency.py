@@ -10,7 +10,7 @@ layer, the larger of its vector and lexical index) and, past its budget, drops t
 recently searched tenants down to :data:`LOW_WATER` of it: their indexes, and whatever
 else was registered with :meth:`Residency.on_evict` (the graph layer's names). A dropped
 tenant's next recall builds its indexes again (from the snapshots of scopes past 20,000
-memories; a 940-memory tenant's first recall took 26-28 ms there, static, against about
+memories; a 940-memory tenant's first recall took about 25 ms there, static, against about
 1 ms once built).
 
 The tenant whose index grew is never the one dropped, so one tenant larger than the budget
