@@ -135,3 +135,16 @@ def test_generations_are_never_stale_across_connections(ops: list[tuple[str, str
                         assert tracker.get(name) == mine.generations(name)
         finally:
             mine.close()
+
+
+def test_the_cache_keeps_a_bounded_number_of_tenants(tmp_path: Path) -> None:
+    """A server reached by more tenants than it keeps empties the cache, and reads on."""
+    with Memory(tmp_path / "b.db", pool="off") as mem:
+        for n in range(7):
+            mem.remember(f"note {n}", tenant=f"t{n}", layer="semantic")
+        tracker = mem.generations
+        tracker.kept = 3
+        for _ in range(2):
+            for n in range(7):
+                assert tracker.get(f"t{n}") == {"semantic": 1}
+                assert len(tracker._cache) <= 3

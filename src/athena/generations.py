@@ -12,8 +12,14 @@ that reads as it did when this thread last asked, nobody has committed since.
 from __future__ import annotations
 
 import threading
+from typing import Final
 
 from athena.store.sqlite import SQLiteStore
+
+# Tenants whose generations are kept: past it the cache is emptied (a server that millions
+# of tenants reach would otherwise keep a small dict for each, for good; re-reading one is
+# a single indexed read).
+TENANTS_KEPT: Final = 65_536
 
 
 class GenerationTracker:
@@ -29,6 +35,7 @@ class GenerationTracker:
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
         self._cache: dict[str, dict[str, int]] = {}
+        self.kept = TENANTS_KEPT
         self._epoch = 0
         self._clock = store.write_clock()
         self._lock = threading.Lock()
@@ -55,6 +62,8 @@ class GenerationTracker:
         fresh = self._store.generations(tenant)
         with self._lock:
             if epoch == self._epoch:  # no commit landed while we read
+                if len(self._cache) >= self.kept:
+                    self._cache.clear()
                 self._cache[tenant] = dict(fresh)
         return fresh
 
