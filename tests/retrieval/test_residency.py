@@ -396,8 +396,7 @@ def test_names_read_across_a_drop_are_held_only_if_counted(
 
     def read_then_dropped(store: Any, tenant: str, names: Any) -> Any:
         out = real(store, tenant, names)
-        graph.forget_tenants(store, [tenant])  # as an eviction would, in between
-        ctx.residency.forget([tenant])
+        ctx.residency.grew("another", "vector", "episodic", 10**6)  # an eviction, in between
         return out
 
     monkeypatch.setattr(graph_module, "read_names", read_then_dropped)

@@ -21,12 +21,13 @@ import math
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from athena.retrieval.collection import IndexCollection
 from athena.retrieval.lexical import STEMS_VERSION, stems
 from athena.retrieval.residency import Residency
 from athena.retrieval.snapshots import IndexSnapshots
@@ -389,8 +390,10 @@ def _top(
     return candidates[order][:count]
 
 
-class LexicalIndexes:
+class LexicalIndexes(IndexCollection[LexicalIndex]):
     """The lexical indexes of every (tenant, layer), built on first use."""
+
+    kind = "lexical"
 
     def __init__(
         self,
@@ -398,14 +401,11 @@ class LexicalIndexes:
         snapshots: IndexSnapshots | None = None,
         residency: Residency | None = None,
     ) -> None:
-        self._store = store
+        super().__init__(store, residency)
         self.snapshots = snapshots
-        self._indexes: dict[tuple[str, str], LexicalIndex] = {}
-        self._lock = threading.Lock()
-        self.residency = residency or Residency()
-        self.residency.on_evict(self.drop)
-        self.loaded = 0  # changes applied by every sync so far (approximate)
-        self.followed = 0  # and by every follow (approximate)
+
+    def _make(self, tenant: str, layer: str) -> LexicalIndex:
+        return LexicalIndex(tenant, layer, self.snapshots)
 
     def search(
         self,
@@ -419,53 +419,3 @@ class LexicalIndexes:
         """Sync the (tenant, layer) index to ``generation``, then search it; see
         :meth:`LexicalIndex.search`."""
         return self.warm(tenant, layer, generation).search(query, limit, admit)
-
-    def warm(self, tenant: str, layer: str, generation: int) -> LexicalIndex:
-        """The (tenant, layer) index, built or caught up to ``generation``."""
-        key, created = (tenant, layer), False
-        index = self._indexes.get(key)
-        if index is None:
-            with self._lock:
-                index = self._indexes.get(key)
-                if index is None:
-                    index = self._indexes[key] = LexicalIndex(tenant, layer, self.snapshots)
-                    created = True
-        applied = index.sync(self._store, generation)
-        self.residency.touch(tenant)
-        if applied or created:
-            self.loaded += applied
-            held = self._indexes
-            self.residency.grew(
-                tenant, "lexical", layer, len(index), lambda: held.get(key) is index
-            )
-        return index
-
-    def drop(self, tenants: Collection[str]) -> None:
-        """Forget the indexes of ``tenants`` (see :meth:`VectorIndexes.drop`).
-
-        >>> LexicalIndexes(None).drop(["t"])  # type: ignore[arg-type]
-        """
-        gone = set(tenants)
-        with self._lock:
-            for key in [key for key in self._indexes if key[0] in gone]:
-                del self._indexes[key]
-
-    def follow(self, tenant: str, layer: str, generation: int, most: int) -> int:
-        """Catch the (tenant, layer) index up to ``generation`` if it is loaded and at most
-        ``most`` changes behind (a scope never searched stays unbuilt, a large catch-up is
-        left for the next search); returns how many changes it applied.
-
-        >>> LexicalIndexes(None).follow("t", "episodic", 3, 512)  # type: ignore[arg-type]
-        0
-        """
-        index = self._indexes.get((tenant, layer))
-        if index is None:
-            return 0
-        applied = index.follow(self._store, generation, most)
-        if applied:
-            self.followed += applied  # not ``loaded``: that tells a recall it built an index
-            held, key = self._indexes, (tenant, layer)
-            self.residency.grew(
-                tenant, "lexical", layer, len(index), lambda: held.get(key) is index
-            )
-        return applied

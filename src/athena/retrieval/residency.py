@@ -167,12 +167,6 @@ class Residency:
         """Whether an index of ``tenant`` is held (counted) now."""
         return tenant in self._held
 
-    def forget(self, tenants: Collection[str]) -> None:
-        """Stop counting ``tenants`` (their indexes were dropped by someone else)."""
-        with self._lock:
-            for tenant in tenants:
-                self._remove(tenant)
-
     def stats(self) -> dict[str, int | None]:
         """Memories held in indexes, the budget, tenants held and tenants dropped so far."""
         return {

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from athena.retrieval.collection import IndexCollection
 from athena.retrieval.residency import Residency
 from athena.retrieval.snapshots import IndexSnapshots
 from athena.store.protocol import Store, VectorBatch
@@ -429,8 +429,10 @@ def _compacted(state: _State) -> _State:
     return _State(fresh, ids, seqs, latest, state.last_seq, 0, state.last_change)
 
 
-class VectorIndexes:
+class VectorIndexes(IndexCollection[VectorIndex]):
     """The indexes of every (tenant, layer) for one embedding model."""
+
+    kind = "vector"
 
     def __init__(
         self,
@@ -440,16 +442,13 @@ class VectorIndexes:
         snapshots: IndexSnapshots | None = None,
         residency: Residency | None = None,
     ) -> None:
-        self._store = store
+        super().__init__(store, residency)
         self._model = model
         self.cutoff = hnsw_cutoff
         self.snapshots = snapshots
-        self._indexes: dict[tuple[str, str], VectorIndex] = {}
-        self._lock = threading.Lock()
-        self.residency = residency or Residency()
-        self.residency.on_evict(self.drop)
-        self.loaded = 0  # vectors and tombstones applied by every sync so far (approximate)
-        self.followed = 0  # and by every follow (approximate)
+
+    def _make(self, tenant: str, layer: str) -> VectorIndex:
+        return VectorIndex(tenant, layer, self._model, self.cutoff, self.snapshots)
 
     def search(
         self, tenant: str, layer: str, generation: int, query: Floats, limit: int
@@ -458,53 +457,10 @@ class VectorIndexes:
         return self.warm(tenant, layer, generation).search(query, limit)
 
     def has_snapshot(self, tenant: str, layer: str) -> bool:
-        """Whether a snapshot of the (tenant, layer) graph is saved (loading it is quick)."""
+        """Whether a snapshot of the (tenant, layer) graph is saved (loading it is quick).
+
+        >>> VectorIndexes(None, "m").has_snapshot("t", "episodic")  # type: ignore[arg-type]
+        False
+        """
         snaps = self.snapshots
         return snaps is not None and snaps.path("vector", tenant, layer, self._model).exists()
-
-    def warm(self, tenant: str, layer: str, generation: int) -> VectorIndex:
-        """The (tenant, layer) index, built or caught up to ``generation``."""
-        key, created = (tenant, layer), False
-        index = self._indexes.get(key)
-        if index is None:
-            with self._lock:
-                index = self._indexes.get(key)
-                if index is None:
-                    index = VectorIndex(tenant, layer, self._model, self.cutoff, self.snapshots)
-                    self._indexes[key], created = index, True
-        applied = index.sync(self._store, generation)
-        self.residency.touch(tenant)
-        if applied or created:
-            self.loaded += applied
-            held = self._indexes
-            self.residency.grew(tenant, "vector", layer, len(index), lambda: held.get(key) is index)
-        return index
-
-    def drop(self, tenants: Collection[str]) -> None:
-        """Forget the indexes of ``tenants`` (a search builds them again; see
-        :class:`~athena.retrieval.residency.Residency`).
-
-        >>> VectorIndexes(None, "m").drop(["t"])  # type: ignore[arg-type]
-        """
-        gone = set(tenants)
-        with self._lock:
-            for key in [key for key in self._indexes if key[0] in gone]:
-                del self._indexes[key]
-
-    def follow(self, tenant: str, layer: str, generation: int, most: int) -> int:
-        """Catch the (tenant, layer) index up to ``generation`` if it is loaded, at most
-        ``most`` vectors behind and needs no build (see :meth:`VectorIndex.follow`);
-        returns how many vectors and tombstones it applied.
-
-        >>> VectorIndexes(None, "m").follow("t", "episodic", 3, 512)  # type: ignore[arg-type]
-        0
-        """
-        index = self._indexes.get((tenant, layer))
-        if index is None:
-            return 0
-        applied = index.follow(self._store, generation, most)
-        if applied:
-            self.followed += applied  # not ``loaded``: that tells a recall it built an index
-            held, key = self._indexes, (tenant, layer)
-            self.residency.grew(tenant, "vector", layer, len(index), lambda: held.get(key) is index)
-        return applied
