@@ -208,3 +208,31 @@ def test_the_server_processes_share_one_index_budget(
         assert memory.execution_stats()["indexes"]["budget"] == 250
     finally:
         memory.close()
+
+
+async def test_mcp_calls_are_served_by_either_process(base: str) -> None:
+    """The MCP endpoint is stateless: a session's calls may land in either process (each
+    client below opens new connections), and what one writes the other recalls."""
+    import httpx2
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def call(tool: str, **arguments: Any) -> dict[str, Any]:
+        async with (
+            httpx2.AsyncClient(timeout=30) as http,
+            streamable_http_client(f"{base}/mcp", http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            result = await session.call_tool(tool, arguments)
+            assert not result.is_error, result.content
+            assert result.structured_content is not None
+            return dict(result.structured_content)
+
+    for n in range(4):
+        text = f"Visitor {n} brought a {['kite', 'drum', 'lamp', 'vase'][n]}."
+        memory_id = (await call("remember", text=text, tenant="mcp"))["id"]
+        hits = (await call("recall", query=text, tenant="mcp", k=1))["hits"]
+        assert [hit["id"] for hit in hits] == [memory_id]
+        rest = httpx.post(f"{base}/v1/tenants/mcp/recall", json={"query": text, "k": 1})
+        assert [hit["id"] for hit in rest.json()["hits"]] == [memory_id]

@@ -67,8 +67,15 @@ def http_command(
             " file (one per core uses every core for recalls; the worker pool is then off).",
         ),
     ] = 1,
+    mcp: Annotated[
+        bool,
+        typer.Option(
+            "--mcp/--no-mcp",
+            help="Also serve the MCP tools at /mcp (streamable HTTP, same tokens and limits).",
+        ),
+    ] = True,
 ) -> None:
-    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    """Serve the HTTP API (OpenAPI docs at /docs) and the MCP tools at /mcp."""
     from athena.interfaces.http_serve import serve_http
 
     path, model = _target(ctx, db, embedder)
@@ -81,6 +88,7 @@ def http_command(
         rate_limit_per_minute=rate_limit,
         max_inflight=max_inflight,
         workers=workers,
+        mcp=mcp,
     )
 
 

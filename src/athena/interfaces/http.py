@@ -12,17 +12,14 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -31,6 +28,8 @@ from athena.errors import InvalidInput, StoreError
 from athena.importers.jsonl import parse_timestamp
 from athena.interfaces.http_auth import Admission, Gate, Principal, client_address
 from athena.interfaces.http_errors import ApiError, ApiJSON, install_error_handlers
+from athena.interfaces.http_mcp import mcp_endpoint
+from athena.interfaces.http_metrics import Metrics
 from athena.memory import Memory
 from athena.records import LAYERS, MAX_K, MAX_QUERY_CHARS, MAX_TEXT_CHARS
 
@@ -39,20 +38,23 @@ T = TypeVar("T")
 EXEMPT_FROM_INFLIGHT = ("/healthz", "/readyz", "/metrics")
 # Reachable without a token even when auth is on: probes and the API's own description.
 PUBLIC_PATHS = ("/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-CACHE_RESULTS = ("hit", "partial", "miss")
 Stamp = float | str | None
 
 
-def _closing(memory: Memory) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """A lifespan that closes ``memory`` when the server shuts down."""
+def _lifespan(
+    memory: Memory | None, serving: contextlib.AbstractAsyncContextManager[None] | None
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """A lifespan that runs ``serving`` (the MCP endpoint's task group) while the server
+    serves and closes ``memory`` (if given: the server owns it) when it shuts down."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            yield
+            async with serving or contextlib.nullcontext():
+                yield
         finally:
-            memory.close()
+            if memory is not None:
+                memory.close()
 
     return lifespan
 
@@ -180,123 +182,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-# -- metrics ------------------------------------------------------------------------------
-
-
-class _EngineCollector(Collector):
-    """Worker-pool and admission gauges read from ``execution_gauges()`` at scrape time."""
-
-    def __init__(self, memory: Memory) -> None:
-        self.memory = memory
-
-    def collect(self) -> Iterable[Metric]:
-        try:
-            stats = self.memory.execution_gauges()
-        except Exception:
-            stats = {}
-        pool, admission = stats.get("pool") or {}, stats.get("admission") or {}
-        threads, indexes = stats.get("thread_queue") or {}, stats.get("indexes") or {}
-        yield GaugeMetricFamily(
-            "athena_index_memories",
-            "Memories held in this process's in-memory indexes.",
-            _number(indexes, "memories"),
-        )
-        yield CounterMetricFamily(
-            "athena_index_evictions",
-            "Tenants whose indexes were dropped to keep to the index budget.",
-            _number(indexes, "evicted"),
-        )
-        yield GaugeMetricFamily(
-            "athena_pool_workers", "Worker pool size.", _number(pool, "workers")
-        )
-        yield GaugeMetricFamily(
-            "athena_pool_queue_depth", "Tasks waiting for a worker.", _number(pool, "queue_depth")
-        )
-        yield GaugeMetricFamily(
-            "athena_execution_slots",
-            "Recalls that may execute in-process at once.",
-            _number(admission, "slots"),
-        )
-        yield GaugeMetricFamily(
-            "athena_recalls_waiting",
-            "Recalls queued for an execution slot.",
-            _number(admission, "waiting"),
-        )
-        yield CounterMetricFamily(
-            "athena_recall_queued_seconds",
-            "Time recalls spent queued for an execution slot.",
-            _number(admission, "waited_ms") / 1000.0,
-        )
-        yield CounterMetricFamily(
-            "athena_recall_thread_queue_seconds",
-            "Time recalls spent queued for a thread (the server's recall concurrency).",
-            _number(threads, "waited_ms") / 1000.0,
-        )
-        timeouts = CounterMetricFamily(
-            "athena_recall_queue_timeouts",
-            "Recalls whose timeout ran out while queued, by queue.",
-            labels=["queue"],
-        )
-        timeouts.add_metric(["thread"], _number(threads, "timeouts"))
-        timeouts.add_metric(["execution_slot"], _number(admission, "timeouts"))
-        yield timeouts
-
-
-def _number(section: Mapping[str, Any], key: str) -> float:
-    value = section.get(key)  # absent until the pool starts (and with the sequential engine)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
-class Metrics:
-    """Prometheus metrics of one app, in a registry of its own."""
-
-    def __init__(self, memory: Memory) -> None:
-        self.registry = CollectorRegistry()
-        self.recall_seconds = Histogram(
-            "athena_recall_seconds",
-            "Recall latency by execution strategy.",
-            ["strategy"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.cache = Counter(
-            "athena_recall_cache", "Recalls by cache result.", ["result"], registry=self.registry
-        )
-        self.fallbacks = Counter(
-            "athena_recall_fallbacks",
-            "Recalls that fell back to another strategy.",
-            registry=self.registry,
-        )
-        self.writes = Counter(
-            "athena_writes", "Writes by operation.", ["op"], registry=self.registry
-        )
-        self.rejected = Counter(
-            "athena_http_rejected",
-            "Requests refused before running.",
-            ["reason"],
-            registry=self.registry,
-        )
-        for result in CACHE_RESULTS:
-            self.cache.labels(result)
-        for op in ("remember", "update", "forget"):
-            self.writes.labels(op)
-        self.registry.register(_EngineCollector(memory))
-
-    def recall(self, explain: Mapping[str, Any] | None, seconds: float) -> None:
-        explain = explain or {}
-        strategy = explain.get("executed") or explain.get("strategy")
-        label = strategy if isinstance(strategy, str) and strategy else "unknown"
-        self.recall_seconds.labels(label).observe(seconds)
-        cache = explain.get("cache")
-        if cache in CACHE_RESULTS:
-            self.cache.labels(cache).inc()
-        if explain.get("fallback"):
-            self.fallbacks.inc()
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
 # -- the app ------------------------------------------------------------------------------
 
 
@@ -309,12 +194,19 @@ def create_app(
     rate_limit_per_minute: int | None = None,
     concurrency: int | None = None,
     owns_memory: bool = False,
+    mcp: bool = True,
+    host: str = "127.0.0.1",
 ) -> FastAPI:
     """The HTTP API over ``memory``. ``tokens`` turns bearer auth on (token -> tenants,
     ``None`` = all tenants). At most ``concurrency`` recalls (default
     ``memory.concurrency``) run on threads at once; the rest wait on the event loop. The
     caller keeps ownership of ``memory``, unless ``owns_memory``: then the server closes it
-    when it shuts down."""
+    when it shuts down. ``mcp`` also serves the MCP tools at ``/mcp`` (streamable HTTP,
+    under the same tokens and limits; see :mod:`athena.interfaces.http_mcp`), which needs
+    the app's lifespan run; ``host``: the address the server binds.
+
+    >>> # uvicorn.run(create_app(Memory("athena.db"), tokens={"s3cret": ["acme"]}))
+    """
     threads = memory.concurrency if concurrency is None else concurrency
     for name, value in (
         ("max_body_bytes", max_body_bytes),
@@ -326,13 +218,15 @@ def create_app(
     recall_threads = RecallThreads(threads)
     gate = Gate(tokens, rate_limit_per_minute)
     metrics = Metrics(memory)
+    routes, serving = mcp_endpoint(memory, gate, host) if mcp else ([], None)
     app = FastAPI(
         title="Athena",
         version=__version__,
         description="Memory engine for AI agents: remember, recall, forget, per tenant.",
         default_response_class=ApiJSON,
-        lifespan=_closing(memory) if owns_memory else None,
+        lifespan=_lifespan(memory if owns_memory else None, serving),
     )
+    app.router.routes.extend(routes)
     install_error_handlers(app)
     app.add_middleware(
         Admission,

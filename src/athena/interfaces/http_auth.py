@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class Gate:
             self._grants[digest] = Principal(digest.hex()[:16], scope)
         self.rate = rate_limit_per_minute
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
 
     def identify(self, token: str | None, client: str) -> Principal:
         """The caller: 401 (revealing nothing else) unless auth is off or the token is known."""
@@ -120,10 +122,15 @@ class Gate:
             raise ApiError(403, "forbidden", "this endpoint needs a token valid for all tenants")
 
     def throttle(self, principal: Principal, now: float | None = None) -> None:
-        """Take one request from the caller's bucket (``rate`` per minute, burst ``rate``)."""
+        """Take one request from the caller's bucket (``rate`` per minute, burst ``rate``).
+        Locked: the API's handlers call it on the event loop, the MCP tools on threads."""
         if self.rate is None:
             return
-        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._take(principal, time.monotonic() if now is None else now)
+
+    def _take(self, principal: Principal, now: float) -> None:
+        assert self.rate is not None
         per_second = self.rate / 60.0
         level, last = self._buckets.get(principal.key, (float(self.rate), now))
         level = min(float(self.rate), level + (now - last) * per_second)

@@ -57,9 +57,10 @@ def serve_http(
     rate_limit_per_minute: int | None = None,
     max_inflight: int = 64,
     workers: int = 1,
+    mcp: bool = True,
 ) -> None:
     """Serve the HTTP API on ``host:port`` over the database ``db`` until interrupted, in
-    ``workers`` processes.
+    ``workers`` processes; ``mcp``: the MCP tools at ``/mcp`` too.
 
     >>> # serve_http("athena.db", port=8080, workers=2)
     """
@@ -74,6 +75,8 @@ def serve_http(
         "tokens_file": None if tokens_file is None else str(tokens_file),
         "rate_limit_per_minute": rate_limit_per_minute,
         "max_inflight": max_inflight,
+        "host": host,
+        "mcp": mcp,
     }
     if workers > 1:
         budget = default_budget()
@@ -162,4 +165,6 @@ def _app(
         max_inflight=settings["max_inflight"],
         rate_limit_per_minute=settings["rate_limit_per_minute"],
         owns_memory=owns_memory,
+        host=settings["host"],
+        mcp=settings["mcp"],
     )

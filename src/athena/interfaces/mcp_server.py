@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
@@ -32,6 +32,10 @@ from athena.memory import Memory
 from athena.records import LAYERS, MAX_K, MAX_QUERY_CHARS, MAX_TEXT_CHARS, check_tenant
 
 Transport = Literal["stdio", "streamable-http"]
+# Who may do what, when the tools are served inside the HTTP API: given the HTTP request
+# that carried a tool call (None over stdio) and the tenant it names (None: the whole
+# store), None to let it through, or the refusal as "<code>: <message>".
+Access = Callable[[Any, str | None], str | None]
 Layer = Literal["episodic", "semantic", "procedural", "prospective", "graph"]
 MAX_LIST = 1_000
 INSTRUCTIONS = (
@@ -70,8 +74,21 @@ def _row(row: Any) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__dataclass_fields__}
 
 
-def build_server(memory: Memory) -> MCPServer:
-    """An MCP server whose tools call ``memory`` (which the caller keeps and closes)."""
+def _checked(ctx: Context | None, access: Access | None, tenant: str | None) -> None:
+    """Raise the tool error ``access`` answers for this call, if it refuses it."""
+    if access is None or ctx is None:
+        return
+    refused = access(ctx.request_context.request, tenant)
+    if refused is not None:
+        raise ToolError(refused)
+
+
+def build_server(memory: Memory, access: Access | None = None) -> MCPServer:
+    """An MCP server whose tools call ``memory`` (which the caller keeps and closes);
+    ``access`` checks each call's tenant (see :data:`Access`; None: every call passes).
+
+    >>> # build_server(Memory("athena.db")).run("stdio")
+    """
     server: MCPServer = MCPServer(
         "athena",
         title="Athena memory",
@@ -104,7 +121,9 @@ def build_server(memory: Memory) -> MCPServer:
         attributes: Annotated[
             dict[str, Any] | None, Field(description="Layer-specific attributes.")
         ] = None,
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
+        _checked(ctx, access, tenant)
         with _tool_errors():
             memory_id = memory.remember(
                 text,
@@ -139,7 +158,9 @@ def build_server(memory: Memory) -> MCPServer:
         actor: Annotated[str | None, Field(description="Only this actor.")] = None,
         kinds: Annotated[list[str] | None, Field(description="Only these kinds.")] = None,
         explain: Annotated[bool, Field(description="Include the execution plan.")] = False,
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
+        _checked(ctx, access, tenant)
         with _tool_errors():
             result = memory.recall(
                 query,
@@ -163,7 +184,9 @@ def build_server(memory: Memory) -> MCPServer:
     def forget(
         ids: Annotated[list[int], Field(min_length=1, description="Memory ids to delete.")],
         tenant: TenantArg = "default",
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
+        _checked(ctx, access, tenant)
         with _tool_errors():
             return {"deleted": memory.forget(ids, tenant=tenant)}
 
@@ -176,7 +199,9 @@ def build_server(memory: Memory) -> MCPServer:
         tenant: TenantArg = "default",
         layer: Annotated[Layer, Field(description="Memory layer.")] = "episodic",
         limit: Annotated[int, Field(ge=1, le=MAX_LIST, description="How many.")] = 20,
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
+        _checked(ctx, access, tenant)
         with _tool_errors():
             return {"memories": newest(memory, tenant, layer, limit)}
 
@@ -189,7 +214,9 @@ def build_server(memory: Memory) -> MCPServer:
         tenant: Annotated[
             str | None, Field(description="Only this tenant (default: the whole store).")
         ] = None,
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
+        _checked(ctx, access, tenant)
         with _tool_errors():
             return memory.stats(tenant)
 

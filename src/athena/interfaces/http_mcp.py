@@ -1,0 +1,79 @@
+"""The MCP tools inside the HTTP API: streamable HTTP at ``/mcp``, in the same process.
+
+An agent speaking MCP and a service calling the REST API then share one
+:class:`~athena.memory.Memory` (one result cache, one set of indexes, one index budget)
+instead of each running its own server on the same file, and MCP gets what the API has:
+
+* bearer tokens: a call without a valid token is refused with 401 before its body is
+  read (the API's :class:`~athena.interfaces.http_auth.Admission`), and a tool call naming
+  a tenant the token may not reach, or the whole store (``stats`` without a tenant) with a
+  token scoped to some tenants, comes back as an MCP error result ``forbidden: ...``;
+* the per-token rate limit (each tool call takes one request from the caller's bucket;
+  ``rate_limited: ...`` past it), the body size limit and the in-flight bound.
+
+The transport is stateless with JSON responses: each POST carries one request and gets its
+answer, nothing is kept between them, so a server of several processes (``serve http
+--workers N``) serves any call in any process. The tools need no server-to-client stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from athena.interfaces.http_auth import Gate, client_address
+from athena.interfaces.http_errors import ApiError
+from athena.interfaces.mcp_server import Access, build_server
+from athena.memory import Memory
+
+MCP_PATH = "/mcp"
+
+
+def gate_access(gate: Gate) -> Access:
+    """The MCP tools' :data:`~athena.interfaces.mcp_server.Access` under ``gate``'s tokens,
+    tenant grants and rate limit; the refusal as ``"<code>: <message>"``.
+
+    >>> gate_access(Gate(None, None))(None, "acme") is None
+    True
+    """
+
+    def access(request: Any, tenant: str | None) -> str | None:
+        if not isinstance(request, Request):  # not over HTTP: nothing to check it against
+            return None if not gate.enabled else "unauthorized: a bearer token is required"
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        try:
+            who = gate.identify(
+                token.strip() if scheme.lower() == "bearer" else None,
+                client_address(request.scope),
+            )
+            if tenant is None:
+                gate.allow_global(who)
+            else:
+                gate.allow_tenant(who, tenant)
+            gate.throttle(who)  # from a tool's thread: the gate locks its buckets
+        except ApiError as exc:
+            return f"{exc.code}: {exc.message}"
+        return None
+
+    return access
+
+
+def mcp_endpoint(
+    memory: Memory, gate: Gate, host: str
+) -> tuple[list[BaseRoute], contextlib.AbstractAsyncContextManager[None]]:
+    """The MCP endpoint's route, for the API app (its middleware then wraps it), and what
+    the app's lifespan must run while it serves (the MCP session manager's task group).
+
+    ``host`` is the address the server binds: on loopback the MCP SDK's DNS-rebinding
+    protection is on (a browser page cannot reach it through a hostile domain name).
+
+    >>> # routes, running = mcp_endpoint(memory, Gate(None, None), "127.0.0.1")
+    """
+    server = build_server(memory, access=gate_access(gate))
+    mcp_app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH, stateless_http=True, json_response=True, host=host
+    )
+    return list(mcp_app.routes), server.session_manager.run()
