@@ -54,6 +54,14 @@ async def fails(session: ClientSession, tool: str, **arguments: Any) -> str:
     return result.content[0].text
 
 
+def recalls_counted(api: httpx.Client) -> float:
+    """The recalls the API's /metrics has timed so far."""
+    lines = api.get("/metrics").text.splitlines()
+    return sum(
+        float(line.split()[-1]) for line in lines if line.startswith("athena_recall_seconds_count")
+    )
+
+
 @pytest.fixture
 def open_api(memory: Memory) -> Iterator[httpx.Client]:
     with serving(create_app(memory)) as client:
@@ -77,8 +85,16 @@ async def test_mcp_and_rest_share_one_memory(open_api: httpx.Client) -> None:
             "/v1/tenants/t/memories", json={"text": "Bob repairs clocks.", "layer": "semantic"}
         )
         assert answer.status_code == 201
+        before = recalls_counted(open_api)
         hits = (await ok(session, "recall", query="Who repairs clocks?", tenant="t"))["hits"]
         assert answer.json()["id"] in [hit["id"] for hit in hits]  # the REST write, at once
+        again = await ok(session, "recall", query="Who repairs clocks?", tenant="t")
+        assert again["hits"] == hits and "explain" not in again  # a hit, as asked: no plan
+        explained = await ok(
+            session, "recall", query="Who repairs clocks?", tenant="t", explain=True
+        )
+        assert explained["explain"]["cache"] == "hit"  # the API's cache answered the MCP call
+        assert recalls_counted(open_api) == before + 3  # run as the API runs its recalls
         assert (await ok(session, "forget", ids=[by_mcp], tenant="t"))["deleted"] == [by_mcp]
         assert open_api.get(f"/v1/tenants/t/memories/{by_mcp}").status_code == 404
         assert "invalid_input" in await fails(session, "recall", query=" ", tenant="t")

@@ -218,7 +218,20 @@ def create_app(
     recall_threads = RecallThreads(threads)
     gate = Gate(tokens, rate_limit_per_minute)
     metrics = Metrics(memory)
-    routes, serving = mcp_endpoint(memory, gate, host) if mcp else ([], None)
+
+    async def answer(query: str, options: dict[str, Any]) -> Recall:
+        """One recall as the API runs it, for its route and the MCP tool: a valid cache hit
+        answered here on the event loop, only a miss takes one of the bounded threads;
+        timed and counted in the metrics (``explain`` kept only if asked)."""
+        start, asked = time.perf_counter(), options.get("explain", False)
+        options = {**options, "explain": True}  # the metrics read how it ran
+        result = memory.recall_cached(query, **options)
+        if result is None:
+            result = await recall_threads.run(memory, query, options)
+        metrics.recall(result.explain, time.perf_counter() - start)
+        return result if asked else Recall(result.hits)
+
+    routes, serving = mcp_endpoint(memory, gate, host, answer) if mcp else ([], None)
     app = FastAPI(
         title="Athena",
         version=__version__,
@@ -285,7 +298,6 @@ def create_app(
     @app.post("/v1/tenants/{tenant}/recall", response_model=RecallOut, **tenant_routes)
     async def recall(tenant: Tenant, body: RecallIn) -> Response:
         """The ``k`` memories that best answer ``query``, best first."""
-        start = time.perf_counter()
         options: dict[str, Any] = {
             "tenant": tenant,
             "k": body.k,
@@ -296,18 +308,10 @@ def create_app(
             "actor": body.actor,
             "kinds": body.kinds,
             "strategy": body.strategy,
-            "explain": True,
+            "explain": body.explain,
             "timeout": body.timeout,
         }
-        # A valid cache hit is answered here on the event loop; only a miss takes a thread.
-        result = memory.recall_cached(body.query, **options)
-        if result is None:
-            result = await recall_threads.run(memory, body.query, options)
-        metrics.recall(result.explain, time.perf_counter() - start)
-        out = result.to_dict()
-        if not body.explain:
-            out.pop("explain", None)
-        return ApiJSON(out)
+        return ApiJSON((await answer(body.query, options)).to_dict())
 
     @app.get("/v1/tenants/{tenant}/memories/{memory_id}", **tenant_routes)
     async def get_memory(tenant: Tenant, memory_id: MemoryId) -> Response:

@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 
 from athena.interfaces.http_auth import Gate, client_address
 from athena.interfaces.http_errors import ApiError
-from athena.interfaces.mcp_server import Access, build_server
+from athena.interfaces.mcp_server import Access, Recaller, build_server
 from athena.memory import Memory
 
 MCP_PATH = "/mcp"
@@ -53,7 +53,7 @@ def gate_access(gate: Gate) -> Access:
                 gate.allow_global(who)
             else:
                 gate.allow_tenant(who, tenant)
-            gate.throttle(who)  # from a tool's thread: the gate locks its buckets
+            gate.throttle(who)  # a sync tool calls it from a thread: the gate locks its buckets
         except ApiError as exc:
             return f"{exc.code}: {exc.message}"
         return None
@@ -62,17 +62,19 @@ def gate_access(gate: Gate) -> Access:
 
 
 def mcp_endpoint(
-    memory: Memory, gate: Gate, host: str
+    memory: Memory, gate: Gate, host: str, recaller: Recaller
 ) -> tuple[list[BaseRoute], contextlib.AbstractAsyncContextManager[None]]:
     """The MCP endpoint's route, for the API app (its middleware then wraps it), and what
     the app's lifespan must run while it serves (the MCP session manager's task group).
 
     ``host`` is the address the server binds: on loopback the MCP SDK's DNS-rebinding
     protection is on (a browser page cannot reach it through a hostile domain name).
+    ``recaller`` runs the recall tool's recalls as the API runs its own (a hit on the event
+    loop, a miss on one of its bounded recall threads, counted in its metrics).
 
-    >>> # routes, running = mcp_endpoint(memory, Gate(None, None), "127.0.0.1")
+    >>> # routes, running = mcp_endpoint(memory, Gate(None, None), "127.0.0.1", answer)
     """
-    server = build_server(memory, access=gate_access(gate))
+    server = build_server(memory, access=gate_access(gate), recaller=recaller)
     mcp_app = server.streamable_http_app(
         streamable_http_path=MCP_PATH, stateless_http=True, json_response=True, host=host
     )

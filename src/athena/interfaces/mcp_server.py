@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from athena import __version__
+from athena import Recall, __version__
 from athena.errors import AthenaError, InvalidInput
 from athena.heap import settle_heap
 from athena.importers.jsonl import parse_timestamp
@@ -36,6 +38,9 @@ Transport = Literal["stdio", "streamable-http"]
 # that carried a tool call (None over stdio) and the tenant it names (None: the whole
 # store), None to let it through, or the refusal as "<code>: <message>".
 Access = Callable[[Any, str | None], str | None]
+# How the recall tool runs one recall: the query and Memory.recall's keyword options in, the
+# answer out. The HTTP API passes its own, so MCP recalls share its bounded recall threads.
+Recaller = Callable[[str, dict[str, Any]], Awaitable[Recall]]
 Layer = Literal["episodic", "semantic", "procedural", "prospective", "graph"]
 MAX_LIST = 1_000
 INSTRUCTIONS = (
@@ -83,12 +88,32 @@ def _checked(ctx: Context | None, access: Access | None, tenant: str | None) -> 
         raise ToolError(refused)
 
 
-def build_server(memory: Memory, access: Access | None = None) -> MCPServer:
+def threaded(memory: Memory) -> Recaller:
+    """The default :data:`Recaller`: a valid cache hit answered at once (microseconds, on the
+    event loop), a miss on a thread (Memory calls block).
+
+    >>> # hits = await threaded(memory)("where is the key?", {"tenant": "t"})
+    """
+
+    async def recall(query: str, options: dict[str, Any]) -> Recall:
+        hit = memory.recall_cached(query, **options)
+        if hit is not None:
+            return hit
+        return await anyio.to_thread.run_sync(functools.partial(memory.recall, query, **options))
+
+    return recall
+
+
+def build_server(
+    memory: Memory, access: Access | None = None, recaller: Recaller | None = None
+) -> MCPServer:
     """An MCP server whose tools call ``memory`` (which the caller keeps and closes);
-    ``access`` checks each call's tenant (see :data:`Access`; None: every call passes).
+    ``access`` checks each call's tenant (see :data:`Access`; None: every call passes), and
+    ``recaller`` runs the recall tool's recalls (default :func:`threaded`).
 
     >>> # build_server(Memory("athena.db")).run("stdio")
     """
+    run_recall = recaller or threaded(memory)
     server: MCPServer = MCPServer(
         "athena",
         title="Athena memory",
@@ -145,7 +170,7 @@ def build_server(memory: Memory, access: Access | None = None) -> MCPServer:
         "event_time and sources. Set explain=true to see how the recall was executed.",
         read_only,
     )
-    def recall(
+    async def recall(
         query: Annotated[str, Field(description=f"The question (≤{MAX_QUERY_CHARS} chars).")],
         tenant: TenantArg = "default",
         k: Annotated[int, Field(ge=1, le=MAX_K, description="How many memories.")] = 10,
@@ -160,20 +185,20 @@ def build_server(memory: Memory, access: Access | None = None) -> MCPServer:
         explain: Annotated[bool, Field(description="Include the execution plan.")] = False,
         ctx: Context | None = None,
     ) -> dict[str, Any]:
-        _checked(ctx, access, tenant)
+        _checked(ctx, access, tenant)  # async: on the event loop, as the API's checks run
         with _tool_errors():
-            result = memory.recall(
-                query,
-                tenant=tenant,
-                k=k,
-                layers=layers,
-                since=_stamp(since, "since"),
-                until=_stamp(until, "until"),
-                session=session,
-                actor=actor,
-                kinds=kinds,
-                explain=explain,
-            )
+            options = {
+                "tenant": tenant,
+                "k": k,
+                "layers": layers,
+                "since": _stamp(since, "since"),
+                "until": _stamp(until, "until"),
+                "session": session,
+                "actor": actor,
+                "kinds": kinds,
+                "explain": explain,
+            }
+            result = await run_recall(query, options)
         return result.to_dict()
 
     @tool(
