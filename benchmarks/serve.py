@@ -15,7 +15,8 @@
   runs a closed loop (N clients back to back, for the saturated throughput), then an open
   loop (Poisson arrivals at 70% of that throughput, at most N in flight; latency is taken
   from each request's scheduled time, so queueing in the client counts).
-- Times MCP over stdio with the SDK client: connect, then per-call round trips.
+- Times per-call round trips with the MCP SDK's client, one call at a time: MCP over stdio
+  (``serve mcp``), MCP over the HTTP API's ``/mcp`` and the API's REST route, taking turns.
 - ``--heap huge`` (the default) starts the servers with the interpreter's heap on huge pages,
   as ``athena serve`` starts itself (:mod:`athena.large_pages`); ``4k`` with CPython's own
   allocator (``ATHENA_LARGE_PAGES=0``). To compare the two, run the script once per value,
@@ -368,32 +369,78 @@ async def mcp_session(db: Path, embedder: str = "static") -> AsyncIterator[Any]:
             yield session
 
 
+@contextlib.asynccontextmanager
+async def mcp_http_session(url: str) -> AsyncIterator[Any]:
+    """The SDK's streamable HTTP client on the HTTP API's ``/mcp`` (one keep-alive client)."""
+    import httpx2
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with (
+        httpx2.AsyncClient(timeout=60) as http,
+        streamable_http_client(f"{url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+MCP_ARMS = ("MCP stdio", "MCP /mcp", "REST")
+
+
 async def mcp_cells(db: Path, calls: int, embedder: str = "static") -> tuple[float, list[Cell]]:
+    """Per-call round trips, one call at a time, three arms taking turns call by call (in
+    an order rotated each call): MCP over stdio (a server process of its own), MCP over the
+    HTTP API's ``/mcp`` and the API's REST recall (both on one HTTP server process). Cached:
+    one question again and again. Cold: each question once per arm; the REST arm asks a
+    reworded copy, since the /mcp arm's answer is in the same server's cache."""
     asked = questions()
+    tenants = sorted({t for t, _ in asked})
     start = time.perf_counter()
-    cells = []
-    async with mcp_session(db, embedder) as session:
-        connect_ms = (time.perf_counter() - start) * 1000
-        for name, workload in (
-            ("stats (no recall)", None),
-            ("cached", [asked[0]] * calls),
-            ("cold", asked[1 : calls + 1]),
+    with http_server(db, 1, embedder) as url:
+        warm_up(url, "raw", 1, tenants)
+        async with (
+            mcp_session(db, embedder) as stdio,
+            mcp_http_session(url) as over_http,
+            httpx.AsyncClient(base_url=url, timeout=60) as rest,
         ):
-            latencies: list[float] = []
-            errors = 0
-            began = time.perf_counter()
-            for i in range(calls):
-                sent = time.perf_counter()
-                if workload is None:
-                    result = await session.call_tool("stats", {"tenant": asked[0][0]})
+            connect_ms = (time.perf_counter() - start) * 1000
+
+            async def call(arm: str, tenant: str, query: str | None) -> bool:
+                if arm == "REST":
+                    path = f"/v1/tenants/{tenant}/" + ("recall" if query else "stats")
+                    answer = await (
+                        rest.post(path, json={"query": query}) if query else rest.get(path)
+                    )
+                    return answer.status_code != 200
+                session = stdio if arm == "MCP stdio" else over_http
+                if query is None:
+                    result = await session.call_tool("stats", {"tenant": tenant})
                 else:
-                    tenant, query = workload[i]
                     result = await session.call_tool("recall", {"query": query, "tenant": tenant})
-                latencies.append((time.perf_counter() - sent) * 1000)
-                errors += bool(result.is_error)
-            seconds = time.perf_counter() - began
-            cells.append(Cell("MCP stdio", name, 1, "sequential calls", calls, errors, seconds,
-                              latencies))  # fmt: skip
+                return bool(result.is_error)
+
+            cells = []
+            for name in ("stats (no recall)", "cached", "cold"):
+                latencies: dict[str, list[float]] = {arm: [] for arm in MCP_ARMS}
+                errors = dict.fromkeys(MCP_ARMS, 0)
+                spent = dict.fromkeys(MCP_ARMS, 0.0)
+                for i in range(calls):
+                    tenant, question = asked[0] if name != "cold" else asked[1 + i]
+                    for turn in range(len(MCP_ARMS)):
+                        arm = MCP_ARMS[(i + turn) % len(MCP_ARMS)]
+                        query: str | None = question
+                        if name == "cold" and arm == "REST":
+                            query = f"{PREFIXES[1]}{question}"
+                        elif name.startswith("stats"):
+                            query = None
+                        sent = time.perf_counter()
+                        errors[arm] += await call(arm, tenant, query)
+                        latencies[arm].append((time.perf_counter() - sent) * 1000)
+                        spent[arm] += latencies[arm][-1] / 1000
+                for arm in MCP_ARMS:
+                    cells.append(Cell(arm, name, 1, "sequential calls", calls, errors[arm],
+                                      spent[arm], latencies[arm]))  # fmt: skip
     return connect_ms, cells
 
 
@@ -485,7 +532,7 @@ def main() -> None:
     if args.rounds > 1 or len(counts) > 1:
         print("\n" + summary(cells, args.cold_rate))
     if mcp:
-        print(f"\nMCP stdio connect (spawn + initialize): {connect_ms:.0f} ms")
+        print(f"\nMCP arms connected (two servers started, sessions opened): {connect_ms:.0f} ms")
 
 
 if __name__ == "__main__":

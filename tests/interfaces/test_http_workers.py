@@ -212,14 +212,16 @@ def test_the_server_processes_share_one_index_budget(
 
 async def test_mcp_calls_are_served_by_either_process(base: str) -> None:
     """The MCP endpoint is stateless: a session's calls may land in either process (each
-    client below opens new connections), and what one writes the other recalls."""
+    request below on a new connection, which the kernel hands to either; a session kept in
+    one process would be unknown to the other), and what one writes the other recalls."""
     import httpx2
     from mcp.client.session import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
     async def call(tool: str, **arguments: Any) -> dict[str, Any]:
+        fresh = httpx2.Limits(max_keepalive_connections=0)  # each request a new connection
         async with (
-            httpx2.AsyncClient(timeout=30) as http,
+            httpx2.AsyncClient(timeout=30, limits=fresh) as http,
             streamable_http_client(f"{base}/mcp", http_client=http) as (read, write),
             ClientSession(read, write) as session,
         ):

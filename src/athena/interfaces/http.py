@@ -254,7 +254,7 @@ def create_app(
     bearer = HTTPBearer(auto_error=False, description="Bearer token (when auth is on).")
     Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
-    # async: dependencies run on the event loop (no thread hop; the buckets need no lock)
+    # async: dependencies run on the event loop (no thread hop)
     async def principal(request: Request, credentials: Credentials) -> Principal:
         token = None if credentials is None else credentials.credentials
         return gate.identify(token, client_address(request.scope))

@@ -21,15 +21,18 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from athena.interfaces.http_auth import Gate, client_address
-from athena.interfaces.http_errors import ApiError
+from athena.interfaces.http_errors import ApiError, error_response
 from athena.interfaces.mcp_server import Access, Recaller, build_server
 from athena.memory import Memory
 
 MCP_PATH = "/mcp"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def gate_access(gate: Gate) -> Access:
@@ -75,7 +78,44 @@ def mcp_endpoint(
     >>> # routes, running = mcp_endpoint(memory, Gate(None, None), "127.0.0.1", answer)
     """
     server = build_server(memory, access=gate_access(gate), recaller=recaller)
+    # With bearer tokens a web page cannot call the tools (it has no token to send); without
+    # them, on loopback, it could through a domain name rebound to 127.0.0.1, which the
+    # SDK's check of Host and Origin refuses (a proxy in front must send a loopback Host).
+    guard = None
+    if not gate.enabled and host in LOOPBACK:
+        names = ["127.0.0.1", "localhost", "[::1]"]
+        guard = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[*names, *(f"{name}:*" for name in names)],
+            allowed_origins=[f"http://{name}{port}" for name in names for port in ("", ":*")],
+        )
     mcp_app = server.streamable_http_app(
-        streamable_http_path=MCP_PATH, stateless_http=True, json_response=True, host=host
+        streamable_http_path=MCP_PATH,
+        stateless_http=True,
+        json_response=True,
+        transport_security=guard
+        or TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
-    return list(mcp_app.routes), server.session_manager.run()
+    routes: list[BaseRoute] = [
+        Route(r.path, endpoint=PostOnly(r.endpoint)) if isinstance(r, Route) else r
+        for r in mcp_app.routes
+    ]
+    return routes, server.session_manager.run()
+
+
+class PostOnly:
+    """The endpoint for POST alone: a GET would open a server-to-client stream that holds
+    one of the API's in-flight places for as long as the client keeps it (and the tools
+    send nothing on it), and a DELETE ends a session the stateless endpoint never keeps.
+    Both get 405, which MCP clients take as "no such stream"."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") != "POST":
+            message = "the MCP endpoint takes one JSON-RPC request per POST"
+            response = error_response(405, "method_not_allowed", message, {"Allow": "POST"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -80,10 +80,11 @@ def _row(row: Any) -> dict[str, Any]:
 
 
 def _checked(ctx: Context | None, access: Access | None, tenant: str | None) -> None:
-    """Raise the tool error ``access`` answers for this call, if it refuses it."""
-    if access is None or ctx is None:
+    """Raise the tool error ``access`` answers for this call, if it refuses it (without a
+    context it sees no request, and refuses whatever needs one)."""
+    if access is None:
         return
-    refused = access(ctx.request_context.request, tenant)
+    refused = access(None if ctx is None else ctx.request_context.request, tenant)
     if refused is not None:
         raise ToolError(refused)
 
@@ -243,7 +244,9 @@ def build_server(
     ) -> dict[str, Any]:
         _checked(ctx, access, tenant)
         with _tool_errors():
-            return memory.stats(tenant)
+            counts = memory.stats(tenant)
+        counts.pop("path", None)  # where the file lives is the host's business, not a caller's
+        return counts
 
     return server
 

@@ -94,9 +94,10 @@ def _fold(text: str) -> str:
 _STEMMED: dict[str, str] = {}
 STEMMED_MAX: Final = 50_000  # words kept (a few MB), emptied when full
 STEMMED_LONGEST: Final = 32  # longer tokens (ids, hashes) are rarely seen twice: not kept
-# The tokens _WORD finds in folded ASCII text (lower case: its letters and digits are
-# a-z and 0-9), found about a fifth faster than through the Unicode classes.
-_ASCII_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)?")
+# The tokens _WORD finds in folded ASCII text (its letters and digits are A-Z, a-z and 0-9:
+# folding lower-cases before NFKD, which turns "™" into "TM"), found about a fifth faster
+# than through the Unicode classes.
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z0-9]+)?")
 
 
 def stems(text: str) -> list[str]:

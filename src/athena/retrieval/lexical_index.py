@@ -104,14 +104,14 @@ class LexicalPostings:
         :meth:`_flush` (see :class:`Pending`)."""
         tokens = stems(text)
         position = len(self._ids)
-        if pending.first < 0:
-            pending.first = position
-        pending.at.extend(map(pending.terms.__getitem__, tokens))  # numbers new terms too
-        self._ids.append(memory_id)
+        self._ids.append(memory_id)  # first: a bad id raises before anything is pending
         self._lengths.append(len(tokens))
         self._live.append(1)
         self._position[memory_id] = position
         self._total_length += len(tokens)
+        if pending.first < 0:
+            pending.first = position
+        pending.at.extend(map(pending.terms.__getitem__, tokens))  # numbers new terms too
 
     def _flush(self, pending: Pending) -> None:
         """Append the postings :meth:`_add` left in ``pending``, term by term: each token
