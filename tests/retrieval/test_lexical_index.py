@@ -8,6 +8,8 @@ import doctest
 import gc
 import math
 import string
+from array import array
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from athena.retrieval.lexical import query_stems, stems
 from athena.retrieval.lexical_index import (
     COMPACT_MIN,
     K1,
+    MAX_TF,
     B,
     LexicalIndexes,
     LexicalPostings,
@@ -248,6 +251,54 @@ def test_stems_find_the_tokens_the_unicode_pattern_finds(text: str) -> None:
 
     found = lexical._WORD.findall(lexical._fold(text))
     assert stems(text) == lexical._stem([w.replace("'", "") for w in found])
+
+
+def _postings(index: LexicalPostings) -> dict[str, list[tuple[int, int]]]:
+    """Each term's (position, frequency) pairs, as the index holds them."""
+    return {
+        term: list(
+            zip(
+                array("I", bytes(at)).tolist(),
+                array("H", bytes(index._tfs[term])).tolist(),
+                strict=True,
+            )
+        )
+        for term, at in index._positions.items()
+    }
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(st.lists(st.sampled_from([*WORDS, "!"]), max_size=8), max_size=12),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_postings_written_out(batches: list[list[list[str]]]) -> None:
+    """Each term's postings are exactly its documents' positions, ascending, with the times
+    it occurs there, whatever the batches (documents without a token, "!", included)."""
+    index, texts = LexicalPostings("t", "episodic"), []
+    for batch in batches:
+        pending = Pending()
+        for words in batch:
+            index._add(len(texts), " ".join(words), pending)
+            texts.append(stems(" ".join(words)))
+        index._flush(pending)
+    expected: dict[str, list[tuple[int, int]]] = {}
+    for position, tokens in enumerate(texts):
+        for term, count in Counter(tokens).items():
+            expected.setdefault(term, []).append((position, count))
+    assert _postings(index) == expected
+    assert index._lengths.tolist() == [len(tokens) for tokens in texts]
+
+
+def test_a_term_frequency_is_capped() -> None:
+    index, pending = LexicalPostings("t", "episodic"), Pending()
+    index._add(1, "apple pie", pending)
+    index._add(2, " ".join(["apple"] * (MAX_TF + 2)) + " pie", pending)
+    index._flush(pending)
+    assert _postings(index) == {"appl": [(0, 1), (1, MAX_TF)], "pie": [(0, 1), (1, 1)]}
 
 
 def test_a_build_that_fails_part_way_keeps_what_it_added_searchable(
