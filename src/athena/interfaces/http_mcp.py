@@ -70,9 +70,9 @@ def mcp_endpoint(
     """The MCP endpoint's route, for the API app (its middleware then wraps it), and what
     the app's lifespan must run while it serves (the MCP session manager's task group).
 
-    ``host`` is the address the server binds: on loopback the MCP SDK's DNS-rebinding
-    protection is on (a browser page cannot reach it through a hostile domain name).
-    ``recaller`` runs the recall tool's recalls as the API runs its own (a hit on the event
+    ``host`` is the address the server binds: on loopback, and without tokens, the MCP
+    SDK's DNS-rebinding protection is on (a browser page cannot reach the tools through a
+    hostile domain name). ``recaller`` runs the recall tool's recalls as the API runs its own (a hit on the event
     loop, a miss on one of its bounded recall threads, counted in its metrics).
 
     >>> # routes, running = mcp_endpoint(memory, Gate(None, None), "127.0.0.1", answer)
