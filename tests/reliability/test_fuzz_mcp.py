@@ -1,4 +1,5 @@
-"""Fuzzing the MCP server through the MCP SDK's own client, over stdio.
+"""Fuzzing the MCP server through the MCP SDK's own client, over stdio and at the HTTP
+API's ``/mcp``.
 
 Every tool is called with arguments drawn by Hypothesis from its listed input schema: each
 known argument absent, well-typed, or of any other JSON type, with hostile strings (NUL,
@@ -16,16 +17,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 
 from athena import Memory
 from athena.errors import NotFound
+from athena.interfaces.http import create_app
+from loopback import serving
 
 SERVER = [sys.executable, "-m", "athena.interfaces.mcp_server"]
 HOSTILE = (
@@ -101,35 +106,40 @@ def _arguments(data: st.DataObject, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _campaign(db: Path, errlog: Path, data: st.DataObject) -> list[int]:
-    """25 drawn tool calls; the ids of the memories the campaign stored and kept."""
+    """25 drawn tool calls over stdio; the ids of the memories the campaign stored and kept."""
     params = StdioServerParameters(command=SERVER[0], args=[*SERVER[1:], "--db", str(db)])
-    acknowledged: list[int] = []
     with errlog.open("a") as log:
         async with (
             stdio_client(params, errlog=log) as (read, write),
             ClientSession(read, write) as session,
         ):
-            await session.initialize()
-            tools = {tool.name: tool.input_schema for tool in (await session.list_tools()).tools}
-            for _ in range(25):
-                name = data.draw(st.sampled_from(sorted(tools)))
-                arguments = _arguments(data, tools[name])
-                try:
-                    result = await session.call_tool(name, arguments)
-                except MCPError as exc:  # a JSON-RPC error response: typed, session intact
-                    assert exc.error.message
-                    continue
-                if result.is_error:
-                    assert isinstance(result.content[0], TextContent) and result.content[0].text
-                else:
-                    assert result.structured_content is not None
-                    if name == "remember":
-                        acknowledged.append(int(result.structured_content["id"]))
-                    if name == "forget":  # a drawn id may be one the campaign stored
-                        gone = set(result.structured_content["deleted"])
-                        acknowledged = [i for i in acknowledged if i not in gone]
-            alive = await session.call_tool("stats", {"tenant": "default"})
-            assert not alive.is_error, alive.content
+            return await _calls(session, data)
+
+
+async def _calls(session: ClientSession, data: st.DataObject) -> list[int]:
+    """25 drawn tool calls in an open session; the memories stored and kept."""
+    acknowledged: list[int] = []
+    await session.initialize()
+    tools = {tool.name: tool.input_schema for tool in (await session.list_tools()).tools}
+    for _ in range(25):
+        name = data.draw(st.sampled_from(sorted(tools)))
+        arguments = _arguments(data, tools[name])
+        try:
+            result = await session.call_tool(name, arguments)
+        except MCPError as exc:  # a JSON-RPC error response: typed, session intact
+            assert exc.error.message
+            continue
+        if result.is_error:
+            assert isinstance(result.content[0], TextContent) and result.content[0].text
+        else:
+            assert result.structured_content is not None
+            if name == "remember":
+                acknowledged.append(int(result.structured_content["id"]))
+            if name == "forget":  # a drawn id may be one the campaign stored
+                gone = set(result.structured_content["deleted"])
+                acknowledged = [i for i in acknowledged if i not in gone]
+    alive = await session.call_tool("stats", {"tenant": "default"})
+    assert not alive.is_error, alive.content
     return acknowledged
 
 
@@ -160,3 +170,39 @@ def _has(memory: Memory, memory_id: int, tenant: str) -> bool:
     except NotFound:
         return False
     return True
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_the_http_apis_mcp_endpoint_too(tmp_path: Path, data: Any) -> None:
+    """The same campaign against ``/mcp`` of the HTTP API (a token for every tenant, so each
+    call also passes the API's checks): no answer is a 5xx, and the file is sound."""
+    db = Path(tempfile.mkdtemp(dir=tmp_path)) / "fuzz.db"
+    statuses: list[int] = []
+
+    async def record(response: httpx2.Response) -> None:
+        statuses.append(response.status_code)
+
+    async def campaign(url: str) -> list[int]:
+        auth = {"Authorization": "Bearer tok"}
+        async with (
+            httpx2.AsyncClient(
+                headers=auth, timeout=60, event_hooks={"response": [record]}
+            ) as http,
+            streamable_http_client(f"{url}/mcp", http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            return await _calls(session, data)
+
+    with Memory(db) as memory:
+        with serving(create_app(memory, tokens={"tok": None})) as client:
+            acknowledged = asyncio.run(campaign(str(client.base_url).rstrip("/")))
+        assert statuses and max(statuses) < 500, statuses
+        assert memory.store.integrity_check() == "ok"
+        for memory_id in acknowledged:
+            assert any(_has(memory, memory_id, t) for t in memory.tenants()), memory_id
