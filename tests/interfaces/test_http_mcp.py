@@ -211,3 +211,18 @@ def test_only_post_reaches_the_tools(open_api: httpx.Client) -> None:
         answer = open_api.request(method, "/mcp", headers=ACCEPT)
         assert answer.status_code == 405 and answer.headers["allow"] == "POST", answer.text
         assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_an_app_serves_mcp_each_time_its_lifespan_runs(memory: Memory) -> None:
+    """The SDK's session manager runs once; the app makes a fresh one per lifespan, so an
+    app can be served (or tested) again, and before its lifespan /mcp says so."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(memory)
+    unstarted = TestClient(app).post("/mcp", json=HELLO, headers=ACCEPT)  # no lifespan
+    assert unstarted.status_code == 503 and unstarted.json()["error"]["code"] == "unavailable"
+    for _ in range(2):
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            answer = client.post("/mcp", json=HELLO, headers=ACCEPT)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["result"]["serverInfo"]["name"] == "athena"

@@ -42,15 +42,16 @@ Stamp = float | str | None
 
 
 def _lifespan(
-    memory: Memory | None, serving: contextlib.AbstractAsyncContextManager[None] | None
+    memory: Memory | None,
+    serving: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """A lifespan that runs ``serving`` (the MCP endpoint's task group) while the server
+    """A lifespan that runs ``serving()`` (the MCP endpoint's task group) while the server
     serves and closes ``memory`` (if given: the server owns it) when it shuts down."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            async with serving or contextlib.nullcontext():
+            async with serving() if serving else contextlib.nullcontext():
                 yield
         finally:
             if memory is not None:

@@ -19,6 +19,7 @@ answer, nothing is kept between them, so a server of several processes (``serve 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from mcp.server.transport_security import TransportSecuritySettings
@@ -66,14 +67,16 @@ def gate_access(gate: Gate) -> Access:
 
 def mcp_endpoint(
     memory: Memory, gate: Gate, host: str, recaller: Recaller
-) -> tuple[list[BaseRoute], contextlib.AbstractAsyncContextManager[None]]:
+) -> tuple[list[BaseRoute], Callable[[], contextlib.AbstractAsyncContextManager[None]]]:
     """The MCP endpoint's route, for the API app (its middleware then wraps it), and what
-    the app's lifespan must run while it serves (the MCP session manager's task group).
+    the app's lifespan must run while it serves: each run a fresh session manager and its
+    task group (the SDK's runs once), so an app may be served, or tested, more than once.
 
     ``host`` is the address the server binds: on loopback, and without tokens, the MCP
     SDK's DNS-rebinding protection is on (a browser page cannot reach the tools through a
-    hostile domain name). ``recaller`` runs the recall tool's recalls as the API runs its own (a hit on the event
-    loop, a miss on one of its bounded recall threads, counted in its metrics).
+    hostile domain name). ``recaller`` runs the recall tool's recalls as the API runs its
+    own (a hit on the event loop, a miss on one of its bounded recall threads, counted in
+    its metrics).
 
     >>> # routes, running = mcp_endpoint(memory, Gate(None, None), "127.0.0.1", answer)
     """
@@ -81,7 +84,7 @@ def mcp_endpoint(
     # With bearer tokens a web page cannot call the tools (it has no token to send); without
     # them, on loopback, it could through a domain name rebound to 127.0.0.1, which the
     # SDK's check of Host and Origin refuses (a proxy in front must send a loopback Host).
-    guard = None
+    guard = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     if not gate.enabled and host in LOOPBACK:
         names = ["127.0.0.1", "localhost", "[::1]"]
         guard = TransportSecuritySettings(
@@ -89,28 +92,36 @@ def mcp_endpoint(
             allowed_hosts=[*names, *(f"{name}:*" for name in names)],
             allowed_origins=[f"http://{name}{port}" for name in names for port in ("", ":*")],
         )
-    mcp_app = server.streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        stateless_http=True,
-        json_response=True,
-        transport_security=guard
-        or TransportSecuritySettings(enable_dns_rebinding_protection=False),
-    )
-    routes: list[BaseRoute] = [
-        Route(r.path, endpoint=PostOnly(r.endpoint)) if isinstance(r, Route) else r
-        for r in mcp_app.routes
-    ]
-    return routes, server.session_manager.run()
+    endpoint = PostOnly()
+
+    @contextlib.asynccontextmanager
+    async def running() -> AsyncIterator[None]:
+        mcp_app = server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            stateless_http=True,
+            json_response=True,
+            transport_security=guard,
+        )
+        (route,) = [r for r in mcp_app.routes if isinstance(r, Route)]
+        endpoint.app = route.endpoint
+        try:
+            async with server.session_manager.run():
+                yield
+        finally:
+            endpoint.app = None
+
+    return [Route(MCP_PATH, endpoint=endpoint)], running
 
 
 class PostOnly:
     """The endpoint for POST alone: a GET would open a server-to-client stream that holds
     one of the API's in-flight places for as long as the client keeps it (and the tools
     send nothing on it), and a DELETE ends a session the stateless endpoint never keeps.
-    Both get 405, which MCP clients take as "no such stream"."""
+    Both get 405, which MCP clients take as "no such stream". Before the app's lifespan
+    has started the transport (``app``), a call gets 503."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") != "POST":
@@ -118,4 +129,9 @@ class PostOnly:
             response = error_response(405, "method_not_allowed", message, {"Allow": "POST"})
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        app = self.app
+        if app is None:
+            message = "the MCP endpoint is not running (the server's lifespan has not started)"
+            await error_response(503, "unavailable", message)(scope, receive, send)
+            return
+        await app(scope, receive, send)
