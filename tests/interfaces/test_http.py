@@ -35,6 +35,7 @@ METRIC_NAMES = (
     "athena_http_rejected_total",
     "athena_index_memories",
     "athena_index_evictions_total",
+    "athena_mcp_calls_total",
 )
 
 

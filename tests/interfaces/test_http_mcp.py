@@ -54,6 +54,14 @@ async def fails(session: ClientSession, tool: str, **arguments: Any) -> str:
     return result.content[0].text
 
 
+def metric_values(api: httpx.Client) -> dict[str, float]:
+    """The API's /metrics samples by name and labels."""
+    lines = api.get("/metrics").text.splitlines()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line[:1] != "#"
+    }
+
+
 def recalls_counted(api: httpx.Client) -> float:
     """The recalls the API's /metrics has timed so far."""
     lines = api.get("/metrics").text.splitlines()
@@ -96,6 +104,11 @@ async def test_mcp_and_rest_share_one_memory(open_api: httpx.Client) -> None:
         assert explained["explain"]["cache"] == "hit"  # the API's cache answered the MCP call
         assert recalls_counted(open_api) == before + 3  # run as the API runs its recalls
         assert (await ok(session, "forget", ids=[by_mcp], tenant="t"))["deleted"] == [by_mcp]
+        counted = metric_values(open_api)
+        assert counted['athena_mcp_calls_total{tool="remember"}'] == 1
+        assert counted['athena_mcp_calls_total{tool="recall"}'] == 3
+        assert counted['athena_writes_total{op="remember"}'] == 2  # one by MCP, one by REST
+        assert counted['athena_writes_total{op="forget"}'] == 1
         assert open_api.get(f"/v1/tenants/t/memories/{by_mcp}").status_code == 404
         assert "invalid_input" in await fails(session, "recall", query=" ", tenant="t")
 

@@ -232,7 +232,7 @@ def create_app(
         metrics.recall(result.explain, time.perf_counter() - start)
         return result if asked else Recall(result.hits)
 
-    routes, serving = mcp_endpoint(memory, gate, host, answer) if mcp else ([], None)
+    routes, serving = mcp_endpoint(memory, gate, host, answer, metrics) if mcp else ([], None)
     app = FastAPI(
         title="Athena",
         version=__version__,

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from athena.interfaces.http_auth import Gate, client_address
 from athena.interfaces.http_errors import ApiError, error_response
+from athena.interfaces.http_metrics import Metrics
 from athena.interfaces.mcp_server import Access, Recaller, build_server
 from athena.memory import Memory
 
@@ -40,11 +41,11 @@ def gate_access(gate: Gate) -> Access:
     """The MCP tools' :data:`~athena.interfaces.mcp_server.Access` under ``gate``'s tokens,
     tenant grants and rate limit; the refusal as ``"<code>: <message>"``.
 
-    >>> gate_access(Gate(None, None))(None, "acme") is None
+    >>> gate_access(Gate(None, None))(None, "recall", "acme") is None
     True
     """
 
-    def access(request: Any, tenant: str | None) -> str | None:
+    def access(request: Any, tool: str, tenant: str | None) -> str | None:
         if not isinstance(request, Request):  # not over HTTP: nothing to check it against
             return None if not gate.enabled else "unauthorized: a bearer token is required"
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -66,7 +67,7 @@ def gate_access(gate: Gate) -> Access:
 
 
 def mcp_endpoint(
-    memory: Memory, gate: Gate, host: str, recaller: Recaller
+    memory: Memory, gate: Gate, host: str, recaller: Recaller, metrics: Metrics
 ) -> tuple[list[BaseRoute], Callable[[], contextlib.AbstractAsyncContextManager[None]]]:
     """The MCP endpoint's route, for the API app (its middleware then wraps it), and what
     the app's lifespan must run while it serves: each run a fresh session manager and its
@@ -76,11 +77,20 @@ def mcp_endpoint(
     SDK's DNS-rebinding protection is on (a browser page cannot reach the tools through a
     hostile domain name). ``recaller`` runs the recall tool's recalls as the API runs its
     own (a hit on the event loop, a miss on one of its bounded recall threads, counted in
-    its metrics).
+    its metrics); ``metrics`` also counts each tool call and the writes the tools make.
 
-    >>> # routes, running = mcp_endpoint(memory, Gate(None, None), "127.0.0.1", answer)
+    >>> # routes, running = mcp_endpoint(memory, Gate(None, None), "127.0.0.1", answer, m)
     """
-    server = build_server(memory, access=gate_access(gate), recaller=recaller)
+    checked = gate_access(gate)
+
+    def access(request: Any, tool: str, tenant: str | None) -> str | None:
+        metrics.mcp_calls.labels(tool).inc()
+        return checked(request, tool, tenant)
+
+    def wrote(op: str, count: int) -> None:
+        metrics.writes.labels(op).inc(count)
+
+    server = build_server(memory, access=access, recaller=recaller, wrote=wrote)
     # With bearer tokens a web page cannot call the tools (it has no token to send); without
     # them, on loopback, it could through a domain name rebound to 127.0.0.1, which the
     # SDK's check of Host and Origin refuses (a proxy in front must send a loopback Host).

@@ -16,6 +16,7 @@ from athena.memory import Memory
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CACHE_RESULTS = ("hit", "partial", "miss")
+MCP_TOOLS = ("remember", "recall", "forget", "list_memories", "stats")
 
 
 class _EngineCollector(Collector):
@@ -111,8 +112,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.mcp_calls = Counter(
+            "athena_mcp_calls", "MCP tool calls at /mcp, by tool.", ["tool"], registry=self.registry
+        )
         for result in CACHE_RESULTS:
             self.cache.labels(result)
+        for tool in MCP_TOOLS:
+            self.mcp_calls.labels(tool)
         for op in ("remember", "update", "forget"):
             self.writes.labels(op)
         self.registry.register(_EngineCollector(memory))

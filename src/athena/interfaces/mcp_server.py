@@ -35,9 +35,11 @@ from athena.records import LAYERS, MAX_K, MAX_QUERY_CHARS, MAX_TEXT_CHARS, check
 
 Transport = Literal["stdio", "streamable-http"]
 # Who may do what, when the tools are served inside the HTTP API: given the HTTP request
-# that carried a tool call (None over stdio) and the tenant it names (None: the whole
-# store), None to let it through, or the refusal as "<code>: <message>".
-Access = Callable[[Any, str | None], str | None]
+# that carried a tool call (None over stdio), the tool and the tenant it names (None: the
+# whole store), None to let it through, or the refusal as "<code>: <message>".
+Access = Callable[[Any, str, str | None], str | None]
+# What a host counts: the writes a tool made, (operation, how many).
+Wrote = Callable[[str, int], None]
 # How the recall tool runs one recall: the query and Memory.recall's keyword options in, the
 # answer out. The HTTP API passes its own, so MCP recalls share its bounded recall threads.
 Recaller = Callable[[str, dict[str, Any]], Awaitable[Recall]]
@@ -79,12 +81,12 @@ def _row(row: Any) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__dataclass_fields__}
 
 
-def _checked(ctx: Context | None, access: Access | None, tenant: str | None) -> None:
+def _checked(ctx: Context | None, access: Access | None, tool: str, tenant: str | None) -> None:
     """Raise the tool error ``access`` answers for this call, if it refuses it (without a
     context it sees no request, and refuses whatever needs one)."""
     if access is None:
         return
-    refused = access(None if ctx is None else ctx.request_context.request, tenant)
+    refused = access(None if ctx is None else ctx.request_context.request, tool, tenant)
     if refused is not None:
         raise ToolError(refused)
 
@@ -106,15 +108,20 @@ def threaded(memory: Memory) -> Recaller:
 
 
 def build_server(
-    memory: Memory, access: Access | None = None, recaller: Recaller | None = None
+    memory: Memory,
+    access: Access | None = None,
+    recaller: Recaller | None = None,
+    wrote: Wrote | None = None,
 ) -> MCPServer:
     """An MCP server whose tools call ``memory`` (which the caller keeps and closes);
-    ``access`` checks each call's tenant (see :data:`Access`; None: every call passes), and
-    ``recaller`` runs the recall tool's recalls (default :func:`threaded`).
+    ``access`` checks each call's tenant (see :data:`Access`; None: every call passes),
+    ``recaller`` runs the recall tool's recalls (default :func:`threaded`), and ``wrote``
+    hears of each write the tools made.
 
     >>> # build_server(Memory("athena.db")).run("stdio")
     """
     run_recall = recaller or threaded(memory)
+    count = wrote or (lambda op, n: None)
     server: MCPServer = MCPServer(
         "athena",
         title="Athena memory",
@@ -149,7 +156,7 @@ def build_server(
         ] = None,
         ctx: Context | None = None,
     ) -> dict[str, Any]:
-        _checked(ctx, access, tenant)
+        _checked(ctx, access, "remember", tenant)
         with _tool_errors():
             memory_id = memory.remember(
                 text,
@@ -163,6 +170,7 @@ def build_server(
                 metadata=metadata,
                 attributes=attributes,
             )
+        count("remember", 1)
         return {"id": memory_id}
 
     @tool(
@@ -186,7 +194,7 @@ def build_server(
         explain: Annotated[bool, Field(description="Include the execution plan.")] = False,
         ctx: Context | None = None,
     ) -> dict[str, Any]:
-        _checked(ctx, access, tenant)  # async: on the event loop, as the API's checks run
+        _checked(ctx, access, "recall", tenant)  # async: on the event loop, as the API's checks run
         with _tool_errors():
             options = {
                 "tenant": tenant,
@@ -212,9 +220,11 @@ def build_server(
         tenant: TenantArg = "default",
         ctx: Context | None = None,
     ) -> dict[str, Any]:
-        _checked(ctx, access, tenant)
+        _checked(ctx, access, "forget", tenant)
         with _tool_errors():
-            return {"deleted": memory.forget(ids, tenant=tenant)}
+            deleted = memory.forget(ids, tenant=tenant)
+        count("forget", len(deleted))
+        return {"deleted": deleted}
 
     @tool(
         "List the newest memories of one layer (most recently created first), e.g. the open "
@@ -227,7 +237,7 @@ def build_server(
         limit: Annotated[int, Field(ge=1, le=MAX_LIST, description="How many.")] = 20,
         ctx: Context | None = None,
     ) -> dict[str, Any]:
-        _checked(ctx, access, tenant)
+        _checked(ctx, access, "list_memories", tenant)
         with _tool_errors():
             return {"memories": newest(memory, tenant, layer, limit)}
 
@@ -242,7 +252,7 @@ def build_server(
         ] = None,
         ctx: Context | None = None,
     ) -> dict[str, Any]:
-        _checked(ctx, access, tenant)
+        _checked(ctx, access, "stats", tenant)
         with _tool_errors():
             counts = memory.stats(tenant)
         counts.pop("path", None)  # where the file lives is the host's business, not a caller's
