@@ -4,6 +4,7 @@ and as the standalone ``serve mcp --transport streamable-http`` server."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -239,3 +240,28 @@ def test_an_app_serves_mcp_each_time_its_lifespan_runs(memory: Memory) -> None:
             answer = client.post("/mcp", json=HELLO, headers=ACCEPT)
             assert answer.status_code == 200, answer.text
             assert answer.json()["result"]["serverInfo"]["name"] == "athena"
+
+
+async def test_the_in_flight_bound_holds_for_mcp_posts(memory: Memory) -> None:
+    """Past ``max_inflight`` a POST to /mcp is refused at once with 503, as a REST call is,
+    and every other call of a burst is answered."""
+    memory.remember("Fay grows tomatoes.", tenant="t")
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "recall", "arguments": {"query": "Who grows tomatoes?", "tenant": "t"}},
+    }
+    headers = {**ACCEPT, "MCP-Protocol-Version": "2025-06-18"}
+    with serving(create_app(memory, max_inflight=2)) as api:
+        async with httpx.AsyncClient(base_url=str(api.base_url), timeout=30) as client:
+            answers = await asyncio.gather(
+                *(client.post("/mcp", json={**call, "id": i}, headers=headers) for i in range(40))
+            )
+    codes = [answer.status_code for answer in answers]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.json()["error"]["code"] == "overloaded"
+        else:
+            assert answer.json()["result"]["structuredContent"]["hits"], answer.text
