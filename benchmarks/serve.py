@@ -359,6 +359,7 @@ async def mcp_session(db: Path, embedder: str = "static") -> AsyncIterator[Any]:
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "athena.interfaces.mcp_server", "--db", str(db), "--embedder", embedder],
+        env=server_env(),  # the HTTP servers' environment: the same heap for every arm
     )
     with open(os.devnull, "w") as devnull:
         async with (
@@ -392,9 +393,10 @@ async def mcp_cells(db: Path, calls: int, embedder: str = "static") -> tuple[flo
     """Per-call round trips, one call at a time, three arms taking turns call by call (in
     an order rotated each call): MCP over stdio (a server process of its own), MCP over the
     HTTP API's ``/mcp`` and the API's REST recall (both on one HTTP server process). Cached:
-    one question again and again. Cold: each question once per arm; the REST arm asks a
-    reworded copy, since the /mcp arm's answer is in the same server's cache."""
-    asked = questions()
+    one question again and again, asked once in both servers before timing. Cold: each
+    question once per arm; of the two HTTP arms, which share a cache, one asks a reworded
+    copy, the REST arm on even calls and the /mcp arm on odd ones."""
+    asked = list(dict.fromkeys(questions()))  # distinct (tenant, question) pairs
     tenants = sorted({t for t, _ in asked})
     start = time.perf_counter()
     with http_server(db, 1, embedder) as url:
@@ -404,9 +406,10 @@ async def mcp_cells(db: Path, calls: int, embedder: str = "static") -> tuple[flo
             httpx.AsyncClient(base_url=url, timeout=60) as rest,
         ):
             connect_ms = (time.perf_counter() - start) * 1000
-            for tenant in tenants:  # loading a tenant's indexes is start-up, in both servers
-                (await rest.post(f"/v1/tenants/{tenant}/recall", json={"query": "warm-up"}))
-                await stdio.call_tool("recall", {"query": "warm-up", "tenant": tenant})
+            for tenant, query in [(t, "warm-up") for t in tenants] + [asked[0]]:
+                # a tenant's indexes loaded is start-up, in both servers; the cached question
+                await rest.post(f"/v1/tenants/{tenant}/recall", json={"query": query})
+                await stdio.call_tool("recall", {"query": query, "tenant": tenant})
 
             async def call(arm: str, tenant: str, query: str | None) -> bool:
                 if arm == "REST":
@@ -432,7 +435,8 @@ async def mcp_cells(db: Path, calls: int, embedder: str = "static") -> tuple[flo
                     for turn in range(len(MCP_ARMS)):
                         arm = MCP_ARMS[(i + turn) % len(MCP_ARMS)]
                         query: str | None = question
-                        if name == "cold" and arm == "REST":
+                        reworded = "REST" if i % 2 == 0 else "MCP /mcp"
+                        if name == "cold" and arm == reworded:
                             query = f"{PREFIXES[1]}{question}"
                         elif name.startswith("stats"):
                             query = None

@@ -79,7 +79,7 @@ def open_api(memory: Memory) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def secured(memory: Memory) -> Iterator[httpx.Client]:
-    with serving(create_app(memory, tokens=TOKENS, rate_limit_per_minute=12)) as client:
+    with serving(create_app(memory, tokens=TOKENS)) as client:
         yield client
 
 
@@ -102,7 +102,7 @@ async def test_mcp_and_rest_share_one_memory(open_api: httpx.Client) -> None:
         explained = await ok(
             session, "recall", query="Who repairs clocks?", tenant="t", explain=True
         )
-        assert explained["explain"]["cache"] == "hit"  # the API's cache answered the MCP call
+        assert explained["explain"]["cache"] == "hit"  # the API's cache, as a REST recall
         assert recalls_counted(open_api) == before + 3  # run as the API runs its recalls
         assert (await ok(session, "forget", ids=[by_mcp], tenant="t"))["deleted"] == [by_mcp]
         counted = metric_values(open_api)
@@ -146,15 +146,31 @@ async def test_tokens_and_tenants_hold_over_mcp(secured: httpx.Client) -> None:
         assert (await ok(session, "list_memories", tenant="a"))["memories"][0]["id"] == memory_id
 
 
-async def test_the_rate_limit_counts_tool_calls(secured: httpx.Client) -> None:
-    url = str(secured.base_url).rstrip("/")
-    async with connect(url, "tok-admin") as session:
-        results = [await session.call_tool("stats", {"tenant": "a"}) for _ in range(14)]
-    assert not any(result.is_error for result in results[:12])  # a full bucket of 12
-    refused = [result.content[0] for result in results[12:] if result.is_error]
-    assert refused and all(isinstance(t, TextContent) and "rate_limited" in t.text for t in refused)
-    admin = {"Authorization": "Bearer tok-admin"}
-    assert secured.get("/v1/tenants/a/stats", headers=admin).status_code == 429  # one bucket
+def test_each_mcp_post_takes_one_request_from_the_bucket(memory: Memory) -> None:
+    """Whatever a POST carries (a tool call, one that fails validation, a listing), it
+    takes one request from the caller's bucket, which REST calls share; past it, 429."""
+    admin = {**ACCEPT, "Authorization": "Bearer tok-admin", "MCP-Protocol-Version": "2025-06-18"}
+
+    def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        params = {"name": name, "arguments": arguments}
+        return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+
+    bodies = [
+        call("stats", {"tenant": "a"}),
+        call("list_memories", {"tenant": "a", "limit": 5000}),  # refused by validation
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    ] * 4  # 12: the whole bucket
+    with serving(create_app(memory, tokens=TOKENS, rate_limit_per_minute=12)) as api:
+        answers = [api.post("/mcp", json=body, headers=admin) for body in bodies]
+        assert [answer.status_code for answer in answers] == [200] * 12
+        assert "error" in answers[1].json() or answers[1].json()["result"].get("isError")
+        refused = api.post("/mcp", json=bodies[0], headers=admin)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) >= 1
+        rest = api.get("/v1/tenants/a/stats", headers={"Authorization": "Bearer tok-admin"})
+        assert rest.status_code == 429  # one bucket for both
+        other = {**admin, "Authorization": "Bearer tok-a"}
+        assert api.post("/mcp", json=bodies[0], headers=other).status_code == 200  # its own
 
 
 def _free_port() -> int:
@@ -265,3 +281,16 @@ async def test_the_in_flight_bound_holds_for_mcp_posts(memory: Memory) -> None:
             assert answer.json()["error"]["code"] == "overloaded"
         else:
             assert answer.json()["result"]["structuredContent"]["hits"], answer.text
+
+
+def test_one_app_is_served_by_one_lifespan_at_a_time(memory: Memory) -> None:
+    """A second lifespan of an app still being served is refused (its /mcp belongs to the
+    first), and the first keeps serving."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(memory)
+    with TestClient(app, base_url="http://127.0.0.1") as first:
+        second = TestClient(app, base_url="http://127.0.0.1")
+        with pytest.raises(RuntimeError, match="already being served"):
+            second.__enter__()
+        assert first.post("/mcp", json=HELLO, headers=ACCEPT).status_code == 200

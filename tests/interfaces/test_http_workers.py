@@ -231,10 +231,22 @@ async def test_mcp_calls_are_served_by_either_process(base: str) -> None:
             assert result.structured_content is not None
             return dict(result.structured_content)
 
-    for n in range(4):
-        text = f"Visitor {n} brought a {['kite', 'drum', 'lamp', 'vase'][n]}."
+    things = ["kite", "drum", "lamp", "vase", "bell", "rope", "fork", "harp", "sled", "wand"]
+    for n, thing in enumerate(things):
+        text = f"Visitor {n} brought a {thing}."
         memory_id = (await call("remember", text=text, tenant="mcp"))["id"]
         hits = (await call("recall", query=text, tenant="mcp", k=1))["hits"]
         assert [hit["id"] for hit in hits] == [memory_id]
         rest = httpx.post(f"{base}/v1/tenants/mcp/recall", json={"query": text, "k": 1})
         assert [hit["id"] for hit in rest.json()["hits"]] == [memory_id]
+
+    def counted(_: int) -> tuple[int, float]:  # one connection: one process answers both
+        with httpx.Client(base_url=base, timeout=30) as client:
+            pid = client.get("/healthz").json()["pid"]
+            lines = client.get("/metrics").text.splitlines()
+        mark = 'athena_mcp_calls_total{tool="remember"} '
+        return pid, next(float(line[len(mark) :]) for line in lines if line.startswith(mark))
+
+    by_pid = dict(many(counted, 32))
+    assert len(by_pid) == 2 and sum(by_pid.values()) == len(things), by_pid
+    assert min(by_pid.values()) > 0, by_pid  # both processes served MCP calls

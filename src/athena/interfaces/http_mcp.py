@@ -8,8 +8,8 @@ instead of each running its own server on the same file, and MCP gets what the A
   read (the API's :class:`~athena.interfaces.http_auth.Admission`), and a tool call naming
   a tenant the token may not reach, or the whole store (``stats`` without a tenant) with a
   token scoped to some tenants, comes back as an MCP error result ``forbidden: ...``;
-* the per-token rate limit (each tool call takes one request from the caller's bucket;
-  ``rate_limited: ...`` past it), the body size limit and the in-flight bound.
+* the per-token rate limit (each POST takes one request from the caller's bucket, 429
+  past it, as a REST call), the body size limit and the in-flight bound.
 
 The transport is stateless with JSON responses: each POST carries one request and gets its
 answer, nothing is kept between them, so a server of several processes (``serve http
@@ -23,11 +23,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from athena.interfaces.http_auth import Gate, client_address
+from athena.interfaces.http_auth import Gate, Principal, client_address
 from athena.interfaces.http_errors import ApiError, error_response
 from athena.interfaces.http_metrics import Metrics
 from athena.interfaces.mcp_server import Access, Recaller, build_server
@@ -37,9 +38,18 @@ MCP_PATH = "/mcp"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def caller(gate: Gate, scope: Scope, headers: Any) -> Principal:
+    """Who sent a request (its bearer token, else its address); ApiError 401 if refused."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return gate.identify(
+        token.strip() if scheme.lower() == "bearer" else None, client_address(scope)
+    )
+
+
 def gate_access(gate: Gate) -> Access:
-    """The MCP tools' :data:`~athena.interfaces.mcp_server.Access` under ``gate``'s tokens,
-    tenant grants and rate limit; the refusal as ``"<code>: <message>"``.
+    """The MCP tools' :data:`~athena.interfaces.mcp_server.Access` under ``gate``'s tokens
+    and tenant grants; the refusal as ``"<code>: <message>"``. (The rate limit is taken per
+    POST, before the SDK sees it: :class:`PostOnly`.)
 
     >>> gate_access(Gate(None, None))(None, "recall", "acme") is None
     True
@@ -48,17 +58,12 @@ def gate_access(gate: Gate) -> Access:
     def access(request: Any, tool: str, tenant: str | None) -> str | None:
         if not isinstance(request, Request):  # not over HTTP: nothing to check it against
             return None if not gate.enabled else "unauthorized: a bearer token is required"
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
         try:
-            who = gate.identify(
-                token.strip() if scheme.lower() == "bearer" else None,
-                client_address(request.scope),
-            )
+            who = caller(gate, request.scope, request.headers)
             if tenant is None:
                 gate.allow_global(who)
             else:
                 gate.allow_tenant(who, tenant)
-            gate.throttle(who)  # a sync tool calls it from a thread: the gate locks its buckets
         except ApiError as exc:
             return f"{exc.code}: {exc.message}"
         return None
@@ -102,10 +107,12 @@ def mcp_endpoint(
             allowed_hosts=[*names, *(f"{name}:*" for name in names)],
             allowed_origins=[f"http://{name}{port}" for name in names for port in ("", ":*")],
         )
-    endpoint = PostOnly()
+    endpoint = PostOnly(gate)
 
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[None]:
+        if endpoint.app is not None:  # its session manager is another lifespan's
+            raise RuntimeError("this app's /mcp is already being served; make another app")
         mcp_app = server.streamable_http_app(
             streamable_http_path=MCP_PATH,
             stateless_http=True,
@@ -113,9 +120,10 @@ def mcp_endpoint(
             transport_security=guard,
         )
         (route,) = [r for r in mcp_app.routes if isinstance(r, Route)]
-        endpoint.app = route.endpoint
+        transport: Any = route.endpoint  # the SDK's StreamableHTTPASGIApp
+        endpoint.app = transport
         try:
-            async with server.session_manager.run():
+            async with transport.session_manager.run():
                 yield
         finally:
             endpoint.app = None
@@ -127,17 +135,27 @@ class PostOnly:
     """The endpoint for POST alone: a GET would open a server-to-client stream that holds
     one of the API's in-flight places for as long as the client keeps it (and the tools
     send nothing on it), and a DELETE ends a session the stateless endpoint never keeps.
-    Both get 405, which MCP clients take as "no such stream". Before the app's lifespan
+    Both get 405, which MCP clients take as "no such stream". Each POST takes one request
+    from its caller's rate-limit bucket, as a REST call does (429 past it), whatever it
+    carries: a tool call, one that fails validation, a listing. Before the app's lifespan
     has started the transport (``app``), a call gets 503."""
 
-    def __init__(self) -> None:
-        self.app: ASGIApp | None = None
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.app: ASGIApp | None = None  # the SDK's transport endpoint, while a lifespan runs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") != "POST":
             message = "the MCP endpoint takes one JSON-RPC request per POST"
             response = error_response(405, "method_not_allowed", message, {"Allow": "POST"})
             await response(scope, receive, send)
+            return
+        try:
+            self.gate.throttle(caller(self.gate, scope, Headers(scope=scope)))
+        except ApiError as exc:
+            await error_response(exc.status, exc.code, exc.message, exc.headers)(
+                scope, receive, send
+            )
             return
         app = self.app
         if app is None:
