@@ -429,7 +429,6 @@ async def mcp_cells(db: Path, calls: int, embedder: str = "static") -> tuple[flo
             for name in ("stats (no recall)", "cached", "cold"):
                 latencies: dict[str, list[float]] = {arm: [] for arm in MCP_ARMS}
                 errors = dict.fromkeys(MCP_ARMS, 0)
-                spent = dict.fromkeys(MCP_ARMS, 0.0)
                 for i in range(calls):
                     tenant, question = asked[0] if name != "cold" else asked[1 + i]
                     for turn in range(len(MCP_ARMS)):
@@ -443,10 +442,9 @@ async def mcp_cells(db: Path, calls: int, embedder: str = "static") -> tuple[flo
                         sent = time.perf_counter()
                         errors[arm] += await call(arm, tenant, query)
                         latencies[arm].append((time.perf_counter() - sent) * 1000)
-                        spent[arm] += latencies[arm][-1] / 1000
                 for arm in MCP_ARMS:
                     cells.append(Cell(arm, name, 1, "sequential calls", calls, errors[arm],
-                                      spent[arm], latencies[arm]))  # fmt: skip
+                                      sum(latencies[arm]) / 1000, latencies[arm]))  # fmt: skip
     return connect_ms, cells
 
 

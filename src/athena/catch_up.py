@@ -263,11 +263,11 @@ class CatchUp:
             thread.join()
 
 
-def follow(pipeline: Pipeline, tracker: GenerationTracker, tenant: str, layers: set[str]) -> bool:
+def follow(pipeline: Pipeline, tracker: GenerationTracker, tenant: str, layers: set[str]) -> None:
     """Catch what ``pipeline`` holds of ``tenant`` up to its current generations: its loaded
     indexes of ``layers``, and the state of every layer that follows writes. A tenant this
     process holds nothing of is left at once, before its generations are read (the watching
-    thread finds every tenant other processes write). True if anything was held.
+    thread finds every tenant other processes write).
 
     >>> # follow(mem.pipeline, mem.generations, "agent-1", {"episodic"})
     """
@@ -279,7 +279,7 @@ def follow(pipeline: Pipeline, tracker: GenerationTracker, tenant: str, layers: 
     ]
     indexed = ctx.residency.holds(tenant)
     if not (indexed or followers):
-        return False
+        return
     generations = tracker.get(tenant)
     if indexed:
         for layer in layers:
@@ -288,7 +288,6 @@ def follow(pipeline: Pipeline, tracker: GenerationTracker, tenant: str, layers: 
             ctx.lexicon.follow(tenant, layer, generation, MOST)
     for follower in followers:
         follower.follow(ctx, tenant, generations)
-    return True
 
 
 def _holds(layer: FollowsWrites, ctx: LayerContext, tenant: str) -> bool:

@@ -65,10 +65,8 @@ def metric_values(api: httpx.Client) -> dict[str, float]:
 
 def recalls_counted(api: httpx.Client) -> float:
     """The recalls the API's /metrics has timed so far."""
-    lines = api.get("/metrics").text.splitlines()
-    return sum(
-        float(line.split()[-1]) for line in lines if line.startswith("athena_recall_seconds_count")
-    )
+    counts = metric_values(api).items()
+    return sum(value for name, value in counts if name.startswith("athena_recall_seconds_count"))
 
 
 @pytest.fixture

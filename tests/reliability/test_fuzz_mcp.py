@@ -57,6 +57,12 @@ JSON = st.recursive(
 )
 
 
+# Each example a fresh file and a server: a handful of campaigns of 25 calls.
+CAMPAIGNS = settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 WORDS = st.text(st.sampled_from("abcdefghij XYZ"), min_size=1, max_size=30).filter(str.strip)
 
 
@@ -144,11 +150,7 @@ async def _calls(session: ClientSession, data: st.DataObject) -> list[int]:
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=6,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@CAMPAIGNS
 @given(data=st.data())
 def test_any_arguments_give_a_result_or_an_error_result(tmp_path: Path, data: Any) -> None:
     work = Path(tempfile.mkdtemp(dir=tmp_path))  # a fresh file for every example
@@ -156,12 +158,15 @@ def test_any_arguments_give_a_result_or_an_error_result(tmp_path: Path, data: An
     acknowledged = asyncio.run(_campaign(db, errlog, data))
     assert "Traceback" not in errlog.read_text()
     with Memory(db) as memory:
-        assert memory.store.integrity_check() == "ok"
-        for memory_id in acknowledged:
-            found = [
-                t for t in memory.tenants() if _has(memory, memory_id, t)
-            ]  # acknowledged under whichever tenant the call named
-            assert found, memory_id
+        _sound(memory, acknowledged)
+
+
+def _sound(memory: Memory, acknowledged: list[int]) -> None:
+    """The file passes its integrity checks and holds every memory a call acknowledged
+    (under whichever tenant that call named)."""
+    assert memory.store.integrity_check() == "ok"
+    for memory_id in acknowledged:
+        assert any(_has(memory, memory_id, t) for t in memory.tenants()), memory_id
 
 
 def _has(memory: Memory, memory_id: int, tenant: str) -> bool:
@@ -173,11 +178,7 @@ def _has(memory: Memory, memory_id: int, tenant: str) -> bool:
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=6,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@CAMPAIGNS
 @given(data=st.data())
 def test_the_http_apis_mcp_endpoint_too(tmp_path: Path, data: Any) -> None:
     """The same campaign against ``/mcp`` of the HTTP API (a token for every tenant, so each
@@ -203,6 +204,4 @@ def test_the_http_apis_mcp_endpoint_too(tmp_path: Path, data: Any) -> None:
         with serving(create_app(memory, tokens={"tok": None})) as client:
             acknowledged = asyncio.run(campaign(str(client.base_url).rstrip("/")))
         assert statuses and max(statuses) < 500, statuses
-        assert memory.store.integrity_check() == "ok"
-        for memory_id in acknowledged:
-            assert any(_has(memory, memory_id, t) for t in memory.tenants()), memory_id
+        _sound(memory, acknowledged)

@@ -186,9 +186,8 @@ class Admission:
         if self.gate is not None and self.gate.enabled and scope["path"] not in self.public:
             # Before the body is read or parsed: a caller without a valid token gets 401
             # and learns nothing, not even whether its JSON was well-formed.
-            scheme, _, token = headers.get("authorization", "").partition(" ")
             try:
-                self.gate.identify(token.strip() if scheme.lower() == "bearer" else None, "")
+                self.gate.identify(bearer_token(headers), "")
             except ApiError as exc:
                 self._on_reject("unauthorized")
                 response = error_response(exc.status, exc.code, exc.message, exc.headers)
@@ -278,6 +277,16 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replayed
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None.
+
+    >>> bearer_token({"authorization": "Bearer s3cret "}), bearer_token({})
+    ('s3cret', None)
+    """
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def client_address(scope: Mapping[str, Any]) -> str:

@@ -19,7 +19,7 @@ answer, nothing is kept between them, so a server of several processes (``serve 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from mcp.server.transport_security import TransportSecuritySettings
@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from athena.interfaces.http_auth import Gate, Principal, client_address
+from athena.interfaces.http_auth import Gate, Principal, bearer_token, client_address
 from athena.interfaces.http_errors import ApiError, error_response
 from athena.interfaces.http_metrics import Metrics
 from athena.interfaces.mcp_server import Access, Recaller, build_server
@@ -38,12 +38,9 @@ MCP_PATH = "/mcp"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def caller(gate: Gate, scope: Scope, headers: Any) -> Principal:
+def caller(gate: Gate, scope: Scope, headers: Mapping[str, str]) -> Principal:
     """Who sent a request (its bearer token, else its address); ApiError 401 if refused."""
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    return gate.identify(
-        token.strip() if scheme.lower() == "bearer" else None, client_address(scope)
-    )
+    return gate.identify(bearer_token(headers), client_address(scope))
 
 
 def gate_access(gate: Gate) -> Access:

@@ -19,6 +19,29 @@ CACHE_RESULTS = ("hit", "partial", "miss")
 MCP_TOOLS = ("remember", "recall", "forget", "list_memories", "stats")
 
 
+Family = type[GaugeMetricFamily] | type[CounterMetricFamily]
+# The engine's gauges and counters read at scrape time: (family, name, help, section of
+# execution_gauges(), key in it, scale).
+ENGINE_METRICS: tuple[tuple[Family, str, str, str, str, float], ...] = (
+    (GaugeMetricFamily, "athena_index_memories",
+     "Memories held in this process's in-memory indexes.", "indexes", "memories", 1.0),
+    (CounterMetricFamily, "athena_index_evictions",
+     "Tenants whose indexes were dropped to keep to the index budget.", "indexes", "evicted", 1.0),
+    (GaugeMetricFamily, "athena_pool_workers", "Worker pool size.", "pool", "workers", 1.0),
+    (GaugeMetricFamily, "athena_pool_queue_depth",
+     "Tasks waiting for a worker.", "pool", "queue_depth", 1.0),
+    (GaugeMetricFamily, "athena_execution_slots",
+     "Recalls that may execute in-process at once.", "admission", "slots", 1.0),
+    (GaugeMetricFamily, "athena_recalls_waiting",
+     "Recalls queued for an execution slot.", "admission", "waiting", 1.0),
+    (CounterMetricFamily, "athena_recall_queued_seconds",
+     "Time recalls spent queued for an execution slot.", "admission", "waited_ms", 0.001),
+    (CounterMetricFamily, "athena_recall_thread_queue_seconds",
+     "Time recalls spent queued for a thread (the server's recall concurrency).",
+     "thread_queue", "waited_ms", 0.001),
+)  # fmt: skip
+
+
 class _EngineCollector(Collector):
     """Worker-pool and admission gauges read from ``execution_gauges()`` at scrape time."""
 
@@ -30,44 +53,9 @@ class _EngineCollector(Collector):
             stats = self.memory.execution_gauges()
         except Exception:
             stats = {}
-        pool, admission = stats.get("pool") or {}, stats.get("admission") or {}
-        threads, indexes = stats.get("thread_queue") or {}, stats.get("indexes") or {}
-        yield GaugeMetricFamily(
-            "athena_index_memories",
-            "Memories held in this process's in-memory indexes.",
-            _number(indexes, "memories"),
-        )
-        yield CounterMetricFamily(
-            "athena_index_evictions",
-            "Tenants whose indexes were dropped to keep to the index budget.",
-            _number(indexes, "evicted"),
-        )
-        yield GaugeMetricFamily(
-            "athena_pool_workers", "Worker pool size.", _number(pool, "workers")
-        )
-        yield GaugeMetricFamily(
-            "athena_pool_queue_depth", "Tasks waiting for a worker.", _number(pool, "queue_depth")
-        )
-        yield GaugeMetricFamily(
-            "athena_execution_slots",
-            "Recalls that may execute in-process at once.",
-            _number(admission, "slots"),
-        )
-        yield GaugeMetricFamily(
-            "athena_recalls_waiting",
-            "Recalls queued for an execution slot.",
-            _number(admission, "waiting"),
-        )
-        yield CounterMetricFamily(
-            "athena_recall_queued_seconds",
-            "Time recalls spent queued for an execution slot.",
-            _number(admission, "waited_ms") / 1000.0,
-        )
-        yield CounterMetricFamily(
-            "athena_recall_thread_queue_seconds",
-            "Time recalls spent queued for a thread (the server's recall concurrency).",
-            _number(threads, "waited_ms") / 1000.0,
-        )
+        for family, name, text, section, key, scale in ENGINE_METRICS:
+            yield family(name, text, _number(stats.get(section) or {}, key) * scale)
+        threads, admission = stats.get("thread_queue") or {}, stats.get("admission") or {}
         timeouts = CounterMetricFamily(
             "athena_recall_queue_timeouts",
             "Recalls whose timeout ran out while queued, by queue.",
