@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from athena.embedding import Embedder
 from athena.execution.pipeline import Pipeline
-from athena.retrieval.lexical_index import SNAPSHOT_MIN as LEXICAL_SNAPSHOT_MIN
+from athena.retrieval.lexical_index import LARGE as LEXICAL_LARGE
 from athena.store.sqlite import SQLiteStore
 
 BACKFILL_BATCH = 1024
@@ -42,7 +42,7 @@ class MemoryIndexes:
             generation = self.store.generations(tenant).get(layer, 0)
             if size > ctx.indexes.cutoff:
                 ctx.indexes.warm(tenant, layer, generation)
-            if size > LEXICAL_SNAPSHOT_MIN:
+            if size > LEXICAL_LARGE:
                 ctx.lexicon.warm(tenant, layer, generation)
             if advance is not None:
                 advance(1)
@@ -50,7 +50,7 @@ class MemoryIndexes:
 
     def large_scopes(self) -> list[tuple[str, str, int]]:
         """(tenant, layer, memories) of the scopes :meth:`prepare_indexes` would prepare."""
-        cutoff = min(self.pipeline.ctx.indexes.cutoff, LEXICAL_SNAPSHOT_MIN)
+        cutoff = min(self.pipeline.ctx.indexes.cutoff, LEXICAL_LARGE)
         return self.store.large_scopes(cutoff + 1)
 
     def missing_vectors(self) -> int:

@@ -238,7 +238,7 @@ def test_a_working_copy_brings_the_stores_index_snapshots(tmp_path: Path) -> Non
             memory.remember(f"note {i} on the lisbon trip", tenant="t", layer="semantic")
         assert memory.prepare_indexes() == 1
     store = Store("locomo", "static", pristine, 50, 1, (), 0.0)
-    stale = tmp_path / "work" / "locomo-static.db.indexes" / "stale.npz"
+    stale = tmp_path / "work" / "locomo-static.db.indexes" / "stale.snapshot"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"from an earlier run")
     copy = working_copy(store, tmp_path / "work")
@@ -248,8 +248,8 @@ def test_a_working_copy_brings_the_stores_index_snapshots(tmp_path: Path) -> Non
         memory.remember("a write into the copy", tenant="t", layer="semantic")
         snaps = memory.pipeline.ctx.indexes.snapshots
         assert snaps is not None and snaps.loaded == 1  # same identity: the copy loads them
-    (original,) = Path(f"{pristine}.indexes").glob("*.npz")
-    (copied,) = Path(f"{copy}.indexes").glob("*.npz")
+    (original,) = Path(f"{pristine}.indexes").glob("*.snapshot")
+    (copied,) = Path(f"{copy}.indexes").glob("*.snapshot")
     assert original.read_bytes() == copied.read_bytes()
 
 

@@ -57,7 +57,7 @@ def test_a_built_graph_is_saved_and_the_next_index_loads_it(tmp_path: Path) -> N
         built = _answers(memory, first)
         assert first.snapshots is not None and first.snapshots.saved == 1
         assert first._indexes[("t", "semantic")].kind == "HnswBackend"
-        assert list((tmp_path / "s.db.indexes").glob("*.npz"))
+        assert list((tmp_path / "s.db.indexes").glob("*.snapshot"))
 
         second = _indexes(memory)
         assert _answers(memory, second) == built == _exact(memory)
@@ -132,7 +132,7 @@ def test_a_damaged_snapshot_is_rebuilt_and_replaced(
     with _memory(tmp_path / "s.db") as memory:
         _fill(memory, 60)
         _answers(memory, _indexes(memory))
-        (snapshot,) = (tmp_path / "s.db.indexes").glob("*.npz")
+        (snapshot,) = (tmp_path / "s.db.indexes").glob("*.snapshot")
         snapshot.write_bytes(snapshot.read_bytes()[:5000])  # torn
         rebuilt = _indexes(memory)
         assert _answers(memory, rebuilt) == _exact(memory)
@@ -216,7 +216,7 @@ def test_a_lexical_snapshot_loads_and_catches_up_bit_for_bit(
     monkeypatch: pytest.MonkeyPatch,
     edits: list[tuple[str, int]],
 ) -> None:
-    monkeypatch.setattr(lexical_index, "SNAPSHOT_MIN", 30)
+    monkeypatch.setattr(lexical_index, "SAVE_MIN", 30)
     with _memory(tmp_path_factory.mktemp("lex") / "s.db") as memory:
         ids = _fill(memory, 60)
         built = LexicalIndexes(memory.store, for_store(memory.store))
@@ -238,13 +238,13 @@ def test_a_lexical_snapshot_loads_and_catches_up_bit_for_bit(
 def test_a_damaged_or_outdated_lexical_snapshot_is_rebuilt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lexical_index, "SNAPSHOT_MIN", 30)
+    monkeypatch.setattr(lexical_index, "SAVE_MIN", 30)
     with _memory(tmp_path / "s.db") as memory:
         _fill(memory, 60)
         _lexical(memory, LexicalIndexes(memory.store, for_store(memory.store)))
         expected = _lexical(memory, LexicalIndexes(memory.store))
-        files = {p.name for p in (tmp_path / "s.db.indexes").glob("*.npz")}
-        for snapshot in (tmp_path / "s.db.indexes").glob("*.npz"):
+        files = {p.name for p in (tmp_path / "s.db.indexes").glob("*.snapshot")}
+        for snapshot in (tmp_path / "s.db.indexes").glob("*.snapshot"):
             snapshot.write_bytes(snapshot.read_bytes()[:3000])  # torn: ignored, rebuilt
         again = LexicalIndexes(memory.store, for_store(memory.store))
         assert _lexical(memory, again) == expected
@@ -253,7 +253,7 @@ def test_a_damaged_or_outdated_lexical_snapshot_is_rebuilt(
         newer = LexicalIndexes(memory.store, for_store(memory.store))
         assert _lexical(memory, newer) == expected
         assert newer.snapshots is not None and newer.snapshots.loaded == 0
-        now = {p.name for p in (tmp_path / "s.db.indexes").glob("*.npz")}
+        now = {p.name for p in (tmp_path / "s.db.indexes").glob("*.snapshot")}
         assert len(files) == 1 and len(now) == 2 and files < now  # one per stems() version
 
 
@@ -279,3 +279,64 @@ def test_a_process_with_a_higher_cutoff_searches_exactly_not_from_a_graph(tmp_pa
         assert _answers(memory, exact) == _exact(memory)
         assert exact._indexes[("t", "semantic")].kind == "ExactBackend"
         assert exact.snapshots is not None and exact.snapshots.loaded == 0
+
+
+_DTYPES = st.sampled_from(["<i8", "<u4", "<u2", "|u1", "<f4", "|b1"])
+_ARRAYS = st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.tuples(_DTYPES, st.lists(st.integers(0, 5), max_size=2), st.integers(0, 2**31)),
+    max_size=5,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=_ARRAYS, last=st.integers(0, 2**62))
+def test_arrays_and_meta_round_trip(spec: dict[str, tuple[str, list[int], int]], last: int) -> None:
+    import tempfile
+
+    import numpy as np
+
+    from athena.retrieval.snapshots import read_arrays, write_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        name: rng.integers(0, seed % 200 + 2, shape).astype(dtype)
+        for name, (dtype, shape, seed) in spec.items()
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.snapshot"
+        write_arrays(path, {"last_seq": last, "scope": ["t", "é"]}, arrays)
+        meta, back = read_arrays(path)
+    assert meta == {"last_seq": last, "scope": ["t", "é"]}
+    assert list(back) == list(arrays)
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape
+        assert np.array_equal(back[name], array)
+        assert back[name].flags.writeable
+
+
+def _saved(folder: Path) -> tuple[IndexSnapshots, Path]:
+    import numpy as np
+
+    snaps = IndexSnapshots(folder, "db", {"lexical": lambda: 10**6})
+    arrays = {"ids": np.arange(40, dtype=np.int64), "tfs": np.ones(7, np.uint16)}
+    assert snaps.save("lexical", "t", "episodic", "m", arrays, 99)
+    return snaps, snaps.path("lexical", "t", "episodic", "m")
+
+
+@settings(max_examples=80, deadline=None)
+@given(where=st.floats(0.0, 1.0, exclude_max=True), flip=st.integers(1, 255))
+def test_a_snapshot_with_any_byte_changed_or_cut_off_is_ignored(where: float, flip: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        snaps, path = _saved(Path(folder))
+        whole = path.read_bytes()
+        at = int(where * len(whole))
+        path.write_bytes(whole[:at] + bytes([whole[at] ^ flip]) + whole[at + 1 :])
+        assert snaps.load("lexical", "t", "episodic", "m") is None
+        path.write_bytes(whole[:at])
+        assert snaps.load("lexical", "t", "episodic", "m") is None
+        path.write_bytes(whole)
+        loaded = snaps.load("lexical", "t", "episodic", "m")
+        assert loaded is not None and loaded["last_seq"] == 99 and len(loaded["ids"]) == 40

@@ -36,7 +36,8 @@ from athena.embedding import Embedder, load_embedder
 from athena.locomo.data import Conversation, load_locomo
 from athena.locomo.importer import conversation_memories, import_locomo
 from athena.memory import Memory
-from athena.retrieval.lexical_index import SNAPSHOT_MIN as LEXICAL_SNAPSHOT_MIN
+from athena.retrieval.lexical_index import LARGE as LEXICAL_LARGE
+from athena.retrieval.snapshots import SUFFIX as SNAPSHOT_SUFFIX
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 from athena.store.connection import file_uri
 from athena.store.sql_reads import large_scopes
@@ -48,7 +49,8 @@ ZIPF_S: Final = 1.1
 REPEAT_SHARE: Final = 0.5
 WRITE_SHARE: Final = 0.1
 ONE_TENANT: Final = "one"
-SNAPSHOTS: Final = 2  # what prepare_indexes saves: 1 vector graphs, 2 also lexical indexes
+SNAPSHOTS: Final = 3  # what prepare_indexes saves: 1 vector graphs, 2 also lexical indexes,
+# 3 both in the snapshot format 2 (see athena.retrieval.snapshots)
 
 Advance = Callable[[int], None]
 
@@ -194,7 +196,7 @@ def prepare_indexes(path: Path, embedder: str | Embedder) -> float:
     start = time.perf_counter()
     conn = sqlite3.connect(file_uri(path) + "?mode=ro", uri=True)
     try:
-        large = large_scopes(conn, min(DEFAULT_HNSW_CUTOFF, LEXICAL_SNAPSHOT_MIN) + 1)
+        large = large_scopes(conn, min(DEFAULT_HNSW_CUTOFF, LEXICAL_LARGE) + 1)
     finally:
         conn.close()
     if large:  # else there is nothing to build, and no embedder to load
@@ -258,7 +260,7 @@ def _link_snapshots(source: Path, target: Path) -> None:
     if not source.is_dir():
         return
     target.mkdir(parents=True)
-    for snapshot in source.glob("*.npz"):
+    for snapshot in source.glob(f"*{SNAPSHOT_SUFFIX}"):
         try:
             os.link(snapshot, target / snapshot.name)
         except OSError:

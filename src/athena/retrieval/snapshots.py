@@ -23,8 +23,10 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -39,7 +41,12 @@ except ImportError:  # pragma: no cover - not POSIX: builds are not coordinated 
 
 log = logging.getLogger(__name__)
 
-FORMAT: Final = 1
+FORMAT: Final = 2  # 1: NumPy's .npz (a zip archive: 0.44 ms to open a small one, this 0.08)
+SUFFIX: Final = ".snapshot"
+MAGIC: Final = b"ATHENAIX"
+ALIGN: Final = 64  # each array (and the body) starts at a multiple of this many bytes
+_WORDS: Final = struct.Struct("<II")  # the header's length and CRC-32
+_START: Final = len(MAGIC) + _WORDS.size
 LOCK_WAIT_S: Final = 600.0  # longer than any build: past it a process builds on its own
 LOCK_POLL_S: Final = 0.05
 
@@ -71,7 +78,7 @@ class IndexSnapshots:
     def path(self, kind: str, tenant: str, layer: str, model: str) -> Path:
         """The file of one scope's snapshot (a hash: tenant names may hold any character)."""
         digest = hashlib.sha256(json.dumps([self.identity, kind, tenant, layer, model]).encode())
-        return self.directory / f"{digest.hexdigest()[:32]}.npz"
+        return self.directory / f"{digest.hexdigest()[:32]}{SUFFIX}"
 
     def _meta(self, kind: str, tenant: str, layer: str, model: str) -> str:
         from athena import __version__  # here: the package imports this module
@@ -86,11 +93,10 @@ class IndexSnapshots:
         cannot be trusted."""
         path = self.path(kind, tenant, layer, model)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                if str(data["meta"]) != self._meta(kind, tenant, layer, model):
-                    raise ValueError("it was made for another database, scope or version")
-                arrays: dict[str, Any] = {name: data[name] for name in data.files}
-                arrays["last_seq"] = int(arrays.pop("last_seq"))
+            meta, read = read_arrays(path)
+            if meta.get("scope") != self._meta(kind, tenant, layer, model):
+                raise ValueError("it was made for another database, scope or version")
+            arrays: dict[str, Any] = {**read, "last_seq": int(meta["last_seq"])}
         except FileNotFoundError:
             return None
         except Exception as exc:  # a torn, foreign or damaged file is a cache miss
@@ -109,16 +115,11 @@ class IndexSnapshots:
         if not self._writable:
             return False
         path = self.path(kind, tenant, layer, model)
-        aside = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+        aside = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            payload: dict[str, Any] = {
-                **arrays,
-                "meta": np.array(self._meta(kind, tenant, layer, model)),
-                "last_seq": np.array(last_seq, np.int64),
-            }
-            with open(aside, "wb") as out:
-                np.savez(out, **payload)
+            meta = {"scope": self._meta(kind, tenant, layer, model), "last_seq": last_seq}
+            write_arrays(aside, meta, arrays)
             os.replace(aside, path)
         except OSError as exc:
             with self._lock:
@@ -167,6 +168,67 @@ def _acquire(fd: int) -> bool:
             time.sleep(LOCK_POLL_S)
         except OSError:
             return False  # a file system without locks
+
+
+def write_arrays(path: Path, meta: Mapping[str, Any], arrays: Arrays) -> None:
+    """Write ``arrays`` and ``meta`` (JSON) into one file: :data:`MAGIC`, the header's
+    length and CRC-32 (4 bytes each), the header (``meta``, each array's dtype, shape and
+    place, the body's size and CRC-32), then the body: the arrays' bytes, each aligned to
+    :data:`ALIGN`. Any byte changed or cut off fails :func:`read_arrays`.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "x.snapshot"
+    >>> write_arrays(path, {"n": 1}, {"a": np.arange(3, dtype=np.int64)})
+    >>> meta, arrays = read_arrays(path)
+    >>> meta["n"], arrays["a"].tolist()
+    (1, [0, 1, 2])
+    """
+    places: list[list[Any]] = []
+    views: list[bytes | memoryview] = []
+    crc = at = 0
+    for name, given in arrays.items():
+        array = np.asarray(given, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
+        if array.dtype.hasobject:
+            raise TypeError(f"array {name!r} holds Python objects")
+        view = memoryview(array.reshape(-1)).cast("B")  # type: ignore[arg-type]
+        pad = bytes(-at % ALIGN)
+        crc = zlib.crc32(view, zlib.crc32(pad, crc))
+        places.append([name, array.dtype.str, list(array.shape), at + len(pad), view.nbytes])
+        views += [pad, view]
+        at += len(pad) + view.nbytes
+    header = json.dumps({"meta": meta, "arrays": places, "size": at, "crc32": crc}).encode()
+    header += b" " * (-(_START + len(header)) % ALIGN)
+    with open(path, "wb") as out:
+        out.write(MAGIC + _WORDS.pack(len(header), zlib.crc32(header)) + header)
+        for part in views:
+            out.write(part)
+
+
+def read_arrays(path: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+    """The ``meta`` and arrays :func:`write_arrays` wrote (writable arrays over one buffer);
+    raises ``ValueError`` for a file that is not one, torn or damaged."""
+    with open(path, "rb") as source:
+        data = bytearray(os.fstat(source.fileno()).st_size)
+        if source.readinto(data) != len(data):
+            raise ValueError("it changed while it was read")
+    if len(data) < _START or data[: len(MAGIC)] != MAGIC:
+        raise ValueError("it is not an index snapshot")
+    size, crc = _WORDS.unpack_from(data, len(MAGIC))
+    body = _START + size
+    if body > len(data) or zlib.crc32(memoryview(data)[_START:body]) != crc:
+        raise ValueError("its header is torn or damaged")
+    header = json.loads(bytes(data[_START:body]))
+    view = memoryview(data)[body:]
+    if len(view) != header["size"] or zlib.crc32(view) != header["crc32"]:
+        raise ValueError("it is torn or damaged")
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for name, dtype, shape, offset, nbytes in header["arrays"]:
+        kind = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        if kind.hasobject or count * kind.itemsize != nbytes or offset + nbytes > len(view):
+            raise ValueError(f"its array {name!r} does not fit")
+        arrays[name] = np.frombuffer(data, kind, count, body + offset).reshape(shape)
+    return header["meta"], arrays
 
 
 def for_store(store: SnapshotSource) -> IndexSnapshots | None:
