@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from athena.errors import NotFound, StoreError, StoreLocked, StoreReadOnly
 from athena.store import EntityChanges, EntityNames, PreparedMemory, RowFilter, SQLiteStore
-from athena.store.connection import translate
+from athena.store.connection import translate, unwritable
 from athena.store.schema import SCHEMA_VERSION, migrate
 from athena.store.sql_reads import ENTITY_CHANGES, ENTITY_NAMES
 from athena.store.sql_writes import UNMENTIONED
@@ -586,6 +586,28 @@ def test_unwritable_file_opens_read_only(tmp_path: Path, monkeypatch: pytest.Mon
         again.put([prepared(key="other")])
     finally:
         again.close()
+
+
+def test_a_wal_file_deleted_while_the_store_opens_is_not_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's last connection deletes the -wal and -shm as it closes; one that
+    vanishes while this store checks it is one SQLite creates, not one it cannot write
+    (a writer process in tests/test_concurrency.py once opened read-only so)."""
+    path = tmp_path / "s.db"
+    SQLiteStore(path).close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").write_bytes(b"")
+    real_access = os.access
+
+    def access(target: str | Path, mode: int) -> bool:
+        if mode == os.W_OK and str(target).endswith(("-wal", "-shm")):
+            Path(target).unlink(missing_ok=True)  # the other process closes just now
+            return False
+        return real_access(target, mode)
+
+    monkeypatch.setattr(os, "access", access)  # what athena.store.connection asks
+    assert unwritable(path) is None  # what SQLiteStore asks once it has opened the file
 
 
 def test_missing_file_in_an_unwritable_place_is_still_an_error(tmp_path: Path) -> None:

@@ -136,10 +136,13 @@ def unwritable(path: Path) -> str | None:
         return "the file is not writable"
     for suffix in ("-wal", "-shm"):
         side = Path(f"{path}{suffix}")
+        # Asked first, then whether it exists: another process's last connection may delete
+        # it between the two, and a file gone is one SQLite creates, not one it cannot write.
+        if os.access(side, os.W_OK):
+            continue
         if side.exists():
-            if not os.access(side, os.W_OK):
-                return f"{side.name} is not writable"
-        elif not os.access(path.parent, os.W_OK):
+            return f"{side.name} is not writable"
+        if not os.access(path.parent, os.W_OK):
             return f"its directory is not writable (SQLite must create {side.name})"
     return None
 
