@@ -45,11 +45,11 @@ DEFAULT_PATH = "athena.db"
 class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
     """An agent's memory in one SQLite file.
 
-    ``index_snapshots`` (default on) keeps the vector graphs and BM25 indexes of large
-    scopes (past ``hnsw_cutoff`` and 20,000 memories) in ``<path>.indexes/``, so the next
-    process (a pool worker, a restart) loads them instead of building them; the directory
-    is a cache and may be deleted at any time (delete it too when restoring an older copy
-    of the database).
+    ``index_snapshots`` (default on) keeps the vector graphs of scopes past ``hnsw_cutoff``
+    and the BM25 indexes of scopes from 256 memories in ``<path>.indexes/``, so the next
+    index of a scope (a pool worker, a restart, this process after the index budget dropped
+    the tenant) loads them instead of building them; the directory is a cache and may be
+    deleted at any time (delete it too when restoring an older copy of the database).
 
     ``backfill`` (default on): memories with no vector for this embedder (written under
     another one, or another runtime of the transformer) are embedded as the Memory opens;

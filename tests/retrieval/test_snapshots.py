@@ -203,36 +203,72 @@ def _lexical(memory: Memory, indexes: LexicalIndexes) -> list[list[tuple[int, fl
     return [indexes.search("t", "semantic", generation, query_stems(q), 8) for q in (*QUERIES, "7")]
 
 
+_EDITS = st.lists(
+    st.tuples(st.sampled_from(["add", "update", "delete"]), st.integers(0, 59)), max_size=20
+)
+
+
+def _edit(memory: Memory, ids: list[int], edits: list[tuple[str, int]], start: int) -> None:
+    for n, (op, which) in enumerate(edits, start):
+        if op == "add":
+            ids += _fill(memory, 1, start=100 + n)
+        elif op == "update" and ids[which] > 0:
+            memory.update(ids[which], tenant="t", text=f"the lisbon trip, take {n}")
+        elif op == "delete" and ids[which] > 0:
+            memory.forget(ids[which], tenant="t")
+            ids[which] = -1
+
+
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(["add", "update", "delete"]), st.integers(0, 59)), max_size=25
-    )
-)
+@given(before=_EDITS, after=_EDITS, compacted=st.booleans())
 def test_a_lexical_snapshot_loads_and_catches_up_bit_for_bit(
     tmp_path_factory: pytest.TempPathFactory,
-    monkeypatch: pytest.MonkeyPatch,
-    edits: list[tuple[str, int]],
+    before: list[tuple[str, int]],
+    after: list[tuple[str, int]],
+    compacted: bool,
+) -> None:
+    """Saved after a catch-up (superseded and forgotten documents compacted away first, or,
+    as a snapshot may hold them, kept), more edits, then loaded: BM25 scores bit for bit
+    those of a fresh build."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lexical_index, "SAVE_MIN", 30)
+        patch.setattr(lexical_index, "SAVE_AFTER", 1)  # every sync that applies changes saves
+        if not compacted:
+            patch.setattr(lexical_index.LexicalPostings, "_compact", lambda self: None)
+        with _memory(tmp_path_factory.mktemp("lex") / "s.db") as memory:
+            ids = _fill(memory, 60)
+            built = LexicalIndexes(memory.store, for_store(memory.store))
+            _lexical(memory, built)
+            _edit(memory, ids, before, 0)
+            _lexical(memory, built)  # caught up and saved again
+            assert built.snapshots is not None and built.snapshots.saved == 1 + bool(before)
+            if compacted:
+                assert built._indexes[("t", "semantic")]._dead == 0
+            _edit(memory, ids, after, len(before))
+            loaded = LexicalIndexes(memory.store, for_store(memory.store))
+            assert _lexical(memory, loaded) == _lexical(memory, LexicalIndexes(memory.store))
+            assert loaded.snapshots is not None and loaded.snapshots.loaded == 1
+
+
+def test_a_scope_shrunk_under_the_minimum_deletes_its_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lexical_index, "SAVE_MIN", 30)
-    with _memory(tmp_path_factory.mktemp("lex") / "s.db") as memory:
-        ids = _fill(memory, 60)
-        built = LexicalIndexes(memory.store, for_store(memory.store))
-        _lexical(memory, built)
-        assert built.snapshots is not None and built.snapshots.saved == 1
-        for n, (op, which) in enumerate(edits):
-            if op == "add":
-                ids += _fill(memory, 1, start=100 + n)
-            elif op == "update" and ids[which] > 0:
-                memory.update(ids[which], tenant="t", text=f"the lisbon trip, take {n}")
-            elif op == "delete" and ids[which] > 0:
-                memory.forget(ids[which], tenant="t")
-                ids[which] = -1
-        loaded = LexicalIndexes(memory.store, for_store(memory.store))
-        assert _lexical(memory, loaded) == _lexical(memory, LexicalIndexes(memory.store))
-        assert loaded.snapshots is not None and loaded.snapshots.loaded == 1
+    monkeypatch.setattr(lexical_index, "SAVE_AFTER", 1)
+    with _memory(tmp_path / "s.db") as memory:
+        ids = _fill(memory, 40)
+        indexes = LexicalIndexes(memory.store, for_store(memory.store))
+        _lexical(memory, indexes)
+        (saved,) = (tmp_path / "s.db.indexes").glob("*.snapshot")
+        memory.forget(ids[:5], tenant="t")
+        _lexical(memory, indexes)  # 35 left: saved again, without the forgotten five
+        assert saved.exists() and indexes.snapshots is not None and indexes.snapshots.saved == 2
+        memory.forget(ids[5:15], tenant="t")
+        expected = _lexical(memory, LexicalIndexes(memory.store))
+        assert _lexical(memory, indexes) == expected  # 25 left: under the minimum
+        assert not saved.exists()
 
 
 def test_a_damaged_or_outdated_lexical_snapshot_is_rebuilt(
@@ -340,3 +376,132 @@ def test_a_snapshot_with_any_byte_changed_or_cut_off_is_ignored(where: float, fl
         path.write_bytes(whole)
         loaded = snaps.load("lexical", "t", "episodic", "m")
         assert loaded is not None and loaded["last_seq"] == 99 and len(loaded["ids"]) == 40
+
+
+def _crafted(path: Path, places: list[list[object]], body: bytes) -> None:
+    """A snapshot file with these array places over ``body``, every CRC right."""
+    import json
+    import struct
+    import zlib
+
+    from athena.retrieval.snapshots import MAGIC
+
+    header = json.dumps(
+        {"meta": {}, "arrays": places, "size": len(body), "crc32": zlib.crc32(body)}
+    ).encode()
+    path.write_bytes(MAGIC + struct.pack("<II", len(header), zlib.crc32(header)) + header + body)
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        ["a", "<i8", [2], -64, 16],  # before the body: the header read as numbers
+        ["a", "<i8", [-1], 0, -8],  # a negative shape: any length
+        ["a", "<i8", [2], 8, 16],  # not aligned
+        ["a", "<U2", [2], 0, 16],  # not a plain number
+        ["a", "<i8", [2.0], 0, 16],  # not a whole number
+        ["a", "<i8", [3], 0, 24],  # past the body
+    ],
+)
+def test_a_well_formed_header_that_lies_is_refused(tmp_path: Path, place: list[object]) -> None:
+    from athena.retrieval.snapshots import read_arrays
+
+    _crafted(tmp_path / "x.snapshot", [place], bytes(16))
+    with pytest.raises(ValueError):
+        read_arrays(tmp_path / "x.snapshot")
+    _crafted(tmp_path / "x.snapshot", [["a", "<i8", [2], 0, 16]], bytes(16))
+    assert read_arrays(tmp_path / "x.snapshot")[1]["a"].tolist() == [0, 0]
+
+
+def test_only_plain_numbers_are_written(tmp_path: Path) -> None:
+    import numpy as np
+
+    from athena.retrieval.snapshots import write_arrays
+
+    for odd in (np.array(["x"]), np.zeros(2, "M8[s]"), np.zeros(2, [("a", "<i4")])):
+        with pytest.raises(TypeError):
+            write_arrays(tmp_path / "x.snapshot", {}, {"a": odd})
+
+
+def test_a_lexical_snapshot_pointing_past_its_documents_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    monkeypatch.setattr(lexical_index, "SAVE_MIN", 30)
+    with _memory(tmp_path / "s.db") as memory:
+        _fill(memory, 40)
+        expected = _lexical(memory, LexicalIndexes(memory.store))
+        snaps = for_store(memory.store)
+        assert snaps is not None
+        store_high = memory.store.change_seq_high()
+        lie = {
+            "ids": np.array([1, 2], np.int64),
+            "lengths": np.array([3, 3], np.uint32),
+            "live": np.ones(2, np.uint8),
+            "terms": np.frombuffer(b"lisbon", np.uint8),
+            "counts": np.array([1], np.int64),
+            "positions": np.array([7], np.uint32),  # a third document it does not have
+            "tfs": np.array([1], np.uint16),
+        }
+        assert snaps.save("lexical", "t", "semantic", "stems-1", lie, store_high)
+        again = LexicalIndexes(memory.store, for_store(memory.store))
+        assert _lexical(memory, again) == expected
+        assert again.snapshots is not None and again.snapshots.loaded == 0
+
+
+def test_a_failed_save_waits_and_a_forbidden_directory_turns_saves_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    import numpy as np
+
+    from athena.retrieval import snapshots as module
+
+    snaps = IndexSnapshots(tmp_path / "d", "db", {})
+    arrays = {"ids": np.arange(3, dtype=np.int64)}
+    calls: list[str] = []
+    failure: list[BaseException] = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def write(path: Path, meta: object, given: object) -> None:
+        calls.append(path.name)
+        raise failure[0]
+
+    monkeypatch.setattr(module, "write_arrays", write)
+    assert not snaps.save("lexical", "t", "episodic", "m", arrays, 1)
+    assert not snaps.save("lexical", "t", "episodic", "m", arrays, 1)  # waits: not tried
+    assert len(calls) == 1 and "was not saved" in caplog.text
+    assert not list((tmp_path / "d").glob("*.tmp"))  # the aside file is gone
+    snaps._retry_at = 0.0  # RETRY_S later
+    failure[0] = MemoryError()  # not an OSError: still not the recall's error
+    assert not snaps.save("lexical", "t", "episodic", "m", arrays, 1)
+    snaps._retry_at = 0.0
+    failure[0] = PermissionError(errno.EACCES, "Permission denied")
+    assert not snaps.save("lexical", "t", "episodic", "m", arrays, 1)
+    snaps._retry_at = 0.0
+    assert not snaps.save("lexical", "t", "episodic", "m", arrays, 1)
+    assert len(calls) == 3 and "index snapshots are off" in caplog.text
+    monkeypatch.undo()
+    fresh = IndexSnapshots(tmp_path / "d", "db", {})
+    assert fresh.save("lexical", "t", "episodic", "m", arrays, 1)
+    assert fresh.load("lexical", "t", "episodic", "m") is not None
+
+
+def test_older_formats_and_dead_saves_are_swept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    import numpy as np
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "old.npz").write_bytes(b"an older format")
+    (folder / "dead.123.ab.tmp").write_bytes(b"a save that died")
+    (folder / "live.456.cd.tmp").write_bytes(b"a save in progress")
+    hour_ago = time.time() - 7200
+    os.utime(folder / "dead.123.ab.tmp", (hour_ago, hour_ago))
+    snaps = IndexSnapshots(folder, "db", {})
+    assert snaps.save("lexical", "t", "episodic", "m", {"a": np.zeros(1)}, 1)
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted(["live.456.cd.tmp", snaps.path("lexical", "t", "episodic", "m").name])

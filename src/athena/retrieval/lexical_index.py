@@ -240,6 +240,7 @@ class LexicalIndex(LexicalPostings):
         super().__init__(tenant, layer)
         self._snapshots = snapshots
         self._unsaved = 0  # changes applied since the last snapshot was saved or loaded
+        self._on_disk = False  # a snapshot of it was saved or loaded
         self._lock = threading.Lock()
         self._synced_generation: int | None = None
         self._last_seq = 0
@@ -302,27 +303,40 @@ class LexicalIndex(LexicalPostings):
         self._unsaved += len(changes)
         snaps, size = self._snapshots, len(self._position)
         due = self._unsaved >= min(SAVE_AFTER, size)  # a new build: at once
-        if snaps is not None and size >= SAVE_MIN and due:
+        if snaps is None or not due:
+            pass
+        elif size >= SAVE_MIN:
             self._save(snaps)
+        elif self._on_disk:  # shrunk under SAVE_MIN: its snapshot holds what was forgotten
+            snaps.discard(*self._scope())
+            self._on_disk = False
         return len(changes)
 
     def _scope(self) -> tuple[str, str, str, str]:
         return ("lexical", self.tenant, self.layer, f"stems-{STEMS_VERSION}")
 
     def _save(self, snaps: IndexSnapshots) -> None:
+        """Save the index, compacted first: superseded and forgotten documents stay out of
+        the file (a compaction leaves every score as it was)."""
+        if self._dead:
+            self._compact()
         terms = list(self._positions)
-        counts = np.fromiter((len(self._tfs[t]) // 2 for t in terms), np.int64, len(terms))
-        arrays: dict[str, npt.NDArray[Any]] = {
-            "ids": np.frombuffer(self._ids, np.int64),
-            "lengths": np.frombuffer(self._lengths, np.uint32),
-            "live": np.frombuffer(self._live, np.uint8),
-            "terms": np.frombuffer("\0".join(terms).encode(), np.uint8),
-            "counts": counts,
-            "positions": np.frombuffer(b"".join(self._positions.values()), np.uint32),
-            "tfs": np.frombuffer(b"".join(self._tfs.values()), np.uint16),
-        }
+        try:
+            counts = np.fromiter((len(self._tfs[t]) // 2 for t in terms), np.int64, len(terms))
+            arrays: dict[str, npt.NDArray[Any]] = {
+                "ids": np.frombuffer(self._ids, np.int64),
+                "lengths": np.frombuffer(self._lengths, np.uint32),
+                "live": np.frombuffer(self._live, np.uint8),
+                "terms": np.frombuffer("\0".join(terms).encode(), np.uint8),
+                "counts": counts,
+                "positions": np.frombuffer(b"".join(self._positions.values()), np.uint32),
+                "tfs": np.frombuffer(b"".join(self._tfs.values()), np.uint16),
+            }
+        except Exception as exc:  # a snapshot is a cache: never a failed recall
+            log.warning("the lexical index of %s/%s was not saved: %s", *self._scope()[1:3], exc)
+            return
         if snaps.save(*self._scope(), arrays, self._last_seq):
-            self._unsaved = 0
+            self._unsaved, self._on_disk = 0, True
 
     def _restore(self, snaps: IndexSnapshots) -> bool:
         snap = snaps.load(*self._scope())
@@ -337,6 +351,11 @@ class LexicalIndex(LexicalPostings):
                 raise ValueError("its arrays disagree")
             if ends and (ends[-1] * 4 != len(positions) or ends[-1] * 2 != len(tfs)):
                 raise ValueError("its postings are cut short")
+            held = snap["positions"]
+            if (len(held) and int(held.max()) >= len(ids)) or (snap["counts"] < 0).any():
+                raise ValueError("its postings point past its documents")
+            if len(set(terms)) != len(terms):
+                raise ValueError("it holds a term twice")
         except Exception as exc:
             log.warning("ignoring the lexical snapshot of %s/%s: %s", self.tenant, self.layer, exc)
             return False
@@ -354,8 +373,8 @@ class LexicalIndex(LexicalPostings):
         self._position = dict(zip(ids[alive].tolist(), alive.tolist(), strict=True))
         self._total_length = int(lengths[alive].sum())
         self._dead = len(ids) - len(alive)
-        self._last_seq, self._unsaved = snap["last_seq"], 0
-        snaps.loaded += 1
+        self._last_seq, self._unsaved, self._on_disk = snap["last_seq"], 0, True
+        snaps.note_loaded()
         return True
 
     def search(

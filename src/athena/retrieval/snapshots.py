@@ -19,9 +19,11 @@ process build a scope while the others wait and then load its result.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import struct
 import threading
@@ -43,8 +45,14 @@ log = logging.getLogger(__name__)
 
 FORMAT: Final = 2  # 1: NumPy's .npz (a zip archive: 0.44 ms to open a small one, this 0.08)
 SUFFIX: Final = ".snapshot"
+TEMPORARY: Final = ".tmp"  # a save's file until it is renamed into place
+LEGACY: Final = (".npz",)  # what older formats were saved as (deleted when seen)
+STALE_S: Final = 3600.0  # a temporary file this old is a dead save's
+RETRY_S: Final = 60.0  # saves skipped after one failed for a reason that may pass
+FOR_GOOD: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST})
+KINDS: Final = "iubf"  # the dtype kinds a snapshot holds: integers, booleans, floats
 MAGIC: Final = b"ATHENAIX"
-ALIGN: Final = 64  # each array (and the body) starts at a multiple of this many bytes
+ALIGN: Final = 64  # each array (and the body) starts this aligned in the file
 _WORDS: Final = struct.Struct("<II")  # the header's length and CRC-32
 _START: Final = len(MAGIC) + _WORDS.size
 LOCK_WAIT_S: Final = 600.0  # longer than any build: past it a process builds on its own
@@ -72,6 +80,8 @@ class IndexSnapshots:
         self.directory, self.identity = directory, identity
         self._highs = highs
         self._writable = True
+        self._retry_at = 0.0  # no save before this (time.monotonic) after a failed one
+        self._swept = False
         self._lock = threading.Lock()
         self.loaded = self.saved = 0  # snapshots indexes started from; snapshots written
 
@@ -111,26 +121,61 @@ class IndexSnapshots:
     def save(
         self, kind: str, tenant: str, layer: str, model: str, arrays: Arrays, last_seq: int
     ) -> bool:
-        """Write the scope's snapshot atomically; False (logged once) if it cannot be."""
-        if not self._writable:
+        """Write the scope's snapshot atomically; False (logged) if it cannot be, never an
+        error: a directory this process may not write turns snapshots off, any other
+        failure (a full disk, say) skips saves for :data:`RETRY_S`."""
+        if not self._writable or time.monotonic() < self._retry_at:
             return False
         path = self.path(kind, tenant, layer, model)
-        aside = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        aside = path.with_name(f"{path.stem}.{os.getpid()}.{os.urandom(4).hex()}{TEMPORARY}")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._sweep()
             meta = {"scope": self._meta(kind, tenant, layer, model), "last_seq": last_seq}
             write_arrays(aside, meta, arrays)
             os.replace(aside, path)
-        except OSError as exc:
-            with self._lock:
-                if self._writable:
-                    log.warning("index snapshots are off for %s: %s", self.directory, exc)
-                self._writable = False
+        except Exception as exc:
+            self._failed(exc)
             with contextlib.suppress(OSError):
                 aside.unlink()
             return False
-        self.saved += 1
+        with self._lock:
+            self.saved += 1
         return True
+
+    def _failed(self, exc: Exception) -> None:
+        with self._lock:
+            if not self._writable:
+                return
+            if isinstance(exc, OSError) and exc.errno in FOR_GOOD:
+                log.warning("index snapshots are off for %s: %s", self.directory, exc)
+                self._writable = False
+            else:
+                log.warning("an index snapshot was not saved in %s: %s", self.directory, exc)
+                self._retry_at = time.monotonic() + RETRY_S
+
+    def discard(self, kind: str, tenant: str, layer: str, model: str) -> None:
+        """Delete the scope's snapshot, if there is one (an index too small to keep one)."""
+        with contextlib.suppress(OSError):
+            self.path(kind, tenant, layer, model).unlink()
+
+    def note_loaded(self) -> None:
+        with self._lock:
+            self.loaded += 1
+
+    def _sweep(self) -> None:
+        """Once per process and directory: delete the snapshots of an older format and the
+        temporary files of saves that died (older than :data:`STALE_S`)."""
+        if self._swept:
+            return
+        self._swept = True
+        stale = time.time() - STALE_S
+        for leftover in self.directory.iterdir():
+            with contextlib.suppress(OSError):
+                if leftover.suffix in LEGACY or (
+                    leftover.name.endswith(TEMPORARY) and leftover.stat().st_mtime < stale
+                ):
+                    leftover.unlink()
 
     @contextlib.contextmanager
     def building(self, kind: str, tenant: str, layer: str, model: str) -> Iterator[None]:
@@ -188,8 +233,8 @@ def write_arrays(path: Path, meta: Mapping[str, Any], arrays: Arrays) -> None:
     crc = at = 0
     for name, given in arrays.items():
         array = np.asarray(given, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
-        if array.dtype.hasobject:
-            raise TypeError(f"array {name!r} holds Python objects")
+        if array.dtype.kind not in KINDS or array.dtype.fields is not None:
+            raise TypeError(f"array {name!r} is of dtype {array.dtype}, not a plain number")
         view = memoryview(array.reshape(-1)).cast("B")  # type: ignore[arg-type]
         pad = bytes(-at % ALIGN)
         crc = zlib.crc32(view, zlib.crc32(pad, crc))
@@ -224,8 +269,13 @@ def read_arrays(path: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]
     arrays: dict[str, npt.NDArray[Any]] = {}
     for name, dtype, shape, offset, nbytes in header["arrays"]:
         kind = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        if kind.hasobject or count * kind.itemsize != nbytes or offset + nbytes > len(view):
+        if kind.kind not in KINDS or kind.fields is not None:
+            raise ValueError(f"its array {name!r} is of dtype {kind}")
+        if not all(type(n) is int and n >= 0 for n in (*shape, offset, nbytes)):
+            raise ValueError(f"its array {name!r} has a negative or odd shape or place")
+        count = math.prod(shape)
+        fits = count * kind.itemsize == nbytes and offset + nbytes <= len(view)
+        if not fits or offset % ALIGN:
             raise ValueError(f"its array {name!r} does not fit")
         arrays[name] = np.frombuffer(data, kind, count, body + offset).reshape(shape)
     return header["meta"], arrays

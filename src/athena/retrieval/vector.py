@@ -286,7 +286,7 @@ class VectorIndex:
         if state is None or len(state.latest) <= self.hnsw_cutoff:
             return False
         self._state, self._unsaved = state, 0
-        snapshots.loaded += 1
+        snapshots.note_loaded()
         return True
 
     def _save(self) -> None:
