@@ -76,3 +76,27 @@ def test_the_same_vector_scores_the_same_wherever_it_sits(size: int, data: st.Da
     assert len(set(tied)) == 1  # BLAS's tail kernel would give the last rows another ulp
     ranked = [p for p in positions.tolist() if p in spots]
     assert ranked == spots  # equal scores rank by position, every time
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 12), max_size=15), min_size=1, max_size=5))
+def test_loading_batches_counts_what_each_supersedes(batches: list[list[int]]) -> None:
+    """A state loading batches of (id, seq) in seq order keeps each id's newest seq and
+    counts one superseded vector per id loaded again, in a batch or across them."""
+    import numpy as np
+
+    from athena.retrieval.vector import VectorBatch, _State
+
+    state, latest, dead, seq = _State(None, [], [], {}), {}, 0, 0
+    for ids in batches:
+        if not ids:
+            continue
+        seqs = list(range(seq + 1, seq + 1 + len(ids)))
+        seq = seqs[-1]
+        matrix = np.ones((len(ids), 4), np.float32)
+        state.append(VectorBatch(np.array(seqs), np.array(ids), matrix), hnsw_cutoff=1_000)
+        for memory_id, s in zip(ids, seqs, strict=True):
+            dead += memory_id in latest
+            latest[memory_id] = s
+    assert state.latest == latest and state.dead == dead
+    assert state.ids == [i for b in batches for i in b] and len(state.seqs) == len(state.ids)
