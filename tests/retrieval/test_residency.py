@@ -496,3 +496,23 @@ def test_threads_recalling_and_writing_under_a_tight_budget_keep_it_consistent(
                 got = tight.recall(text, tenant=tenant, k=8, strategy="sequential").hits
                 want = ref.recall(text, tenant=tenant, k=8, strategy="sequential").hits
                 assert [(h.id, h.score) for h in got] == [(h.id, h.score) for h in want]
+
+
+def test_tenants_recalled_only_through_the_graph_are_bounded_too(tmp_path: Path) -> None:
+    """Their entity names count (26 names as one memory, at least one a tenant), so a
+    process recalling many tenants through the graph layer alone drops the oldest; they
+    counted nothing before, and every tenant's names stayed."""
+    path = tmp_path / "g.db"
+    tenants = [f"t{i}" for i in range(8)]
+    with Memory(path, pool="off") as writer:
+        for tenant in tenants:
+            writer.remember(f"Alice met Bob in Lisbon ({tenant}).", tenant=tenant, layer="semantic")
+    with Memory(path, pool="off", index_memories=3) as tight:
+        graph = tight.layers["graph"]
+        assert isinstance(graph, GraphLayer)
+        for tenant in tenants:
+            tight.recall("Where did Alice meet Bob?", tenant=tenant, layers=["graph"])
+        stats = tight.pipeline.ctx.residency.stats()
+        assert 0 < stats["memories"] <= 3 and stats["evicted"] >= len(tenants) - 3
+        held = {tenant for _, tenant in graph._held}
+        assert held and held <= set(tenants[-3:])  # the most recently recalled

@@ -21,6 +21,9 @@ from athena.store.protocol import EntityChanges, EntityNames, Store
 NEIGHBOUR_WEIGHT: Final = 0.5
 MAX_NEIGHBOURS: Final = 10
 MERGE_AT: Final = 256  # names changed since a full read kept apart (more for many names)
+# A held name is about 100 bytes (its string and its set slot; a LoCoMo tenant's 194, traced),
+# a memory in the indexes about 2.6 KB: the index budget counts this many names as one.
+NAMES_PER_MEMORY: Final = 26
 # An entity in more than this share of a tenant's memories (the agent's user, the speaker of
 # every turn) says nothing about which memory a query wants; it neither matches nor expands.
 UBIQUITY: Final = 0.05
@@ -81,10 +84,11 @@ class GraphLayer:
         entry = (store, key, *known)
         with self._lock:
             self._held[slot] = entry
-        # Counted (no memories of its own) so the budget drops it too; again on every read,
-        # since a drop may have come between the read and the store.
-        current = self._held
-        ctx.residency.grew(tenant, "names", self.name, 0, lambda: current.get(slot) is entry)
+        # Counted as the memories its names weigh (at least one), so the budget bounds a
+        # tenant recalled only through this layer too; again on every read, since a drop
+        # may have come between the read and the store.
+        current, weight = self._held, names_weight(len(names))
+        ctx.residency.grew(tenant, "names", self.name, weight, lambda: current.get(slot) is entry)
         return known
 
     def holds(self, ctx: LayerContext, tenant: str) -> bool:
@@ -206,6 +210,15 @@ class Names:
 
     def __len__(self) -> int:
         return len(self._base) - len(self._gone) + len(self._recent)
+
+
+def names_weight(names: int) -> int:
+    """What ``names`` held entity names count for in the index budget, in memories.
+
+    >>> names_weight(0), names_weight(1), names_weight(194), names_weight(2_600)
+    (1, 1, 8, 100)
+    """
+    return max(1, -(-names // NAMES_PER_MEMORY))
 
 
 def read_names(store: Store, tenant: str, held: Names | None) -> Names:
