@@ -84,11 +84,12 @@ class GraphLayer:
         entry = (store, key, *known)
         with self._lock:
             self._held[slot] = entry
-        # Counted as the memories its names weigh (at least one), so the budget bounds a
-        # tenant recalled only through this layer too; again on every read, since a drop
-        # may have come between the read and the store.
-        current, weight = self._held, names_weight(len(names))
-        ctx.residency.grew(tenant, "names", self.name, weight, lambda: current.get(slot) is entry)
+        # Counted as the memories its names weigh (at least one; under a key of their own,
+        # not inside the larger of this layer's indexes), so the budget bounds a tenant
+        # recalled only through this layer too; again on every read, since a drop may have
+        # come between the read and the store.
+        current, weight, own = self._held, names_weight(len(names)), f"{self.name} names"
+        ctx.residency.grew(tenant, "names", own, weight, lambda: current.get(slot) is entry)
         return known
 
     def holds(self, ctx: LayerContext, tenant: str) -> bool:
