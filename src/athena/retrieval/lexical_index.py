@@ -303,13 +303,12 @@ class LexicalIndex(LexicalPostings):
         self._unsaved += len(changes)
         snaps, size = self._snapshots, len(self._position)
         due = self._unsaved >= min(SAVE_AFTER, size)  # a new build: at once
-        if snaps is None or not due:
-            pass
-        elif size >= SAVE_MIN:
-            self._save(snaps)
-        elif self._on_disk:  # shrunk under SAVE_MIN: its snapshot holds what was forgotten
-            snaps.discard(*self._scope())
-            self._on_disk = False
+        if snaps is not None and due:
+            if size >= SAVE_MIN:
+                self._save(snaps)
+            elif self._on_disk:  # shrunk under SAVE_MIN: its snapshot holds what was forgotten
+                snaps.discard(*self._scope())
+                self._on_disk = False
         return len(changes)
 
     def _scope(self) -> tuple[str, str, str, str]:

@@ -146,6 +146,7 @@ class IndexSnapshots:
         return True
 
     def _failed(self, exc: Exception) -> None:
+        """A forbidden directory turns saves off; anything else pauses them for RETRY_S."""
         with self._lock:
             if not self._writable:
                 return
@@ -162,6 +163,7 @@ class IndexSnapshots:
             self.path(kind, tenant, layer, model).unlink()
 
     def note_loaded(self) -> None:
+        """Count one index started from a snapshot (from any thread)."""
         with self._lock:
             self.loaded += 1
 
