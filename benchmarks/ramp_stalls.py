@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from athena.bench.arms import open_arms, percentile, rotations, warm_up
+from athena.bench.arms import open_arms, percentile, turn_order, warm_up
 from athena.bench.loadgen import P99_BOUND_MS, arm_call, cycle, run_phase
 from athena.bench.runner import resolve_data, share_indexes
 from athena.bench.workloads import build_store, working_copy
@@ -75,7 +75,7 @@ def main() -> None:
         count = max(1, round(args.rate * args.step_s))
         offsets = [i / args.rate for i in range(count)]
         for rep in range(args.reps):
-            for arm in rotations(arms, rep):
+            for arm in turn_order(arms, rep):
                 arm.reset()
                 picked = [next(feed) for _ in range(count)]
                 seen = arm.recorded()

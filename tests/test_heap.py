@@ -1,10 +1,11 @@
-"""settle_heap: objects alive at the call leave the collector's walks, and come back."""
+"""settle_heap: objects alive at the call leave the collector's walks, and come back; full
+collections wait longer while settled."""
 
 from __future__ import annotations
 
 import gc
 
-from athena.heap import release_heap, settle_heap
+from athena.heap import OLD_THRESHOLD, release_heap, settle_heap
 
 
 class Node:
@@ -26,3 +27,24 @@ def test_settled_objects_leave_the_walks_and_released_ones_are_collected() -> No
     assert walked().issuperset(map(id, kept))
     del kept
     assert gc.collect() >= 100  # the cycles are collectable again once released
+
+
+def test_full_collections_wait_longer_once_settled_and_as_before_once_released() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(before[0], before[1], 10)
+        settle_heap()
+        try:
+            assert gc.get_threshold() == (before[0], before[1], OLD_THRESHOLD)
+        finally:
+            release_heap()
+        assert gc.get_threshold() == (before[0], before[1], 10)
+        gc.set_threshold(before[0], before[1], OLD_THRESHOLD * 5)  # the process's own choice
+        settle_heap()
+        try:
+            assert gc.get_threshold()[2] == OLD_THRESHOLD * 5  # kept, not lowered
+        finally:
+            release_heap()
+        assert gc.get_threshold()[2] == OLD_THRESHOLD * 5
+    finally:
+        gc.set_threshold(*before)

@@ -275,7 +275,9 @@ class StrategySelector:
             why=why,
             estimated_ms=mean,
             estimated_speedup=sequential / mean if mean else 1.0,
-            predicted=tuple([(o, costs[o][0]) for o in options]),  # a Strategy is its str
+            # Plain names: a pair holding a Strategy stays tracked by the cyclic collector,
+            # and the history keeps a thousand decisions (see athena.heap).
+            predicted=tuple([(o.value, costs[o][0]) for o in options]),
             setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
             warm_pool=warm,
         )
