@@ -48,3 +48,23 @@ def test_full_collections_wait_longer_once_settled_and_as_before_once_released()
         assert gc.get_threshold()[2] == OLD_THRESHOLD * 5
     finally:
         gc.set_threshold(*before)
+
+
+def test_a_settle_never_released_does_not_leave_a_stale_threshold_behind() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(before[0], before[1], 10)
+        settle_heap()  # as a server does: settled for good, never released
+        gc.unfreeze()
+        gc.set_threshold(before[0], before[1], 50)  # the process's own choice, later
+        settle_heap()
+        settle_heap()  # nested: one release undoes both, as gc.unfreeze does
+        assert gc.get_threshold()[2] == OLD_THRESHOLD
+        gc.set_threshold(300, before[1], OLD_THRESHOLD)  # the young threshold moved meanwhile
+        release_heap()
+        assert gc.get_threshold() == (300, before[1], 50)  # only the raise is undone
+        release_heap()  # nothing to undo
+        assert gc.get_threshold() == (300, before[1], 50)
+    finally:
+        release_heap()
+        gc.set_threshold(*before)
