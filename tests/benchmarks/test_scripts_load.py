@@ -27,12 +27,13 @@ def test_script_loads(script: Path) -> None:
     spec = importlib.util.spec_from_file_location(name, script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(script.parent))  # a script may import its neighbours
+    path = list(sys.path)  # a script may put its folder on the path: as it was, after
+    sys.path.insert(0, str(script.parent))  # and it may import its neighbours
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(script.parent))
+        sys.path[:] = path
         sys.modules.pop(name, None)
     if "__main__" in script.read_text(encoding="utf-8"):
         assert callable(getattr(module, "main", None)), "a script run as a program has a main()"
