@@ -5,7 +5,7 @@ A full collection walks every tracked object in the process and stops every thre
 it does. Most of them are made at start-up and live as long as the process: the imported
 libraries' functions, types and modules, the opened store, the model. In a warmed
 benchmark process over 100k-tenants (two engines) a full collection took 70-78 ms; after
-:func:`settle_heap` it took 0.6-2.5 ms (``docs/benchmarks.md``, "full garbage
+:func:`settle_heap` it took 0.6-2.5 ms (``docs/bench/analysis.md``, "full garbage
 collections"). Objects frozen this way are still freed when nothing refers to them; only
 a reference cycle among them is never collected, so call it after start-up, not per
 request. ``athena serve`` calls it once the server is built.

@@ -7,7 +7,7 @@ kernel backs those with huge pages only when asked (``madvise`` is the usual set
 two page tables, and a recall that comes after a pause (an agent's model call) finds its
 TLB and caches cold: on the project's 2-core VM a LoCoMo recall took 1.28 ms p50 back
 to back and 3.35 ms with 50 ms asleep before it, and on huge pages recalls were 4-11% and
-cache hits after a pause 16-18% cheaper (``docs/benchmarks.md``, "Huge pages for the
+cache hits after a pause 16-18% cheaper (``docs/bench/analysis.md``, "Huge pages for the
 heap"); a server kept saturated gained nothing (its cached requests about 2% slower).
 Bulk imports were slower (12-22%), so ``athena import`` starts as it is. Started
 with ``PYTHONMALLOC=malloc`` and ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
