@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import random
 from dataclasses import replace
@@ -30,6 +31,17 @@ def test_guards() -> None:
         assert sel.decide(situation(layers=1)).strategy is Strategy.SEQUENTIAL
         assert sel.decide(situation(pool=False)).strategy is not Strategy.DISTRIBUTED
         assert sel.decide(situation(saturated=True)).strategy is not Strategy.DISTRIBUTED
+
+
+def test_a_kept_decision_holds_no_object_the_collector_must_walk() -> None:
+    # The selector keeps its last thousand decisions: their predicted costs are plain
+    # (name, ms) pairs, which the cyclic collector stops tracking (athena.heap).
+    decision = StrategySelector(rng=random.Random(2)).decide(situation())
+    assert decision.predicted and all(type(name) is str for name, _ in decision.predicted)
+    gc.collect()  # untracks the pairs
+    gc.collect()  # then the tuple holding them
+    assert not any(map(gc.is_tracked, decision.predicted))
+    assert not gc.is_tracked(decision.predicted)
 
 
 def test_warm_start_follows_the_seed_rules() -> None:

@@ -37,6 +37,7 @@ class Strategy(StrEnum):
 
 
 EXECUTING: Final = (Strategy.SEQUENTIAL, Strategy.PARALLEL, Strategy.DISTRIBUTED)
+_NAMES: Final = {s: s.value for s in Strategy}  # plain str; `.value` is a slow descriptor
 EXPLORE_RATE: Final = 0.05
 EXPLORE_WITHIN: Final = 1.5  # only explore strategies predicted within 1.5x of the best
 UCB_ALPHA: Final = 1.0
@@ -277,7 +278,7 @@ class StrategySelector:
             estimated_speedup=sequential / mean if mean else 1.0,
             # Plain names: a pair holding a Strategy stays tracked by the cyclic collector,
             # and the history keeps a thousand decisions (see athena.heap).
-            predicted=tuple([(o.value, costs[o][0]) for o in options]),
+            predicted=tuple([(_NAMES[o], costs[o][0]) for o in options]),
             setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
             warm_pool=warm,
         )
