@@ -7,7 +7,7 @@ against other runnable threads costs a switch. Measured on the 2-core machine
 (``benchmarks/admission.py``: cold SEQUENTIAL recalls over ``100k-tenants``, one process,
 closed loop), ungated recalls ran at about 480/s from one thread but 120/s from 64, the CPU
 per recall going from 2.1 ms to 12 ms; behind one slot the same 64 threads ran about 300/s
-(``docs/benchmarks.md``). So a burst, or a garbage-collection pause that lets requests pile
+(``docs/bench/analysis.md``). So a burst, or a garbage-collection pause that lets requests pile
 up, turned into a congestion collapse below the arrival rate.
 
 The gate bounds the recalls whose layers run in this process (SEQUENTIAL and PARALLEL;

@@ -7,7 +7,7 @@ change counter, the last valid frame, the WAL salts and a checksum over them, so
 leaves it as it was. ``PRAGMA data_version`` answers the same question, but it opens a read
 transaction, and with it takes and releases file locks: four system calls and a release of
 the GIL on every recall, cached ones included. On this project's 2-core VM that is 4 µs in
-a tight loop and 25-90 µs when the hit comes after other work (docs/benchmarks.md).
+a tight loop and 25-90 µs when the hit comes after other work (docs/bench/analysis.md).
 
 So the header is only a gate: while it reads as it did when a thread last asked SQLite, no
 one has committed since, and the tracker need not ask again; any other reading (a commit,
