@@ -62,8 +62,9 @@ def settle_heap() -> int:
 def release_heap() -> None:
     """Undo every :func:`settle_heap` (as ``gc.unfreeze`` does): frozen objects are
     collectable again (then collected), and the third threshold goes back to what the last
-    settle raised it from, unless the process has set another one since. The young and
-    middle thresholds are left as they are."""
+    settle raised it from, unless the process has set another one since (one it set to
+    exactly :data:`OLD_THRESHOLD` cannot be told from the raise, and is undone too). The
+    young and middle thresholds are left as they are."""
     global _raised_from
     gc.unfreeze()
     with _lock:
