@@ -194,6 +194,7 @@ def test_the_server_processes_share_one_index_budget(
     """Any process may serve any tenant: with N processes each holds an N-th of the budget."""
     import json
 
+    from athena.heap import release_heap
     from athena.interfaces import http_serve
 
     started: list[dict[str, Any]] = []
@@ -202,12 +203,13 @@ def test_the_server_processes_share_one_index_budget(
     http_serve.serve_http(tmp_path / "b.db", workers=4)
     assert started[0]["index_memories"] == 250
     monkeypatch.setenv(http_serve.CONFIG_ENV, json.dumps(started[0]))
-    app = http_serve.app_from_env()
+    app = http_serve.app_from_env()  # settles the heap, as a server process does
     memory = app.state.memory
     try:
         assert memory.execution_stats()["indexes"]["budget"] == 250
     finally:
         memory.close()
+        release_heap()  # not for the rest of this test process: its heap and thresholds
 
 
 async def test_mcp_calls_are_served_by_either_process(base: str) -> None:
