@@ -610,6 +610,30 @@ def test_a_wal_file_deleted_while_the_store_opens_is_not_read_only(
     assert unwritable(path) is None  # what SQLiteStore asks once it has opened the file
 
 
+def test_a_wal_file_created_while_the_store_opens_is_not_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other race: another process's first connection creates the -wal and -shm just
+    after this store found them missing; asked again, they are writable."""
+    path = tmp_path / "s.db"
+    SQLiteStore(path).close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    real_access, created = os.access, set()
+
+    def access(target: str | Path, mode: int) -> bool:
+        name = str(target)
+        if mode == os.W_OK and name.endswith(("-wal", "-shm")) and name not in created:
+            created.add(name)
+            Path(name).write_bytes(b"")  # the other process opens just now
+            return False  # the answer from before it did
+        return real_access(target, mode)
+
+    monkeypatch.setattr(os, "access", access)
+    assert unwritable(path) is None
+    assert len(created) == 2
+
+
 def test_missing_file_in_an_unwritable_place_is_still_an_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         SQLiteStore(tmp_path / "no" / "such" / "dir" / "s.db")

@@ -137,10 +137,13 @@ def unwritable(path: Path) -> str | None:
     for suffix in ("-wal", "-shm"):
         side = Path(f"{path}{suffix}")
         # Asked first, then whether it exists: another process's last connection may delete
-        # it between the two, and a file gone is one SQLite creates, not one it cannot write.
+        # it between the two (a file gone is one SQLite creates, not one it cannot write),
+        # and another's first connection may create it (so asked again once seen).
         if os.access(side, os.W_OK):
             continue
         if side.exists():
+            if os.access(side, os.W_OK):
+                continue
             return f"{side.name} is not writable"
         if not os.access(path.parent, os.W_OK):
             return f"its directory is not writable (SQLite must create {side.name})"
