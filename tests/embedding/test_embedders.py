@@ -415,6 +415,30 @@ def test_the_int8_runtime_stays_close_to_the_float_model(transformer: Transforme
 
 
 @pytest.mark.transformer
+def test_the_int8_one_text_path_gives_the_batch_paths_vectors(
+    transformer: TransformerEmbedder,
+) -> None:
+    from athena.embedding.onnx_runtime import OnnxMiniLM
+
+    model = transformer._model
+    assert isinstance(model, OnnxMiniLM)
+    expected = []
+    for text in ODD_TEXTS + [""]:  # the long one truncated to the model's 256 tokens alike
+        (encoding,) = model._tokenizer.encode_batch([text])
+        feed = {
+            "input_ids": np.array([encoding.ids]),
+            "attention_mask": np.array([encoding.attention_mask]),
+            "token_type_ids": np.array([encoding.type_ids]),
+        }
+        (hidden,) = model._session.run(None, feed)
+        pooled = hidden[0].mean(axis=0)
+        expected.append(pooled / np.linalg.norm(pooled))
+    assert len(expected[1]) == 384 and len(model._tokenizer.encode(ODD_TEXTS[1]).ids) == 256
+    got = transformer.embed(ODD_TEXTS + [""])
+    np.testing.assert_allclose(got, np.array(expected), atol=1e-6)
+
+
+@pytest.mark.transformer
 def test_a_damaged_int8_graph_is_quantised_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transformer: TransformerEmbedder
 ) -> None:
