@@ -423,7 +423,7 @@ def test_the_int8_one_text_path_gives_the_batch_paths_vectors(
     model = transformer._model
     assert isinstance(model, OnnxMiniLM)
     expected = []
-    for text in ODD_TEXTS + [""]:  # the long one truncated to the model's 256 tokens alike
+    for text in [*ODD_TEXTS, ""]:  # the long one truncated to the model's 256 tokens alike
         (encoding,) = model._tokenizer.encode_batch([text])
         feed = {
             "input_ids": np.array([encoding.ids]),
@@ -434,7 +434,7 @@ def test_the_int8_one_text_path_gives_the_batch_paths_vectors(
         pooled = hidden[0].mean(axis=0)
         expected.append(pooled / np.linalg.norm(pooled))
     assert len(expected[1]) == 384 and len(model._tokenizer.encode(ODD_TEXTS[1]).ids) == 256
-    got = transformer.embed(ODD_TEXTS + [""])
+    got = transformer.embed([*ODD_TEXTS, ""])
     np.testing.assert_allclose(got, np.array(expected), atol=1e-6)
 
 
