@@ -2,9 +2,9 @@
 timed: which slow steps are collector pauses.
 
 ``python benchmarks/ramp_stalls.py [--arms sequential,adaptive] [--rate 168.75] [--step-s 3]
-[--reps 6] [--out bench-out]`` opens the harness's arms (each its own ``Memory`` with its
-pools, indexes shared, as ``athena bench`` does) on a working copy of ``100k-tenants`` with
-the static embedder, warms them up, then runs ``--reps`` steps per arm of ``--rate``
+[--reps 6] [--embedder static] [--out bench-out]`` opens the harness's arms (each its own
+``Memory`` with its pools, indexes shared, as ``athena bench`` does) on a working copy of
+``100k-tenants`` with the embedder (static unless asked), warms them up, then runs ``--reps`` steps per arm of ``--rate``
 recalls/s for ``--step-s`` seconds (distinct questions, caches emptied before each step,
 first arm rotating), through the harness's open-loop generator. ``gc.callbacks`` times
 every collection. Per step: p50/p99/max latency, the recalls/s achieved, the full
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=168.75)
     parser.add_argument("--step-s", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=6)
+    parser.add_argument("--embedder", default="static", choices=("static", "transformer"))
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument(
@@ -57,14 +58,14 @@ def main() -> None:
         help="do not freeze the warmed heap (settle_heap), as athena bench does",
     )
     args = parser.parse_args()
-    store = build_store("100k-tenants", "static", args.data, args.out)
+    store = build_store("100k-tenants", args.embedder, args.data, args.out)
     db = working_copy(store, args.out / "work-stalls")
     asks = list(store.asks)
     random.Random("stalls").shuffle(asks)
     collections = Collections()
     summary: dict[str, list[tuple[float, bool, list[float]]]] = {}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    with open_arms(db, "static", args.arms.split(",")) as arms:
+    with open_arms(db, args.embedder, args.arms.split(",")) as arms:
         share_indexes(arms)
         tenants = sorted({a.tenant for a in asks})
         warm_up(arms, tenants, asks[:300], rounds=2, learn_budget_s=60)
@@ -103,7 +104,9 @@ def main() -> None:
                 )
         gc.callbacks.remove(collections)
     settled = "not settled" if args.no_settle else "heap settled"
-    print(f"\n100k-tenants, static, {args.rate}/s, {args.step_s} s steps, {settled}, {started}\n")
+    print(
+        f"\n100k-tenants, {args.embedder}, {args.rate}/s, {args.step_s} s steps, {settled}, {started}\n"
+    )
     print("| arm | steps | p99 > 100 ms | steps with a full collection | p99 median | pauses |")
     print("|---|---|---|---|---|---|")
     for name, steps in summary.items():
