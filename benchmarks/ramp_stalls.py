@@ -4,11 +4,12 @@ timed: which slow steps are collector pauses.
 ``python benchmarks/ramp_stalls.py [--arms sequential,adaptive] [--rate 168.75] [--step-s 3]
 [--reps 6] [--embedder static] [--out bench-out]`` opens the harness's arms (each its own
 ``Memory`` with its pools, indexes shared, as ``athena bench`` does) on a working copy of
-``100k-tenants`` with the embedder (static unless asked), warms them up, then runs ``--reps`` steps per arm of ``--rate``
-recalls/s for ``--step-s`` seconds (distinct questions, caches emptied before each step,
-first arm rotating), through the harness's open-loop generator. ``gc.callbacks`` times
-every collection. Per step: p50/p99/max latency, the recalls/s achieved, the full
-collections (start offset and pause) and the young ones counted, the strategies run.
+``100k-tenants`` with the embedder (static unless asked), warms them up, then runs
+``--reps`` steps per arm of ``--rate`` recalls/s for ``--step-s`` seconds (distinct
+questions, caches emptied before each step, first arm rotating), through the harness's
+open-loop generator. ``gc.callbacks`` times every collection. Per step: p50/p99/max
+latency, the recalls/s achieved, the full collections (start offset and pause) and the
+young ones counted, the strategies run.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def main() -> None:
         gc.callbacks.remove(collections)
     settled = "not settled" if args.no_settle else "heap settled"
     print(
-        f"\n100k-tenants, {args.embedder}, {args.rate}/s, {args.step_s} s steps, {settled}, {started}\n"
+        f"\n100k-tenants, {args.embedder}, {args.rate}/s, {args.step_s} s steps, {settled},"
+        f" {started}\n"
     )
     print("| arm | steps | p99 > 100 ms | steps with a full collection | p99 median | pauses |")
     print("|---|---|---|---|---|---|")
