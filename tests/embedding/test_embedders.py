@@ -414,6 +414,29 @@ def test_the_int8_runtime_stays_close_to_the_float_model(transformer: Transforme
     _semantic_sanity(transformer)
 
 
+def test_a_graph_is_named_by_the_weights_content_not_their_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from athena.embedding.onnx_runtime import graph_path
+
+    monkeypatch.setenv("ATHENA_CACHE_DIR", str(tmp_path / "cache"))
+    weights = os.urandom(3 << 20)
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(weights)
+    os.utime(second / "model.safetensors", (1_000_000, 1_000_000))  # installed at another time
+    assert graph_path(first) == graph_path(second)  # one graph for every install
+    assert graph_path(first, int8=True) != graph_path(first)
+    for at in (10, len(weights) - 10):  # the header's end, the last tensor
+        changed = bytearray(weights)
+        changed[at] ^= 0xFF
+        (second / "model.safetensors").write_bytes(bytes(changed))
+        assert graph_path(first) != graph_path(second)
+    (second / "model.safetensors").write_bytes(weights + b"\0")
+    assert graph_path(first) != graph_path(second)
+
+
 @pytest.mark.transformer
 def test_the_int8_one_text_path_gives_the_batch_paths_vectors(
     transformer: TransformerEmbedder,
