@@ -428,7 +428,7 @@ def test_a_graph_is_named_by_the_weights_content_not_their_install(
     os.utime(second / "model.safetensors", (1_000_000, 1_000_000))  # installed at another time
     assert graph_path(first) == graph_path(second)  # one graph for every install
     assert graph_path(first, int8=True) != graph_path(first)
-    for at in (10, len(weights) - 10):  # the header's end, the last tensor
+    for at in (10, len(weights) - 10):  # the header, the last tensor
         changed = bytearray(weights)
         changed[at] ^= 0xFF
         (second / "model.safetensors").write_bytes(bytes(changed))
@@ -459,6 +459,9 @@ def test_the_int8_one_text_path_gives_the_batch_paths_vectors(
     assert len(expected[1]) == 384 and len(model._tokenizer.encode(ODD_TEXTS[1]).ids) == 256
     got = transformer.embed([*ODD_TEXTS, ""])
     np.testing.assert_allclose(got, np.array(expected), atol=1e-6)
+    batch_path = np.vstack([model.encode([text], 1) for text in ODD_TEXTS])
+    old = OnnxMiniLM(model._session, model._tokenizer, per_text=False)  # encode_batch
+    np.testing.assert_array_equal(batch_path, old.encode(ODD_TEXTS, 1))  # the same bits
 
 
 @pytest.mark.transformer

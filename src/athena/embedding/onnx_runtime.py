@@ -73,10 +73,9 @@ def graph_path(model_dir: Path, int8: bool = False) -> Path:
 
     >>> # graph_path(model_dir, int8=True).name: "all-MiniLM-L6-v2-<digest>-opset17-int8.onnx"
     """
-    weights = model_dir / "model.safetensors"
-    size = weights.stat().st_size
-    digest = hashlib.blake2b(str(size).encode(), digest_size=8)
-    with open(weights, "rb") as data:
+    with open(model_dir / "model.safetensors", "rb") as data:
+        size = os.fstat(data.fileno()).st_size  # of the file read, if it is being replaced
+        digest = hashlib.blake2b(str(size).encode(), digest_size=8)
         digest.update(data.read(1 << 20))
         data.seek(max(0, size - (1 << 20)))
         digest.update(data.read(1 << 20))
@@ -233,10 +232,7 @@ class OnnxMiniLM:
             (hidden,) = self._session.run(
                 None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             )
-            weights = mask[..., None].astype(np.float32)
-            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-            norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-            out[start : start + len(chunk)] = pooled / norms
+            out[start : start + len(chunk)] = _pooled(hidden, mask)
         return out
 
     def _one(self, text: str) -> Vectors:
@@ -246,8 +242,8 @@ class OnnxMiniLM:
         for its 20 µs of work and then waits to get it back from a thread running a recall's
         Python, up to the interpreter's 5 ms switch interval. Cold transformer recalls at
         500 and 540/s, open loop, the two calls alternating step by step in one process
-        (docs/bench/analysis.md, stop 41): p50 5.1 and 10.2 ms against 6.2 and 22.9, at the
-        same CPU a recall."""
+        (``benchmarks/tokenizer_gil.py``, eight 2 s steps each; docs/bench/analysis.md, stop
+        41): p50 5.8 and 8.0 ms against 6.9 and 79.9, about the same CPU a recall."""
         encoding = self._tokenizer.encode(text)
         mask = np.array([encoding.attention_mask], dtype=np.int64)
         (hidden,) = self._session.run(
@@ -258,9 +254,21 @@ class OnnxMiniLM:
                 "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
             },
         )
-        weights = mask[0].astype(np.float32)
-        pooled: Vectors = weights @ hidden[0] / max(float(weights.sum()), 1e-9)
-        return pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+        row: Vectors = _pooled(hidden, mask)[0]
+        return row
+
+
+def _pooled(hidden: Any, mask: Any) -> Vectors:
+    """The rows' L2-normalised means of ``hidden`` over the tokens ``mask`` marks real.
+
+    >>> _pooled(np.ones((1, 2, 384), np.float32), np.array([[1, 0]])).shape
+    (1, 384)
+    """
+    weights = mask[..., None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    out: Vectors = pooled / norms
+    return out
 
 
 def _loads(onnxruntime: Any, path: Path) -> bool:
