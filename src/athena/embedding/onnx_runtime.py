@@ -83,6 +83,32 @@ def graph_path(model_dir: Path, int8: bool = False) -> Path:
     return cache_dir() / name
 
 
+def earlier_graph_path(model_dir: Path, int8: bool = False) -> Path:
+    """The name :func:`graph_path` gave the same graph before stop 41: a digest of the
+    weights' size, modification time and first MiB.
+
+    >>> # earlier_graph_path(model_dir).name: "all-MiniLM-L6-v2-<digest>-opset17.onnx"
+    """
+    weights = model_dir / "model.safetensors"
+    info = weights.stat()
+    digest = hashlib.blake2b(f"{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=8)
+    with open(weights, "rb") as head:
+        digest.update(head.read(1 << 20))
+    name = f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}{'-int8' if int8 else ''}.onnx"
+    return cache_dir() / name
+
+
+def _graph(model_dir: Path, int8: bool) -> Path:
+    """Where the graph is: under its name; else under the name an earlier Athena gave it
+    (an upgrade must not need torch again to export a graph the cache holds); else where
+    it will be written."""
+    path = graph_path(model_dir, int8)
+    if path.exists():
+        return path
+    earlier = earlier_graph_path(model_dir, int8)
+    return earlier if earlier.exists() else _writable(path)
+
+
 def _writable(path: Path) -> Path:
     """``path``, or the same name in a private temporary folder if its folder cannot be
     written (a read-only home): the graph is then exported once per boot, not never."""
@@ -194,9 +220,7 @@ class OnnxMiniLM:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: nothing on stdout for the MCP server
-        source, path = graph_path(model_dir), graph_path(model_dir, int8)
-        source = source if source.exists() else _writable(source)
-        path = path if path.exists() else _writable(path)
+        source, path = _graph(model_dir, False), _graph(model_dir, int8)
         for attempt in (1, 2):
             if not source.exists():
                 export(model_dir, source)
