@@ -79,8 +79,7 @@ def graph_path(model_dir: Path, int8: bool = False) -> Path:
         digest.update(data.read(1 << 20))
         data.seek(max(0, size - (1 << 20)))
         digest.update(data.read(1 << 20))
-    name = f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}{'-int8' if int8 else ''}.onnx"
-    return cache_dir() / name
+    return _named(digest.hexdigest(), int8)
 
 
 def earlier_graph_path(model_dir: Path, int8: bool = False) -> Path:
@@ -94,8 +93,11 @@ def earlier_graph_path(model_dir: Path, int8: bool = False) -> Path:
     digest = hashlib.blake2b(f"{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=8)
     with open(weights, "rb") as head:
         digest.update(head.read(1 << 20))
-    name = f"all-MiniLM-L6-v2-{digest.hexdigest()}-opset{OPSET}{'-int8' if int8 else ''}.onnx"
-    return cache_dir() / name
+    return _named(digest.hexdigest(), int8)
+
+
+def _named(digest: str, int8: bool) -> Path:
+    return cache_dir() / f"all-MiniLM-L6-v2-{digest}-opset{OPSET}{'-int8' if int8 else ''}.onnx"
 
 
 def _graph(model_dir: Path, int8: bool) -> Path:
