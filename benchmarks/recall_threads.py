@@ -20,7 +20,9 @@ import asyncio
 import itertools
 import statistics
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from athena.bench import loadgen
 from athena.bench.arms import percentile
@@ -59,21 +61,12 @@ def main() -> None:
             mem.core.recall(ask.text, tenant=ask.tenant, strategy=args.strategy)
     feed = loadgen.cycle(asks[len(asks) // 3 :])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    cells: dict[tuple[float, int], list[tuple[float, float, float, float]]] = {}
+    cells: dict[tuple[float, int], list[Cell]] = {}
     rates = [float(r) for r in args.rates.split(",")]
     for rep in range(args.reps):
         for rate in rates:
             for n in counts[rep % len(counts) :] + counts[: rep % len(counts)]:
-                mem = arms[n]
-                mem.core.engine.cache.clear()
-                count = max(1, round(rate * args.step))
-                picked = list(itertools.islice(feed, count))
-                offsets = [i / rate for i in range(count)]
-                cpu = time.process_time()
-                phase = loadgen.run_phase(_caller(mem, args.strategy), picked, offsets, 64)
-                cpu = (time.process_time() - cpu) / count * 1000.0
-                ok = [m for m in phase.ms if m == m]
-                cell = (phase.qps, percentile(ok, 50), percentile(ok, 99), cpu)
+                cell = cold_step(arms[n], args.strategy, feed, rate, args.step)
                 cells.setdefault((rate, n), []).append(cell)
     for mem in arms.values():
         asyncio.run(mem.close())
@@ -81,13 +74,37 @@ def main() -> None:
         f"{store.name}, {model.name}, {args.strategy}, pool {args.pool}, {args.step:g} s steps,"
         f" {started}"
     )
-    print("\n| rate/s | threads | done/s | p50 ms | p99 ms | p99 ≤ 100 ms | CPU/recall |")
+    print_cells(cells, "threads")
+
+
+Cell = tuple[float, float, float, float]  # done/s, p50 ms, p99 ms, CPU ms a recall
+
+
+def cold_step(
+    mem: AsyncMemory, strategy: str, feed: Iterator[Ask], rate: float, step: float
+) -> Cell:
+    """One open-loop step: the result cache emptied, ``rate x step`` questions from ``feed``
+    sent at ``rate`` (latency from the intended send time)."""
+    mem.core.engine.cache.clear()
+    count = max(1, round(rate * step))
+    picked = list(itertools.islice(feed, count))
+    offsets = [i / rate for i in range(count)]
+    cpu = time.process_time()
+    phase = loadgen.run_phase(_caller(mem, strategy), picked, offsets, 64)
+    cpu = (time.process_time() - cpu) / count * 1000.0
+    ok = [m for m in phase.ms if m == m]
+    return (phase.qps, percentile(ok, 50), percentile(ok, 99), cpu)
+
+
+def print_cells(cells: Mapping[tuple[float, Any], list[Cell]], arm: str) -> None:
+    """The table of (rate, arm) cells: medians and ranges over the reps, and the passes."""
+    print(f"\n| rate/s | {arm} | done/s | p50 ms | p99 ms | p99 ≤ 100 ms | CPU/recall |")
     print("|---|---|---|---|---|---|---|")
-    for (rate, n), runs in sorted(cells.items()):
+    for (rate, name), runs in sorted(cells.items()):
         col = list(zip(*runs, strict=True))
         passed = sum(p99 <= loadgen.P99_BOUND_MS for p99 in col[2])
         print(
-            f"| {rate:g} | {n} | {_spread(col[0], '.0f')} | {_spread(col[1], '.1f')} "
+            f"| {rate:g} | {name} | {_spread(col[0], '.0f')} | {_spread(col[1], '.1f')} "
             f"| {_spread(col[2], '.0f')} | {passed} of {len(runs)} "
             f"| {statistics.median(col[3]):.2f} ms |"
         )

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from recall_threads import _caller, _spread  # the same open-loop caller and spread
+from recall_threads import Cell, cold_step, print_cells  # the same steps and table
 
 from athena.bench import loadgen
-from athena.bench.arms import percentile
 from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
 from athena.embedding import load_embedder
@@ -82,21 +79,13 @@ def main() -> None:
     settle_heap()
     feed = loadgen.cycle(asks[len(asks) // 3 :])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    cells: dict[tuple[float, str], list[tuple[float, float, float, float]]] = {}
+    cells: dict[tuple[float, str], list[Cell]] = {}
     try:
         for rep in range(args.reps):
             for rate in [float(r) for r in args.rates.split(",")]:
                 for arm in arms[rep % len(arms) :] + arms[: rep % len(arms)]:
                     model._tokenizer = tokenizers[arm]
-                    mem.core.engine.cache.clear()
-                    count = max(1, round(rate * args.step))
-                    picked = list(itertools.islice(feed, count))
-                    offsets = [i / rate for i in range(count)]
-                    cpu = time.process_time()
-                    phase = loadgen.run_phase(_caller(mem, args.strategy), picked, offsets, 64)
-                    cpu = (time.process_time() - cpu) / count * 1000.0
-                    ok = [m for m in phase.ms if m == m]
-                    cell = (phase.qps, percentile(ok, 50), percentile(ok, 99), cpu)
+                    cell = cold_step(mem, args.strategy, feed, rate, args.step)
                     cells.setdefault((rate, arm), []).append(cell)
     finally:
         model._tokenizer = tokenizers["encode"]
@@ -105,16 +94,7 @@ def main() -> None:
     print(
         f"{store.name}, {mem.core.embedder.name}, {args.strategy}, {args.step:g} s steps, {started}"
     )
-    print("\n| rate/s | tokenizer call | done/s | p50 ms | p99 ms | p99 ≤ 100 ms | CPU/recall |")
-    print("|---|---|---|---|---|---|---|")
-    for (rate, arm), runs in sorted(cells.items()):
-        col = list(zip(*runs, strict=True))
-        passed = sum(p99 <= loadgen.P99_BOUND_MS for p99 in col[2])
-        print(
-            f"| {rate:g} | {arm} | {_spread(col[0], '.0f')} | {_spread(col[1], '.1f')} "
-            f"| {_spread(col[2], '.0f')} | {passed} of {len(runs)} "
-            f"| {statistics.median(col[3]):.2f} ms |"
-        )
+    print_cells(cells, "tokenizer call")
 
 
 if __name__ == "__main__":
