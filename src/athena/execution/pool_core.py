@@ -54,7 +54,11 @@ class PoolCore:
         return self.state in ("broken", "closed") or self.halted.is_set()
 
     def enqueue(self, request: SearchRequest, names: list[str], priority: int) -> list[Task]:
-        """Queue one task per layer (all or none); arrays over 64 KiB go by shared memory."""
+        """Queue one task per layer (all or none); arrays over 64 KiB go by shared memory.
+
+        The caller sends what free workers can take now itself (:func:`take`), rather than
+        waking the dispatcher thread to do it: that hand-off cost a one-layer round trip
+        about 0.25 ms of its 0.93 (``benchmarks/pool_round_trip.py``)."""
         packed, blocks = shm.pack_tree(request)
         payload = pickle.dumps((packed, bool(blocks)), protocol=pickle.HIGHEST_PROTOCOL)
         group = backend.TaskGroup(len(names), partial(shm.release, blocks))
@@ -71,8 +75,14 @@ class PoolCore:
             except BaseException:
                 shm.release(blocks)
                 raise
-            self.cond.notify_all()
-            self.fleet.wake()
+            sends = []
+            while (taken := take(self)) is not None:
+                sends.append(taken)
+            if len(self.queue):  # some wait: the dispatcher sends them as workers free up,
+                self.cond.notify_all()  # and the monitor fails them if no worker is ready
+                self.fleet.wake()
+        for worker, bundle in sends:
+            send(worker, bundle)
         for task in tasks:
             task.future.add_done_callback(partial(self._cancelled, task))
         return tasks
@@ -169,14 +179,7 @@ class PoolDispatcher:
         self.core = core
 
     def loop(self) -> None:
-        """Thread: hand the best queued task to a free worker that has searched its (tenant,
-        layer) before, so holds its indexes (a worker new to them loads them first: 21-54
-        ms for a 4 ms search on 100k-tenants), else to the least-loaded ready worker.
-
-        The task goes with the next queued tasks of its recall, its share of them among the
-        free workers (five layers, two free workers: three in this message, two in the
-        next): one message, one wake-up and one unpickling of the request per share
-        instead of per layer, while the layers still spread over the workers."""
+        """Thread: while tasks wait and a worker is free, :func:`take` and :func:`send`."""
         core = self.core
         while True:
             with core.cond:
@@ -184,44 +187,68 @@ class PoolDispatcher:
                     core.cond.wait()
                 if core.stopping():
                     return
-                task = core.queue.pop()
-                if not self._runnable(task):
-                    continue
-                free = core.fleet.free()
-                worker = core.fleet.pick((task.tenant, task.layer))
-                assert worker is not None  # the wait above saw a free one, under this lock
-                share = -(-(1 + task.group.queued) // max(1, free))  # ceiling
-                # Answers under 16 KiB, which a pipe takes in one write: a longer one is
-                # written in two, and a worker stopped between them would block the read.
-                share = min(share, max(1, ANSWERS_BYTES // (ANSWER_BYTES_PER_ID * task.depth)))
-                bundle = [task]
-                while len(bundle) < share and (peer := core.queue.peek()) is not None:
-                    if peer.group is not task.group:
-                        break
-                    if self._runnable(core.queue.pop()):
-                        bundle.append(peer)
-                core.stats.count["messages"] += 1
-                # One deadline for the message: its searches take milliseconds, and a worker
-                # stopped holding several must be found as soon as one holding one would.
-                deadline = time.monotonic() + core.limits.task_timeout
-                for each in bundle:
-                    held = wk.hold(worker, (each.tenant, each.layer))
-                    core.stats.count["sent_to_holder" if held else "sent_elsewhere"] += 1
-                    each.attempts += 1
-                    each.deadline = deadline
-                    worker.inflight[each.id] = each
-            # Outside the lock; messages stay far below a pipe's buffer, so it cannot block.
-            work = tuple((each.id, each.layer) for each in bundle)
-            wk.send_quietly(worker.conn, (work, task.payload))
+                taken = take(core)
+            if taken is not None:
+                send(*taken)
 
-    @staticmethod
-    def _runnable(task: Task) -> bool:
-        """Whether a task just popped should run (its caller neither gave up nor cancelled)."""
-        first = task.attempts == 0
-        if task.abandoned or (first and not task.future.set_running_or_notify_cancel()):
-            task.finish()
-            return False
-        return True
+
+def take(core: PoolCore) -> tuple[wk.WorkerHandle[Task], list[Task]] | None:
+    """The best queued task and a free worker for it (lock held), or None if either is
+    missing: one that has searched the task's (tenant, layer) before, so holds its indexes
+    (a worker new to them loads them first: 21-54 ms for a 4 ms search on 100k-tenants),
+    else the least-loaded ready worker. The worker is marked busy with the task.
+
+    The task goes with the next queued tasks of its recall, its share of them among the
+    free workers (five layers, two free workers: three in this message, two in the next):
+    one message, one wake-up and one unpickling of the request per share instead of per
+    layer, while the layers still spread over the workers."""
+    while len(core.queue) and not core.stopping():
+        worker = core.fleet.pick()
+        if worker is None:
+            return None
+        task = core.queue.pop()
+        if not _runnable(task):
+            continue
+        free = core.fleet.free()
+        worker = core.fleet.pick((task.tenant, task.layer)) or worker
+        share = -(-(1 + task.group.queued) // max(1, free))  # ceiling
+        # Answers under 16 KiB, which a pipe takes in one write: a longer one is written
+        # in two, and a worker stopped between them would block the read.
+        share = min(share, max(1, ANSWERS_BYTES // (ANSWER_BYTES_PER_ID * task.depth)))
+        bundle = [task]
+        while len(bundle) < share and (peer := core.queue.peek()) is not None:
+            if peer.group is not task.group:
+                break
+            if _runnable(core.queue.pop()):
+                bundle.append(peer)
+        core.stats.count["messages"] += 1
+        # One deadline for the message: its searches take milliseconds, and a worker stopped
+        # holding several must be found as soon as one holding one would.
+        deadline = time.monotonic() + core.limits.task_timeout
+        for each in bundle:
+            held = wk.hold(worker, (each.tenant, each.layer))
+            core.stats.count["sent_to_holder" if held else "sent_elsewhere"] += 1
+            each.attempts += 1
+            each.deadline = deadline
+            worker.inflight[each.id] = each
+        return worker, bundle
+    return None
+
+
+def send(worker: wk.WorkerHandle[Task], bundle: list[Task]) -> None:
+    """Send a :func:`take` outside the lock: messages stay far below a pipe's buffer, so
+    it cannot block, and the worker is busy with them, so no one else sends to it."""
+    work = tuple((each.id, each.layer) for each in bundle)
+    wk.send_quietly(worker.conn, (work, bundle[0].payload))
+
+
+def _runnable(task: Task) -> bool:
+    """Whether a task just popped should run (its caller neither gave up nor cancelled)."""
+    first = task.attempts == 0
+    if task.abandoned or (first and not task.future.set_running_or_notify_cancel()):
+        task.finish()
+        return False
+    return True
 
 
 class PoolMonitor:
