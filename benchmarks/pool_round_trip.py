@@ -78,7 +78,9 @@ def main() -> None:
     memory.close()
     print(
         f"{args.store}, {args.embedder}, {args.queries} questions; pool: {health['workers']}"
-        f" workers, {health['tasks_done']} tasks, {health['messages']} messages"
+        f" workers, {health['tasks_done']} tasks, {health['messages']} messages; whole"
+        f" recalls whose worker read the hits {health.get('hits_read', '-')}, whose caller"
+        f" did {health.get('hits_left', '-')}"
     )
     print("| call | p50 ms | p95 ms |\n|---|---|---|")
     for name, values in sorted(times.items()):

@@ -21,9 +21,11 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from athena.errors import InvalidInput, RecallTimeout, UnknownLayer, WorkerPoolUnavailable
 from athena.layers.protocol import LayerResult, SearchRequest
-from athena.records import LAYERS
+from athena.records import LAYERS, Hit
 
 Settle = list[tuple["Future[LayerResult]", "LayerResult | BaseException"]]
+RemoteRecall = tuple[dict[str, LayerResult], "tuple[Hit, ...] | None"]
+HITS: Final = "hits"  # a whole recall's one task: its layers searched, fused, hits read
 GROW_COOLDOWN: Final = 2.0  # seconds between two latency-driven scale-ups
 DEEP_GROW_S: Final = 0.5  # how long the queue must stay deep before a worker is added
 
@@ -86,6 +88,19 @@ class WorkerBackend(Protocol):
     ) -> dict[str, LayerResult]:
         """:meth:`run` without blocking the event loop."""
 
+    def recall(
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
+        timeout: float = 5.0,
+    ) -> RemoteRecall:
+        """:meth:`run` for a whole recall: ``layers`` are every layer of ``request``'s query,
+        searched by one worker, which also fuses them and reads the hits. Returns the
+        results by layer and the hits, or None for the hits when the worker could not read
+        them (they would not fit one answer, say): the caller then reads them itself."""
+
     def health(self) -> dict[str, Any]:
         """Workers, busy, queue_depth, avg/p95 latency (ms), restarts, task counters, started."""
 
@@ -99,8 +114,8 @@ class WorkerBackend(Protocol):
 def default_max_workers(min_workers: int = 2) -> int:
     """A pool's default ceiling: one worker per core (at least ``min_workers``).
 
-    Workers are CPU-bound (the query is embedded in the caller; they only search), so more
-    workers than cores only contend. Four callers sending DISTRIBUTED recalls over 110
+    Workers are CPU-bound (the query is embedded in the caller; they search, and read a
+    whole recall's hits), so more workers than cores only contend. Four callers sending DISTRIBUTED recalls over 110
     tenants of ``100k-tenants`` on 2 cores: p50 12-13 ms and p90 31-35 ms with two workers,
     20-24 ms and 71-125 ms with the seed's ceiling of 20 (the pool grew to 8-9).
 
@@ -174,7 +189,9 @@ class TaskGroup:
 
 @dataclass(eq=False, slots=True)
 class Task:
-    """One layer search of one recall, as a backend tracks it.
+    """One layer search of one recall, as a backend tracks it; or, as :data:`HITS`, a whole
+    recall (every layer of its query, fused, and its hits read), whose result is a
+    :data:`RemoteRecall` with the hits packed (:func:`~athena.execution.pipeline.pack_hits`).
 
     >>> Task(1, "semantic", 5, b"", TaskGroup(1)).state
     'queued'
@@ -186,7 +203,7 @@ class Task:
     payload: Any  # what the worker receives
     group: TaskGroup
     enqueued: float = field(default_factory=time.monotonic)
-    future: Future[LayerResult] = field(default_factory=Future)
+    future: Future[Any] = field(default_factory=Future)  # a LayerResult, or see above
     attempts: int = 0
     timeouts: int = 0
     failures: list[str] = field(default_factory=list)
@@ -284,6 +301,8 @@ class PoolStats:
         "sent_to_holder",  # to a worker that had searched the task's (tenant, layer) before
         "sent_elsewhere",  # to one that had not (no free worker had): it may load indexes
         "messages",  # task messages sent: a message carries one or more layers of a recall
+        "hits_read",  # whole recalls whose worker read the hits
+        "hits_left",  # whole recalls whose hits the caller read (too large for one answer)
     )
 
     def __init__(self) -> None:

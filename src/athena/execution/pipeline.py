@@ -13,7 +13,7 @@ from athena.execution.aggregate import fuse
 from athena.execution.runner import run_layer
 from athena.layers.protocol import LayerContext, LayerResult, MemoryLayer, SearchRequest
 from athena.records import Hit, RecallQuery
-from athena.store.protocol import MemoryRow
+from athena.store.protocol import MemoryRow, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,39 +64,52 @@ class Pipeline:
         return run_layer(self.layers, self.ctx, name, request, source)
 
     def hits(self, query: RecallQuery, results: Mapping[str, LayerResult]) -> tuple[Hit, ...]:
-        """Fuse per-layer results and turn the top ``k`` ids into hits.
+        """:func:`build_hits` from this process's store."""
+        return build_hits(self.ctx.store, query, results, self.diversify)
 
-        Ids whose rows are gone (deleted since an index was built) are skipped. A memory
-        whose sources are all cited by better-ranked hits (a fact restating a turn already
-        returned) moves behind the memories that bring new evidence, so the ``k`` slots
-        cover as many distinct episodes as the ranking allows.
-        """
-        fused = fuse(results, query.layers)
-        window = fused[: max(query.k * 3, query.k + 20)]
-        # Rows are read in chunks as the walk needs them: most recalls fill k slots from
-        # the first k + a few candidates, and reading a row costs more than ranking it.
-        rows: dict[int, MemoryRow] = {}
-        fresh: list[Hit] = []
-        repeats: list[Hit] = []
-        covered: set[str] = set()
-        read_to = 0
-        for position, (memory_id, score) in enumerate(window):
-            if position == read_to:
-                read_to += chunk_size(query.k, position, len(fresh))
-                ids = [i for i, _ in window[position:read_to]]
-                rows.update((r.id, r) for r in self.ctx.store.get(query.tenant, ids))
-            row = rows.get(memory_id)
-            if row is None:
-                continue
-            hit = _hit(row, score)
-            if self.diversify and row.sources and covered.issuperset(row.sources):
-                repeats.append(hit)
-            else:
-                fresh.append(hit)
-                covered.update(row.sources)
-            if len(fresh) == query.k:
-                break
-        return tuple((fresh + repeats)[: query.k])
+
+def build_hits(
+    store: Store,
+    query: RecallQuery,
+    results: Mapping[str, LayerResult],
+    diversify: bool = True,
+) -> tuple[Hit, ...]:
+    """Fuse per-layer results and turn the top ``k`` ids into hits, reading their rows from
+    ``store`` (this process's, or a worker's when it runs a whole recall).
+
+    Ids whose rows are gone (deleted since an index was built) are skipped. A memory
+    whose sources are all cited by better-ranked hits (a fact restating a turn already
+    returned) moves behind the memories that bring new evidence, so the ``k`` slots
+    cover as many distinct episodes as the ranking allows.
+
+    >>> # build_hits(ctx.store, query, {"semantic": ranking})
+    """
+    fused = fuse(results, query.layers)
+    window = fused[: max(query.k * 3, query.k + 20)]
+    # Rows are read in chunks as the walk needs them: most recalls fill k slots from
+    # the first k + a few candidates, and reading a row costs more than ranking it.
+    rows: dict[int, MemoryRow] = {}
+    fresh: list[Hit] = []
+    repeats: list[Hit] = []
+    covered: set[str] = set()
+    read_to = 0
+    for position, (memory_id, score) in enumerate(window):
+        if position == read_to:
+            read_to += chunk_size(query.k, position, len(fresh))
+            ids = [i for i, _ in window[position:read_to]]
+            rows.update((r.id, r) for r in store.get(query.tenant, ids))
+        row = rows.get(memory_id)
+        if row is None:
+            continue
+        hit = _hit(row, score)
+        if diversify and row.sources and covered.issuperset(row.sources):
+            repeats.append(hit)
+        else:
+            fresh.append(hit)
+            covered.update(row.sources)
+        if len(fresh) == query.k:
+            break
+    return tuple((fresh + repeats)[: query.k])
 
 
 def chunk_size(k: int, read: int, fresh: int) -> int:
@@ -141,4 +154,47 @@ def _hit(row: MemoryRow, score: float) -> Hit:
         metadata=MappingProxyType({**row.metadata, **row.attributes})
         if row.metadata or row.attributes
         else NO_METADATA,
+    )
+
+
+def pack_hits(hits: tuple[Hit, ...]) -> tuple[tuple[Any, ...], ...]:
+    """Hits as plain tuples, to cross a process boundary (a hit's metadata is a read-only
+    view, which pickle refuses); :func:`unpack_hits` makes the same hits again.
+
+    >>> from athena.records import Hit
+    >>> hit = Hit(1, "semantic", "Bob plays the cello.", 0.5, "t", "k", "fact", None, None,
+    ...           None, 1.0, 1.0, ("k",), MappingProxyType({"a": 1}))
+    >>> unpack_hits(pack_hits((hit,))) == (hit,)
+    True
+    """
+    return tuple(
+        (
+            h.id,
+            h.layer,
+            h.text,
+            h.score,
+            h.tenant,
+            h.key,
+            h.kind,
+            h.session,
+            h.actor,
+            h.event_time,
+            h.created_at,
+            h.updated_at,
+            h.sources,
+            dict(h.metadata) if h.metadata else None,
+        )
+        for h in hits
+    )
+
+
+def unpack_hits(packed: tuple[tuple[Any, ...], ...]) -> tuple[Hit, ...]:
+    """The hits :func:`pack_hits` packed."""
+    return tuple(_unpacked(*fields) for fields in packed)
+
+
+def _unpacked(*f: Any) -> Hit:
+    meta = NO_METADATA if f[13] is None else MappingProxyType(f[13])
+    return Hit(
+        f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], meta
     )

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from athena.errors import InvalidInput
 from athena.execution import backend
@@ -27,7 +27,8 @@ from athena.execution import pool_answers as answers
 from athena.execution import pool_report as report
 from athena.execution import worker as wk
 from athena.execution.backend import PoolLimits, PoolLoad, Task
-from athena.execution.pool_core import PoolCore
+from athena.execution.pipeline import unpack_hits
+from athena.execution.pool_core import ANSWER_BYTES_PER_ID, ANSWERS_BYTES, PoolCore
 from athena.layers.protocol import LayerResult, SearchRequest
 from athena.retrieval.residency import check_budget, default_budget
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
@@ -165,6 +166,30 @@ class ProcessWorkerPool:
         tasks = self._enqueue(request, layers, priority)
         return await answers.gather_async(self._core, tasks, timeout)
 
+    def recall(
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
+        timeout: float = 5.0,
+    ) -> backend.RemoteRecall:
+        """:meth:`run` by one worker, which also reads the hits (see
+        :meth:`~athena.execution.backend.WorkerBackend.recall`). Layers whose answers
+        might not fit one message (every layer over ``k`` = 33, say) go as :meth:`run` sends
+        them, and the caller reads the hits.
+
+        >>> # results, hits = pool.recall(request, request.query.layers)
+        """
+        names = backend.check_call(request, layers, priority, timeout)
+        if set(names) != set(request.query.layers) or not fits_whole(len(names), request.depth):
+            return self.run(request, names, priority=priority, timeout=timeout), None
+        self.start()
+        tasks = self._core.enqueue(request, names, priority, whole=True)
+        answer: Any = answers.gather(self._core, tasks, timeout)[backend.HITS]
+        results, hits = answer  # see backend.Task: a whole recall's task answers this pair
+        return dict(results), None if hits is None else unpack_hits(hits)
+
     def _enqueue(self, request: SearchRequest, layers: Sequence[str], priority: int) -> list[Task]:
         names = backend.check_call(request, layers, priority, 1.0)
         self.start()
@@ -183,3 +208,16 @@ class ProcessWorkerPool:
         >>> # pool.health()["workers"], pool.health()["p95_latency_ms"]
         """
         return report.health(self._core, self.start_method)
+
+
+HITS_ROOM: Final = 4_000  # of a one-write message, what a whole recall leaves for its hits
+
+
+def fits_whole(layers: int, depth: int) -> bool:
+    """Whether ``layers`` rankings ``depth`` deep leave room for the hits in one answer
+    (if the hits then do not fit, the worker leaves them to the caller).
+
+    >>> fits_whole(5, 50), fits_whole(5, 80), fits_whole(2, 160)
+    (True, False, True)
+    """
+    return layers * depth * ANSWER_BYTES_PER_ID + HITS_ROOM <= ANSWERS_BYTES

@@ -53,7 +53,9 @@ class PoolCore:
     def stopping(self) -> bool:
         return self.state in ("broken", "closed") or self.halted.is_set()
 
-    def enqueue(self, request: SearchRequest, names: list[str], priority: int) -> list[Task]:
+    def enqueue(
+        self, request: SearchRequest, names: list[str], priority: int, whole: bool = False
+    ) -> list[Task]:
         """Queue one task per layer (all or none); arrays over 64 KiB go by shared memory.
 
         The caller sends what free workers can take now itself (:func:`take`), rather than
@@ -61,6 +63,8 @@ class PoolCore:
         about 0.25 ms of its 0.93 (``benchmarks/pool_round_trip.py``)."""
         packed, blocks = shm.pack_tree(request)
         payload = pickle.dumps((packed, bool(blocks)), protocol=pickle.HIGHEST_PROTOCOL)
+        if whole:  # one task: a worker searches every layer, then reads the hits
+            names = [backend.HITS]
         group = backend.TaskGroup(len(names), partial(shm.release, blocks))
         with self.cond:
             try:
@@ -307,7 +311,7 @@ class PoolMonitor:
 
     def answer(self, worker: wk.WorkerHandle[Task], answer: tuple[Any, ...], out: Settle) -> None:
         core, now, kind = self.core, time.monotonic(), answer[1]
-        outcome: LayerResult | BaseException
+        outcome: Any  # a LayerResult, a whole recall's (results, hits), or an error
         try:  # unpack even an unexpected result, so its shared blocks are unlinked
             if kind == "ok":  # answer[3]: whether the result holds shared-memory blocks
                 outcome = shm.unpack_tree(answer[2], unlink=True) if answer[3] else answer[2]
@@ -320,6 +324,8 @@ class PoolMonitor:
             return
         worker.last_active = now
         failed = isinstance(outcome, BaseException)
+        if task.layer == backend.HITS and not failed:
+            core.stats.count["hits_left" if outcome[1] is None else "hits_read"] += 1
         core.stats.record(None if failed else (now - task.enqueued) * 1000.0)
         if not task.abandoned:
             out.append((task.future, outcome))

@@ -53,6 +53,7 @@ class RecallRun:
         self.fallback: str | None = None
         self.results: Mapping[str, LayerResult] = {}
         self.fresh: dict[str, LayerResult] = {}
+        self.remote_hits: tuple[Hit, ...] | None = None  # read by a worker (whole recall)
         self.analysis: QueryAnalysis | None = None
         self.confidence = 1.0
         self.queued_ms = 0.0  # waited for an execution slot (engine.admission)
@@ -142,7 +143,9 @@ class RecallRun:
             ]
         )
         self.results = results
-        hits = engine.pipeline.hits(query, results)
+        hits = self.remote_hits
+        if hits is None or cached:
+            hits = engine.pipeline.hits(query, results)
         if uses_cache:  # forced executing strategies neither read nor fill the cache
             fresh = [(result, result.elapsed_ms) for result in self.fresh.values()]
             cost = sum(r.elapsed_ms for r in self.fresh.values())
@@ -163,9 +166,11 @@ class RecallRun:
         self, request: SearchRequest, layers: tuple[str, ...]
     ) -> dict[str, LayerResult] | None:
         """The layers run by the worker pool, or None after switching to PARALLEL because the
-        pool could not (see :func:`pool_results`)."""
-        remote, self.fallback = pool_results(
-            self.engine.pools, request, layers, self.left, self.timeout
+        pool could not (see :func:`pool_results`). When they are every layer of the query,
+        one worker runs the whole recall and reads its hits too."""
+        whole = layers == self.query.layers and self.engine.pipeline.diversify
+        remote, self.remote_hits, self.fallback = pool_results(
+            self.engine.pools, request, layers, self.left, self.timeout, whole
         )
         if remote is None:
             self.executed = Strategy.PARALLEL
@@ -182,31 +187,36 @@ def pool_results(
     layers: tuple[str, ...],
     left: Callable[[], float | None],
     timeout: float | None,
-) -> tuple[dict[str, LayerResult] | None, str | None]:
-    """The layers run by the worker pool (no execution slot held while it works), or None
-    and why the pool could not (the caller then runs them in process). ``left`` is what the
-    recall's ``timeout`` has left, asked once the pool can take the layers.
+    whole: bool = False,
+) -> tuple[dict[str, LayerResult] | None, tuple[Hit, ...] | None, str | None]:
+    """The layers run by the worker pool (no execution slot held while it works), and with
+    ``whole`` the hits a worker read (None if it could not); or None and why the pool could
+    not (the caller then runs them in process). ``left`` is what the recall's ``timeout``
+    has left, asked once the pool can take the layers.
 
     >>> from athena.execution.pool_keeper import PoolKeeper
     >>> pool_results(PoolKeeper(None), None, ("episodic",), lambda: None, None)
-    (None, 'pool unavailable: not configured')
+    (None, None, 'pool unavailable: not configured')
     """
     backend = pools.get()
     if backend is None:
-        return None, f"pool unavailable: {pools.error or 'not configured'}"
+        return None, None, f"pool unavailable: {pools.error or 'not configured'}"
     if not backend.available:  # every worker is being replaced: do not wait
-        return None, "pool unavailable: no worker is ready"
+        return None, None, "pool unavailable: no worker is ready"
     remaining = left()
     if remaining is not None and remaining <= 0:
         raise RecallTimeout(f"recall exceeded its {timeout}s timeout")
+    wait = DISTRIBUTED_TIMEOUT if remaining is None else remaining
+    hits = None
     try:
-        results = backend.run(
-            request, layers, timeout=DISTRIBUTED_TIMEOUT if remaining is None else remaining
-        )
+        if whole:
+            results, hits = backend.recall(request, layers, timeout=wait)
+        else:
+            results = backend.run(request, layers, timeout=wait)
     except (WorkerPoolUnavailable, RecallTimeout) as exc:
-        return None, f"pool failed: {exc}"
+        return None, None, f"pool failed: {exc}"
     pools.served(request.query.tenant, results, backend)  # warm, unless its workers built
-    return results, None
+    return results, hits, None
 
 
 def in_process(

@@ -6,12 +6,15 @@ scopes whose indexes it built at start) and then answers tasks from its
 pipe one at a time until it reads ``None`` or the pipe closes (the parent died).
 
 Messages, parent to worker: ``(((task_id, layer), ...), pickled (packed request, shared))``
-(the layers of one recall given to this worker, searched in turn) or ``None``. Worker to
-parent: ``("warming",)`` (every :data:`BEAT_S` while it starts), ``("ready", pid,
-warmed)``, ``("failed", reason)`` or ``("done", answers)``, one
-answer per task: ``(task_id, "ok", packed result, shared)`` or ``(task_id, "error", error
-class name, message)``; ``shared`` says whether the packed tree holds shared-memory blocks
-(most do not, and walking a tree back costs tens of µs a task).
+(the layers of one recall given to this worker, searched in turn; or one task whose layer
+is ``HITS``: the whole recall, every layer of its query searched, fused and its hits read
+here) or ``None``. Worker to parent: ``("warming",)`` (every :data:`BEAT_S` while it
+starts), ``("ready", pid, warmed)``, ``("failed", reason)`` or ``("done", answers)``, one
+answer per task: ``(task_id, "ok", packed result, shared)`` (a whole recall's result: its
+layers' results and its packed hits, or None for the hits when the message would outgrow
+one write, :data:`ONE_WRITE`) or ``(task_id, "error", error class name, message)``;
+``shared`` says whether the packed tree holds shared-memory blocks (most do not, and
+walking a tree back costs tens of µs a task).
 
 In the parent, :class:`Fleet` spawns, chooses, reaps and stops the processes; the pool
 calls it under its lock (all but :meth:`Fleet.wait`, which only its monitor thread calls).
@@ -39,6 +42,8 @@ from typing import Any, Final, Generic, TypeVar
 from athena import errors
 from athena.embedding import load_embedder
 from athena.execution import shm
+from athena.execution.backend import HITS
+from athena.execution.pipeline import build_hits, pack_hits
 from athena.execution.runner import run_layer
 from athena.layers import default_layers
 from athena.layers.protocol import LayerContext, SearchRequest, open_context
@@ -53,6 +58,7 @@ STOP_GRACE: Final = 2.0  # seconds workers get to exit on close before they are 
 WARM_AT_LEAST: Final = 5_000  # memories in a scope before a worker builds its indexes at start
 WARM_BUDGET_S: Final = 30.0  # of the pool's 60 s start allowance
 BEAT_S: Final = 1.0  # how often a starting worker says it is still at work
+ONE_WRITE: Final = 16_000  # bytes multiprocessing sends in one write (it splits past 16 KiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +151,16 @@ def _initialise(
             request = shm.unpack_tree(tree, unlink=False) if shared else tree
         except Exception as exc:
             return seal([(tid, "error", type(exc).__name__, str(exc)) for tid, _ in work])
-        return seal([search(tid, layer, request) for tid, layer in work])
+        answers = [
+            whole(tid, request) if layer == HITS else search(tid, layer, request)
+            for tid, layer in work
+        ]
+        message = seal(answers)
+        if len(message) > ONE_WRITE and work[-1][1] == HITS:  # the caller reads the hits
+            results = answers[-1][2][0]
+            answers[-1] = (work[-1][0], "ok", (results, None), False)
+            message = seal(answers)
+        return message
 
     def search(task_id: int, layer: str, request: SearchRequest) -> tuple[Any, ...]:
         try:
@@ -153,6 +168,19 @@ def _initialise(
             packed, blocks = shm.pack_tree(result)
             shm.release(blocks, unlink=False)  # the parent unlinks them after unpacking
             return (task_id, "ok", packed, bool(blocks))
+        except Exception as exc:
+            return (task_id, "error", type(exc).__name__, str(exc))
+
+    def whole(task_id: int, request: SearchRequest) -> tuple[Any, ...]:
+        """A whole recall: every layer of the query in turn, fused, and the hits read
+        (``pack_hits``); its layers' results go back too, for the caller's cache."""
+        try:
+            query = request.query
+            found = {
+                name: run_layer(layers, ctx, name, request, "distributed") for name in query.layers
+            }
+            hits = pack_hits(build_hits(store, query, found))
+            return (task_id, "ok", (tuple(found.items()), hits), False)
         except Exception as exc:
             return (task_id, "error", type(exc).__name__, str(exc))
 
