@@ -115,9 +115,10 @@ def default_max_workers(min_workers: int = 2) -> int:
     """A pool's default ceiling: one worker per core (at least ``min_workers``).
 
     Workers are CPU-bound (the query is embedded in the caller; they search, and read a
-    whole recall's hits), so more workers than cores only contend. Four callers sending DISTRIBUTED recalls over 110
-    tenants of ``100k-tenants`` on 2 cores: p50 12-13 ms and p90 31-35 ms with two workers,
-    20-24 ms and 71-125 ms with the seed's ceiling of 20 (the pool grew to 8-9).
+    whole recall's hits), so more workers than cores only contend. Four callers sending
+    DISTRIBUTED recalls over 110 tenants of ``100k-tenants`` on 2 cores: p50 12-13 ms and
+    p90 31-35 ms with two workers, 20-24 ms and 71-125 ms with the seed's ceiling of 20
+    (the pool grew to 8-9).
 
     >>> default_max_workers(64)
     64
