@@ -150,3 +150,18 @@ def test_a_whole_recall_on_a_worker_that_dies_is_retried(mem: Memory) -> None:
         assert hits == local_hits and set(results) == set(local) and HITS not in results
         health = p.health()
         assert health["crashes"] == 1 and health["retries"] == 1 and victim not in health["pids"]
+
+
+def test_a_whole_recall_goes_to_the_worker_holding_its_tenant_and_then_holds_each_layer(
+    mem: Memory,
+) -> None:
+    with ProcessWorkerPool(mem.store.path, min_workers=2, max_workers=2, task_timeout=WAIT) as p:
+        p.start()
+        req = request(mem, QUERIES[1], "acme")
+        p.run(req, ["episodic"], timeout=WAIT)  # one worker now holds acme's episodic index
+        before = p.health()
+        p.recall(req, req.query.layers, timeout=WAIT)  # to it; it builds the other four
+        p.run(req, ["semantic"], timeout=WAIT)  # so this one is sent to a holder
+        after = p.health()
+        assert after["sent_to_holder"] == before["sent_to_holder"] + 1
+        assert after["sent_elsewhere"] == before["sent_elsewhere"] + 1  # the recall: 1 of 5

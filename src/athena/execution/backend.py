@@ -213,6 +213,7 @@ class Task:
     deadline: float = math.inf
     tenant: str = ""  # whose indexes it searches: with ``layer``, the dispatcher's affinity
     depth: int = 50  # how many ids its answer holds at most (bounds a message's answers)
+    covers: tuple[str, ...] = ()  # a whole recall's layers: whose indexes its worker holds
 
     def attempt_failed(self, reason: str, timed_out: bool) -> BaseException | None:
         """Record a failed attempt: None if the task may run once more, else the error.

@@ -63,8 +63,8 @@ class PoolCore:
         about 0.25 ms of its 0.93 (``benchmarks/pool_round_trip.py``)."""
         packed, blocks = shm.pack_tree(request)
         payload = pickle.dumps((packed, bool(blocks)), protocol=pickle.HIGHEST_PROTOCOL)
-        if whole:  # one task: a worker searches every layer, then reads the hits
-            names = [backend.HITS]
+        covers = tuple(names) if whole else ()  # one task: every layer, then the hits
+        names = [backend.HITS] if whole else names
         group = backend.TaskGroup(len(names), partial(shm.release, blocks))
         with self.cond:
             try:
@@ -72,7 +72,16 @@ class PoolCore:
                     raise WorkerPoolUnavailable(self.error or "worker pool is not running")
                 tenant, depth, ids = request.query.tenant, request.depth, self.queue.new_id
                 tasks = [
-                    Task(ids(), n, priority, payload, group, tenant=tenant, depth=depth)
+                    Task(
+                        ids(),
+                        n,
+                        priority,
+                        payload,
+                        group,
+                        tenant=tenant,
+                        depth=depth,
+                        covers=covers,
+                    )
                     for n in names
                 ]
                 self.queue.add(tasks)
@@ -214,7 +223,7 @@ def take(core: PoolCore) -> tuple[wk.WorkerHandle[Task], list[Task]] | None:
         if not _runnable(task):
             continue
         free = core.fleet.free()
-        worker = core.fleet.pick((task.tenant, task.layer)) or worker
+        worker = core.fleet.pick((task.tenant, (task.covers or (task.layer,))[0])) or worker
         share = -(-(1 + task.group.queued) // max(1, free))  # ceiling
         # Answers under 16 KiB, which a pipe takes in one write: a longer one is written
         # in two, and a worker stopped between them would block the read.
@@ -230,7 +239,7 @@ def take(core: PoolCore) -> tuple[wk.WorkerHandle[Task], list[Task]] | None:
         # holding several must be found as soon as one holding one would.
         deadline = time.monotonic() + core.limits.task_timeout
         for each in bundle:
-            held = wk.hold(worker, (each.tenant, each.layer))
+            held = all([wk.hold(worker, (each.tenant, n)) for n in each.covers or (each.layer,)])
             core.stats.count["sent_to_holder" if held else "sent_elsewhere"] += 1
             each.attempts += 1
             each.deadline = deadline
