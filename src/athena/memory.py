@@ -22,6 +22,7 @@ from athena.catch_up import CatchUp
 from athena.embedding import Embedder, load_embedder
 from athena.errors import ExecutionError, InvalidInput, NotFound
 from athena.execution.admission import QueueTally
+from athena.execution.backend import default_max_workers
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.protocol import RecallEngine
 from athena.execution.sequential import SequentialEngine
@@ -215,7 +216,9 @@ class AsyncMemory:
     :attr:`Memory.concurrency`), on threads of its own; the others wait in its queue, in
     arrival order, and one that finds its answer cached by then is served from the cache.
     More threads only fight over the GIL: bursts of 100 cold recalls ran 1.4-1.8x faster
-    bounded (``athena.execution.admission``).
+    bounded (``athena.execution.admission``). Forced DISTRIBUTED recalls, which wait on
+    the worker pool without the GIL, run on threads of their own, two per worker the pool
+    may run.
 
     >>> # async with AsyncMemory("m.db") as mem: await mem.recall("...", tenant="t")
     """
@@ -230,6 +233,12 @@ class AsyncMemory:
         self.core = Memory(path, **options)
         self.concurrency = self.core.concurrency if concurrency is None else concurrency
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="athena-recall")
+        # A forced DISTRIBUTED recall waits on the worker pool nearly throughout, without the
+        # GIL: on threads of its own, two per worker the pool may run, it keeps the workers
+        # busy and leaves the ``concurrency`` threads to the recalls that run here.
+        self._pool_threads = ThreadPoolExecutor(
+            2 * default_max_workers(), thread_name_prefix="athena-pool-recall"
+        )
         self.remember = _threaded(self.core.remember)
         self.remember_many = _threaded(self.core.remember_many)
         self.recall_cached = self.core.recall_cached
@@ -243,7 +252,8 @@ class AsyncMemory:
     async def recall(self, query: str, **options: Any) -> Recall:
         """:meth:`Memory.recall`, awaitable: a valid cache hit is served on the event loop
         (no thread hop); anything else runs on one of ``concurrency`` threads, waiting for
-        one in arrival order (see :meth:`Memory.recall_queued`).
+        one in arrival order (see :meth:`Memory.recall_queued`), or with
+        ``strategy="distributed"`` on threads that wait for the worker pool.
 
         >>> # hits = (await mem.recall("where is the key?", tenant="t", k=5)).hits
         """
@@ -252,8 +262,10 @@ class AsyncMemory:
             return hit
         queued = functools.partial(self.core.recall_queued, query, time.perf_counter(), **options)
         run = functools.partial(contextvars.copy_context().run, queued)
+        pooled = options.get("strategy") == "distributed"
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._threads, run)
+            threads = self._pool_threads if pooled else self._threads
+            future = asyncio.get_running_loop().run_in_executor(threads, run)
         except RuntimeError:  # the thread pool is shut: close() has begun
             raise ExecutionError("this AsyncMemory is closed") from None
         return await future
@@ -262,6 +274,7 @@ class AsyncMemory:
         """Let the recalls already queued finish, then close the core. A later recall that
         misses the cache raises ExecutionError."""
         await asyncio.to_thread(self._threads.shutdown, True)
+        await asyncio.to_thread(self._pool_threads.shutdown, True)
         await asyncio.to_thread(self.core.close)
 
     async def __aenter__(self) -> AsyncMemory:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import threading
 import time
@@ -459,3 +460,33 @@ def test_the_http_server_counts_a_recall_whose_timeout_ran_out_in_its_queue(
     assert 'athena_recall_queue_timeouts_total{queue="thread"} 1.0' in metrics
     assert 'athena_recall_queue_timeouts_total{queue="execution_slot"} 0.0' in metrics
     assert "athena_recall_thread_queue_seconds_total" in metrics
+
+
+def test_a_distributed_recall_waiting_on_the_pool_holds_none_of_the_faces_threads(
+    tmp_path: Path,
+) -> None:
+    """With one recall thread, a forced DISTRIBUTED recall whose workers are frozen must not
+    keep an in-process recall waiting: it waits for the pool on a thread of its own."""
+
+    async def run() -> None:
+        async with AsyncMemory(tmp_path / "m.db", concurrency=1, pool="eager") as mem:
+            fill(mem.core)
+            await mem.recall(QUESTIONS[0], tenant="t", strategy="distributed")  # pool started
+            pids = mem.core.execution_stats()["pool"]["pids"]
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                pooled = asyncio.ensure_future(
+                    mem.recall(QUESTIONS[1], tenant="t", strategy="distributed")
+                )
+                await asyncio.sleep(0.2)  # sent to a frozen worker by now
+                here = await asyncio.wait_for(
+                    mem.recall(QUESTIONS[2], tenant="t", strategy="sequential"), 20.0
+                )
+                assert here.hits and not pooled.done()
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            assert (await pooled).hits
+
+    asyncio.run(run())
