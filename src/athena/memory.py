@@ -217,8 +217,8 @@ class AsyncMemory:
     arrival order, and one that finds its answer cached by then is served from the cache.
     More threads only fight over the GIL: bursts of 100 cold recalls ran 1.4-1.8x faster
     bounded (``athena.execution.admission``). Forced DISTRIBUTED recalls, which wait on
-    the worker pool without the GIL, run on threads of their own, two per worker the pool
-    may run.
+    the worker pool without the GIL, run on threads of their own while the pool can take
+    them (twice its default ceiling of a worker per core).
 
     >>> # async with AsyncMemory("m.db") as mem: await mem.recall("...", tenant="t")
     """
@@ -234,8 +234,9 @@ class AsyncMemory:
         self.concurrency = self.core.concurrency if concurrency is None else concurrency
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="athena-recall")
         # A forced DISTRIBUTED recall waits on the worker pool nearly throughout, without the
-        # GIL: on threads of its own, two per worker the pool may run, it keeps the workers
-        # busy and leaves the ``concurrency`` threads to the recalls that run here.
+        # GIL: on threads of its own (twice the pool's default ceiling, a worker per core) it
+        # keeps the workers busy and leaves the ``concurrency`` threads to the recalls that
+        # run here. Only while the pool can take it: one that falls back runs here.
         self._pool_threads = ThreadPoolExecutor(
             2 * default_max_workers(), thread_name_prefix="athena-pool-recall"
         )
@@ -262,7 +263,7 @@ class AsyncMemory:
             return hit
         queued = functools.partial(self.core.recall_queued, query, time.perf_counter(), **options)
         run = functools.partial(contextvars.copy_context().run, queued)
-        pooled = options.get("strategy") == "distributed"
+        pooled = options.get("strategy") == "distributed" and self.core.engine.pool_ready()
         try:
             threads = self._pool_threads if pooled else self._threads
             future = asyncio.get_running_loop().run_in_executor(threads, run)
@@ -273,6 +274,8 @@ class AsyncMemory:
     async def close(self) -> None:
         """Let the recalls already queued finish, then close the core. A later recall that
         misses the cache raises ExecutionError."""
+        self._threads.shutdown(wait=False)  # both refuse new recalls from now on
+        self._pool_threads.shutdown(wait=False)
         await asyncio.to_thread(self._threads.shutdown, True)
         await asyncio.to_thread(self._pool_threads.shutdown, True)
         await asyncio.to_thread(self.core.close)

@@ -72,8 +72,20 @@ def test_any_tree_round_trips_with_exactly_its_large_arrays_shared(tree: Any) ->
 
 
 @given(st.lists(leaves, max_size=60).map(tuple))
-def test_a_tuple_of_leaves_is_passed_through_not_rebuilt(items: tuple[Any, ...]) -> None:
-    assert shm.pack_tree(items)[0] is items
+def test_a_tuple_of_leaves_is_passed_through_not_walked(items: tuple[Any, ...]) -> None:
+    walked: list[object] = []
+    real = shm._pack
+
+    def counting(obj: object, threshold: int, blocks: list[Any]) -> Any:
+        walked.append(obj)
+        return real(obj, threshold, blocks)
+
+    shm._pack = counting  # type: ignore[assignment]
+    try:
+        assert shm.pack_tree(items)[0] is items
+    finally:
+        shm._pack = real  # type: ignore[assignment]
+    assert walked == [items]  # the tuple itself, none of its items
     assert shm.unpack_tree(items, unlink=False) is items
 
 

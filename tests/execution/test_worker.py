@@ -21,6 +21,7 @@ import pytest
 from athena import Memory
 from athena.execution import shm
 from athena.execution import worker as wk
+from athena.execution.worker_messages import seal
 from athena.layers.protocol import LayerResult
 from athena.records import MemoryInput, make_query
 
@@ -88,7 +89,7 @@ def test_an_answer_that_cannot_be_sent_fails_its_task_and_frees_its_blocks(
 
 def test_answers_that_can_be_sent_are_pickled_once_as_a_whole() -> None:
     answers = [(1, "ok", LayerResult("semantic", (3, 4), (0.5, 0.25)), False)]
-    assert pickle.loads(wk.seal(answers)) == ("done", answers)
+    assert pickle.loads(seal(answers)) == ("done", answers)
 
 
 def test_a_starting_worker_says_it_is_warming_until_it_is_done() -> None:

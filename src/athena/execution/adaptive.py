@@ -158,6 +158,10 @@ class AdaptiveEngine:
             details = served_explain(query, query_type, asked, full, decision, actual)
         return Recall(hits=full.value, explain=details)
 
+    def pool_ready(self) -> bool:
+        """See :meth:`~athena.execution.protocol.RecallEngine.pool_ready`."""
+        return self.pools.ready()
+
     def gauges(self) -> dict[str, Any]:
         return {"pool": self.pools.health(), "admission": self.admission.stats()}
 

@@ -191,8 +191,9 @@ class TaskGroup:
 @dataclass(eq=False, slots=True)
 class Task:
     """One layer search of one recall, as a backend tracks it; or, as :data:`HITS`, a whole
-    recall (every layer of its query, fused, and its hits read), whose result is a
-    :data:`RemoteRecall` with the hits packed (:func:`~athena.execution.pipeline.pack_hits`).
+    recall (every layer of its query, ``covers``, fused, and its hits read), whose result
+    is its layers' (name, result) pairs and its hits packed
+    (:func:`~athena.execution.pipeline.pack_hits`; None when the worker left them).
 
     >>> Task(1, "semantic", 5, b"", TaskGroup(1)).state
     'queued'
@@ -211,7 +212,7 @@ class Task:
     state: str = "queued"  # queued | running | done
     abandoned: bool = False  # its caller gave up: the outcome is dropped, never retried
     deadline: float = math.inf
-    tenant: str = ""  # whose indexes it searches: with ``layer``, the dispatcher's affinity
+    tenant: str = ""  # whose indexes it searches: with ``layer`` (or ``covers``), affinity
     depth: int = 50  # how many ids its answer holds at most (bounds a message's answers)
     covers: tuple[str, ...] = ()  # a whole recall's layers: whose indexes its worker holds
 

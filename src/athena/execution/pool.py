@@ -1,8 +1,11 @@
 """The DISTRIBUTED strategy's backend: a pool of real worker processes.
 
-Callers queue one task per layer on a bounded priority queue (0-10, higher first, FIFO
-within a priority). A dispatcher thread hands each task to a free worker that holds its
-(tenant, layer) indexes, else to the least-loaded ready worker; a monitor thread reads
+Callers queue one task per layer (:meth:`ProcessWorkerPool.run`), or one task for a whole
+recall (:meth:`ProcessWorkerPool.recall`: every layer, fused, the hits read), on a bounded
+priority queue (0-10, higher first, FIFO within a priority). Each task goes to a free
+worker that holds its (tenant, layer) indexes, else to the least-loaded ready worker: sent
+by the caller itself if a worker is free when it queues, else by a dispatcher thread as
+workers free up; a monitor thread reads
 results, notices dead workers (process sentinels) and tasks past their deadline (the
 worker is killed), replaces those workers, retries their tasks once, fails the queued
 tasks at once while no worker is ready (their recalls fall back), and scales the pool
@@ -186,8 +189,7 @@ class ProcessWorkerPool:
             return self.run(request, names, priority=priority, timeout=timeout), None
         self.start()
         tasks = self._core.enqueue(request, names, priority, whole=True)
-        answer: Any = answers.gather(self._core, tasks, timeout)[backend.HITS]
-        results, hits = answer  # see backend.Task: a whole recall's task answers this pair
+        results, hits = answers.gather_whole(self._core, tasks, timeout)
         return dict(results), None if hits is None else unpack_hits(hits)
 
     def _enqueue(self, request: SearchRequest, layers: Sequence[str], priority: int) -> list[Task]:

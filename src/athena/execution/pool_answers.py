@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import FIRST_EXCEPTION
 from concurrent.futures import wait as wait_futures
+from typing import Any
 
 from athena.errors import RecallTimeout
 from athena.execution.backend import Task
 from athena.execution.pool_core import PoolCore
 from athena.layers.protocol import LayerResult
+
+# A whole recall's answer: its layers' results, and its hits packed (None: not read there).
+WholeAnswer = tuple[tuple[tuple[str, LayerResult], ...], "tuple[tuple[Any, ...], ...] | None"]
 
 
 def gather(core: PoolCore, tasks: list[Task], timeout: float) -> dict[str, LayerResult]:
@@ -23,6 +27,16 @@ def gather(core: PoolCore, tasks: list[Task], timeout: float) -> dict[str, Layer
     """
     wait_futures([t.future for t in tasks], timeout, return_when=FIRST_EXCEPTION)
     return outcome(core, tasks, timeout)
+
+
+def gather_whole(core: PoolCore, tasks: list[Task], timeout: float) -> WholeAnswer:
+    """:func:`gather` for a whole recall's one task: its layers' results as (name, result)
+    pairs and its packed hits (None: the caller reads them).
+
+    >>> # results, packed = gather_whole(pool._core, tasks, 2.0)
+    """
+    answer: WholeAnswer = gather(core, tasks, timeout)[tasks[0].layer]  # type: ignore[assignment]
+    return answer
 
 
 async def gather_async(core: PoolCore, tasks: list[Task], timeout: float) -> dict[str, LayerResult]:

@@ -1,8 +1,10 @@
 """The worker pool's shared state and its two threads (see :mod:`athena.execution.pool`).
 
 ``PoolCore`` holds the fleet, the priority queue and the counters, changed only under its
-condition. ``PoolDispatcher`` (a thread) hands queued tasks to free workers, preferring
-one that holds the task's indexes and bundling a recall's layers. ``PoolMonitor`` (the
+condition. :func:`take` picks a queued task and a free worker for it, preferring one that
+holds the task's indexes and bundling a recall's layers, and :func:`send` sends them: the
+caller itself for what free workers can take when it queues, ``PoolDispatcher`` (a thread)
+for the rest as workers free up. ``PoolMonitor`` (the
 other thread) reads results, reaps dead or hung workers (replacing them and retrying their
 tasks once) and has ``PoolScaler`` size the fleet between ``min_workers`` and
 ``max_workers``.
@@ -56,7 +58,8 @@ class PoolCore:
     def enqueue(
         self, request: SearchRequest, names: list[str], priority: int, whole: bool = False
     ) -> list[Task]:
-        """Queue one task per layer (all or none); arrays over 64 KiB go by shared memory.
+        """Queue one task per layer (all or none), or with ``whole`` one :data:`backend.HITS`
+        task covering them all; arrays over 64 KiB go by shared memory.
 
         The caller sends what free workers can take now itself (:func:`take`), rather than
         waking the dispatcher thread to do it: that hand-off cost a one-layer round trip
@@ -94,10 +97,12 @@ class PoolCore:
             if len(self.queue):  # some wait: the dispatcher sends them as workers free up,
                 self.cond.notify_all()  # and the monitor fails them if no worker is ready
                 self.fleet.wake()
-        for worker, bundle in sends:
-            send(worker, bundle)
-        for task in tasks:
-            task.future.add_done_callback(partial(self._cancelled, task))
+        try:
+            for worker, bundle in sends:
+                send(worker, bundle)
+        finally:
+            for task in tasks:
+                task.future.add_done_callback(partial(self._cancelled, task))
         return tasks
 
     def _cancelled(self, task: Task, future: Future[LayerResult]) -> None:

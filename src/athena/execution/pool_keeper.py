@@ -66,6 +66,17 @@ class PoolKeeper:
                     backend.close()
         return self.backend
 
+    def ready(self) -> bool:
+        """Configured, not failed to start, and a worker ready or the pool yet to start.
+
+        >>> PoolKeeper(None).ready()
+        False
+        """
+        if self._factory is None or self.error is not None:
+            return False
+        backend = self.backend
+        return backend is None or backend.load().available
+
     def load(self) -> PoolLoad | None:
         """The running pool's load, without starting one (None if none runs)."""
         backend = self.backend

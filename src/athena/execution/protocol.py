@@ -38,4 +38,8 @@ class RecallEngine(Protocol):
     def gauges(self) -> dict[str, Any]:
         """The ``pool`` and ``admission`` sections alone: cheap enough for every scrape."""
 
+    def pool_ready(self) -> bool:
+        """Whether a DISTRIBUTED recall would be sent to a worker pool now: one is
+        configured, has not failed to start, and has a worker ready (or is yet to start)."""
+
     def close(self) -> None: ...

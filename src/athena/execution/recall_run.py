@@ -209,7 +209,7 @@ def pool_results(
     wait = DISTRIBUTED_TIMEOUT if remaining is None else remaining
     hits = None
     try:
-        if whole:
+        if whole and hasattr(backend, "recall"):  # a backend from before stop 42 lacks it
             results, hits = backend.recall(request, layers, timeout=wait)
         else:
             results = backend.run(request, layers, timeout=wait)

@@ -61,5 +61,8 @@ class SequentialEngine:
     def gauges(self) -> dict[str, Any]:
         return {"pool": {}, "admission": {}}
 
+    def pool_ready(self) -> bool:
+        return False  # no pool: a DISTRIBUTED recall runs here
+
     def close(self) -> None:
         return None

@@ -12,9 +12,9 @@ here) or ``None``. Worker to parent: ``("warming",)`` (every :data:`BEAT_S` whil
 starts), ``("ready", pid, warmed)``, ``("failed", reason)`` or ``("done", answers)``, one
 answer per task: ``(task_id, "ok", packed result, shared)`` (a whole recall's result: its
 layers' results and its packed hits, or None for the hits when the message would outgrow
-one write, :data:`ONE_WRITE`) or ``(task_id, "error", error class name, message)``;
-``shared`` says whether the packed tree holds shared-memory blocks (most do not, and
-walking a tree back costs tens of µs a task).
+one write, :mod:`~athena.execution.worker_messages`) or ``(task_id, "error", error class
+name, message)``; ``shared`` says whether the packed tree holds shared-memory blocks
+(most do not, and walking a tree back costs tens of µs a task).
 
 In the parent, :class:`Fleet` spawns, chooses, reaps and stops the processes; the pool
 calls it under its lock (all but :meth:`Fleet.wait`, which only its monitor thread calls).
@@ -45,6 +45,7 @@ from athena.execution import shm
 from athena.execution.backend import HITS
 from athena.execution.pipeline import build_hits, pack_hits
 from athena.execution.runner import run_layer
+from athena.execution.worker_messages import seal, seal_in_one_write
 from athena.layers import default_layers
 from athena.layers.protocol import LayerContext, SearchRequest, open_context
 from athena.retrieval.residency import default_budget
@@ -58,7 +59,6 @@ STOP_GRACE: Final = 2.0  # seconds workers get to exit on close before they are 
 WARM_AT_LEAST: Final = 5_000  # memories in a scope before a worker builds its indexes at start
 WARM_BUDGET_S: Final = 30.0  # of the pool's 60 s start allowance
 BEAT_S: Final = 1.0  # how often a starting worker says it is still at work
-ONE_WRITE: Final = 16_000  # bytes multiprocessing sends in one write (it splits past 16 KiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +155,7 @@ def _initialise(
             whole(tid, request) if layer == HITS else search(tid, layer, request)
             for tid, layer in work
         ]
-        message = seal(answers)
-        if len(message) > ONE_WRITE and work[-1][1] == HITS:  # the caller reads the hits
-            results = answers[-1][2][0]
-            answers[-1] = (work[-1][0], "ok", (results, None), False)
-            message = seal(answers)
-        return message
+        return seal_in_one_write(answers, whole=work[-1][1] == HITS)
 
     def search(task_id: int, layer: str, request: SearchRequest) -> tuple[Any, ...]:
         try:
@@ -185,33 +180,6 @@ def _initialise(
             return (task_id, "error", type(exc).__name__, str(exc))
 
     return store, serve, warmed
-
-
-def seal(answers: list[tuple[Any, ...]]) -> bytes:
-    """The ``("done", answers)`` message, pickled here rather than in ``send``: an answer
-    that cannot be pickled (a layer's result holding a lock, say) becomes that task's error,
-    and its shared blocks are unlinked, instead of killing the worker mid-send and leaving
-    the blocks for no one to unlink.
-
-    >>> pickle.loads(seal([(1, "ok", {"a": threading.Lock()}, False)]))[1][0][:3]
-    (1, 'error', 'TypeError')
-    """
-    try:
-        return pickle.dumps(("done", answers), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        checked = [_sendable(answer) for answer in answers]
-        return pickle.dumps(("done", checked), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _sendable(answer: tuple[Any, ...]) -> tuple[Any, ...]:
-    try:
-        pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-        return answer
-    except Exception as exc:
-        if answer[1] == "ok" and answer[3]:  # its blocks reach no parent: unlink them here
-            with contextlib.suppress(Exception):
-                shm.unpack_tree(answer[2], unlink=True)
-        return (answer[0], "error", type(exc).__name__, f"a layer's result cannot be sent: {exc}")
 
 
 def vector_space(embedder: str) -> str:
@@ -262,7 +230,7 @@ def send_quietly(conn: Connection, message: object, pickled: bool = False) -> bo
             conn.send_bytes(message)  # type: ignore[arg-type]
         else:
             conn.send(message)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # TypeError: closed by another thread meanwhile
         return False
     return True
 
