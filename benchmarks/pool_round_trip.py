@@ -3,13 +3,13 @@ same searches in process.
 
 ``python benchmarks/pool_round_trip.py [--queries 600] [--out DIR] [--store 100k-tenants]
 [--embedder static]`` builds (or reuses, under ``DIR/stores``) the store, starts a
-``Memory`` with an eager pool (a worker per core: two here), has every tenant searched
-once in process and once by the pool (each worker then holds the indexes it is sent to), and then, for each
-question, in a random order: the episodic layer searched in process, the same layer by the
-pool (``ProcessWorkerPool.run``), every layer by the pool, and a forced DISTRIBUTED and a
-forced SEQUENTIAL recall. Prints the p50 and p95 of each, in ms. The difference between
-the pool's one-layer trip and the same search in process is the trip itself: pickling,
-the hand-off to a worker, two process wake-ups and the answer's way back.
+``Memory`` with an eager pool (a worker per core: two here), has every tenant searched once
+in process and once by the pool (each worker then holds the indexes it is sent to), and
+then, for each question, in a random order: the episodic layer searched in process, the same
+layer by the pool (``ProcessWorkerPool.run``), every layer by the pool, and a forced
+DISTRIBUTED and a forced SEQUENTIAL recall. Prints the p50 and p95 of each, in ms. The
+difference between the pool's one-layer trip and the same search in process is the trip
+itself: pickling, the hand-off to a worker, two process wake-ups and the answer's way back.
 """
 
 from __future__ import annotations
