@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from athena import Memory
 from athena.embedding import Embedder
 from athena.execution.aggregate import fuse
-from athena.execution.pipeline import HITS_SLACK, Pipeline, _hit
+from athena.execution.pipeline import HITS_SLACK, Pipeline, _hit, pack_hits, unpack_hits
 from athena.layers.protocol import LayerResult
 from athena.records import Hit, MemoryInput, RecallQuery, make_query
 
@@ -136,3 +137,14 @@ def test_a_later_chunk_reads_what_the_empty_slots_need_at_the_rate_seen(
         assert read[:2] == [2 + HITS_SLACK, 7 + HITS_SLACK] and sum(read) == 22
     finally:
         memory.close()
+
+
+def test_a_packed_hit_holds_every_field_of_a_hit() -> None:
+    """pack_hits names the fields one by one (deriving them from the dataclass cost the
+    caller 14 µs more a recall): a field added to Hit must be added there too."""
+    names = [f.name for f in fields(Hit)]
+    values = {name: f"v-{name}" for name in names} | {"metadata": MappingProxyType({"m": 1})}
+    hit = Hit(**values)
+    (packed,) = pack_hits((hit,))
+    assert len(packed) == len(names) and set(packed[:-1]) == {f"v-{n}" for n in names[:-1]}
+    assert unpack_hits((packed,)) == (hit,)
