@@ -101,7 +101,9 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
             self.catch_up = CatchUp(self.store, self.generations, self.pipeline)
             if engine is None:
-                engine = _engine_factory(execution, pool, hnsw_cutoff, index_snapshots, budget)
+                engine = _engine_factory(
+                    execution, pool, hnsw_cutoff, index_snapshots, budget, layers
+                )
             self.engine = engine(self.pipeline, self.store)
             if backfill:
                 self.backfill_vectors()
@@ -165,7 +167,12 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
 
 
 def _engine_factory(
-    execution: str, pool: str, hnsw_cutoff: int, snapshots: bool, budget: int | None
+    execution: str,
+    pool: str,
+    hnsw_cutoff: int,
+    snapshots: bool,
+    budget: int | None,
+    layers: Mapping[str, MemoryLayer] | None = None,
 ) -> Callable[[Pipeline, SQLiteStore], RecallEngine]:
     """``execution``: "adaptive" (default) or "sequential" (the reference path only).
 
@@ -194,6 +201,7 @@ def _engine_factory(
                     hnsw_cutoff=hnsw_cutoff,
                     index_snapshots=snapshots,
                     index_memories=budget,
+                    layers=layers,  # a layer of the caller's own is searched there too
                 )
 
         return AdaptiveEngine(pipeline, store, backend=backend, eager_pool=pool == "eager")

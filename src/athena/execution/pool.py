@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Final
@@ -32,7 +32,8 @@ from athena.execution import worker as wk
 from athena.execution.backend import PoolLimits, PoolLoad, Task
 from athena.execution.pipeline import unpack_hits
 from athena.execution.pool_core import ANSWER_BYTES_PER_ID, ANSWERS_BYTES, PoolCore
-from athena.layers.protocol import LayerResult, SearchRequest
+from athena.execution.worker_layers import portable_layers
+from athena.layers.protocol import LayerResult, MemoryLayer, SearchRequest
 from athena.retrieval.residency import check_budget, default_budget
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 
@@ -48,7 +49,8 @@ class ProcessWorkerPool:
     ``task_timeout`` bounds one attempt of one message (a recall's layers given to one
     worker), ``timeout`` of :meth:`run` the call. The workers share ``index_memories``
     (default :func:`~athena.retrieval.residency.default_budget`): each holds at most its
-    ``max_workers``-th of it in its indexes.
+    ``max_workers``-th of it in its indexes. The workers search with ``layers`` (default:
+    the five default layers; see :mod:`~athena.execution.worker_layers`).
 
     >>> # with ProcessWorkerPool("athena.db") as pool: pool.run(request, ["semantic"])
     """
@@ -69,6 +71,7 @@ class ProcessWorkerPool:
         start_timeout: float = 60.0,
         index_snapshots: bool = True,
         index_memories: int | None = None,
+        layers: Mapping[str, MemoryLayer] | None = None,
     ) -> None:
         if start_method not in ("spawn", "forkserver"):
             raise InvalidInput("start_method must be 'spawn' or 'forkserver' (never 'fork')")
@@ -86,7 +89,10 @@ class ProcessWorkerPool:
         # The workers share one budget: each holds at most its share of the memories.
         budget = default_budget() if index_memories is None else check_budget(index_memories)
         share = None if budget is None else max(budget // self.limits.max_workers, 1)
-        config = wk.WorkerConfig(str(db_path), embedder, hnsw_cutoff, index_snapshots, share)
+        portable = portable_layers(layers)  # WorkerPoolUnavailable if they cannot be sent
+        config = wk.WorkerConfig(
+            str(db_path), embedder, hnsw_cutoff, index_snapshots, share, portable
+        )
         self._core = core = PoolCore(config, start_method, self.limits)
         self._start_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, wk.halt, core.cond, core.halted, core.procs)

@@ -57,7 +57,11 @@ class PoolKeeper:
             return self.backend
         with self._start_lock:
             if self.backend is None and self.error is None:
-                backend = self._factory()
+                try:
+                    backend = self._factory()  # refused if its workers cannot be configured
+                except WorkerPoolUnavailable as exc:
+                    self.error = str(exc)
+                    return None
                 try:
                     backend.start()
                     self.backend = backend

@@ -45,8 +45,8 @@ from athena.execution import shm
 from athena.execution.backend import HITS
 from athena.execution.pipeline import build_hits, pack_hits
 from athena.execution.runner import run_layer
+from athena.execution.worker_layers import layers_from
 from athena.execution.worker_messages import seal, seal_in_one_write
-from athena.layers import default_layers
 from athena.layers.protocol import LayerContext, SearchRequest, open_context
 from athena.retrieval.residency import default_budget
 from athena.retrieval.snapshots import for_store
@@ -70,6 +70,7 @@ class WorkerConfig:
     hnsw_cutoff: int
     index_snapshots: bool = True  # load (and save) the database's index snapshots
     index_memories: int | None = None  # its indexes' budget (None: the default one)
+    layers: bytes | None = None  # worker_layers.portable_layers (None: the default five)
 
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:
@@ -136,7 +137,7 @@ def _initialise(
     try:
         store.data_version()  # fail now, not on the first task, if the file is unreadable
         model = vector_space(config.embedder)
-        layers = default_layers()
+        layers = layers_from(config.layers)
         snapshots = for_store(store) if config.index_snapshots else None
         budget = config.index_memories or default_budget()
         ctx = open_context(store, model, config.hnsw_cutoff, snapshots, layers.values(), budget)

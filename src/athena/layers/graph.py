@@ -46,6 +46,11 @@ class GraphLayer:
         self._held: dict[tuple[int, str], tuple[Store, Generations, Names, int]] = {}
         self._lock = threading.Lock()
 
+    def __reduce__(self) -> tuple[type[GraphLayer], tuple[()]]:
+        """Pickled as a new layer (a worker process's): the names it holds are this
+        process's state, read from its stores, and a worker reads its own."""
+        return (type(self), ())
+
     def prepare(self, item: MemoryInput) -> Prepared:
         raw = item.attributes.get("relations", [])
         relations: list[tuple[str, str, str]] = []
