@@ -436,6 +436,35 @@ def test_the_cache_serves_an_entry_only_for_its_own_key(
     )
 
 
+@given(queries, models, queries, models)
+@settings(max_examples=50)
+def test_may_hold_is_false_only_where_no_lookup_can_hit(
+    q1: RecallQuery, m1: str, q2: RecallQuery, m2: str
+) -> None:
+    """``may_hold`` lets the event loop skip planning a question: it must never say no
+    where a full or a layer lookup would hit."""
+    cache = ResultCache(clock=FakeClock())
+    assert not cache.may_hold(q1)
+    cache.put_full(q1, m1, {}, (hit(7, tenant=q1.tenant),), cost_ms=1.0)
+    cache.put_layer(q1, m1, 50, ranking(q1.layers[0]), {}, cost_ms=1.0)
+    same_text = (q1.tenant, normalize_text(q1.text)) == (q2.tenant, normalize_text(q2.text))
+    assert cache.may_hold(q2) == same_text
+    if not same_text:
+        assert cache.get_full(q2, m2, {}) is None and not cache.get_layers(q2, m2, 50, {})
+    cache.clear()
+    assert not cache.may_hold(q1)
+
+
+def test_may_hold_forgets_a_text_once_its_last_entry_is_evicted() -> None:
+    cache = ResultCache(max_entries=1, clock=FakeClock())
+    first, second = make_query("Where is the key?", "t1"), make_query("Who has it?", "t1")
+    cache.put_full(first, "m", {}, (hit(1),), cost_ms=1.0)
+    assert cache.may_hold(make_query("  where IS the key? ", "t1"))
+    assert not cache.may_hold(make_query("Where is the key?", "t2"))
+    cache.put_full(second, "m", {}, (hit(2),), cost_ms=1.0)  # evicts the first
+    assert not cache.may_hold(first) and cache.may_hold(second)
+
+
 # Texts whose every case and unicode spelling must normalise alike (no Turkish dotless i
 # and the like, whose case mappings are not round trips).
 words = st.text(alphabet="abcXYZ019?!'éüßÅﬁＫ①\u0301\u212b", min_size=1, max_size=6)

@@ -226,3 +226,25 @@ def test_a_plan_made_while_the_graphs_choice_moves_is_not_kept(
     # The plan made again holds the very key object its cache entry was stored under (an
     # equal tuple of its own cost each hit an element-by-element comparison).
     assert keys[1] == keys[0] and keys[1] is keys[0] and keys[2] is keys[0]
+
+
+def test_a_question_never_cached_is_not_planned_before_its_recall(
+    seeded: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop's lookup of a new question stops at the cache's text index: planning
+    it (its type read by regular expressions) is left to the recall on a thread."""
+    plans = seeded.engine.plans  # type: ignore[attr-defined]
+    made: list[str] = []
+    plan = plans.plan
+
+    def counted(query: Any, strategy: str) -> Any:
+        made.append(query.text)
+        return plan(query, strategy)
+
+    monkeypatch.setattr(plans, "plan", counted)
+    assert seeded.recall_cached(QUESTION, tenant="t") is None
+    assert made == []
+    first = seeded.recall(QUESTION, tenant="t")
+    assert made == [QUESTION]
+    again = seeded.recall_cached(" where did caroline go  hiking? ", tenant="t")
+    assert again is not None and again.hits == first.hits
