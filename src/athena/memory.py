@@ -20,12 +20,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from athena.catch_up import CatchUp
 from athena.embedding import Embedder, load_embedder
-from athena.errors import ExecutionError, InvalidInput, NotFound
+from athena.errors import ExecutionError, InvalidInput, NotFound, WorkerPoolUnavailable
 from athena.execution.admission import QueueTally
 from athena.execution.backend import default_max_workers
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.protocol import RecallEngine
 from athena.execution.sequential import SequentialEngine
+from athena.execution.worker_layers import portable_layers
 from athena.generations import GenerationTracker
 from athena.layers import MemoryLayer, default_layers
 from athena.layers.protocol import HoldsTenants, open_context
@@ -101,9 +102,8 @@ class Memory(MemoryWrites, MemoryRecalls, MemoryIndexes):
             self.pipeline = Pipeline(self.layers, ctx, self.embedder)
             self.catch_up = CatchUp(self.store, self.generations, self.pipeline)
             if engine is None:
-                engine = _engine_factory(
-                    execution, pool, hnsw_cutoff, index_snapshots, budget, layers
-                )
+                own = self.layers if layers else None  # None: workers build the defaults
+                engine = _engine_factory(execution, pool, hnsw_cutoff, index_snapshots, budget, own)
             self.engine = engine(self.pipeline, self.store)
             if backfill:
                 self.backfill_vectors()
@@ -193,15 +193,23 @@ def _engine_factory(
         backend = None
         if pool != "off":
             name = pipeline.embedder.name  # workers search its stored vectors; none embeds
+            # The layers as configured now, pickled once for every pool this engine starts
+            # (rebuilds too); a layer that cannot be pickled leaves the pool off, with why.
+            try:
+                portable, refused = portable_layers(layers), ""
+            except WorkerPoolUnavailable as exc:
+                portable, refused = None, str(exc)
 
             def backend() -> ProcessWorkerPool:
+                if refused:
+                    raise WorkerPoolUnavailable(refused)
                 return ProcessWorkerPool(
                     store.path,
                     name,
                     hnsw_cutoff=hnsw_cutoff,
                     index_snapshots=snapshots,
                     index_memories=budget,
-                    layers=layers,  # a layer of the caller's own is searched there too
+                    layers=portable,
                 )
 
         return AdaptiveEngine(pipeline, store, backend=backend, eager_pool=pool == "eager")

@@ -13,6 +13,7 @@ import pytest
 from athena import Memory
 from athena.errors import WorkerPoolUnavailable
 from athena.execution.pool import ProcessWorkerPool
+from athena.execution.pool_keeper import PoolKeeper, _replace
 from athena.execution.worker_layers import layers_from, portable_layers
 from athena.layers import EpisodicLayer, GraphLayer, MemoryLayer, default_layers
 from athena.layers.protocol import LayerContext, SearchRequest
@@ -26,6 +27,14 @@ class ReversedEpisodic(EpisodicLayer):
 
     def search(self, ctx: LayerContext, request: SearchRequest) -> list[tuple[int, float]]:
         return list(reversed(super().search(ctx, request)))
+
+
+class WeightedGraph(GraphLayer):
+    """A configured graph layer: its configuration must reach the workers, its names not."""
+
+    def __init__(self, weight: float = 0.5) -> None:
+        super().__init__()
+        self.weight = weight
 
 
 class LockedEpisodic(EpisodicLayer):
@@ -118,6 +127,41 @@ def test_a_graph_layer_pickles_without_the_names_it_holds(stored: Path) -> None:
         assert graph._held  # it read the tenant's names
         copy = pickle.loads(pickle.dumps(graph))
     assert isinstance(copy, GraphLayer) and copy._held == {}
+
+
+def test_a_configured_graph_layer_keeps_its_configuration_when_pickled() -> None:
+    copy = pickle.loads(pickle.dumps(WeightedGraph(2.0)))
+    assert isinstance(copy, WeightedGraph) and copy.weight == 2.0 and copy._held == {}
+
+
+def test_no_layers_and_an_empty_mapping_both_mean_the_defaults(stored: Path) -> None:
+    with Memory(stored, layers={}, pool="eager") as mem:
+        expected, _ = _ids(mem, QUESTIONS[0], "sequential")
+        ids, explain = _ids(mem, QUESTIONS[0], "distributed")
+    assert explain["executed"] == "distributed" and explain["fallback"] is None, explain
+    assert ids == expected
+
+
+def test_the_workers_get_the_layers_as_the_memory_was_built(stored: Path) -> None:
+    given: dict[str, MemoryLayer] = dict(default_layers())
+    with Memory(stored, layers=given, pool="lazy") as mem:
+        given["episodic"] = ReversedEpisodic()  # the caller's dict, changed afterwards
+        expected, _ = _ids(mem, QUESTIONS[0], "sequential")
+        ids, explain = _ids(mem, QUESTIONS[0], "distributed")
+    assert explain["executed"] == "distributed", explain
+    assert ids == expected
+
+
+def test_a_rebuild_whose_factory_refuses_leaves_the_broken_pool(stored: Path) -> None:
+    def refuse() -> ProcessWorkerPool:
+        raise WorkerPoolUnavailable("the layers cannot be sent to worker processes")
+
+    keeper = PoolKeeper(refuse)
+    keeper._rebuilding = True
+    broken = object()
+    keeper.backend = broken  # type: ignore[assignment]
+    _replace(keeper, broken)  # type: ignore[arg-type]
+    assert keeper.backend is broken and not keeper._rebuilding
 
 
 def test_the_default_layers_are_not_sent() -> None:

@@ -100,11 +100,6 @@ class _CacheCore:
         self._counts = ck.Counts()
         self._flights = SingleFlight(self._lock)
 
-    def may_hold(self, query: RecallQuery) -> bool:
-        """Whether any entry, full or layer, is kept under the query's tenant and text:
-        when not, no lookup of it can hit, and asking costs about 1 µs (no key is built)."""
-        return (query.tenant, normalize_text(query.text)) in self._lru.texts
-
     def _ttl(self, layers: tuple[str, ...]) -> float:
         """The shortest TTL of ``layers`` (kept per layer set: asked on every fill)."""
         ttl = self._full_ttls.get(layers)
@@ -230,6 +225,11 @@ class _LayerRankings(_CacheCore):
     """Single layers' rankings, one entry per (query, layer, depth): what completes a recall
     the full entry cannot answer. :class:`ResultCache` adds full recalls and lookups.
     """
+
+    def may_hold(self, query: RecallQuery) -> bool:
+        """Whether any entry, full or layer, is kept under the query's tenant and text:
+        when not, no lookup of it can hit, and asking costs about 1 µs (no key is built)."""
+        return (query.tenant, normalize_text(query.text)) in self._lru.texts
 
     def get_layers(
         self,

@@ -50,7 +50,8 @@ class ProcessWorkerPool:
     worker), ``timeout`` of :meth:`run` the call. The workers share ``index_memories``
     (default :func:`~athena.retrieval.residency.default_budget`): each holds at most its
     ``max_workers``-th of it in its indexes. The workers search with ``layers`` (default:
-    the five default layers; see :mod:`~athena.execution.worker_layers`).
+    the five default layers; or the bytes :func:`~athena.execution.worker_layers.
+    portable_layers` made of them): WorkerPoolUnavailable if they cannot be pickled.
 
     >>> # with ProcessWorkerPool("athena.db") as pool: pool.run(request, ["semantic"])
     """
@@ -71,7 +72,7 @@ class ProcessWorkerPool:
         start_timeout: float = 60.0,
         index_snapshots: bool = True,
         index_memories: int | None = None,
-        layers: Mapping[str, MemoryLayer] | None = None,
+        layers: Mapping[str, MemoryLayer] | bytes | None = None,
     ) -> None:
         if start_method not in ("spawn", "forkserver"):
             raise InvalidInput("start_method must be 'spawn' or 'forkserver' (never 'fork')")

@@ -190,7 +190,10 @@ def _replace(keeper: PoolKeeper, broken: WorkerBackend) -> None:
     """Thread: start a fresh pool and swap it in for ``broken`` (a keeper's rebuild)."""
     assert keeper._factory is not None
     try:
-        fresh = keeper._factory()
+        try:
+            fresh = keeper._factory()
+        except WorkerPoolUnavailable:
+            return  # the broken one stays; the next rebuild may succeed
         try:
             fresh.start()
         except WorkerPoolUnavailable:

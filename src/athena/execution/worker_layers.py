@@ -6,7 +6,10 @@ or a DISTRIBUTED recall would answer from other code than the in-process strateg
 layers are sent pickled: a layer pickles as its configuration (the graph layer's names are
 per-process state and stay behind), and its class must be importable in a fresh process,
 as ``spawn`` requires. Layers that cannot be pickled make the pool unavailable, with the
-reason, and DISTRIBUTED recalls then fall back in process.
+reason, and DISTRIBUTED recalls then fall back in process; so do layers that pickle but
+cannot be rebuilt in a worker (a class it cannot import, such as one defined in a
+notebook): the worker's start fails with its reason. A ``Memory`` pickles its layers once,
+as they are configured when it is built.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from athena.layers import default_layers
 from athena.layers.protocol import MemoryLayer
 
 
-def portable_layers(layers: Mapping[str, MemoryLayer] | None) -> bytes | None:
-    """``layers`` pickled for the workers; None (the default five) when not given.
+def portable_layers(layers: Mapping[str, MemoryLayer] | bytes | None) -> bytes | None:
+    """``layers`` pickled for the workers; None (the default five) when not given; bytes
+    this made already are passed through.
 
     Raises WorkerPoolUnavailable when a layer cannot be pickled.
 
@@ -31,8 +35,8 @@ def portable_layers(layers: Mapping[str, MemoryLayer] | None) -> bytes | None:
     >>> layers_from(portable_layers(sent))["episodic"].recency_weight
     0.5
     """
-    if layers is None:
-        return None
+    if layers is None or isinstance(layers, bytes):
+        return layers
     try:
         return pickle.dumps(tuple(layers.items()))
     except Exception as exc:

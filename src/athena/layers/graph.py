@@ -46,10 +46,18 @@ class GraphLayer:
         self._held: dict[tuple[int, str], tuple[Store, Generations, Names, int]] = {}
         self._lock = threading.Lock()
 
-    def __reduce__(self) -> tuple[type[GraphLayer], tuple[()]]:
-        """Pickled as a new layer (a worker process's): the names it holds are this
-        process's state, read from its stores, and a worker reads its own."""
-        return (type(self), ())
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with its configuration (a subclass's too) but without the names it
+        holds: they are this process's state, read from its stores, behind its lock; a
+        worker process reads its own."""
+        state = dict(self.__dict__)
+        del state["_held"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._held = {}
+        self._lock = threading.Lock()
 
     def prepare(self, item: MemoryInput) -> Prepared:
         raw = item.attributes.get("relations", [])
