@@ -17,8 +17,8 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
-from athena.execution.cache import DEFAULT_TTLS, CachedLayer, ResultCache
-from athena.execution.cache_keys import full_key, layer_key, normalize_text
+from athena.execution.cache import DEFAULT_TTLS, ResultCache
+from athena.execution.cache_keys import CachedLayer, full_key, layer_key, normalize_text
 from athena.layers.protocol import LayerResult
 from athena.records import LAYERS, MAX_K, Hit, RecallQuery, check_layers, make_query
 

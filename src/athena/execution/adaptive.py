@@ -15,7 +15,8 @@ from athena.errors import InvalidInput
 from athena.execution.admission import AdmissionGate, default_slots
 from athena.execution.aggregate import ResultAggregator
 from athena.execution.backend import WorkerBackend
-from athena.execution.cache import CachedHits, ResultCache
+from athena.execution.cache import ResultCache
+from athena.execution.cache_keys import CachedHits
 from athena.execution.feedback import Feedback
 from athena.execution.parallel import ParallelExecutor
 from athena.execution.pipeline import Pipeline, Recall

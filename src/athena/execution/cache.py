@@ -27,12 +27,20 @@ import math
 import threading
 import time
 from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeVar, cast
 
 from athena.execution import cache_keys as ck
-from athena.execution.cache_keys import Entry, full_key, layer_keys, normalize_text, trust
+from athena.execution.cache_keys import (
+    CachedHits,
+    CachedLayer,
+    CacheLookup,
+    Entry,
+    full_key,
+    layer_keys,
+    normalize_text,
+    trust,
+)
 from athena.execution.single_flight import SingleFlight
 from athena.layers.protocol import LayerResult
 from athena.records import Hit, RecallQuery
@@ -43,34 +51,6 @@ DEFAULT_TTLS: Final[Mapping[str, float]] = MappingProxyType(
     {"prospective": 30.0, "episodic": 60.0, "graph": 120.0, "semantic": 300.0, "procedural": 600.0}
 )
 KEPT: Final = frozenset({ck.VALID, ck.AHEAD})  # entry states a cache keeps
-
-
-@dataclass(frozen=True, slots=True)
-class CachedHits:
-    """A served full recall: its hits, their age, how much to trust them, what they cost."""
-
-    value: tuple[Hit, ...]
-    age_s: float
-    confidence: float
-    cost_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class CachedLayer:
-    """A served ranking of one layer (its ``value.source`` is ``"cache"``)."""
-
-    value: LayerResult
-    age_s: float
-    confidence: float
-    cost_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class CacheLookup:
-    """What :meth:`ResultCache.lookup` found: a full answer, some layers, or nothing."""
-
-    full: CachedHits | None
-    layers: dict[str, CachedLayer] = field(default_factory=dict)
 
 
 class _CacheCore:

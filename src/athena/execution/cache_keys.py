@@ -1,4 +1,5 @@
-"""The data side of the result cache: keys, size estimates, entries, validity and the LRU.
+"""The data side of the result cache: keys, size estimates, entries, what a lookup serves,
+validity and the LRU.
 
 Nothing here locks; :mod:`athena.execution.cache` adds the lock, counting and the API.
 
@@ -14,7 +15,7 @@ import functools
 import string
 from collections import OrderedDict
 from collections.abc import Collection, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from athena.layers.protocol import LayerResult
@@ -156,6 +157,34 @@ def layer_size(result: LayerResult) -> int:
 # --- validity: what an entry depends on, and whether it may still be served -------------
 
 VALID, STALE, EXPIRED, AHEAD = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class CachedHits:
+    """A served full recall: its hits, their age, how much to trust them, what they cost."""
+
+    value: tuple[Hit, ...]
+    age_s: float
+    confidence: float
+    cost_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CachedLayer:
+    """A served ranking of one layer (its ``value.source`` is ``"cache"``)."""
+
+    value: LayerResult
+    age_s: float
+    confidence: float
+    cost_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    """What :meth:`ResultCache.lookup` found: a full answer, some layers, or nothing."""
+
+    full: CachedHits | None
+    layers: dict[str, CachedLayer] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from athena.errors import RecallTimeout, WorkerPoolUnavailable
-from athena.execution.cache import CachedHits
+from athena.execution.cache_keys import CachedHits
 from athena.layers.protocol import LayerResult, SearchRequest
 from athena.planning.analysis import QueryAnalysis
 from athena.planning.selector import Decision, Situation, Strategy
