@@ -137,23 +137,43 @@ def _ramp_rows(s: Session, scenario: str, arms: dict[str, list[RampStep]]) -> li
 
 
 def compare(
-    mine: Sequence[float], other: Sequence[float], *, rounds: int = 1000, seed: int = 0
+    mine: Sequence[float],
+    other: Sequence[float],
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+    cluster: int = 1,
 ) -> tuple[float, float, float]:
     """p50(mine) / p50(other) and its bootstrap 95% interval (resampling both).
 
+    ``cluster``: the samples come in runs of that many that are not independent of each
+    other (a burst's recalls, each queued behind the ones before it), so whole runs are
+    resampled; with 1 every sample on its own, as before (the same draws, the same bounds).
+
     >>> compare([1.0] * 20, [2.0] * 20)
     (0.5, 0.5, 0.5)
+    >>> compare([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0], cluster=2)[0]
+    1.25
     """
-    a, b = [m for m in mine if m == m], [m for m in other if m == m]
+    a, b = _clustered(mine, cluster), _clustered(other, cluster)
     if not a or not b:
         return float("nan"), float("nan"), float("nan")
     rng = random.Random(seed)
-    ratios = sorted(
-        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
-        for _ in range(rounds)
-    )
-    point = statistics.median(a) / statistics.median(b)
+    ratios = sorted(_resampled(rng, a) / _resampled(rng, b) for _ in range(rounds))
+    point = statistics.median(m for g in a for m in g) / statistics.median(m for g in b for m in g)
     return point, ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
+
+
+def _clustered(samples: Sequence[float], size: int) -> list[list[float]]:
+    """``samples`` in consecutive runs of ``size``, failed ones (NaN) dropped, empty runs
+    too."""
+    runs = ([m for m in samples[i : i + size] if m == m] for i in range(0, len(samples), size))
+    return [run for run in runs if run]
+
+
+def _resampled(rng: random.Random, runs: list[list[float]]) -> float:
+    """The median of as many runs as there are, drawn with replacement."""
+    return statistics.median([m for run in rng.choices(runs, k=len(runs)) for m in run])
 
 
 def comparisons(s: Session) -> dict[str, dict[str, Any]]:
@@ -164,7 +184,9 @@ def comparisons(s: Session) -> dict[str, dict[str, Any]]:
         if "adaptive" not in arms or not fixed:
             continue
         best = min(fixed, key=lambda n: fixed[n])
-        ratio, lo, hi = compare(arms["adaptive"].ok(), arms[best].ok())
+        # A burst's recalls queue behind each other: the burst is the unit resampled.
+        cluster = int(s.details.get("scenarios", {}).get(scenario, {}).get("concurrency", 1))
+        ratio, lo, hi = compare(arms["adaptive"].ms, arms[best].ms, cluster=cluster)
         out[scenario] = {
             "best_fixed": best,
             "adaptive_over_best": _num(ratio),
