@@ -110,3 +110,20 @@ def test_a_ramp_does_not_refine_an_arm_that_never_failed_or_never_passed() -> No
     )
     assert [s.rate for s in steps["fast"]] == [50.0, 100.0]
     assert [(s.rate, s.passed) for s in steps["broken"]] == [(50.0, False)]
+
+
+def test_open_loop_keeps_each_request_in_its_send_place() -> None:
+    """A burst's slow first request finishing after the next burst's: each latency stays in
+    its request's place (the report resamples bursts as runs of that order)."""
+    slow = {"a0": 0.3}
+
+    async def call(ask: Ask) -> None:
+        if ask.text == "a2":
+            raise InvalidInput("refused")
+        await asyncio.sleep(slow.get(ask.text, 0.0))
+
+    asks = [Ask("t", text) for text in ("a0", "a1", "a2", "b0", "b1", "b2")]
+    phase = loadgen.run_phase(call, asks, [0.0, 0.0, 0.0, 0.1, 0.1, 0.1], 6)
+    assert phase.ms[0] >= 290.0  # the slow one, still first
+    assert all(m < 250.0 for m in (phase.ms[1], *phase.ms[3:]))
+    assert phase.ms[2] != phase.ms[2] and len(phase.errors) == 1  # failed: NaN in place

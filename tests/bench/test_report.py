@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from athena.bench.arms import Samples
-from athena.bench.report import Session, compare, comparisons
+from athena.bench.report import Session, _clustered, compare, comparisons
 
 
 def _independent(mine: list[float], other: list[float]) -> tuple[float, float, float]:
@@ -64,8 +64,19 @@ def test_bursts_slower_every_time_are_called_slower() -> None:
 def test_a_failed_recall_stays_in_its_burst() -> None:
     mine = _bursts([1.0, 2.0], size=4)
     mine[1] = float("nan")  # the first burst's second recall failed
-    point, _, _ = compare(mine, _bursts([1.0, 1.0], size=4), cluster=4)
-    assert point == statistics.median([1.0, 3.0, 4.0, 2.0, 4.0, 6.0, 8.0]) / 2.5
+    assert _clustered(mine, 4) == [[1.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0]]
+
+
+def test_too_few_bursts_leave_the_verdict_open() -> None:
+    """A quick run sends one burst an arm: no interval, and the goal is not called met."""
+    arms = {
+        "adaptive": Samples(ms=_bursts([3.0])),
+        "sequential": Samples(ms=_bursts([1.0])),
+    }
+    one = Session("locomo", "static", 1, 1, scenarios={"100 concurrent": arms})
+    one.details["scenarios"] = {"100 concurrent": {"concurrency": 100}}
+    verdict = comparisons(one)["100 concurrent"]
+    assert verdict["slower"] is None and verdict["adaptive_over_best"] == 3.0
 
 
 def test_the_report_resamples_a_burst_scenarios_bursts_whole() -> None:

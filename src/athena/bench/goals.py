@@ -142,12 +142,16 @@ def evaluate(
             for sc, c in scenarios.items()
             if c["slower"]
         ]
+        unsure = [sc for sc, c in scenarios.items() if c["slower"] is None]
+        measured = "slower in: " + "; ".join(slower) if slower else "never slower"
+        if unsure:  # too few bursts to tell: not judged, and not met on their account
+            measured += "; too few bursts to judge: " + ", ".join(unsure)
         goals.append(
             Goal(
                 "adaptive never slower than the best fixed strategy (95% bootstrap)",
                 where.replace("/", ", "),
-                "slower in: " + "; ".join(slower) if slower else "never slower",
-                not slower,
+                measured,
+                False if slower else (None if unsure else True),
             )
         )
     for r in mixed:

@@ -107,13 +107,15 @@ class Phase:
 async def open_loop(
     call: Call, asks: Sequence[Ask], offsets: Sequence[float], timeout: float = REQUEST_TIMEOUT_S
 ) -> Phase:
-    """Send ``asks[i]`` at ``offsets[i]`` seconds from now (+ a short lead); time each."""
+    """Send ``asks[i]`` at ``offsets[i]`` seconds from now (+ a short lead); time each.
+    ``phase.ms[i]`` is the ``i``-th request's, in send order (NaN if it failed), so a run of
+    requests sent together (a burst) stays together whatever order they complete in."""
     loop = asyncio.get_running_loop()
     start = loop.time() + LEAD_S
-    phase = Phase(sent=len(asks))
+    phase = Phase(ms=[math.nan] * len(asks), sent=len(asks))
     ends: list[float] = []
 
-    async def one(ask: Ask, offset: float) -> None:
+    async def one(index: int, ask: Ask, offset: float) -> None:
         intended = start + offset
         delay = intended - loop.time()
         if delay > 0:
@@ -122,13 +124,13 @@ async def open_loop(
             await asyncio.wait_for(call(ask), timeout)
         except (AthenaError, TimeoutError) as exc:
             phase.errors.append(f"{type(exc).__name__}: {exc}")
-            phase.ms.append(float("nan"))
-            return
+            return  # its entry stays NaN
         now = loop.time()
         ends.append(now)
-        phase.ms.append((now - intended) * 1000.0)
+        phase.ms[index] = (now - intended) * 1000.0
 
-    await asyncio.gather(*(one(a, o) for a, o in zip(asks, offsets, strict=True)))
+    sends = enumerate(zip(asks, offsets, strict=True))
+    await asyncio.gather(*(one(i, a, o) for i, (a, o) in sends))
     phase.seconds = (max(ends) if ends else loop.time()) - start
     return phase
 

@@ -136,6 +136,9 @@ def _ramp_rows(s: Session, scenario: str, arms: dict[str, list[RampStep]]) -> li
     return out
 
 
+MIN_CLUSTERS: Final = 4  # bursts a side below which the bootstrap says nothing
+
+
 def compare(
     mine: Sequence[float],
     other: Sequence[float],
@@ -149,18 +152,22 @@ def compare(
     ``cluster``: the samples come in runs of that many that are not independent of each
     other (a burst's recalls, each queued behind the ones before it), so whole runs are
     resampled; with 1 every sample on its own, as before (the same draws, the same bounds).
+    With fewer than :data:`MIN_CLUSTERS` runs on a side the interval is NaN, undetermined:
+    a bootstrap of one or two bursts says nothing (of one, the point three times).
 
     >>> compare([1.0] * 20, [2.0] * 20)
     (0.5, 0.5, 0.5)
-    >>> compare([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0], cluster=2)[0]
-    1.25
+    >>> compare([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0], cluster=2)
+    (1.25, nan, nan)
     """
     a, b = _clustered(mine, cluster), _clustered(other, cluster)
     if not a or not b:
         return float("nan"), float("nan"), float("nan")
+    point = statistics.median(m for g in a for m in g) / statistics.median(m for g in b for m in g)
+    if cluster > 1 and min(len(a), len(b)) < MIN_CLUSTERS:
+        return point, float("nan"), float("nan")
     rng = random.Random(seed)
     ratios = sorted(_resampled(rng, a) / _resampled(rng, b) for _ in range(rounds))
-    point = statistics.median(m for g in a for m in g) / statistics.median(m for g in b for m in g)
     return point, ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
 
 
@@ -187,11 +194,12 @@ def comparisons(s: Session) -> dict[str, dict[str, Any]]:
         # A burst's recalls queue behind each other: the burst is the unit resampled.
         cluster = int(s.details.get("scenarios", {}).get(scenario, {}).get("concurrency", 1))
         ratio, lo, hi = compare(arms["adaptive"].ms, arms[best].ms, cluster=cluster)
+        undetermined = lo != lo  # too few bursts to judge (a quick run's one an arm)
         out[scenario] = {
             "best_fixed": best,
             "adaptive_over_best": _num(ratio),
             "ci95": [_num(lo), _num(hi)],
-            "slower": bool(lo > 1.0),
+            "slower": None if undetermined else bool(lo > 1.0),
         }
     for scenario, ramp in s.ramps.items():
         qps: dict[str, float] = {}
