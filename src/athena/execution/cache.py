@@ -208,7 +208,8 @@ class _LayerRankings(_CacheCore):
 
     def may_hold(self, query: RecallQuery) -> bool:
         """Whether any entry, full or layer, is kept under the query's tenant and text:
-        when not, no lookup of it can hit, and asking costs about 1 µs (no key is built)."""
+        when not, no lookup of it can hit. No key is built: 2.2 µs a question seen for the
+        first time, 0.16 µs again (the 1,986 LoCoMo questions, a loop of each, stop 43)."""
         return (query.tenant, normalize_text(query.text)) in self._lru.texts
 
     def get_layers(
