@@ -3,10 +3,11 @@
 ``python benchmarks/never_slower_check.py DIR [DIR ...]`` reads the sessions that ``athena
 bench --out DIR`` kept (``DIR/sessions/*.pickle``) and judges each caching arm (CACHE,
 HYBRID and ADAPTIVE, which share the engine, the cache and the eager pool and differ only in
-strategy) as the report judges ADAPTIVE: its p50 against the best p50 of the other fixed
-arms, slower if the bootstrap 95% interval of the ratio lies above 1
-(:func:`athena.bench.report.compare`). Ramps are left out (judged by their rate, not a
-bootstrap). It prints, per arm, how many (session, scenario) pairs were flagged, and where.
+strategy) as the report judges ADAPTIVE: against every other fixed arm, slower if the
+bootstrap interval of its p50 over that arm's lies above 1, the intervals 95% simultaneous
+over the arms (:func:`athena.bench.verdicts.never_slower`). Ramps are left out (judged by
+their rate, not a bootstrap). It prints, per arm, how many (session, scenario) pairs were
+flagged, and against which arm.
 
 CACHE and HYBRID run the same code on a full cache hit, so a flag between those two on the
 simple cached query is the test's false-alarm rate; flags of either against SEQUENTIAL on
@@ -18,11 +19,11 @@ from __future__ import annotations
 import argparse
 import collections
 import pickle
-import statistics
 from pathlib import Path
 
 from athena.bench.arms import FIXED
-from athena.bench.report import Session, compare
+from athena.bench.report import Session
+from athena.bench.verdicts import never_slower
 
 JUDGED = ("cache", "hybrid", "adaptive")
 
@@ -42,25 +43,24 @@ def main() -> None:
                 session: Session = pickle.load(fh)[0]  # our own files, written by athena bench
             for scenario, arms in session.scenarios.items():
                 for name in (n for n in JUDGED if n in arms and arms[n].ok()):
-                    others = {n: arms[n].ok() for n in FIXED if n != name and n in arms}
-                    p50 = {n: statistics.median(ms) for n, ms in others.items() if ms}
-                    if not p50:
+                    others = {
+                        n: arms[n].ms for n in FIXED if n != name and n in arms and arms[n].ok()
+                    }
+                    if not others:
                         continue
-                    best = min(p50, key=lambda n: p50[n])
                     burst = session.details.get("scenarios", {}).get(scenario, {})
                     size = int(burst.get("concurrency", 1))  # bursts resampled whole
-                    mine, best_ms = arms[name].ms, arms[best].ms
-                    _, low, _ = compare(mine, best_ms, cluster=size)
+                    verdict = never_slower(arms[name].ms, others, cluster=size)
                     judged[name] += 1
-                    if low > 1.0:
-                        flagged[(name, scenario, best)] += 1
-    print(f"{runs} runs; slower than the best other fixed arm (95% bootstrap):")
+                    for fastest in verdict["slower_than"]:
+                        flagged[(name, scenario, fastest)] += 1
+    print(f"{runs} runs; slower than another fixed arm (95% bootstrap, simultaneous):")
     for name in JUDGED:
         total = sum(v for (arm, _, _), v in flagged.items() if arm == name)
-        print(f"\n{name}: {total} of {judged[name]} (session, scenario) pairs")
+        print(f"\n{name}: {total} flags in {judged[name]} (session, scenario) pairs")
         for (judged_arm, scenario, fastest), count in flagged.most_common():
             if judged_arm == name:
-                print(f"  {count:3d}  {scenario} (best: {fastest})")
+                print(f"  {count:3d}  {scenario} (than {fastest})")
 
 
 if __name__ == "__main__":

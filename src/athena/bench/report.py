@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any, Final
 from athena.bench.arms import ARMS, FIXED, Samples, percentile
 from athena.bench.goals import Goal, evaluate
 from athena.bench.loadgen import RampStep, best_step
+from athena.bench.verdicts import never_slower
 
 LATENCY: Final = (
     "simple cached query",
@@ -136,70 +136,23 @@ def _ramp_rows(s: Session, scenario: str, arms: dict[str, list[RampStep]]) -> li
     return out
 
 
-MIN_CLUSTERS: Final = 4  # bursts a side below which the bootstrap says nothing
-
-
-def compare(
-    mine: Sequence[float],
-    other: Sequence[float],
-    *,
-    rounds: int = 1000,
-    seed: int = 0,
-    cluster: int = 1,
-) -> tuple[float, float, float]:
-    """p50(mine) / p50(other) and its bootstrap 95% interval (resampling both).
-
-    ``cluster``: the samples come in runs of that many that are not independent of each
-    other (a burst's recalls, each queued behind the ones before it), so whole runs are
-    resampled; with 1 every sample on its own, as before (the same draws, the same bounds).
-    With fewer than :data:`MIN_CLUSTERS` runs on a side the interval is NaN, undetermined:
-    a bootstrap of one or two bursts says nothing (of one, the point three times).
-
-    >>> compare([1.0] * 20, [2.0] * 20)
-    (0.5, 0.5, 0.5)
-    >>> compare([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0], cluster=2)
-    (1.25, nan, nan)
-    """
-    a, b = _clustered(mine, cluster), _clustered(other, cluster)
-    if not a or not b:
-        return float("nan"), float("nan"), float("nan")
-    point = statistics.median(m for g in a for m in g) / statistics.median(m for g in b for m in g)
-    if cluster > 1 and min(len(a), len(b)) < MIN_CLUSTERS:
-        return point, float("nan"), float("nan")
-    rng = random.Random(seed)
-    ratios = sorted(_resampled(rng, a) / _resampled(rng, b) for _ in range(rounds))
-    return point, ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
-
-
-def _clustered(samples: Sequence[float], size: int) -> list[list[float]]:
-    """``samples`` in consecutive runs of ``size``, failed ones (NaN) dropped, empty runs
-    too."""
-    runs = ([m for m in samples[i : i + size] if m == m] for i in range(0, len(samples), size))
-    return [run for run in runs if run]
-
-
-def _resampled(rng: random.Random, runs: list[list[float]]) -> float:
-    """The median of as many runs as there are, drawn with replacement."""
-    return statistics.median([m for run in rng.choices(runs, k=len(runs)) for m in run])
-
-
 def comparisons(s: Session) -> dict[str, dict[str, Any]]:
-    """Per scenario: the best fixed arm and adaptive against it (bootstrap interval)."""
+    """Per scenario: the best fixed arm and adaptive against every fixed arm (bootstrap
+    intervals, simultaneous over the arms; see :mod:`athena.bench.verdicts`)."""
     out: dict[str, dict[str, Any]] = {}
     for scenario, arms in s.scenarios.items():
-        fixed = {n: percentile(arms[n].ok(), 50) for n in FIXED if n in arms and arms[n].ok()}
-        if "adaptive" not in arms or not fixed:
+        fixed: dict[str, list[float]] = {n: arms[n].ms for n in FIXED if n in arms and arms[n].ok()}
+        if "adaptive" not in arms or not arms["adaptive"].ok() or not fixed:
             continue
-        best = min(fixed, key=lambda n: fixed[n])
         # A burst's recalls queue behind each other: the burst is the unit resampled.
         cluster = int(s.details.get("scenarios", {}).get(scenario, {}).get("concurrency", 1))
-        ratio, lo, hi = compare(arms["adaptive"].ms, arms[best].ms, cluster=cluster)
-        undetermined = lo != lo  # too few bursts to judge (a quick run's one an arm)
+        verdict = never_slower(arms["adaptive"].ms, fixed, cluster=cluster)
+        low, high = verdict["ci95"]
         out[scenario] = {
-            "best_fixed": best,
-            "adaptive_over_best": _num(ratio),
-            "ci95": [_num(lo), _num(hi)],
-            "slower": None if undetermined else bool(lo > 1.0),
+            **verdict,
+            "adaptive_over_best": _num(verdict["adaptive_over_best"]),
+            "ci95": [_num(low), _num(high)],
+            "slower_than": {n: _num(r) for n, r in verdict["slower_than"].items()},
         }
     for scenario, ramp in s.ramps.items():
         qps: dict[str, float] = {}

@@ -54,7 +54,7 @@ class Sizes:
     oracle_learn: int = 60
     zipf_limit: int | None = None
     c10: tuple[int, int, float] = (4, 3, 0.25)  # blocks, bursts per block, interval s
-    c100: tuple[int, int, float] = (2, 2, 1.5)
+    c100: tuple[int, int, float] = (4, 2, 1.5)  # eight bursts an arm: see bench.verdicts
     ramp_step_s: float = 1.0
     ramp: tuple[float, float, float] = (50.0, 1_200.0, 80_000.0)  # start, cold max, cached max
     ramp_factor: float = 1.5

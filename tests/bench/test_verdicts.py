@@ -1,0 +1,129 @@
+"""The "never slower" verdict: a bootstrap of the p50 ratio against every fixed arm, at 95%
+simultaneous over the arms, whose unit for a burst scenario is the burst."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from athena.bench.verdicts import clustered, compare, never_slower
+
+samples = st.lists(
+    st.one_of(st.floats(0.01, 100.0), st.just(float("nan"))), min_size=1, max_size=40
+).filter(lambda xs: any(x == x for x in xs))
+
+
+@given(samples, samples, st.floats(0.1, 10.0))
+@settings(max_examples=30, deadline=None)
+def test_the_ratio_and_its_bounds_scale_with_the_samples(
+    mine: list[float], other: list[float], factor: float
+) -> None:
+    """Same seed, same draws: scaling one side scales the point and both bounds, and the
+    point is the ratio of the medians of what did not fail."""
+    point, low, high = compare(mine, other)
+    scaled = compare([m * factor for m in mine], other)
+    assert point == pytest.approx(
+        statistics.median(m for m in mine if m == m) / statistics.median(o for o in other if o == o)
+    )
+    assert low <= high
+    assert scaled == pytest.approx((point * factor, low * factor, high * factor), rel=1e-9)
+
+
+@given(samples, samples)
+@settings(max_examples=20, deadline=None)
+def test_a_wider_level_gives_a_wider_interval(mine: list[float], other: list[float]) -> None:
+    _, low, high = compare(mine, other)
+    _, wide_low, wide_high = compare(mine, other, level=0.999)
+    # Different draws, so not nested exactly; the 99.9% tails still reach past the 95% ones
+    # for these lognormal-free inputs whenever the two differ at all.
+    assert wide_low <= high and wide_high >= low
+
+
+def _bursts(paces: list[float], size: int = 100) -> list[float]:
+    """Bursts of ``size`` recalls answered one after another, each burst at its own pace
+    (ms a recall): a queue, so a recall's latency is its place in it times the pace."""
+    return [pace * (i + 1) for pace in paces for i in range(size)]
+
+
+def _independent(mine: list[float], other: list[float]) -> tuple[float, float, float]:
+    """Every recall resampled on its own, as the report did before bursts were whole."""
+    return compare(mine, other, cluster=1)
+
+
+def test_a_few_bursts_at_different_paces_are_not_called_slower() -> None:
+    """Four bursts an arm whose paces overlap: counted recall by recall the adaptive arm
+    looks slower for sure; counted burst by burst, as they happened, it cannot be told."""
+    mine, best = _bursts([1.0, 1.5, 0.95, 1.45]), _bursts([1.0, 0.9, 1.1, 1.0])
+    _, low, _ = _independent(mine, best)
+    assert low > 1.0  # recall by recall it is flagged
+    ratio, low, high = compare(mine, best, cluster=100)
+    assert ratio > 1.0 and low <= 1.0 < high
+
+
+def test_bursts_slower_every_time_are_called_slower() -> None:
+    mine, best = (
+        _bursts([1.5, 1.6, 1.55, 1.45, 1.5, 1.6]),
+        _bursts([1.0, 1.05, 0.95, 1.0, 1.1, 1.0]),
+    )
+    _, low, _ = compare(mine, best, cluster=100)
+    assert low > 1.0
+
+
+def test_a_failed_recall_stays_in_its_burst() -> None:
+    mine = _bursts([1.0, 2.0], size=4)
+    mine[1] = float("nan")  # the first burst's second recall failed
+    assert [run.tolist() for run in clustered(mine, 4)] == [[1.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0]]
+
+
+def test_ragged_bursts_take_the_median_of_what_was_drawn() -> None:
+    """A burst with failed recalls is shorter; the padding never counts in a median."""
+    mine = _bursts([1.0] * 6, size=10)
+    for i in range(0, 60, 10):
+        mine[i + 9] = float("nan")  # every burst lost its slowest recall
+    point, low, high = compare(mine, mine, cluster=10)
+    assert (point, low, high) == (1.0, 1.0, 1.0)
+
+
+def test_too_few_bursts_leave_the_interval_open() -> None:
+    point, low, high = compare(_bursts([3.0] * 3), _bursts([1.0] * 3), cluster=100)
+    assert point == 3.0 and math.isnan(low) and math.isnan(high)
+
+
+def _lognormal(rng: np.random.Generator, scale: float, n: int = 300) -> list[float]:
+    return (scale * rng.lognormal(0.0, 0.4, n)).tolist()
+
+
+def test_slower_than_any_arm_is_slower_though_not_than_the_best() -> None:
+    """The best arm by p50 is noisy and barely faster; a steady arm ADAPTIVE clearly loses
+    to is still named: the goal is no fixed strategy beating it."""
+    rng = np.random.default_rng(3)
+    steady = [1.0 + 0.01 * x for x in rng.standard_normal(300)]
+    noisy = [0.99 * x for x in rng.lognormal(0.0, 1.0, 20)]
+    mine = [1.2 + 0.01 * x for x in rng.standard_normal(300)]
+    verdict = never_slower(mine, {"parallel": noisy, "sequential": steady})
+    assert verdict["slower"] is True
+    assert "sequential" in verdict["slower_than"]
+
+
+def test_the_interval_is_simultaneous_over_the_arms() -> None:
+    """More arms compared, each interval wider: 95% for all of them at once."""
+    rng = np.random.default_rng(5)
+    mine, best = _lognormal(rng, 1.0), _lognormal(rng, 1.0)
+    slow = {name: _lognormal(rng, 2.0) for name in ("parallel", "distributed", "cache")}
+    alone = never_slower(mine, {"sequential": best})
+    among = never_slower(mine, {"sequential": best, **slow})
+    assert alone["best_fixed"] == among["best_fixed"] == "sequential"
+    assert among["arms_compared"] == 4
+    assert among["ci95"][0] < alone["ci95"][0] and among["ci95"][1] > alone["ci95"][1]
+
+
+def test_no_samples_is_refused() -> None:
+    with pytest.raises(ValueError):
+        never_slower([float("nan")], {"sequential": [1.0]})
+    with pytest.raises(ValueError):
+        never_slower([1.0], {"sequential": [float("nan")]})
