@@ -56,3 +56,12 @@ def test_the_goal_names_every_arm_adaptive_lost_to() -> None:
     (never,) = [g for g in goals if g.name.startswith("adaptive never slower")]
     assert never.met is False
     assert never.measured == "slower in: cold recall (sequential ×1.3, cache ×1.1818)"
+
+
+def test_the_mixed_workloads_are_judged_by_their_mean() -> None:
+    arms = {"adaptive": Samples(ms=[0.03, 2.0] * 50), "hybrid": Samples(ms=[0.03, 1.0] * 50)}
+    session = Session("locomo", "static", 1, 1, scenarios={"mixed + writes": arms})
+    verdict = comparisons(session)["mixed + writes"]
+    assert verdict["statistic"] == "mean"
+    assert verdict["adaptive_over_best"] == round(1.015 / 0.515, 4)
+    assert verdict["slower"] is True

@@ -85,8 +85,9 @@ def test_ragged_bursts_take_the_median_of_what_was_drawn() -> None:
     mine = _bursts([1.0] * 6, size=10)
     for i in range(0, 60, 10):
         mine[i + 9] = float("nan")  # every burst lost its slowest recall
-    point, low, high = compare(mine, mine, cluster=10)
-    assert (point, low, high) == (1.0, 1.0, 1.0)
+    assert compare(mine, mine, cluster=10) == (1.0, 1.0, 1.0)
+    slower = [m * 2 for m in mine]
+    assert compare(slower, mine, cluster=10, statistic="mean") == pytest.approx((2.0, 2.0, 2.0))
 
 
 def test_too_few_bursts_leave_the_interval_open() -> None:
@@ -127,3 +128,30 @@ def test_no_samples_is_refused() -> None:
         never_slower([float("nan")], {"sequential": [1.0]})
     with pytest.raises(ValueError):
         never_slower([1.0], {"sequential": [float("nan")]})
+
+
+def _mixed(rng: np.random.Generator, miss_ms: float, n: int = 400) -> list[float]:
+    """Half cached hits (about 0.03 ms), half misses: a mixed workload's two modes."""
+    hits = 0.03 * rng.lognormal(0.0, 0.2, n // 2)
+    misses = miss_ms * rng.lognormal(0.0, 0.3, n - n // 2)
+    out = np.concatenate([hits, misses])
+    rng.shuffle(out)
+    return out.tolist()
+
+
+def test_a_mixed_workload_is_told_apart_by_its_mean_not_its_median() -> None:
+    """Misses 20% dearer: the median sits in the gap between the modes, its interval says
+    nothing; the mean's is tight and above 1."""
+    rng = np.random.default_rng(9)
+    mine, other = _mixed(rng, 1.2), _mixed(rng, 1.0)
+    _, low, high = compare(mine, other)
+    assert low < 0.5 and high > 2.0
+    ratio, low, high = compare(mine, other, statistic="mean")
+    assert 1.0 < low < ratio < high < 1.5
+    verdict = never_slower(mine, {"hybrid": other}, statistic="mean")
+    assert verdict["slower_than"] == {"hybrid": pytest.approx(ratio)}
+
+
+def test_an_unknown_statistic_is_refused() -> None:
+    with pytest.raises(ValueError, match="statistic"):
+        compare([1.0], [1.0], statistic="p99")
