@@ -1,4 +1,4 @@
-"""How often the "never slower" verdict flags ADAPTIVE: as fast as fixed arms (a false alarm), or 4% slower.
+"""How often the "never slower" verdict flags ADAPTIVE, as fast as fixed arms or 4% slower.
 
 ``python benchmarks/verdict_calibration.py [--trials 200] [--workers 2]`` draws, per trial,
 ADAPTIVE and five fixed arms from the same distribution for ``equal`` of the fixed arms and
