@@ -4,10 +4,11 @@
 bench --out DIR`` kept (``DIR/sessions/*.pickle``) and judges each caching arm (CACHE,
 HYBRID and ADAPTIVE, which share the engine, the cache and the eager pool and differ only in
 strategy) as the report judges ADAPTIVE: against every other fixed arm, slower if the
-bootstrap interval of its p50 over that arm's lies above 1, the intervals 95% simultaneous
-over the arms (:func:`athena.bench.verdicts.never_slower`). Ramps are left out (judged by
-their rate, not a bootstrap). It prints, per arm, how many (session, scenario) pairs were
-flagged, and against which arm.
+bootstrap interval of its p50 (mean on the mixed workloads) over that arm's lies above 1,
+the intervals 95% simultaneous over the arms, one-at-a-time samples paired
+(:func:`athena.bench.verdicts.never_slower`, called as the report calls it). Ramps are left
+out (judged by their rate, not a bootstrap). It prints, per arm, how many (session,
+scenario) pairs were flagged, and against which arm.
 
 CACHE and HYBRID run the same code on a full cache hit, so a flag between those two on the
 simple cached query is the test's false-alarm rate; flags of either against SEQUENTIAL on
@@ -22,7 +23,7 @@ import pickle
 from pathlib import Path
 
 from athena.bench.arms import FIXED
-from athena.bench.report import Session
+from athena.bench.report import MIXED, Session
 from athena.bench.verdicts import never_slower
 
 JUDGED = ("cache", "hybrid", "adaptive")
@@ -43,14 +44,17 @@ def main() -> None:
                 session: Session = pickle.load(fh)[0]  # our own files, written by athena bench
             for scenario, arms in session.scenarios.items():
                 for name in (n for n in JUDGED if n in arms and arms[n].ok()):
-                    others = {
+                    others: dict[str, list[float]] = {
                         n: arms[n].ms for n in FIXED if n != name and n in arms and arms[n].ok()
                     }
                     if not others:
                         continue
                     burst = session.details.get("scenarios", {}).get(scenario, {})
                     size = int(burst.get("concurrency", 1))  # bursts resampled whole
-                    verdict = never_slower(arms[name].ms, others, cluster=size)
+                    statistic = "mean" if scenario in MIXED else "p50"  # as the report
+                    verdict = never_slower(
+                        arms[name].ms, others, cluster=size, statistic=statistic, paired=size == 1
+                    )
                     judged[name] += 1
                     for fastest in verdict["slower_than"]:
                         flagged[(name, scenario, fastest)] += 1
