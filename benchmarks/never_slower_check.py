@@ -6,7 +6,7 @@ HYBRID and ADAPTIVE, which share the engine, the cache and the eager pool and di
 strategy) as the report judges ADAPTIVE: against every other fixed arm, slower if the
 bootstrap interval of its p50 (mean on the mixed workloads) over that arm's lies above 1,
 the intervals 95% simultaneous over the arms, one-at-a-time samples paired
-(:func:`athena.bench.verdicts.never_slower`, called as the report calls it). Ramps are left
+(:func:`athena.bench.report.judge`, as the report calls it). Ramps are left
 out (judged by their rate, not a bootstrap). It prints, per arm, how many (session,
 scenario) pairs were flagged, and against which arm.
 
@@ -23,8 +23,7 @@ import pickle
 from pathlib import Path
 
 from athena.bench.arms import FIXED
-from athena.bench.report import MIXED, Session
-from athena.bench.verdicts import never_slower
+from athena.bench.report import Session, judge
 
 JUDGED = ("cache", "hybrid", "adaptive")
 
@@ -49,12 +48,7 @@ def main() -> None:
                     }
                     if not others:
                         continue
-                    burst = session.details.get("scenarios", {}).get(scenario, {})
-                    size = int(burst.get("concurrency", 1))  # bursts resampled whole
-                    statistic = "mean" if scenario in MIXED else "p50"  # as the report
-                    verdict = never_slower(
-                        arms[name].ms, others, cluster=size, statistic=statistic, paired=size == 1
-                    )
+                    verdict = judge(session, scenario, arms[name].ms, others)
                     judged[name] += 1
                     for fastest in verdict["slower_than"]:
                         flagged[(name, scenario, fastest)] += 1

@@ -28,8 +28,8 @@ def test_too_few_bursts_leave_the_verdict_open() -> None:
 
 def test_the_report_resamples_a_burst_scenarios_bursts_whole() -> None:
     arms = {
-        "adaptive": Samples(ms=_bursts([1.0, 1.5, 0.95, 1.45])),
-        "sequential": Samples(ms=_bursts([1.0, 0.9, 1.1, 1.0])),
+        "adaptive": Samples(ms=_bursts([0.9, 1.6, 0.95, 1.55, 0.9, 1.6, 1.0, 1.5])),
+        "sequential": Samples(ms=_bursts([1.0, 0.9, 1.1, 1.0, 1.05, 0.95, 1.0, 1.1])),
     }
     bursts = Session("100k-tenants", "static", 1, 1, scenarios={"100 concurrent": arms})
     bursts.details["scenarios"] = {"100 concurrent": {"concurrency": 100}}
@@ -59,9 +59,12 @@ def test_the_goal_names_every_arm_adaptive_lost_to() -> None:
 
 
 def test_the_mixed_workloads_are_judged_by_their_mean() -> None:
-    arms = {"adaptive": Samples(ms=[0.03, 2.0] * 50), "hybrid": Samples(ms=[0.03, 1.0] * 50)}
+    """Half hits, half misses whose costs differ: the p50 falls between them, the mean
+    weighs every miss."""
+    mine, other = [0.03, 0.03, 1.0, 3.0] * 25, [0.03, 0.03, 1.0, 2.0] * 25
+    arms = {"adaptive": Samples(ms=mine), "hybrid": Samples(ms=other)}
     session = Session("locomo", "static", 1, 1, scenarios={"mixed + writes": arms})
     verdict = comparisons(session)["mixed + writes"]
-    assert verdict["statistic"] == "mean"
-    assert verdict["adaptive_over_best"] == round(1.015 / 0.515, 4)
+    assert verdict["statistic"] == "mean" and verdict["paired"] is True
+    assert verdict["adaptive_over_best"] == round(1.015 / 0.765, 4)  # the p50s: both 0.515
     assert verdict["slower"] is True

@@ -210,17 +210,25 @@ def bursts(
     advance: Advance | None = None,
 ) -> dict[str, Samples]:
     """Bursts of ``concurrency`` simultaneous recalls, ``per_block`` bursts ``interval`` s
-    apart per arm turn, arms rotating block by block, ``blocks`` turns each.
+    apart per arm turn, arms rotating block by block, ``blocks`` turns each, and ``interval``
+    s idle before every turn but the first: no burst starts on the heels of another arm's.
 
     Each arm draws its recalls in order from ``asks`` (distinct, so none is a repeat for it).
+    Bursts of one turn share its moment of the machine (10 concurrent, runs 64-65: a
+    correlation of about 0.2 between them), so the harness sends one burst a turn and
+    more turns (see :mod:`athena.bench.verdicts`).
     """
     out = {arm.name: Samples() for arm in arms}
     feeds = {arm.name: cycle(asks) for arm in arms}
     counts = {arm.name: arm.cache_counts() for arm in arms}
     offsets = [b * interval for b in range(per_block) for _ in range(concurrency)]
     seen = {arm.name: arm.recorded() for arm in arms}
+    first = True
     for block in range(blocks):
         for arm in turn_order(arms, block):
+            if not first:
+                time.sleep(interval)
+            first = False
             picked = [next(feeds[arm.name]) for _ in offsets]
             phase = run_phase(arm_call(arm, REQUEST_TIMEOUT_S), picked, offsets, concurrency)
             samples = out[arm.name]

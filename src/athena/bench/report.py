@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -137,6 +137,24 @@ def _ramp_rows(s: Session, scenario: str, arms: dict[str, list[RampStep]]) -> li
     return out
 
 
+def judge(
+    s: Session, scenario: str, mine: Sequence[float], fixed: Mapping[str, Sequence[float]]
+) -> dict[str, Any]:
+    """:func:`~athena.bench.verdicts.never_slower` as the report calls it for ``scenario``:
+    a burst scenario's bursts resampled whole; one at a time, the arms took turns op by op
+    over one stream, so sample i of every arm answered op i and the pairs are resampled
+    together; the mixed workloads by their mean. (``benchmarks/never_slower_check.py``
+    judges the other caching arms with it too.)
+
+    >>> s = Session("locomo", "static", 1, 1)
+    >>> judge(s, "cold recall", [2.0] * 9, {"cache": [1.0] * 9})["slower"]
+    True
+    """
+    cluster = int(s.details.get("scenarios", {}).get(scenario, {}).get("concurrency", 1))
+    statistic = "mean" if scenario in MIXED else "p50"
+    return never_slower(mine, fixed, cluster=cluster, statistic=statistic, paired=cluster == 1)
+
+
 def comparisons(s: Session) -> dict[str, dict[str, Any]]:
     """Per scenario: the best fixed arm and adaptive against every fixed arm (bootstrap
     intervals, simultaneous over the arms; see :mod:`athena.bench.verdicts`)."""
@@ -145,14 +163,7 @@ def comparisons(s: Session) -> dict[str, dict[str, Any]]:
         fixed: dict[str, list[float]] = {n: arms[n].ms for n in FIXED if n in arms and arms[n].ok()}
         if "adaptive" not in arms or not arms["adaptive"].ok() or not fixed:
             continue
-        # A burst's recalls queue behind each other: the burst is the unit resampled.
-        cluster = int(s.details.get("scenarios", {}).get(scenario, {}).get("concurrency", 1))
-        # One at a time, the arms took turns op by op over one stream: sample i of every arm
-        # answered op i, so the pairs are resampled together (see bench.verdicts).
-        statistic = "mean" if scenario in MIXED else "p50"
-        verdict = never_slower(
-            arms["adaptive"].ms, fixed, cluster=cluster, statistic=statistic, paired=cluster == 1
-        )
+        verdict = judge(s, scenario, arms["adaptive"].ms, fixed)
         low, high = verdict["ci95"]
         out[scenario] = {
             **verdict,

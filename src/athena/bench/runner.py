@@ -53,8 +53,10 @@ class Sizes:
     oracle_repeats: int = 5
     oracle_learn: int = 60
     zipf_limit: int | None = None
-    c10: tuple[int, int, float] = (4, 3, 0.25)  # blocks, bursts per block, interval s
-    c100: tuple[int, int, float] = (4, 2, 1.5)  # eight bursts an arm: see bench.verdicts
+    # (turns, bursts a turn, interval s): one burst a turn, so an arm's bursts do not share
+    # a moment of the machine; twelve and eight an arm (see bench.verdicts)
+    c10: tuple[int, int, float] = (12, 1, 0.25)
+    c100: tuple[int, int, float] = (8, 1, 1.5)
     ramp_step_s: float = 1.0
     ramp: tuple[float, float, float] = (50.0, 1_200.0, 80_000.0)  # start, cold max, cached max
     ramp_factor: float = 1.5

@@ -1,4 +1,4 @@
-"""The report's "never slower" verdict: ADAPTIVE's p50 against every fixed arm's, by bootstrap.
+"""The report's "never slower" verdict: ADAPTIVE against every fixed arm, by bootstrap.
 
 Two ways a comparison of medians cried wolf, both measured by an A/A simulation
 (``benchmarks/verdict_calibration.py``: ADAPTIVE drawn exactly like some of the five fixed
@@ -17,7 +17,9 @@ flag is a false alarm there, and the interval promises 2.5%:
   (:func:`compare`'s ``cluster``), and a bootstrap of a few bursts is too sure of itself:
   with three equal arms, 15.2-17.2% of trials were flagged at four bursts an arm (9.5-9.8%
   judged against every arm), 7.8-11.8% at eight (3.2-4.5%: still over the promise). A
-  full run sends eight; fewer than :data:`MIN_CLUSTERS` leave the verdict open.
+  full run sends eight at 100 concurrent and twelve at 10, one a turn (bursts of one turn
+  share its moment of the machine); fewer than :data:`MIN_CLUSTERS` leave the verdict
+  open (a quick run's).
 
 One at a time, the arms take turns op by op over one stream, so the samples are compared
 pair by pair (``paired``): what each question costs is shared, not noise. Where each
@@ -41,7 +43,7 @@ from typing import Any, Final
 
 import numpy as np
 
-MIN_CLUSTERS: Final = 4  # bursts a side below which the bootstrap says nothing
+MIN_CLUSTERS: Final = 8  # bursts a side below which the bootstrap says nothing
 LEVEL: Final = 0.95  # the verdict's confidence, simultaneous over the arms it compares
 TAIL_DRAWS: Final = 25  # resamples beyond each bound, at least
 CHUNK: Final = 1000  # resamples drawn at once (memory: CHUNK x samples floats)
@@ -179,8 +181,9 @@ def never_slower(
     """ADAPTIVE's samples (``mine``) judged against every fixed arm's, by ``statistic``
     (``cluster``, ``statistic`` and ``paired`` as :func:`compare` takes them).
 
-    ``best_fixed`` is the arm of lowest p50 (or mean), ``adaptive_over_best`` the ratio to
-    it and ``ci95`` its interval, at 95% simultaneous over the arms; ``slower_than`` maps
+    ``best_fixed`` is the arm of lowest p50 (or mean) over all its samples,
+    ``adaptive_over_best`` the ratio to it (paired: over the ops both answered) and ``ci95``
+    its interval, 95% simultaneous over the arms (each arm's at ``level``); ``slower_than`` maps
     each arm ADAPTIVE is slower than (its interval above 1) to the ratio; ``slower`` is True
     if any, None if the best arm's interval is undetermined (too few bursts), else False.
 
@@ -212,4 +215,5 @@ def never_slower(
         "arms_compared": len(arms),
         "statistic": statistic,
         "paired": paired,
+        "level": level,
     }
