@@ -5,7 +5,7 @@
 builds (or reuses, under ``--out/stores``) the LoCoMo store, opens the arms in the order given (as
 ``athena bench`` does, each its own ``Memory`` with its own pool), warms them with 300
 questions, then has every arm ask one question ``--hits`` times, the arms taking turns in a
-shuffled order (``turn_order``). ``--adaptive-as`` asks the adaptive arm with another
+balanced order (``turn_order``). ``--adaptive-as`` asks the adaptive arm with another
 strategy (the same arm, its own state); ``--no-skip`` turns the dependency graph's layer
 skipping off in every arm (no narrowed queries). It prints each arm's p50 and how many
 plans were made again during the hits.
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import athena.execution.plans as plans
-from athena.bench.arms import ARMS, open_arms, turn_order
+from athena.bench.arms import ARMS, open_arms
 from athena.bench.runner import resolve_data
+from athena.bench.turns import turn_order
 from athena.bench.workloads import build_store, working_copy
 
 

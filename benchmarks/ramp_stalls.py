@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from athena.bench.arms import open_arms, percentile, turn_order, warm_up
+from athena.bench.arms import open_arms, percentile, warm_up
 from athena.bench.loadgen import P99_BOUND_MS, arm_call, cycle, run_phase
 from athena.bench.runner import resolve_data, share_indexes
+from athena.bench.turns import turn_order
 from athena.bench.workloads import build_store, working_copy
 from athena.heap import settle_heap
 

@@ -253,26 +253,6 @@ def test_a_working_copy_brings_the_stores_index_snapshots(tmp_path: Path) -> Non
     assert original.read_bytes() == copied.read_bytes()
 
 
-def test_every_arm_follows_every_other_about_equally_often() -> None:
-    import itertools
-    from collections import Counter
-
-    from athena.bench.arms import turn_order
-
-    arms = [f"arm{i}" for i in range(7)]
-    turns = [turn_order(arms, index) for index in range(2_000)]  # type: ignore[arg-type]
-    assert turns[5] == turn_order(arms, 5)  # type: ignore[arg-type]  # repeatable
-    stream = [arm for turn in turns for arm in turn]
-    follows = Counter(itertools.pairwise(stream))
-    pairs = [(a, b) for a in arms for b in arms if a != b]
-    n = len(arms)
-    expected = len(turns) * (1 / n + 1 / n**2)  # within a turn, and across its end
-    for pair in pairs:  # a rotation gives 0 or 2,000 here: one fixed neighbour
-        assert 0.7 * expected < follows[pair] < 1.3 * expected, (pair, follows[pair])
-    first = Counter(turn[0] for turn in turns)
-    assert min(first.values()) > 0.7 * len(turns) / len(arms)
-
-
 def test_the_arms_open_in_a_shuffled_order_and_come_back_as_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,9 +3,10 @@
 Every arm is its own :class:`~athena.memory.AsyncMemory` on the same database file, so each
 has its own result cache, embedding cache, vector indexes, reader threads and worker pool:
 nothing one arm caches or warms can serve another, and a write by any arm is seen by all
-(generations move in the shared file). Operations rotate over the arms one at a time
-(A B C … then B C … A …), so machine noise, and the cost of being first after a write,
-falls on every arm alike.
+(generations move in the shared file). Every operation is made by every arm in turn, in
+the balanced order of :func:`athena.bench.turns.turn_order` (each arm after each other and
+in each place equally often), so machine noise, the cost of being first after a write and
+what the arm before left in the CPU's caches fall on every arm alike.
 
 | arm | engine | strategy | embedding cache | worker pool |
 |---|---|---|---|---|
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from athena.bench.turns import turn_order
 from athena.bench.workloads import Ask, Op
 from athena.embedding import CachingEmbedder, load_embedder
 from athena.errors import AthenaError
@@ -199,25 +201,6 @@ def opening_order(names: Iterable[T], seed: str | None) -> list[T]:
     order = list(names)
     if seed is not None:
         random.Random(seed).shuffle(order)
-    return order
-
-
-def turn_order(arms: Sequence[Arm], index: int) -> list[Arm]:
-    """The arms in the order of turn ``index``: a shuffle seeded by ``index``.
-
-    Not a rotation: rotating keeps every arm behind the same neighbour, and an arm's
-    neighbour leaves work behind (a DISTRIBUTED round trip's pool threads still running,
-    the CPU caches full of its data). Measured in run 12 (locomo/static, cold recall, every
-    arm running SEQUENTIAL's code): the episodic layer took 0.475 ms in the SEQUENTIAL arm
-    and 0.60, 0.54 and 0.51 ms in the three arms placed one, two and three after
-    DISTRIBUTED. Shuffled, each arm follows each other about equally often, so the
-    neighbours' costs fall on every arm alike; the seed makes a run repeatable.
-
-    >>> [len(turn_order([], 3))]
-    [0]
-    """
-    order = list(arms)
-    random.Random(index).shuffle(order)
     return order
 
 

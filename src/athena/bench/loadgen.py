@@ -31,7 +31,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from athena.bench.arms import Arm, Samples, percentile, turn_order
+from athena.bench.arms import Arm, Samples, percentile
+from athena.bench.turns import turn_order
 from athena.bench.workloads import Ask
 from athena.errors import AthenaError
 

@@ -30,7 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from athena.bench.arms import Arm, turn_order
+from athena.bench.arms import Arm
+from athena.bench.turns import turn_order
 from athena.bench.workloads import Ask
 
 OVER: Final = 0.10
