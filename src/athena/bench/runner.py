@@ -24,6 +24,7 @@ from athena.bench import loadgen, oracle
 from athena.bench.arms import ARMS, EXECUTING, Arm, open_arms, summarise, wait_for_pools, warm_up
 from athena.bench.report import Session, write
 from athena.bench.scenarios import fit, latency_scenarios
+from athena.bench.turns import TURNS
 from athena.bench.workloads import STORES, Store, build_store, working_copy
 from athena.embedding import load_embedder
 from athena.errors import InvalidInput
@@ -180,6 +181,7 @@ def run_session(
     seed = f"{store.name}/{embedder}/{random.SystemRandom().getrandbits(64)}"
     with open_arms(db, embedder, plan.arms, pools=plan.pools, shuffle=seed) as arms:
         details["opened"] = [arm.name for arm in sorted(arms, key=lambda arm: arm.opened)]
+        details["turns"] = TURNS  # how the arms took turns (benchmarks/neighbours.py reads it)
         details["shared_indexes"] = share_indexes(arms)
         started = time.perf_counter()
         details["pools"] = wait_for_pools(arms)

@@ -27,9 +27,12 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from functools import cache
-from typing import TypeVar
+from typing import Final, TypeVar
 
 T = TypeVar("T")
+
+TURNS: Final = "williams"  # kept in a session's details; sessions without it: SHUFFLED
+SHUFFLED: Final = "shuffled by the turn's index"  # until stop 45 (see shuffled_turn)
 
 
 @cache
@@ -73,3 +76,15 @@ def turn_order(arms: Sequence[T], index: int) -> list[T]:
     shuffled = list(range(len(rows)))
     random.Random(block).shuffle(shuffled)
     return [labels[i] for i in rows[shuffled[place]]]
+
+
+def shuffled_turn(arms: Sequence[T], index: int) -> list[T]:
+    """Turn ``index`` as the bench ordered it until stop 45 (a shuffle seeded by the index
+    alone, the arms as given): to read the saved sessions of earlier runs.
+
+    >>> shuffled_turn(["a", "b", "c"], 0)
+    ['a', 'c', 'b']
+    """
+    order = list(arms)
+    random.Random(index).shuffle(order)
+    return order
