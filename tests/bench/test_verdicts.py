@@ -15,7 +15,7 @@ from athena.bench import verdicts
 from athena.bench.verdicts import MIN_CLUSTERS, clustered, compare, never_slower
 
 samples = st.lists(
-    st.one_of(st.floats(0.01, 100.0), st.just(float("nan"))), min_size=1, max_size=40
+    st.one_of(st.floats(0.01, 100.0), st.just(float("nan"))), min_size=1, max_size=60
 ).filter(lambda xs: any(x == x for x in xs))
 
 
@@ -31,6 +31,9 @@ def test_the_ratio_and_its_bounds_scale_with_the_samples(
     assert point == pytest.approx(
         statistics.median(m for m in mine if m == m) / statistics.median(o for o in other if o == o)
     )
+    if min(len(clustered(mine, 1)), len(clustered(other, 1))) < MIN_CLUSTERS:
+        assert math.isnan(low) and math.isnan(high)  # too few to say anything
+        return
     assert low <= high
     assert scaled == pytest.approx((point * factor, low * factor, high * factor), rel=1e-9)
 
@@ -180,17 +183,41 @@ def test_pairs_take_each_questions_cost_out_of_the_noise() -> None:
 
 def test_a_failed_recall_drops_its_pair_from_both_sides() -> None:
     """A NaN on one side drops that op on the other too, else the pairs would slip."""
-    mine = [1.0, float("nan"), 3.0, 4.0]
-    other = [2.0, 100.0, 6.0, 8.0]
+    mine = [1.0, float("nan"), 3.0, 4.0] * 3
+    other = [2.0, 100.0, 6.0, 8.0] * 3
     assert compare(mine, other, paired=True) == (0.5, 0.5, 0.5)
 
 
 def test_a_side_stopped_early_is_compared_over_its_prefix() -> None:
-    mine = [1.0, 2.0, 3.0, 50.0, 60.0]
-    other = [2.0, 4.0, 6.0]  # an arm stopped over its budget after three ops
+    mine = [1.0, 2.0, 3.0] * 3 + [50.0, 60.0]
+    other = [2.0, 4.0, 6.0] * 3  # an arm stopped over its budget after nine ops
     assert compare(mine, other, paired=True) == (0.5, 0.5, 0.5)
 
 
-def test_pairs_are_single_samples() -> None:
-    with pytest.raises(ValueError, match="paired"):
-        compare([1.0] * 8, [1.0] * 8, cluster=4, paired=True)
+def test_fewer_than_enough_samples_leave_the_interval_open() -> None:
+    """One at a time as in bursts: seven recalls a side say nothing, eight do."""
+    few = MIN_CLUSTERS - 1
+    for paired in (False, True):
+        point, low, high = compare([3.0] * few, [1.0] * few, paired=paired)
+        assert point == 3.0 and math.isnan(low) and math.isnan(high)
+        assert compare([3.0] * MIN_CLUSTERS, [1.0] * 20, paired=paired)[1] == 3.0
+
+
+def test_a_few_units_widen_the_interval_many_barely() -> None:
+    """The corrected interval holds the plain percentile one: by sqrt(8/7) on each side (on
+    a log scale) at eight bursts, by under 0.2% at three hundred recalls."""
+    rng = np.random.default_rng(7)
+    few = [_bursts([float(p) for p in rng.lognormal(0.0, 0.15, 8)]) for _ in range(2)]
+    many = [_lognormal(rng, 1.0) for _ in range(2)]
+    for (mine, other), cluster, stretch in ((few, 100, 1.069), (many, 1, 1.0017)):
+        point, low, high = compare(mine, other, cluster=cluster, level=0.99)
+        plain = verdicts.expansion
+        try:
+            verdicts.expansion = lambda n: 1.0  # type: ignore[assignment]
+            _, plain_low, plain_high = compare(mine, other, cluster=cluster, level=0.99)
+        finally:
+            verdicts.expansion = plain  # type: ignore[assignment]
+        assert low < plain_low <= point <= plain_high < high
+        assert math.log(point / low) == pytest.approx(
+            stretch * math.log(point / plain_low), rel=0.001
+        )
