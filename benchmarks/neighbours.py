@@ -2,13 +2,14 @@
 
 ``python benchmarks/neighbours.py DIR [DIR ...] [--scenario "simple cached query"]``
 reads every session an ``athena bench`` run kept under ``DIR/sessions``, rebuilds the order
-the arms took each turn in (the session's ``details["turns"]``: a Williams design over the
-arms in their opening order, or, for runs before stop 45, the shuffle seeded by the turn's
-index alone), and prints, over all sessions, each sample's cost as a share of its session's
-median (over the arms that cache, on the cached hit) grouped by the arm that ran just
-before it; then, per arm, how often it ran right after an arm that caches and its p50 as a
-share of the session's median. For a scenario without writes (the others' turn indexes
-count writes too).
+the arms took each turn in (the session's ``details["turns"]``: since stop 45's review a
+Williams design relabelled each block, over the arms still asking, turn by recall; in run
+69 the same design unrelabelled, turn by operation; before, the shuffle seeded by the
+turn's index alone), and prints, over all sessions, each sample's cost as a share of its
+session's median (over the arms that cache) grouped by the arm that ran just before it;
+then, per arm, how often it ran right after an arm that caches and its p50 as a share of
+the session's median. Runs before stop 45's review counted writes as turns: for them, a
+scenario with writes is refused.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import pickle
+import random
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from athena.bench.arms import ARMS
-from athena.bench.turns import TURNS, shuffled_turn, turn_order
+from athena.bench.turns import TURNS, shuffled_turn, turn_order, williams
 
 CACHING = ("cache", "hybrid", "adaptive")
 
@@ -34,13 +36,30 @@ class _Opened:
         self.name, self.opened = name, opened
 
 
-def turns(details: dict[str, Any], names: list[str], count: int) -> list[list[str]]:
-    """The order of each of ``count`` turns of a session, as its run ordered them."""
-    if details.get("turns") != TURNS:
-        return [shuffled_turn(names, index) for index in range(count)]
-    opened = details["opened"]
-    arms = [_Opened(name, opened.index(name)) for name in names]
-    return [[a.name for a in turn_order(arms, index)] for index in range(count)]
+def turns(
+    details: dict[str, Any], names: list[str], stopped: dict[str, int], count: int
+) -> list[list[str]]:
+    """The order of each of ``count`` turns of a session, as its run ordered them
+    (``stopped``: the arms that stopped over budget, after how many recalls)."""
+    design = details.get("turns")
+    arms = [_Opened(name, details.get("opened", names).index(name)) for name in names]
+    out: list[list[str]] = []
+    for index in range(count):
+        live = [a for a in arms if index < stopped.get(a.name, count)]
+        if design == TURNS:
+            out.append([a.name for a in turn_order(live, index)])
+            continue
+        if design is None:  # until stop 45: a shuffle seeded by the index, the arms as given
+            order = [a.name for a in shuffled_turn(arms, index)]
+        else:  # run 69: the design's rows shuffled by block, labelled in the opening order
+            labels = sorted(arms, key=lambda a: a.opened)
+            rows = williams(len(labels))
+            block, place = divmod(index, len(rows))
+            shuffled = list(range(len(rows)))
+            random.Random(block).shuffle(shuffled)
+            order = [labels[i].name for i in rows[shuffled[place]]]
+        out.append([name for name in order if any(a.name == name for a in live)])
+    return out
 
 
 def main() -> None:
@@ -59,20 +78,30 @@ def main() -> None:
         if not samples:
             continue
         names = [name for name in ARMS if name in samples]
-        count = min(len(samples[name].ms) for name in names)
+        stopped = {
+            n: int(samples[n].extra["stopped_after"])
+            for n in names
+            if samples[n].extra.get("stopped_after")
+        }
+        count = max(len(samples[name].ms) for name in names)
+        writes = session.details.get("scenarios", {}).get(args.scenario, {}).get("writes")
+        if writes and session.details.get("turns") != TURNS:
+            parser.error(f"{path.name}: its run counted writes as turns; pick a scenario without")
         measured = [n for n in names if n in CACHING] or names
-        median = statistics.median(m for n in measured for m in samples[n].ms[:count])
-        order = turns(session.details, names, count)
+        median = statistics.median(m for n in measured for m in samples[n].ok())
+        order = turns(session.details, names, stopped, count)
         stream = [(index, name) for index, turn in enumerate(order) for name in turn]
         for (_, before), (index, name) in itertools.pairwise(stream):
             value = samples[name].ms[index] / median
+            if value != value:  # a failed recall
+                continue
             by_before[f"{name} after {'a caching arm' if before in CACHING else before}"].append(
                 value
             )
             if before in CACHING:
                 warm[name] += 1
         for name in names:
-            shares[name].append(statistics.median(samples[name].ms[:count]) / median)
+            shares[name].append(statistics.median(samples[name].ok()) / median)
         sessions += 1
     print(f"{args.scenario}: {sessions} sessions; cost / the session's median")
     for key in sorted(by_before):

@@ -209,15 +209,28 @@ def test_a_few_units_widen_the_interval_many_barely() -> None:
     rng = np.random.default_rng(7)
     few = [_bursts([float(p) for p in rng.lognormal(0.0, 0.15, 8)]) for _ in range(2)]
     many = [_lognormal(rng, 1.0) for _ in range(2)]
-    for (mine, other), cluster, stretch in ((few, 100, 1.069), (many, 1, 1.0017)):
-        point, low, high = compare(mine, other, cluster=cluster, level=0.99)
+    cases = ((few, 100, False, 1.069), (many, 1, False, 1.0017), (many, 1, True, 1.0017))
+    for (mine, other), cluster, paired, stretch in cases:
+        kw = {"cluster": cluster, "level": 0.99, "paired": paired}
+        point, low, high = compare(mine, other, **kw)  # type: ignore[arg-type]
         plain = verdicts.expansion
         try:
             verdicts.expansion = lambda n: 1.0  # type: ignore[assignment]
-            _, plain_low, plain_high = compare(mine, other, cluster=cluster, level=0.99)
+            _, plain_low, plain_high = compare(mine, other, **kw)  # type: ignore[arg-type]
         finally:
             verdicts.expansion = plain  # type: ignore[assignment]
         assert low < plain_low <= point <= plain_high < high
         assert math.log(point / low) == pytest.approx(
             stretch * math.log(point / plain_low), rel=0.001
         )
+
+
+def test_pairs_are_single_samples() -> None:
+    with pytest.raises(ValueError, match="paired"):
+        compare([1.0] * 8, [1.0] * 8, cluster=4, paired=True)
+
+
+def test_a_bound_is_widened_away_from_the_point_never_towards_it() -> None:
+    assert verdicts._widened(1.0, 1.01, 1.2, 2.0) == pytest.approx((1.01, 1.44))
+    assert verdicts._widened(1.0, 0.5, math.inf, 2.0) == (0.25, math.inf)
+    assert verdicts._widened(0.0, 0.0, 0.0, 2.0) == (0.0, 0.0)

@@ -253,21 +253,25 @@ def run_ops(
     before = {arm.name: (arm.cache_counts(), arm.recorded(), len(arm.errors)) for arm in arms}
     spent = dict.fromkeys(out.arms, 0.0)
     write_to = writer or arms[0].memory
-    for index, op in enumerate(ops):
+    live, turn = list(arms), 0  # the arms still asking, and the recall turns so far
+    for op in ops:
         if op.kind == "write":
             start = time.perf_counter()
             write_to.remember(op.ask.text, tenant=op.ask.tenant, layer=op.layer)
             out.writes_ms.append((time.perf_counter() - start) * 1000.0)
         else:
-            for arm in turn_order(arms, index):
+            # Counted by recalls and over the arms still asking: a write or a stopped arm
+            # skipping rows of the design would unbalance it (benchmarks/neighbours.py
+            # rebuilds the same order from the samples).
+            for arm in turn_order(live, turn):
                 samples = out.arms[arm.name]
-                if "stopped_after" in samples.extra:
-                    continue
                 start = time.perf_counter()
                 samples.ms.append(arm.recall(op.ask, k=k, layers=layers))
                 spent[arm.name] += time.perf_counter() - start
                 if cap_s is not None and spent[arm.name] > cap_s.get(arm.name, math.inf):
                     samples.extra["stopped_after"] = len(samples.ms)
+                    live.remove(arm)
+            turn += 1
         if advance:
             advance(1)
     for arm in arms:

@@ -11,15 +11,16 @@ stop 45).
 
 Until stop 45 each turn was a shuffle seeded by its index alone, the same 300 shuffles in
 every session: in them HYBRID followed a caching arm 112 times, CACHE 107 and ADAPTIVE
-95, and HYBRID had the lowest cached-hit p50 of the three in 17 sessions of 18, ADAPTIVE
-the highest in most; the decile of a session in which an arm had more such neighbours was
-the decile its hits were cheaper, session after session. A rotation is no better (one
+95, and HYBRID had the lowest cached-hit p50 of the three in 17 sessions of 18; the tenth
+of a session in which an arm had more such neighbours was the tenth its hits were cheaper,
+session after session. A rotation is no better (one
 fixed neighbour each). A Williams design (Williams 1949, the crossover trials' design
 balanced for first-order carry-over) gives every arm each neighbour and each place the
 same number of times in every block of turns (n turns for an even number of arms, 2n for
-an odd one); the blocks' turns come in a shuffled order, so the neighbour across the end
-of a turn is drawn too, and the arms are labelled in the order they were opened, which
-every session shuffles afresh.
+an odd one); each block relabels the arms afresh, so the neighbour across the end of a
+turn, and who sits two places on, are drawn too; the arms start from the order they were
+opened in, which every session shuffles afresh. The balance is exact within turns, over
+whole blocks; across turns' ends it is drawn.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from typing import Final, TypeVar
 
 T = TypeVar("T")
 
-TURNS: Final = "williams"  # kept in a session's details; sessions without it: SHUFFLED
-SHUFFLED: Final = "shuffled by the turn's index"  # until stop 45 (see shuffled_turn)
+TURNS: Final = "williams, relabelled each block"  # kept in a session's details (see
+# benchmarks/neighbours.py for the designs of earlier runs)
 
 
 @cache
@@ -60,22 +61,28 @@ def williams(n: int) -> tuple[tuple[int, ...], ...]:
 
 
 def turn_order(arms: Sequence[T], index: int) -> list[T]:
-    """The arms in the order of turn ``index``: a row of :func:`williams`, the rows of each
-    block in an order shuffled by the block's number. Arms with an ``opened`` place (see
-    :func:`athena.bench.arms.open_arms`) are labelled in that order, else as given.
+    """The arms in the order of turn ``index``: a row of :func:`williams`, each block under
+    a relabelling of the arms drawn by the block's number. Arms with an ``opened`` place
+    (see :func:`athena.bench.arms.open_arms`) are labelled in that order, else as given,
+    before the block's relabelling.
 
-    >>> turn_order(["a", "b", "c", "d"], 0) in [["a", "b", "d", "c"], ["b", "c", "a", "d"],
-    ...                                         ["c", "d", "b", "a"], ["d", "a", "c", "b"]]
-    True
+    Relabelling a whole block keeps its balance (every arm in every place, right after every
+    other arm, equally often) and changes who sits two or three places after whom: one
+    design all session long kept the arm two places after each arm to one of two, for 108
+    of 300 turns (a review's count; run 12 measured a neighbour's cost three places on).
+
+    >>> sorted(turn_order(["a", "b", "c", "d"], 0))
+    ['a', 'b', 'c', 'd']
     """
-    if len(arms) < 2:
+    n = len(arms)
+    if n < 2:
         return list(arms)
     labels = sorted(arms, key=lambda arm: int(getattr(arm, "opened", 0)))
-    rows = williams(len(labels))
+    rows = williams(n)
     block, place = divmod(index, len(rows))
-    shuffled = list(range(len(rows)))
-    random.Random(block).shuffle(shuffled)
-    return [labels[i] for i in rows[shuffled[place]]]
+    names = list(range(n))
+    random.Random(f"labels/{block}").shuffle(names)
+    return [labels[names[i]] for i in rows[place]]
 
 
 def shuffled_turn(arms: Sequence[T], index: int) -> list[T]:

@@ -157,11 +157,22 @@ def expansion(n: int) -> float:
 
 
 def _widened(point: float, low: float, high: float, stretch: float) -> tuple[float, float]:
-    """``low`` and ``high`` moved ``stretch`` times as far from ``point``, on a log scale (a
-    ratio's: as far below as above); unchanged where a log has no meaning (a zero)."""
-    if not (point > 0.0 and low > 0.0 and math.isfinite(point) and math.isfinite(high)):
+    """Each bound moved ``stretch`` times as far from ``point`` on a log scale (a ratio's:
+    as far below as above), never nearer: a bound on the wrong side of the point, or where
+    a log has no meaning (a zero, an infinity), stays where it is.
+
+    >>> [round(b, 4) for b in _widened(1.0, 0.9, 1.1, 2.0)]
+    [0.81, 1.21]
+    >>> _widened(1.0, 1.01, 1.2, 2.0)[0]  # a low bound above the point is not moved up
+    1.01
+    """
+    if not (point > 0.0 and math.isfinite(point)):
         return low, high
-    return point * (low / point) ** stretch, point * (high / point) ** stretch
+    if 0.0 < low < point:
+        low = point * (low / point) ** stretch
+    if point < high < math.inf:
+        high = point * (high / point) ** stretch
+    return low, high
 
 
 def clustered(samples: Sequence[float], size: int) -> list[np.ndarray]:
@@ -217,7 +228,8 @@ def never_slower(
     ``adaptive_over_best`` the ratio to it (paired: over the ops both answered) and ``ci95``
     its interval, 95% simultaneous over the arms (each arm's at ``level``); ``slower_than`` maps
     each arm ADAPTIVE is slower than (its interval above 1) to the ratio; ``slower`` is True
-    if any, None if the best arm's interval is undetermined (too few bursts), else False.
+    if any, None if the best arm's interval is undetermined (too few bursts, pairs or
+    recalls), else False.
 
     >>> v = never_slower([1.0] * 30, {"sequential": [2.0] * 30, "parallel": [0.5] * 30})
     >>> v["best_fixed"], v["adaptive_over_best"], v["slower"], v["slower_than"]
