@@ -1,12 +1,13 @@
 """The arms of the comparison, and running a stream of operations across them INTERLEAVED.
 
-Every arm is its own :class:`~athena.memory.AsyncMemory` on the same database file, so each
-has its own result cache, embedding cache, vector indexes, reader threads and worker pool:
-nothing one arm caches or warms can serve another, and a write by any arm is seen by all
-(generations move in the shared file). Every operation is made by every arm in turn, in
-the balanced order of :func:`athena.bench.turns.turn_order` (each arm after each other and
-in each place equally often), so machine noise, the cost of being first after a write and
-what the arm before left in the CPU's caches fall on every arm alike.
+Every arm is its own :class:`~athena.memory.AsyncMemory` on the same database file, so
+each has its own result cache, embedding cache, vector indexes, reader threads and worker
+pool: nothing one arm caches or warms can serve another, and a write by any arm is seen by
+all (generations move in the shared file). Every operation is made by every arm in turn,
+in the balanced order of :func:`athena.bench.turns.turn_order` (within turns, each arm
+after each other and in each place about equally often), so machine noise, the cost of
+being first after a write and what the arm before left in the CPU's caches fall on every
+arm alike.
 
 | arm | engine | strategy | embedding cache | worker pool |
 |---|---|---|---|---|

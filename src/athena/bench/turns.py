@@ -1,5 +1,5 @@
-"""The order the arms take their turns in: a Williams design, so every arm runs in every
-place of a turn, and right after every other arm, equally often.
+"""The order the arms take their turns in: a Williams design, so within turns every arm
+runs in every place, and right after every other arm, equally often.
 
 What ran just before a recall moves its cost. Run 12 (locomo/static, cold recalls, every
 arm running SEQUENTIAL's code) measured the episodic layer at 0.475 ms in the SEQUENTIAL
@@ -10,17 +10,17 @@ recall (which embeds afresh) 1.31, after SEQUENTIAL's 1.08 (`docs/bench/analysis
 stop 45).
 
 Until stop 45 each turn was a shuffle seeded by its index alone, the same 300 shuffles in
-every session: in them HYBRID followed a caching arm 112 times, CACHE 107 and ADAPTIVE
-95, and HYBRID had the lowest cached-hit p50 of the three in 17 sessions of 18; the tenth
-of a session in which an arm had more such neighbours was the tenth its hits were cheaper,
-session after session. A rotation is no better (one
-fixed neighbour each). A Williams design (Williams 1949, the crossover trials' design
-balanced for first-order carry-over) gives every arm each neighbour and each place the
-same number of times in every block of turns (n turns for an even number of arms, 2n for
-an odd one); each block relabels the arms afresh, so the neighbour across the end of a
-turn, and who sits two places on, are drawn too; the arms start from the order they were
-opened in, which every session shuffles afresh. The balance is exact within turns, over
-whole blocks; across turns' ends it is drawn.
+every session: in them HYBRID followed a caching arm 112 times, CACHE 107 and ADAPTIVE 95,
+and HYBRID had the lowest cached-hit p50 of the three in 17 sessions of 18; the tenth of a
+session in which an arm had more such neighbours was the tenth its hits were cheaper,
+session after session. A rotation is no better (one fixed neighbour each). A Williams
+design (Williams 1949, the crossover trials' design balanced for first-order carry-over)
+gives every arm each neighbour and each place the same number of times in every block of
+turns (n turns for an even number of arms, 2n for an odd one); each block relabels the
+arms afresh, so the neighbour across the end of a turn, and who sits two places on, are
+drawn too; the arms start from the order they were opened in, which every session shuffles
+afresh. The balance is exact within turns, over whole blocks; across turns' ends it is
+drawn.
 """
 
 from __future__ import annotations
