@@ -58,7 +58,8 @@ def turns(
             shuffled = list(range(len(rows)))
             random.Random(block).shuffle(shuffled)
             order = [labels[i].name for i in rows[shuffled[place]]]
-        out.append([name for name in order if any(a.name == name for a in live)])
+        alive = {a.name for a in live}
+        out.append([name for name in order if name in alive])
     return out
 
 

@@ -211,8 +211,9 @@ def bursts(
     advance: Advance | None = None,
 ) -> dict[str, Samples]:
     """Bursts of ``concurrency`` simultaneous recalls, ``per_block`` bursts ``interval`` s
-    apart per arm turn, arms rotating block by block, ``blocks`` turns each, and ``interval``
-    s idle before every turn but the first: no burst starts on the heels of another arm's.
+    apart per arm turn, the arms taking turns block by block
+    (:func:`athena.bench.turns.turn_order`), ``blocks`` turns each, and ``interval`` s idle
+    before every turn but the first: no burst starts on the heels of another arm's.
 
     Each arm draws its recalls in order from ``asks`` (distinct, so none is a repeat for it).
     Bursts of one turn share its moment of the machine (10 concurrent, runs 64-65: a

@@ -101,9 +101,8 @@ def compare(
         return point, math.nan, math.nan
     rounds, low = _draws(level)
     rng = np.random.default_rng(seed)
-    ratios = np.sort(_centers(rng, a, rounds, mean) / _centers(rng, b, rounds, mean))
-    stretch = expansion(min(len(a), len(b)))
-    return point, *_widened(point, float(ratios[low]), float(ratios[rounds - 1 - low]), stretch)
+    ratios = _centers(rng, a, rounds, mean) / _centers(rng, b, rounds, mean)
+    return _interval(point, ratios, low, min(len(a), len(b)))
 
 
 def _draws(level: float) -> tuple[int, int]:
@@ -111,6 +110,14 @@ def _draws(level: float) -> tuple[int, int]:
     tail = (1.0 - level) / 2.0
     rounds = max(1000, math.ceil(TAIL_DRAWS / tail))
     return rounds, int(tail * rounds)
+
+
+def _interval(point: float, ratios: np.ndarray, low: int, units: int) -> tuple[float, float, float]:
+    """``point`` and the bounds with ``low`` resampled ``ratios`` beyond each, widened for
+    the ``units`` resampled (:func:`expansion`)."""
+    ratios.sort()
+    bounds = _widened(point, float(ratios[low]), float(ratios[-1 - low]), expansion(units))
+    return point, *bounds
 
 
 def _paired(
@@ -135,9 +142,7 @@ def _paired(
         count = min(CHUNK, rounds - start)
         picks = rng.integers(0, a.size, size=(count, a.size))
         ratios[start : start + count] = center(a[picks], axis=1) / center(b[picks], axis=1)
-    ratios.sort()
-    stretch = expansion(a.size)
-    return point, *_widened(point, float(ratios[low]), float(ratios[rounds - 1 - low]), stretch)
+    return _interval(point, ratios, low, a.size)
 
 
 def expansion(n: int) -> float:
