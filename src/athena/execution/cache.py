@@ -135,16 +135,28 @@ class _CacheCore:
         with self._lock:
             self._counts.misses += 1
 
+    def repeats(self) -> int:
+        """Recalls the cache answered, whole or in part, since creation or :meth:`clear`
+        (read without the lock: a count a moment old is as good).
+
+        >>> ResultCache().repeats()
+        0
+        """
+        counts = self._counts
+        return counts.hits + counts.partial_hits
+
     def record_partial(self, served: Collection[CachedLayer]) -> None:
         """Count a recall answered partly from the ``served`` layers (none: a miss).
 
         >>> # cache.record_partial(cache.get_layers(query, "m", 50, gens).values())
         """
+        if not served:  # a miss, as most are: counted without summing an empty collection
+            self.record_miss()
+            return
         saved = sum(layer.cost_ms for layer in served)
         with self._lock:
             counts = self._counts
-            counts.misses += not served
-            counts.partial_hits += bool(served)
+            counts.partial_hits += 1
             counts.queries_avoided += len(served)
             counts.latency_saved_ms += saved
 
