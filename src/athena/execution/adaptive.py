@@ -16,7 +16,6 @@ from athena.execution.admission import AdmissionGate, default_slots
 from athena.execution.aggregate import ResultAggregator
 from athena.execution.backend import WorkerBackend
 from athena.execution.cache import ResultCache
-from athena.execution.cache_fills import FillPolicy
 from athena.execution.cache_keys import CachedHits
 from athena.execution.feedback import Feedback
 from athena.execution.parallel import ParallelExecutor
@@ -53,7 +52,6 @@ class AdaptiveEngine:
         self.store = store
         self.model = pipeline.embedder.name
         self.cache = cache if cache is not None else ResultCache()
-        self.fills = FillPolicy(self.cache.repeats)  # whether adaptive recalls fill it
         self.graph = graph or DependencyGraph(cores=os.cpu_count() or 1)
         self.selector = selector or StrategySelector()
         self.feedback = Feedback(store, self.graph, self.selector)
@@ -176,7 +174,7 @@ class AdaptiveEngine:
     def stats(self) -> dict[str, Any]:
         self.feedback.settle()  # the graph and the selector count the hits noted so far
         return {
-            "cache": {**self.cache.stats(), "fills": self.fills.snapshot()},
+            "cache": self.cache.stats(),
             **self.gauges(),
             "telemetry": self.telemetry.summary(),
             "selector": self.selector.snapshot(),

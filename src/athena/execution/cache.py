@@ -135,16 +135,6 @@ class _CacheCore:
         with self._lock:
             self._counts.misses += 1
 
-    def repeats(self) -> int:
-        """Recalls the cache answered, whole or in part, since creation or :meth:`clear`
-        (read without the lock: a count a moment old is as good).
-
-        >>> ResultCache().repeats()
-        0
-        """
-        counts = self._counts
-        return counts.hits + counts.partial_hits
-
     def record_partial(self, served: Collection[CachedLayer]) -> None:
         """Count a recall answered partly from the ``served`` layers (none: a miss).
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from athena.errors import RecallTimeout, WorkerPoolUnavailable
-from athena.execution.cache_keys import CachedHits, normalize_text
+from athena.execution.cache_keys import CachedHits
 from athena.layers.protocol import LayerResult, SearchRequest
 from athena.planning.analysis import QueryAnalysis
 from athena.planning.selector import Decision, Situation, Strategy
@@ -50,7 +50,6 @@ class RecallRun:
         self.executed: Strategy | None = None
         self.situation: Situation  # what the selector saw: set once the recall runs
         self.cache_state = "miss"
-        self.kept = uses_cache(strategy)  # whether the result went into the cache
         self.fallback: str | None = None
         self.results: Mapping[str, LayerResult] = {}
         self.fresh: dict[str, LayerResult] = {}
@@ -62,7 +61,7 @@ class RecallRun:
 
     def execute(self) -> tuple[Hit, ...]:
         engine, query = self.engine, self.query
-        if uses_cache(self.strategy):  # the full hit was tried before
+        if self.strategy in ("adaptive", "cache", "hybrid"):  # the full hit was tried before
             key = engine.cache.flight_key(query, engine.model, self.generations, self.key)
             hits = engine.cache.single_flight(key, self._compute)
             if self.decision is None:  # another thread computed it for us (single-flight)
@@ -79,11 +78,11 @@ class RecallRun:
         engine, query = self.engine, self.query
         depth = self.engine.pipeline.request_depth(query)
         cached: dict[str, Any] = {}
-        caching = uses_cache(self.strategy)
+        uses_cache = self.strategy in ("adaptive", "cache", "hybrid")
         if self.strategy in ("adaptive", "hybrid"):
             cached = engine.cache.get_layers(query, engine.model, depth, self.generations, self.key)
             engine.cache.record_partial(cached.values())
-        elif caching:
+        elif uses_cache:
             engine.cache.record_miss()
         missing = tuple(name for name in query.layers if name not in cached)
         self.situation = engine.situations.of(
@@ -122,7 +121,7 @@ class RecallRun:
             elif request is not None and self.executed is not None:
                 timeout = None if left is None else max(left - waited, 0.0)
                 self.fresh = in_process(self, self.executed, request, missing, timeout)
-            hits = self._finish(cached, caching, depth)
+            hits = self._finish(cached, uses_cache, depth)
         return hits
 
     def left(self) -> float | None:
@@ -131,7 +130,7 @@ class RecallRun:
             return None
         return max(self.timeout - (time.monotonic() - self.started), 0.0)
 
-    def _finish(self, cached: dict[str, Any], caching: bool, depth: int) -> tuple[Hit, ...]:
+    def _finish(self, cached: dict[str, Any], uses_cache: bool, depth: int) -> tuple[Hit, ...]:
         """Merge cached and fresh layer results into hits; fill the cache."""
         engine, query = self.engine, self.query
         results, self.confidence = engine.aggregator.merge(
@@ -147,24 +146,12 @@ class RecallRun:
         hits = self.remote_hits
         if hits is None or cached:
             hits = engine.pipeline.hits(query, results)
-        if caching and self._keeps():  # forced executing strategies neither read nor fill
+        if uses_cache:  # forced executing strategies neither read nor fill the cache
             fresh = [(result, result.elapsed_ms) for result in self.fresh.values()]
             cost = sum(r.elapsed_ms for r in self.fresh.values())
             gens, key = self.generations, self.key
-            start = time.perf_counter()
             engine.cache.put_recall(query, engine.model, depth, fresh, gens, hits, cost, key)
-            if self.strategy == "adaptive":
-                engine.fills.filled((time.perf_counter() - start) * 1000.0)
         return hits
-
-    def _keeps(self) -> bool:
-        """Whether this recall's result goes into the cache: always for CACHE and HYBRID; for
-        the adaptive strategy while repeats pay for fills (see :mod:`cache_fills`)."""
-        if self.strategy != "adaptive":
-            return True
-        scope = (self.query.tenant, normalize_text(self.query.text))
-        self.kept = self.engine.fills.admit(scope, (time.monotonic() - self.started) * 1000.0)
-        return self.kept
 
     def _decide(self, layers: tuple[str, ...]) -> Decision:
         forced = FORCED.get(self.strategy)
@@ -192,15 +179,6 @@ class RecallRun:
     def explain(self, actual_ms: float, asked: tuple[str, ...]) -> dict[str, Any]:
         """The explain object of this recall (see :func:`run_explain`)."""
         return run_explain(self, actual_ms, asked)
-
-
-def uses_cache(strategy: str) -> bool:
-    """Whether recalls of ``strategy`` read and fill the result cache.
-
-    >>> uses_cache("hybrid"), uses_cache("sequential")
-    (True, False)
-    """
-    return strategy in ("adaptive", "cache", "hybrid")
 
 
 def pool_results(
@@ -286,7 +264,6 @@ def run_explain(run: RecallRun, actual_ms: float, asked: tuple[str, ...]) -> dic
         "actual_ms": round(actual_ms, 3),
         "queued_ms": round(run.queued_ms, 3),
         "cache": run.cache_state,
-        "kept": run.kept,
         "result_confidence": round(run.confidence, 4),
         "layers": layers_ms,
         "cached_layers": sorted(set(run.query.layers) - set(run.fresh)),
