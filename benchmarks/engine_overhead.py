@@ -1,10 +1,12 @@
 """What the adaptive engine adds to a cold recall over the reference engine, by part.
 
 ``python benchmarks/engine_overhead.py [--arms baseline,sequential,adaptive] [--queries 1000]
-[--store locomo] [--embedder static] [--parts] [--out bench-out]`` builds (or reuses, under
-``--out/stores``) the store, opens the arms as ``athena bench`` does (``baseline`` is the
-reference ``SequentialEngine`` with no caches at all; the others the adaptive engine, forced
-or not), warms them with 300 questions, then asks each of the next ``--queries`` questions
+[--store locomo] [--embedder static] [--pools off] [--parts] [--out bench-out]`` builds (or
+reuses, under ``--out/stores``) the store, opens the arms as ``athena bench`` does
+(``baseline`` is the reference ``SequentialEngine`` with no caches at all; the others the
+adaptive engine, forced or not; ``--pools full`` gives the caching arms their eager worker
+pools and waits for them, as the bench does; ``off``, the default, starts none), warms them
+with 300 questions, then asks each of the next ``--queries`` questions
 once per arm in a shuffled order, every cache emptied before each recall. It prints each
 arm's cold p50 and mean and each arm's p50 over the first arm's. ``--parts`` also times the
 engine's steps (each method wrapped in a timer, a microsecond or so each) and prints their
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from athena.bench.arms import Arm
+from athena.bench.arms import Arm, open_arms
 from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
 
@@ -64,30 +66,22 @@ def timed(parts: dict[tuple[str, str], float], current: list[str]) -> None:
         setattr(cls, method, wrapper)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", default="baseline,sequential,adaptive")
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--store", default="locomo")
-    parser.add_argument("--embedder", default="static")
-    parser.add_argument("--parts", action="store_true", help="time the engine's steps")
-    parser.add_argument("--out", type=Path, default=Path("bench-out"))
-    args = parser.parse_args()
-    store = build_store(args.store, args.embedder, resolve_data(None), args.out)
-    path = working_copy(store, args.out / "engine-overhead")
-    arms = [Arm(name, path, args.embedder, pools="off") for name in args.arms.split(",")]
+def _measure(
+    arms: list[Arm], asks: list[Any], queries: int, timed_parts: bool
+) -> tuple[dict[str, list[float]], dict[tuple[str, str], float], list[Any]]:
+    """Warm ``arms`` with 300 questions, then time each of the next ``queries`` once per
+    arm, in a shuffled order, every cache emptied first."""
     parts: dict[tuple[str, str], float] = defaultdict(float)
     current = ["-"]
-    if args.parts:
+    if timed_parts:
         timed(parts, current)
-    asks = list(store.asks)
     random.Random(5).shuffle(asks)
     for ask in asks[:300]:
         for arm in arms:
             arm.recall(ask)
     parts.clear()
     times: dict[str, list[float]] = {arm.name: [] for arm in arms}
-    questions = asks[300 : 300 + args.queries]
+    questions = asks[300 : 300 + queries]
     for index, ask in enumerate(questions):
         order = list(arms)
         random.Random(index).shuffle(order)
@@ -95,8 +89,23 @@ def main() -> None:
             arm.reset()
             current[0] = arm.name
             times[arm.name].append(arm.recall(ask))
-    for arm in arms:
-        arm.close()
+    return times, parts, questions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", default="baseline,sequential,adaptive")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--store", default="locomo")
+    parser.add_argument("--embedder", default="static")
+    parser.add_argument("--pools", default="off", help="off, distributed or full")
+    parser.add_argument("--parts", action="store_true", help="time the engine's steps")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    args = parser.parse_args()
+    store = build_store(args.store, args.embedder, resolve_data(None), args.out)
+    path = working_copy(store, args.out / "engine-overhead")
+    with open_arms(path, args.embedder, args.arms.split(","), pools=args.pools) as arms:
+        times, parts, questions = _measure(arms, list(store.asks), args.queries, args.parts)
     first = statistics.median(times[arms[0].name])
     print(f"{args.store}, {args.embedder}, {len(questions)} cold recalls per arm")
     for arm in arms:

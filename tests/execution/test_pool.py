@@ -403,6 +403,25 @@ def test_a_replacement_warming_a_scope_grown_large_is_left_to_finish(
             assert answer["semantic"].ids and answer["semantic"].loaded == 0  # built at start
 
 
+def test_the_planners_load_is_kept_until_a_block_under_the_pools_condition_ends(
+    single: ProcessWorkerPool,
+) -> None:
+    core = single._core
+    core.cond.acquire()  # no other thread ends a block meanwhile: nothing can change
+    try:
+        first = single.load()
+        assert first.available and single.load() is first  # kept: read once
+        with core.cond:  # a change, as the pool makes them: under the condition
+            core.state = "closed"
+        closed = single.load()
+        assert not closed.available and single.load() is closed
+        with core.cond:
+            core.state = "running"
+        assert single.load().available and single.load() == first
+    finally:
+        core.cond.release()
+
+
 def test_scales_up_under_a_queue_and_back_down_when_idle(mem: Memory) -> None:
     with pool_of(mem, min_workers=1, max_workers=3, idle_seconds=1.0) as pool:
         pool.start()

@@ -12,11 +12,13 @@ import heapq
 import itertools
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Final, Protocol, runtime_checkable
 
 from athena.errors import InvalidInput, RecallTimeout, UnknownLayer, WorkerPoolUnavailable
@@ -39,6 +41,32 @@ class PoolLoad:
     queue_depth: int
     available: bool
     saturated: bool
+
+
+class VersionedCondition(threading.Condition):
+    """A condition that counts the ``with`` blocks it ends: whatever is read under it, and
+    changes only under it, is unchanged while :attr:`version` is (a block that only read
+    counts too: a version is never reused, only sometimes moved on for nothing).
+
+    >>> cond = VersionedCondition(threading.RLock())
+    >>> with cond:
+    ...     pass
+    >>> cond.version
+    1
+    """
+
+    def __init__(self, lock: threading.RLock) -> None:
+        super().__init__(lock)
+        self.version = 0
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.version += 1  # still held: no two exits count as one
+        super().__exit__(kind, error, trace)
 
 
 @runtime_checkable

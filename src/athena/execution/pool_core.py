@@ -41,7 +41,8 @@ class PoolCore:
 
     def __init__(self, config: wk.WorkerConfig, method: str, limits: PoolLimits) -> None:
         self.limits = limits
-        self.cond = threading.Condition(threading.RLock())
+        self.cond = backend.VersionedCondition(threading.RLock())
+        self.seen: tuple[int, backend.PoolLoad] | None = None  # the load at a version
         self.halted = threading.Event()
         self.procs: dict[int, BaseProcess] = {}
         self.fleet: wk.Fleet[Task] = wk.Fleet(mp.get_context(method), config, self.procs)
