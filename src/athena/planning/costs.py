@@ -21,6 +21,10 @@ MIN_ESTIMATE_MS: Final = 0.05
 # there, the interval doubling (up to REFRESH_MAX) while each such run confirms the choice.
 REFRESH_AFTER: Final = 8
 REFRESH_MAX: Final = 64
+# Where SEQUENTIAL won a full decision with every other option at least SETTLED_SLACK of its
+# cost past the switch rule, the next SETTLED_USES decisions there predict SEQUENTIAL alone.
+SETTLED_USES: Final = 8
+SETTLED_SLACK: Final = 0.1
 
 
 class Cell:
@@ -167,3 +171,54 @@ class Refresh:
             confirmed = actual_ms > state[2]
             state[1] = min(state[1] * 2.0, REFRESH_MAX) if confirmed else float(REFRESH_AFTER)
             state[2] = 0.0
+
+
+Others = tuple[tuple[str, float], ...]  # the other options' predicted ms, by name
+
+
+class Settled:
+    """Contexts where SEQUENTIAL won its last full decision by far: the next
+    :data:`SETTLED_USES` decisions there skip predicting the other options.
+
+    A full decision predicts every feasible strategy; with a pool up that is three cost
+    models read cold on a recall's path, 25-30 µs of an adaptive cold recall in place
+    against the 10 µs a forced strategy's one prediction took (100k-one-tenant,
+    transformer, eager pool; ``benchmarks/engine_overhead.py --pools full --parts``).
+    Where every other option stood well past the switch rule, eight more recalls cannot
+    bring one within it; a context where an option is close is decided in full every time.
+    The caller forgets a context when another strategy learns a cost in it.
+
+    >>> settled = Settled()
+    >>> settled.keep((3, 1, 0, 0), 2, (("parallel", 1.4),))
+    >>> [settled.use((3, 1, 0, 0), 2) is not None for _ in range(SETTLED_USES + 1)]
+    [True, True, True, True, True, True, True, True, False]
+    >>> settled.keep((3, 1, 0, 0), 2, (("parallel", 1.4),))
+    >>> settled.use((3, 1, 0, 0), 3) is None  # the pool came up: another set of options
+    True
+    """
+
+    __slots__ = ("states",)
+
+    def __init__(self) -> None:
+        self.states: dict[Context, tuple[int, int, Others]] = {}  # uses left, options, costs
+
+    def use(self, key: Context, options: int) -> Others | None:
+        """The other options' costs if ``key`` is settled for ``options`` feasible
+        strategies (counting one use), else None."""
+        state = self.states.get(key)
+        if state is None or state[1] != options:
+            return None
+        if state[0] > 1:
+            self.states[key] = (state[0] - 1, options, state[2])
+        else:
+            self.states.pop(key, None)  # another thread may have taken the last use
+        return state[2]
+
+    def keep(self, key: Context, options: int, others: Others) -> None:
+        """Settle ``key``: SEQUENTIAL won, every option of ``others`` far past the rule."""
+        if key in self.states or len(self.states) < MAX_CELLS:
+            self.states[key] = (SETTLED_USES, options, others)
+
+    def forget(self, key: Context) -> None:
+        """Decide in full in ``key`` from now on, until a full decision settles it again."""
+        self.states.pop(key, None)

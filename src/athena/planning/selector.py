@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from athena.planning.costs import REFERENCE_AFTER, WINDOW, Context, CostModel, Refresh
+from athena.planning.costs import (
+    REFERENCE_AFTER,
+    SETTLED_SLACK,
+    WINDOW,
+    Context,
+    CostModel,
+    Refresh,
+    Settled,
+)
 
 
 class Strategy(StrEnum):
@@ -53,6 +61,9 @@ SWITCH_MIN_MS: Final = 0.25
 # same recall cost 2.0-10.7 ms run to run (bimodal, about 2.5 or 7); a median of a few
 # PARALLEL runs that landed low sent 57 of 120 oracle recalls to PARALLEL, 34% slower there.
 SWITCH_SE: Final = 2.0
+SETTLED_WHY: Final = (
+    "sequential: every other option far dearer in this context's last full decision"
+)
 
 
 @dataclass(slots=True)
@@ -195,6 +206,7 @@ class StrategySelector:
         self.history: deque[Decision] = deque(maxlen=history)
         self._lock = threading.Lock()
         self._refresh = Refresh()
+        self._settled = Settled()
         self.explored = 0
 
     def feasible(self, s: Situation) -> list[Strategy]:
@@ -239,11 +251,19 @@ class StrategySelector:
         return cell.mean if cell is not None and cell.n >= REFERENCE_AFTER else None
 
     def decide(self, s: Situation) -> Decision:
-        """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``)."""
+        """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``);
+        in a context SEQUENTIAL won by far a few decisions ago, SEQUENTIAL's cost alone is
+        predicted (see :class:`~athena.planning.costs.Settled`)."""
         options = self.feasible(s)
         key = context(s)
-        costs = {Strategy.SEQUENTIAL: self._predict(Strategy.SEQUENTIAL, s, key)}
-        sequential = best_ms = costs[Strategy.SEQUENTIAL][0]
+        exploring = len(options) > 1 and self._rng.random() < self.explore_rate
+        seq = self._predict(Strategy.SEQUENTIAL, s, key)
+        others = None if exploring else self._settled.use(key, len(options))
+        if others is not None:
+            predicted = ((_NAMES[Strategy.SEQUENTIAL], seq[0]), *others)
+            return self._record(s, Strategy.SEQUENTIAL, SETTLED_WHY, seq, seq[0], predicted)
+        costs = {Strategy.SEQUENTIAL: seq}
+        sequential = best_ms = seq[0]
         best = Strategy.SEQUENTIAL
         for option in options[1:]:  # in EXECUTING order: a tie keeps the simpler strategy
             # SEQUENTIAL's prediction once: every other prior scales from it
@@ -258,7 +278,7 @@ class StrategySelector:
         else:
             chosen, why = best, "lowest predicted cost"
         warm = False
-        if len(options) > 1 and self._rng.random() < self.explore_rate:
+        if exploring:
             pick, warm = explore(options, costs, best, s)
             if pick is not best:
                 chosen, why = pick, "exploring: optimistic cost within reach of the best"
@@ -269,16 +289,37 @@ class StrategySelector:
                 due = self._refresh.due(reference, costs[chosen][0])
             if due:
                 chosen, why = Strategy.SEQUENTIAL, "sequential again, to check the choice"
-        mean, width = costs[chosen]
+        # Plain names: a pair holding a Strategy stays tracked by the cyclic collector, and
+        # the history keeps a thousand decisions (see athena.heap).
+        predicted = tuple([(_NAMES[o], costs[o][0]) for o in options])
+        limit = min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS)
+        if chosen is best is Strategy.SEQUENTIAL and all(
+            costs[o][0] > limit + SETTLED_SLACK * sequential for o in options[1:]
+        ):
+            self._settled.keep(key, len(options), predicted[1:])
+        else:
+            self._settled.forget(key)
+        return self._record(s, chosen, why, costs[chosen], sequential, predicted, warm)
+
+    def _record(
+        self,
+        s: Situation,
+        chosen: Strategy,
+        why: str,
+        cost: tuple[float, float],
+        sequential: float,
+        predicted: tuple[tuple[str, float], ...],
+        warm: bool = False,
+    ) -> Decision:
+        """The decision to run ``chosen`` at its predicted ``cost``, kept in the history."""
+        mean, width = cost
         decision = Decision(
             strategy=chosen,
             confidence=1.0 / (1.0 + width),
             why=why,
             estimated_ms=mean,
             estimated_speedup=sequential / mean if mean else 1.0,
-            # Plain names: a pair holding a Strategy stays tracked by the cyclic collector,
-            # and the history keeps a thousand decisions (see athena.heap).
-            predicted=tuple([(_NAMES[o], costs[o][0]) for o in options]),
+            predicted=predicted,
             setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
             warm_pool=warm,
         )
@@ -321,6 +362,7 @@ class StrategySelector:
                 self._refresh.measured(cell_key(strategy, key), actual_ms)
             else:
                 reference = self._measured(key)
+                self._settled.forget(key)  # a cost the settling did not see
             model.update(cell_key(strategy, key), actual_ms, s.sequential_ms, reference)
 
     def snapshot(self) -> dict[str, object]:
