@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from athena.bench.arms import Arm, open_arms
+from athena.bench.arms import POOLS, Arm, open_arms
 from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
 
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--store", default="locomo")
     parser.add_argument("--embedder", default="static")
-    parser.add_argument("--pools", default="off", help="off, distributed or full")
+    parser.add_argument("--pools", default="off", choices=POOLS, help="the arms' worker pools")
     parser.add_argument("--parts", action="store_true", help="time the engine's steps")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args()

@@ -422,6 +422,18 @@ def test_the_planners_load_is_kept_until_a_block_under_the_pools_condition_ends(
         core.cond.release()
 
 
+def test_the_planners_load_follows_what_the_pools_threads_change(mem: Memory) -> None:
+    with pool_of(mem, min_workers=1, max_workers=1) as pool:
+        before = pool.load()
+        assert (before.workers, before.available) == (0, False) and pool.load() is before
+        pool.start()  # workers spawned and marked ready by the pool's own threads
+        eventually(lambda: pool.load().available)
+        assert pool.load().workers == 1
+        pool.run(request(mem), LAYERS, timeout=WAIT)
+        after = pool.load()
+        assert (after.busy, after.queue_depth) == (0, 0) and after.available
+
+
 def test_scales_up_under_a_queue_and_back_down_when_idle(mem: Memory) -> None:
     with pool_of(mem, min_workers=1, max_workers=3, idle_seconds=1.0) as pool:
         pool.start()

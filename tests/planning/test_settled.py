@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from athena.planning.costs import SETTLED_USES, CostModel, Others, Settled
+from athena.planning.costs import MAX_CELLS, SETTLED_USES, Others, Settled
 from athena.planning.selector import SETTLED_WHY, Situation, Strategy, StrategySelector
 
 
@@ -34,7 +34,9 @@ def taught(parallel_ms: float, rng_seed: int = 0, explore_rate: float = 0.0) -> 
 class NeverSettled(Settled):
     """Decides in full every time: the selector before settling."""
 
-    def keep(self, key: tuple[int, int, int, int], options: int, others: Others) -> None:
+    def keep(
+        self, key: tuple[int, int, int, int], options: int, generation: int, others: Others
+    ) -> None:
         return None
 
 
@@ -79,12 +81,39 @@ def test_a_close_or_cheaper_option_is_decided_in_full_every_time(parallel_ms: fl
     assert all(sel.decide(s).why != SETTLED_WHY for _ in range(3 * SETTLED_USES))
 
 
-def test_another_strategys_cost_unsettles_the_context() -> None:
+def test_another_strategys_cost_anywhere_unsettles_the_context() -> None:
     sel, s = taught(parallel_ms=4.5), situation()
     sel.decide(s)
     assert sel.decide(s).why == SETTLED_WHY
-    sel.learn(Strategy.PARALLEL, s, 1.0)
+    sel.learn(Strategy.PARALLEL, situation(seq_ms=24.0), 30.0)  # another context: shared ratios
     assert sel.decide(s).why != SETTLED_WHY
+
+
+def test_sequential_growing_dearer_ends_the_settling_at_once() -> None:
+    sel, s = taught(parallel_ms=4.0), situation()
+    sel.decide(s)
+    assert sel.decide(s).why == SETTLED_WHY
+    for _ in range(12):  # SEQUENTIAL's median climbs to PARALLEL's kept cost
+        sel.learn(Strategy.SEQUENTIAL, s, 4.2)
+    assert sel.decide(s).why != SETTLED_WHY
+
+
+def test_a_young_sequential_median_never_settles() -> None:
+    sel, s = StrategySelector(rng=random.Random(0), explore_rate=0.0), situation(pool=False)
+    for _ in range(5):
+        sel.learn(Strategy.SEQUENTIAL, s, 3.0)
+    sel.learn(Strategy.PARALLEL, s, 20.0)
+    assert all(sel.decide(s).why != SETTLED_WHY for _ in range(20))
+
+
+def test_one_option_settles_nothing() -> None:
+    sel = taught(parallel_ms=9.0)
+    one = Situation(1, 3.0, 1.0, 0.0, 0, 0.0, True, False, 1)
+    for _ in range(30):
+        sel.learn(Strategy.SEQUENTIAL, one, 3.0)
+    for _ in range(5):
+        assert sel.decide(one).strategy is Strategy.SEQUENTIAL
+    assert not sel._settled.states
 
 
 def test_settling_is_kept_per_context_and_per_set_of_options() -> None:
@@ -118,7 +147,8 @@ def test_the_choices_are_those_of_full_decisions(
     parallel_ratio: float, noise: float, seed: int, explore_rate: float
 ) -> None:
     """Two selectors fed the same costs and the same draws, one never settling: the same
-    strategy every time, whatever the costs were (settling only skips predictions)."""
+    strategy every time, over random cost ratios, noise and exploration rates in one
+    context (settling skips predictions; it is not meant to change a choice)."""
     full, quick = taught(3.0 * parallel_ratio, seed), taught(3.0 * parallel_ratio, seed)
     for sel in (full, quick):
         sel.explore_rate = explore_rate
@@ -135,8 +165,9 @@ def test_the_choices_are_those_of_full_decisions(
 
 
 def test_the_settled_contexts_are_bounded() -> None:
-    sel = taught(parallel_ms=9.0)
-    for scale in range(5000):
-        sel.decide(situation(seq_ms=2.0 ** (scale % 40 - 4), inflight=scale // 40 + 1))
-    assert len(sel._settled.states) <= 4096
-    assert isinstance(sel._models[Strategy.SEQUENTIAL], CostModel)
+    settled = Settled()
+    for i in range(MAX_CELLS + 100):
+        settled.keep((i, 0, 0, 0), 2, 0, (("parallel", 9.0),))
+    assert len(settled.states) == MAX_CELLS
+    settled.keep((0, 0, 0, 0), 3, 0, (("parallel", 9.0),))  # a kept context may change
+    assert settled.states[(0, 0, 0, 0)][1] == 3

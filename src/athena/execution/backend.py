@@ -44,9 +44,10 @@ class PoolLoad:
 
 
 class VersionedCondition(threading.Condition):
-    """A condition that counts the ``with`` blocks it ends: whatever is read under it, and
-    changes only under it, is unchanged while :attr:`version` is (a block that only read
-    counts too: a version is never reused, only sometimes moved on for nothing).
+    """A condition that counts the ``with`` blocks it ends and the waits that let its lock
+    go mid-block: whatever is read under it, and changes only under it, is unchanged while
+    :attr:`version` is (a block that only read counts too: a version is never reused, only
+    sometimes moved on for nothing).
 
     >>> cond = VersionedCondition(threading.RLock())
     >>> with cond:
@@ -67,6 +68,12 @@ class VersionedCondition(threading.Condition):
     ) -> None:
         self.version += 1  # still held: no two exits count as one
         super().__exit__(kind, error, trace)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """:meth:`threading.Condition.wait`, counting a version first: the block's changes
+        so far are seen by whoever takes the lock meanwhile (``wait_for`` waits here)."""
+        self.version += 1
+        return super().wait(timeout)
 
 
 @runtime_checkable

@@ -18,10 +18,11 @@ def load(core: PoolCore) -> PoolLoad:
 
     The planner asks on every recall, so the answer is kept with the version of the core's
     condition it was read at, and given again while no block under the condition has ended
-    since (the core changes only under it). Read afresh, under the lock and cold in the
-    CPU's caches, it took a recall 12-14 µs of its situation's 23 (100k-one-tenant,
-    transformer, an eager pool of two; ``benchmarks/engine_overhead.py --pools full
-    --parts``). Taken with ``acquire``, not ``with``, so the read itself moves no version.
+    (nor waited) since: the core changes only under it. Read afresh each time, an adaptive
+    recall's situation took 23.2 µs with an eager pool of two and 9.7-11.8 without; kept,
+    14.9-16.9 (100k-one-tenant, transformer; ``benchmarks/engine_overhead.py --pools full
+    --parts``, which times the situation whole). Taken with ``acquire``, not ``with``, so
+    the read itself moves no version.
 
     >>> # load(pool._core).busy
     """

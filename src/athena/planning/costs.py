@@ -177,48 +177,63 @@ Others = tuple[tuple[str, float], ...]  # the other options' predicted ms, by na
 
 
 class Settled:
-    """Contexts where SEQUENTIAL won its last full decision by far: the next
+    """Contexts where SEQUENTIAL won its last full decision by far: about the next
     :data:`SETTLED_USES` decisions there skip predicting the other options.
 
     A full decision predicts every feasible strategy; with a pool up that is three cost
-    models read cold on a recall's path, 25-30 µs of an adaptive cold recall in place
-    against the 10 µs a forced strategy's one prediction took (100k-one-tenant,
-    transformer, eager pool; ``benchmarks/engine_overhead.py --pools full --parts``).
-    Where every other option stood well past the switch rule, eight more recalls cannot
-    bring one within it; a context where an option is close is decided in full every time.
-    The caller forgets a context when another strategy learns a cost in it.
+    models read cold on a recall's path: 29.6-33.1 µs of an adaptive cold recall in place,
+    against 9.8-11.9 µs for a forced strategy's one prediction (100k-one-tenant,
+    transformer, an eager pool; ``benchmarks/engine_overhead.py --pools full --parts``).
+    A settled context is given back only while the selector's other costs are as they were
+    (``generation``: the selector counts every cost another strategy learns, anywhere,
+    since cells and ratios are shared across contexts), and the caller checks the kept
+    costs against SEQUENTIAL's fresh prediction before using them. Uses are counted
+    without a lock: two threads may take the same one.
 
     >>> settled = Settled()
-    >>> settled.keep((3, 1, 0, 0), 2, (("parallel", 1.4),))
-    >>> [settled.use((3, 1, 0, 0), 2) is not None for _ in range(SETTLED_USES + 1)]
+    >>> settled.keep((3, 1, 0, 0), 2, 0, (("parallel", 1.4),))
+    >>> [settled.use((3, 1, 0, 0), 2, 0) is not None for _ in range(SETTLED_USES + 1)]
     [True, True, True, True, True, True, True, True, False]
-    >>> settled.keep((3, 1, 0, 0), 2, (("parallel", 1.4),))
-    >>> settled.use((3, 1, 0, 0), 3) is None  # the pool came up: another set of options
-    True
+    >>> settled.keep((3, 1, 0, 0), 2, 0, (("parallel", 1.4),))
+    >>> settled.use((3, 1, 0, 0), 3, 0), settled.use((3, 1, 0, 0), 2, 1)  # options; costs
+    (None, None)
     """
 
     __slots__ = ("states",)
 
     def __init__(self) -> None:
-        self.states: dict[Context, tuple[int, int, Others]] = {}  # uses left, options, costs
+        # uses left, options feasible, the selector's generation, the other options' costs
+        self.states: dict[Context, tuple[int, int, int, Others]] = {}
 
-    def use(self, key: Context, options: int) -> Others | None:
-        """The other options' costs if ``key`` is settled for ``options`` feasible
-        strategies (counting one use), else None."""
+    def use(self, key: Context, options: int, generation: int) -> Others | None:
+        """The other options' kept costs if ``key`` is settled for ``options`` feasible
+        strategies at ``generation`` (counting one use), else None.
+
+        >>> Settled().use((3, 1, 0, 0), 2, 0) is None
+        True
+        """
         state = self.states.get(key)
-        if state is None or state[1] != options:
+        if state is None or state[1] != options or state[2] != generation:
             return None
         if state[0] > 1:
-            self.states[key] = (state[0] - 1, options, state[2])
+            self.states[key] = (state[0] - 1, *state[1:])
         else:
-            self.states.pop(key, None)  # another thread may have taken the last use
-        return state[2]
+            self.states.pop(key, None)
+        return state[3]
 
-    def keep(self, key: Context, options: int, others: Others) -> None:
-        """Settle ``key``: SEQUENTIAL won, every option of ``others`` far past the rule."""
+    def keep(self, key: Context, options: int, generation: int, others: Others) -> None:
+        """Settle ``key``: SEQUENTIAL won, every option of ``others`` far dearer.
+
+        >>> settled = Settled(); settled.keep((2, 0, 0, 0), 2, 5, (("parallel", 9.0),))
+        >>> settled.states[(2, 0, 0, 0)][0] == SETTLED_USES
+        True
+        """
         if key in self.states or len(self.states) < MAX_CELLS:
-            self.states[key] = (SETTLED_USES, options, others)
+            self.states[key] = (SETTLED_USES, options, generation, others)
 
     def forget(self, key: Context) -> None:
-        """Decide in full in ``key`` from now on, until a full decision settles it again."""
+        """Decide in full in ``key`` until a full decision settles it again.
+
+        >>> Settled().forget((2, 0, 0, 0))
+        """
         self.states.pop(key, None)

@@ -29,6 +29,7 @@ from athena.planning.costs import (
     REFERENCE_AFTER,
     SETTLED_SLACK,
     WINDOW,
+    Cell,
     Context,
     CostModel,
     Refresh,
@@ -166,6 +167,17 @@ def cell_key(strategy: Strategy, key: Context) -> Context:
     return key if strategy is Strategy.DISTRIBUTED else (*key[:3], 0)
 
 
+def far_dearer(sequential: float, others: list[float]) -> bool:
+    """Whether every other option's predicted cost stands :data:`SETTLED_SLACK` of
+    SEQUENTIAL's past the switch rule (what settles a context, see ``costs.Settled``).
+
+    >>> far_dearer(3.0, [4.5, 6.0]), far_dearer(3.0, [2.9])
+    (True, False)
+    """
+    limit = min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS) + SETTLED_SLACK * sequential
+    return all(cost > limit for cost in others)
+
+
 def _noise(models: dict[Strategy, CostModel], strategy: Strategy, key: Context) -> float:
     """The standard error of the difference between ``strategy``'s measured median cost in
     context ``key`` and SEQUENTIAL's (0 for a cell not measured yet)."""
@@ -207,6 +219,7 @@ class StrategySelector:
         self._lock = threading.Lock()
         self._refresh = Refresh()
         self._settled = Settled()
+        self._generation = 0  # costs learnt by strategies other than SEQUENTIAL
         self.explored = 0
 
     def feasible(self, s: Situation) -> list[Strategy]:
@@ -256,12 +269,15 @@ class StrategySelector:
         predicted (see :class:`~athena.planning.costs.Settled`)."""
         options = self.feasible(s)
         key = context(s)
+        generation = self._generation  # read first: a cost learnt from here on unsettles
         exploring = len(options) > 1 and self._rng.random() < self.explore_rate
         seq = self._predict(Strategy.SEQUENTIAL, s, key)
-        others = None if exploring else self._settled.use(key, len(options))
-        if others is not None:
+        others = None if exploring else self._settled.use(key, len(options), generation)
+        if others is not None and far_dearer(seq[0], [cost for _, cost in others]):
             predicted = ((_NAMES[Strategy.SEQUENTIAL], seq[0]), *others)
-            return self._record(s, Strategy.SEQUENTIAL, SETTLED_WHY, seq, seq[0], predicted)
+            settled = _decision(s, Strategy.SEQUENTIAL, SETTLED_WHY, seq, seq[0], predicted)
+            self.history.append(settled)  # deque.append is atomic
+            return settled
         costs = {Strategy.SEQUENTIAL: seq}
         sequential = best_ms = seq[0]
         best = Strategy.SEQUENTIAL
@@ -292,37 +308,12 @@ class StrategySelector:
         # Plain names: a pair holding a Strategy stays tracked by the cyclic collector, and
         # the history keeps a thousand decisions (see athena.heap).
         predicted = tuple([(_NAMES[o], costs[o][0]) for o in options])
-        limit = min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS)
-        if chosen is best is Strategy.SEQUENTIAL and all(
-            costs[o][0] > limit + SETTLED_SLACK * sequential for o in options[1:]
-        ):
-            self._settled.keep(key, len(options), predicted[1:])
+        seq_cell = self._models[Strategy.SEQUENTIAL].cells.get(cell_key(Strategy.SEQUENTIAL, key))
+        if chosen is best is Strategy.SEQUENTIAL and _settles(seq_cell, predicted):
+            self._settled.keep(key, len(options), generation, predicted[1:])
         else:
             self._settled.forget(key)
-        return self._record(s, chosen, why, costs[chosen], sequential, predicted, warm)
-
-    def _record(
-        self,
-        s: Situation,
-        chosen: Strategy,
-        why: str,
-        cost: tuple[float, float],
-        sequential: float,
-        predicted: tuple[tuple[str, float], ...],
-        warm: bool = False,
-    ) -> Decision:
-        """The decision to run ``chosen`` at its predicted ``cost``, kept in the history."""
-        mean, width = cost
-        decision = Decision(
-            strategy=chosen,
-            confidence=1.0 / (1.0 + width),
-            why=why,
-            estimated_ms=mean,
-            estimated_speedup=sequential / mean if mean else 1.0,
-            predicted=predicted,
-            setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
-            warm_pool=warm,
-        )
+        decision = _decision(s, chosen, why, costs[chosen], sequential, predicted, warm)
         self.history.append(decision)  # deque.append is atomic
         return decision
 
@@ -362,7 +353,7 @@ class StrategySelector:
                 self._refresh.measured(cell_key(strategy, key), actual_ms)
             else:
                 reference = self._measured(key)
-                self._settled.forget(key)  # a cost the settling did not see
+                self._generation += 1  # every settled context: cells and ratios are shared
             model.update(cell_key(strategy, key), actual_ms, s.sequential_ms, reference)
 
     def snapshot(self) -> dict[str, object]:
@@ -375,6 +366,46 @@ class StrategySelector:
             "observations": {s.value: m.n for s, m in self._models.items()},
             "costs": {s.value: _busiest(m) for s, m in self._models.items()},
         }
+
+
+def _settles(seq_cell: Cell | None, predicted: tuple[tuple[str, float], ...]) -> bool:
+    """Whether a full decision that chose SEQUENTIAL (``predicted``: its cost first, then
+    the other options') settles its context: SEQUENTIAL's median is no longer young, and
+    every other option is far dearer (:func:`far_dearer`)."""
+    return (
+        len(predicted) > 1
+        and seq_cell is not None
+        and seq_cell.n >= WINDOW  # a young median still moves a lot from run to run
+        and far_dearer(predicted[0][1], [cost for _, cost in predicted[1:]])
+    )
+
+
+def _decision(
+    s: Situation,
+    chosen: Strategy,
+    why: str,
+    cost: tuple[float, float],
+    sequential: float,
+    predicted: tuple[tuple[str, float], ...],
+    warm: bool = False,
+) -> Decision:
+    """The decision to run ``chosen`` at its predicted ``cost`` (mean, width).
+
+    >>> s = Situation(2, 4.0, 2.0, 0.0, 0, 0.0, False, False, 1)
+    >>> _decision(s, Strategy.SEQUENTIAL, "why", (4.0, 1.0), 4.0, ()).confidence
+    0.5
+    """
+    mean, width = cost
+    return Decision(
+        strategy=chosen,
+        confidence=1.0 / (1.0 + width),
+        why=why,
+        estimated_ms=mean,
+        estimated_speedup=sequential / mean if mean else 1.0,
+        predicted=predicted,
+        setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
+        warm_pool=warm,
+    )
 
 
 def _busiest(model: CostModel, cells: int = 4) -> dict[str, object]:
