@@ -22,7 +22,9 @@ def load(core: PoolCore) -> PoolLoad:
     recall's situation took 23.2 µs with an eager pool of two and 9.7-11.8 without; kept,
     14.9-16.9 (100k-one-tenant, transformer; ``benchmarks/engine_overhead.py --pools full
     --parts``, which times the situation whole). Taken with ``acquire``, not ``with``, so
-    the read itself moves no version.
+    the read itself moves no version. A thread that changes the core and reads its load
+    in the same block would be given the load from before its change: none does (the
+    pool's own decisions read the fleet and the queue directly).
 
     >>> # load(pool._core).busy
     """
