@@ -1,6 +1,7 @@
 """The selector's learned costs: one strategy's cost per context, as a robust median with
-its spread, blended with a prior while a context has few observations; and when the
-reference (SEQUENTIAL) runs again where another strategy is exploited."""
+its spread, blended with a prior while a context has few observations; when the reference
+(SEQUENTIAL) runs again where another strategy is exploited; and which contexts SEQUENTIAL
+won by far, so that their next decisions predict it alone."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ MIN_ESTIMATE_MS: Final = 0.05
 REFRESH_AFTER: Final = 8
 REFRESH_MAX: Final = 64
 # Where SEQUENTIAL won a full decision with every other option at least SETTLED_SLACK of its
-# cost past the switch rule, the next SETTLED_USES decisions there predict SEQUENTIAL alone.
+# cost past the switch rule, about the next SETTLED_USES decisions there predict SEQUENTIAL
+# alone (see Settled).
 SETTLED_USES: Final = 8
 SETTLED_SLACK: Final = 0.1
 
@@ -181,9 +183,9 @@ class Settled:
     :data:`SETTLED_USES` decisions there skip predicting the other options.
 
     A full decision predicts every feasible strategy; with a pool up that is three cost
-    models read cold on a recall's path: 29.6-33.1 µs of an adaptive cold recall in place,
-    against 9.8-11.9 µs for a forced strategy's one prediction (100k-one-tenant,
-    transformer, an eager pool; ``benchmarks/engine_overhead.py --pools full --parts``).
+    models read cold on a recall's path: an adaptive cold recall's decision took 29.6-33.1
+    µs in place, a forced strategy's one prediction 9.8-11.9 (100k-one-tenant, transformer,
+    an eager pool; ``benchmarks/engine_overhead.py --pools full --parts``).
     A settled context is given back only while the selector's other costs are as they were
     (``generation``: the selector counts every cost another strategy learns, anywhere,
     since cells and ratios are shared across contexts), and the caller checks the kept
