@@ -167,6 +167,16 @@ def cell_key(strategy: Strategy, key: Context) -> Context:
     return key if strategy is Strategy.DISTRIBUTED else (*key[:3], 0)
 
 
+def switch_limit(sequential: float) -> float:
+    """What another strategy's predicted cost must come under to replace SEQUENTIAL's
+    ``sequential`` ms: 90% of it and 0.25 ms less, both (before the noise is added).
+
+    >>> switch_limit(3.0), switch_limit(1.0)
+    (2.7, 0.75)
+    """
+    return min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS)
+
+
 def far_dearer(sequential: float, others: list[float]) -> bool:
     """Whether every other option's predicted cost stands :data:`SETTLED_SLACK` of
     SEQUENTIAL's past the switch rule (what settles a context, see ``costs.Settled``).
@@ -174,7 +184,7 @@ def far_dearer(sequential: float, others: list[float]) -> bool:
     >>> far_dearer(3.0, [4.5, 6.0]), far_dearer(3.0, [2.9])
     (True, False)
     """
-    limit = min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS) + SETTLED_SLACK * sequential
+    limit = switch_limit(sequential) + SETTLED_SLACK * sequential
     return all(cost > limit for cost in others)
 
 
@@ -288,7 +298,7 @@ class StrategySelector:
                 best, best_ms = option, cost[0]
         if best is not Strategy.SEQUENTIAL and costs[best][0] + SWITCH_SE * _noise(
             self._models, best, key
-        ) > min(SWITCH_MARGIN * sequential, sequential - SWITCH_MIN_MS):
+        ) > switch_limit(sequential):
             best = Strategy.SEQUENTIAL  # not cheaper by enough to be worth the hand-off
             chosen, why = best, "sequential: none cheaper beyond the margin and the noise"
         else:
@@ -308,8 +318,10 @@ class StrategySelector:
         # Plain names: a pair holding a Strategy stays tracked by the cyclic collector, and
         # the history keeps a thousand decisions (see athena.heap).
         predicted = tuple([(_NAMES[o], costs[o][0]) for o in options])
-        seq_cell = self._models[Strategy.SEQUENTIAL].cells.get(cell_key(Strategy.SEQUENTIAL, key))
-        if chosen is best is Strategy.SEQUENTIAL and _settles(seq_cell, predicted):
+        sequential_cells = self._models[Strategy.SEQUENTIAL].cells
+        if chosen is best is Strategy.SEQUENTIAL and _settles(
+            sequential_cells.get(cell_key(Strategy.SEQUENTIAL, key)), predicted
+        ):
             self._settled.keep(key, len(options), generation, predicted[1:])
         else:
             self._settled.forget(key)
