@@ -71,3 +71,28 @@ def test_a_hit_observed_on_its_own_path_counts_as_observe_counts_it(
         asked = ("episodic", "semantic")
         assert fast.select_layers(query_type, asked) == slow.select_layers(query_type, asked)
     assert fast.snapshot() == slow.snapshot()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.permutations(LAYERS), st.integers(0, 3)), max_size=30), st.integers(0, 30)
+)
+def test_layers_used_together_are_counted_in_pairs_across_a_save(
+    recalls: list[tuple[list[str], int]], saved_at: int
+) -> None:
+    """Layer sets counted as they come (in any order), told apart in pairs when saved: the
+    same pairs as counting each pair on every recall, a reload between them included."""
+    graph, expected = DependencyGraph(), {}
+    for index, (order, drop) in enumerate(recalls):
+        if index == saved_at:
+            reloaded = DependencyGraph()
+            reloaded.load_json(graph.to_json())
+            graph = reloaded
+        names = order[drop:]
+        graph.observe("factual", dict.fromkeys(names, 1.0), set(names[:1]), False, 5, 1.0)
+        ordered = sorted(names)
+        for i, name in enumerate(ordered):
+            for other in ordered[i + 1 :]:
+                expected[f"{name}+{other}"] = expected.get(f"{name}+{other}", 0) + 1
+    together = graph.snapshot()["types"].get("factual", {}).get("together", {})
+    assert together == expected

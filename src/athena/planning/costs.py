@@ -239,3 +239,22 @@ class Settled:
         >>> Settled().forget((2, 0, 0, 0))
         """
         self.states.pop(key, None)
+
+
+def busiest(model: CostModel, cells: int = 4) -> dict[str, object]:
+    """What ``model`` has learned where it has learned most: its ``cells`` most observed
+    contexts (layers, estimate scale, load, pool) with their median ms, spread and count,
+    and its cost relative to SEQUENTIAL's in the same context.
+
+    >>> busiest(CostModel())
+    {'relative': None, 'cells': []}
+    """
+    top = sorted(model.cells.items(), key=lambda kv: -kv[1].n)[:cells]
+    relative = model.relative
+    return {
+        "relative": round(relative.mean, 3) if relative.n else None,
+        "cells": [
+            {"context": list(key), "n": c.n, "ms": round(c.mean, 3), "sd": round(c.var**0.5, 3)}
+            for key, c in top
+        ],
+    }

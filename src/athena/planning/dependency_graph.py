@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -27,7 +27,8 @@ class _TypeStats:
     queries: int = 0
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     contributed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    together: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    together: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # as loaded
+    sets: dict[tuple[str, ...], int] = field(default_factory=dict)  # counted since
     cache_hits: int = 0
     result_size: float = 0.0
     cost_ms: float = 0.0
@@ -40,13 +41,45 @@ class _TypeStats:
         self.cost_ms += (cost_ms - self.cost_ms) / self.queries
         return self.queries == MIN_OBSERVATIONS
 
+    def count_layers(self, layers: Iterable[str], contributed: set[str]) -> bool:
+        """Count the layers one recall searched and those that contributed; whether a
+        count crossed a threshold the layer choice reads. The layers used together are
+        counted once per layer set (a dict's increment), and told apart in pairs only
+        when saved: counting every pair on each recall took a third of the graph's time."""
+        used, contributions, crossed, names = self.used, self.contributed, False, tuple(layers)
+        for name in names:
+            times = used[name] = used[name] + 1
+            crossed |= times == MIN_OBSERVATIONS
+            if name in contributed:
+                helped = contributions[name] = contributions[name] + 1
+                crossed |= helped == 1
+        self.sets[names] = self.sets.get(names, 0) + 1
+        return crossed
+
+    def pairs(self) -> dict[str, int]:
+        """How often each two layers were searched together ("a+b", names in order).
+
+        >>> stats = _TypeStats()
+        >>> _ = stats.count_layers(["semantic", "episodic", "graph"], set())
+        >>> stats.pairs()
+        {'episodic+graph': 1, 'episodic+semantic': 1, 'graph+semantic': 1}
+        """
+        together = dict(self.together)
+        for layers, times in self.sets.items():
+            names = sorted(layers)
+            for i, name in enumerate(names):
+                for other in names[i + 1 :]:
+                    pair = f"{name}+{other}"
+                    together[pair] = together.get(pair, 0) + times
+        return dict(sorted(together.items()))
+
     def to_dict(self) -> dict[str, Any]:
         """These counts as plain JSON values (the form :meth:`from_dict` reads back)."""
         return {
             "queries": self.queries,
             "used": dict(self.used),
             "contributed": dict(self.contributed),
-            "together": dict(self.together),
+            "together": self.pairs(),
             "cache_hits": self.cache_hits,
             "result_size": self.result_size,
             "cost_ms": self.cost_ms,
@@ -81,13 +114,8 @@ class DependencyGraph:
         self.skip_layers = skip_layers
         self._types: dict[str, _TypeStats] = defaultdict(_TypeStats)
         self._latency: dict[str, float] = {}
-        # select_layers' answers, read on every adaptive recall (a cache hit included): they
-        # change only when a count crosses a threshold, and observe() clears them then.
-        self._kept: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
-        # Per query type, a one-item list holding the version of its answers, moved whenever
-        # they may change: a plan kept by a caller holds the cell and the version it was
-        # made at, and is current while they agree (see choice_version).
-        self._versions: dict[str, list[int]] = {}
+        self._choices = LayerChoices()
+        self._kept = self._choices.kept  # read on every adaptive recall: one lookup less
         self._lock = threading.Lock()
 
     def observe(
@@ -107,15 +135,7 @@ class DependencyGraph:
         with self._lock:
             stats = self._types[query_type]
             crossed = stats.count(cache_hit, result_size, cost_ms)
-            names = sorted(layer_ms)
-            for i, name in enumerate(names):
-                stats.used[name] += 1
-                crossed |= stats.used[name] == MIN_OBSERVATIONS
-                if name in contributed:
-                    stats.contributed[name] += 1
-                    crossed |= stats.contributed[name] == 1
-                for other in names[i + 1 :]:
-                    stats.together[f"{name}+{other}"] += 1
+            crossed |= stats.count_layers(layer_ms, contributed)
             if crossed:
                 self._forget_kept(query_type)
             if cache_hit or not timed:
@@ -137,36 +157,12 @@ class DependencyGraph:
                 self._forget_kept(query_type)
 
     def _forget_kept(self, query_type: str | None = None) -> None:
-        """Drop the remembered layer choices of ``query_type`` (all of them if None; lock
-        held): plans made before for that type are stale. A type's choice reads only that
-        type's counts, so a count crossing a threshold in one type leaves the plans of the
-        others kept (in a loop of cached recalls, every plan was made again each time)."""
-        if query_type is None:
-            self._kept.clear()
-            for cell in self._versions.values():
-                cell[0] += 1
-            return
-        for key in [key for key in self._kept if key[0] == query_type]:
-            del self._kept[key]
-        self.choice_version(query_type)[0] += 1
+        """:meth:`LayerChoices.forget` (lock held)."""
+        self._choices.forget(query_type)
 
     def choice_version(self, query_type: str) -> list[int]:
-        """The cell holding the version of ``query_type``'s layer choice: a plan made at
-        another version is stale. A caller keeps the cell, and reads it without a call (a
-        cache hit checks its kept plan this way on every repeat).
-
-        >>> g = DependencyGraph()
-        >>> factual, temporal = g.choice_version("factual"), g.choice_version("temporal")
-        >>> before = factual[0], temporal[0]
-        >>> with g._lock:
-        ...     g._forget_kept("temporal")
-        >>> factual[0] == before[0], temporal[0] == before[1]
-        (True, False)
-        """
-        cell = self._versions.get(query_type)
-        if cell is None:
-            cell = self._versions.setdefault(query_type, [0])  # atomic: one cell per type
-        return cell
+        """:meth:`LayerChoices.version`: a plan made at another version is stale."""
+        return self._choices.version(query_type)
 
     def layer_ms(self, layer: str) -> float:
         return self._latency.get(layer, DEFAULT_LAYER_MS)
@@ -224,9 +220,7 @@ class DependencyGraph:
                     )
                     or asked
                 )
-            if len(self._kept) >= MAX_KEPT:
-                self._kept.clear()  # bounded memo only: no answer changed, plans stay current
-            self._kept[key] = kept
+            self._choices.keep(key, kept)
         return kept
 
     def cache_worthiness(self, query_type: str) -> float:
@@ -254,3 +248,54 @@ class DependencyGraph:
             for name, raw in data.get("types", {}).items():
                 self._types[name] = _TypeStats.from_dict(raw)
             self._forget_kept()
+
+
+class LayerChoices:
+    """The layer choices :meth:`DependencyGraph.select_layers` made, and their versions.
+
+    Its answers are read on every adaptive recall (a cache hit included) and change only
+    when a count crosses a threshold: the graph forgets a type's answers then, under its
+    lock. Per query type a one-item list holds the version of its answers, moved whenever
+    they may change: a plan kept by a caller holds the cell and the version it was made
+    at, and is current while they agree.
+
+    >>> choices = LayerChoices()
+    >>> factual, temporal = choices.version("factual"), choices.version("temporal")
+    >>> before = factual[0], temporal[0]
+    >>> choices.forget("temporal")
+    >>> factual[0] == before[0], temporal[0] == before[1]
+    (True, False)
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._versions: dict[str, list[int]] = {}
+
+    def keep(self, key: tuple[str, tuple[str, ...]], layers: tuple[str, ...]) -> None:
+        """Remember one answer (at most :data:`MAX_KEPT`; the graph's lock held)."""
+        if len(self.kept) >= MAX_KEPT:
+            self.kept.clear()  # a bounded memo only: no answer changed, plans stay current
+        self.kept[key] = layers
+
+    def forget(self, query_type: str | None = None) -> None:
+        """Drop the answers of ``query_type`` (all of them if None; the graph's lock held):
+        plans made before for that type are stale. A type's choice reads only that type's
+        counts, so a count crossing a threshold in one type leaves the plans of the others
+        kept (in a loop of cached recalls, every plan was made again each time)."""
+        if query_type is None:
+            self.kept.clear()
+            for cell in self._versions.values():
+                cell[0] += 1
+            return
+        for key in [key for key in self.kept if key[0] == query_type]:
+            del self.kept[key]
+        self.version(query_type)[0] += 1
+
+    def version(self, query_type: str) -> list[int]:
+        """The cell holding the version of ``query_type``'s answers. A caller keeps the
+        cell and reads it without a call (a cache hit checks its kept plan so on every
+        repeat)."""
+        cell = self._versions.get(query_type)
+        if cell is None:
+            cell = self._versions.setdefault(query_type, [0])  # atomic: one cell per type
+        return cell

@@ -34,6 +34,7 @@ from athena.planning.costs import (
     CostModel,
     Refresh,
     Settled,
+    busiest,
 )
 
 
@@ -188,6 +189,13 @@ def far_dearer(sequential: float, others: list[float]) -> bool:
     return all(cost > limit for cost in others)
 
 
+def _measured(models: dict[Strategy, CostModel], key: Context) -> float | None:
+    """SEQUENTIAL's measured cost in context ``key``, once it has a few observations:
+    what another strategy's cost there is learned relative to."""
+    cell = models[Strategy.SEQUENTIAL].cells.get(cell_key(Strategy.SEQUENTIAL, key))
+    return cell.mean if cell is not None and cell.n >= REFERENCE_AFTER else None
+
+
 def _noise(models: dict[Strategy, CostModel], strategy: Strategy, key: Context) -> float:
     """The standard error of the difference between ``strategy``'s measured median cost in
     context ``key`` and SEQUENTIAL's (0 for a cell not measured yet)."""
@@ -261,17 +269,11 @@ class StrategySelector:
         else:
             if reference is None:
                 reference = self._predict(Strategy.SEQUENTIAL, s, key)[0]
-            measured = self._measured(key) is not None
+            measured = _measured(self._models, key) is not None
         mean, width = model.predict(
             cell_key(strategy, key), rule, s.sequential_ms, reference, measured
         )
         return max(mean, 0.001), width
-
-    def _measured(self, key: Context) -> float | None:
-        """SEQUENTIAL's measured cost in context ``key``, once it has a few observations:
-        what another strategy's cost there is learned relative to."""
-        cell = self._models[Strategy.SEQUENTIAL].cells.get(cell_key(Strategy.SEQUENTIAL, key))
-        return cell.mean if cell is not None and cell.n >= REFERENCE_AFTER else None
 
     def decide(self, s: Situation) -> Decision:
         """The decision for situation ``s`` (cache state is the caller's: see ``for_cache``);
@@ -288,21 +290,12 @@ class StrategySelector:
             settled = _decision(s, Strategy.SEQUENTIAL, SETTLED_WHY, seq, seq[0], predicted)
             self.history.append(settled)  # deque.append is atomic
             return settled
+        sequential = seq[0]
         costs = {Strategy.SEQUENTIAL: seq}
-        sequential = best_ms = seq[0]
-        best = Strategy.SEQUENTIAL
-        for option in options[1:]:  # in EXECUTING order: a tie keeps the simpler strategy
-            # SEQUENTIAL's prediction once: every other prior scales from it
-            cost = costs[option] = self._predict(option, s, key, sequential)
-            if cost[0] < best_ms:
-                best, best_ms = option, cost[0]
-        if best is not Strategy.SEQUENTIAL and costs[best][0] + SWITCH_SE * _noise(
-            self._models, best, key
-        ) > switch_limit(sequential):
-            best = Strategy.SEQUENTIAL  # not cheaper by enough to be worth the hand-off
-            chosen, why = best, "sequential: none cheaper beyond the margin and the noise"
-        else:
-            chosen, why = best, "lowest predicted cost"
+        for option in options[1:]:  # SEQUENTIAL's prediction once: every prior scales from it
+            costs[option] = self._predict(option, s, key, sequential)
+        best, why = _cheapest(self._models, options, costs, key)
+        chosen = best
         warm = False
         if exploring:
             pick, warm = explore(options, costs, best, s)
@@ -318,9 +311,8 @@ class StrategySelector:
         # Plain names: a pair holding a Strategy stays tracked by the cyclic collector, and
         # the history keeps a thousand decisions (see athena.heap).
         predicted = tuple([(_NAMES[o], costs[o][0]) for o in options])
-        sequential_cells = self._models[Strategy.SEQUENTIAL].cells
         if chosen is best is Strategy.SEQUENTIAL and _settles(
-            sequential_cells.get(cell_key(Strategy.SEQUENTIAL, key)), predicted
+            self._models[Strategy.SEQUENTIAL].cells.get(cell_key(best, key)), predicted
         ):
             self._settled.keep(key, len(options), generation, predicted[1:])
         else:
@@ -364,20 +356,64 @@ class StrategySelector:
                 reference = None
                 self._refresh.measured(cell_key(strategy, key), actual_ms)
             else:
-                reference = self._measured(key)
+                reference = _measured(self._models, key)
                 self._generation += 1  # every settled context: cells and ratios are shared
             model.update(cell_key(strategy, key), actual_ms, s.sequential_ms, reference)
 
     def snapshot(self) -> dict[str, object]:
-        counts: dict[str, int] = {}
-        for d in list(self.history):
-            counts[d.strategy.value] = counts.get(d.strategy.value, 0) + 1
-        return {
-            "decisions": counts,
-            "explored": self.explored,
-            "observations": {s.value: m.n for s, m in self._models.items()},
-            "costs": {s.value: _busiest(m) for s, m in self._models.items()},
-        }
+        """The decisions kept in the history by strategy, and what each cost model knows.
+
+        >>> StrategySelector().snapshot()["decisions"]
+        {}
+        """
+        return _snapshot(list(self.history), self.explored, self._models)
+
+
+def _cheapest(
+    models: dict[Strategy, CostModel],
+    options: list[Strategy],
+    costs: dict[Strategy, tuple[float, float]],
+    key: Context,
+) -> tuple[Strategy, str]:
+    """The option of least predicted cost, and why (``costs``: each one's mean and width), where
+    leaving SEQUENTIAL must pay: the winner's cost plus :data:`SWITCH_SE` standard errors
+    of the medians' difference must come under :func:`switch_limit`. A tie keeps the
+    simpler strategy (``options`` are in :data:`EXECUTING` order).
+
+    >>> costs = {Strategy.SEQUENTIAL: (3.0, 0.1), Strategy.PARALLEL: (2.5, 0.1)}
+    >>> models = {strategy: CostModel() for strategy in EXECUTING}
+    >>> _cheapest(models, list(costs), costs, (2, 2, 0, 0))[0].value  # 10% and 0.25 ms less
+    'parallel'
+    >>> costs[Strategy.PARALLEL] = (2.8, 0.1)  # cheaper, not by 10%
+    >>> _cheapest(models, list(costs), costs, (2, 2, 0, 0))[0].value
+    'sequential'
+    """
+    best = Strategy.SEQUENTIAL
+    best_ms = costs[best][0]
+    for option in options[1:]:
+        if costs[option][0] < best_ms:
+            best, best_ms = option, costs[option][0]
+    if best is not Strategy.SEQUENTIAL and best_ms + SWITCH_SE * _noise(
+        models, best, key
+    ) > switch_limit(costs[Strategy.SEQUENTIAL][0]):
+        # not cheaper by enough to be worth the hand-off
+        return Strategy.SEQUENTIAL, "sequential: none cheaper beyond the margin and the noise"
+    return best, "lowest predicted cost"
+
+
+def _snapshot(
+    history: list[Decision], explored: int, models: dict[Strategy, CostModel]
+) -> dict[str, object]:
+    """:meth:`StrategySelector.snapshot` of a copy of its ``history``."""
+    counts: dict[str, int] = {}
+    for d in history:
+        counts[d.strategy.value] = counts.get(d.strategy.value, 0) + 1
+    return {
+        "decisions": counts,
+        "explored": explored,
+        "observations": {s.value: m.n for s, m in models.items()},
+        "costs": {s.value: busiest(m) for s, m in models.items()},
+    }
 
 
 def _settles(seq_cell: Cell | None, predicted: tuple[tuple[str, float], ...]) -> bool:
@@ -418,25 +454,6 @@ def _decision(
         setting=_SETTINGS[s.layers, s.pool_available] if s.layers < 16 else "",
         warm_pool=warm,
     )
-
-
-def _busiest(model: CostModel, cells: int = 4) -> dict[str, object]:
-    """What ``model`` has learned where it has learned most: its ``cells`` most observed
-    contexts (layers, estimate scale, load, pool) with their median ms, spread and count,
-    and its cost relative to SEQUENTIAL's in the same context.
-
-    >>> _busiest(CostModel())
-    {'relative': None, 'cells': []}
-    """
-    busiest = sorted(model.cells.items(), key=lambda kv: -kv[1].n)[:cells]
-    relative = model.relative
-    return {
-        "relative": round(relative.mean, 3) if relative.n else None,
-        "cells": [
-            {"context": list(key), "n": c.n, "ms": round(c.mean, 3), "sd": round(c.var**0.5, 3)}
-            for key, c in busiest
-        ],
-    }
 
 
 def explore(
