@@ -33,7 +33,7 @@ from typing import Any
 
 from athena.bench.runner import resolve_data
 from athena.bench.workloads import build_store, working_copy
-from athena.execution.pool_keeper import BUILD_ROWS
+from athena.execution.pool_warmth import BUILD_ROWS
 from athena.memory import Memory
 
 KEYS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "built", "rss_mb", "peak_mb", "held", "evicted")

@@ -21,7 +21,8 @@ from athena.execution.feedback import Feedback
 from athena.execution.parallel import ParallelExecutor
 from athena.execution.pipeline import Pipeline, Recall
 from athena.execution.plans import RecallPlans
-from athena.execution.pool_keeper import BUILD_ROWS, PoolKeeper
+from athena.execution.pool_keeper import PoolKeeper
+from athena.execution.pool_warmth import BUILD_ROWS
 from athena.execution.recall_run import RecallRun, served_explain
 from athena.execution.situations import Situations
 from athena.planning.dependency_graph import DependencyGraph

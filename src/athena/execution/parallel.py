@@ -22,7 +22,7 @@ from typing import Final
 
 from athena.errors import RecallTimeout
 from athena.execution.pipeline import Pipeline
-from athena.execution.pool_keeper import BUILD_ROWS
+from athena.execution.pool_warmth import BUILD_ROWS
 from athena.layers.protocol import LayerResult, SearchRequest
 
 DEFAULT_THREADS: Final = 4

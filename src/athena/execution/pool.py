@@ -38,7 +38,90 @@ from athena.retrieval.residency import check_budget, default_budget
 from athena.retrieval.vector import DEFAULT_HNSW_CUTOFF
 
 
-class ProcessWorkerPool:
+class PoolCalls:
+    """What callers ask a pool of worker processes (:class:`ProcessWorkerPool`): one task
+    per layer (:meth:`submit`, :meth:`run`, :meth:`arun`) or one task for a whole recall
+    (:meth:`recall`), queued on its :class:`~athena.execution.pool_core.PoolCore` after a
+    lazy :meth:`start`."""
+
+    _core: PoolCore
+
+    def start(self) -> None:
+        """Start the workers if they are not running (see :meth:`ProcessWorkerPool.start`)."""
+        raise NotImplementedError
+
+    def submit(
+        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5
+    ) -> dict[str, Future[LayerResult]]:
+        """Queue one task per layer; return their futures at once (beyond the Protocol).
+
+        >>> # futures = pool.submit(request, ["semantic", "graph"], priority=9)
+        """
+        return {task.layer: task.future for task in self._enqueue(request, layers, priority)}
+
+    def run(
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
+        timeout: float = 5.0,
+    ) -> dict[str, LayerResult]:
+        """Search ``layers`` on the workers; block at most ``timeout`` seconds.
+
+        >>> # results = pool.run(request, ["episodic", "semantic"], priority=8, timeout=2.0)
+        """
+        backend.check_call(request, layers, priority, timeout)
+        return answers.gather(self._core, self._enqueue(request, layers, priority), timeout)
+
+    async def arun(
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
+        timeout: float = 5.0,
+    ) -> dict[str, LayerResult]:
+        """:meth:`run` for an event loop: a lazy start runs on a thread, waiting is awaited.
+
+        >>> # results = await pool.arun(request, ["semantic"])
+        """
+        backend.check_call(request, layers, priority, timeout)
+        if self._core.state == "new":
+            await asyncio.to_thread(self.start)
+        tasks = self._enqueue(request, layers, priority)
+        return await answers.gather_async(self._core, tasks, timeout)
+
+    def recall(
+        self,
+        request: SearchRequest,
+        layers: Sequence[str],
+        *,
+        priority: int = 5,
+        timeout: float = 5.0,
+    ) -> backend.RemoteRecall:
+        """:meth:`run` by one worker, which also reads the hits (see
+        :meth:`~athena.execution.backend.WorkerBackend.recall`). Layers whose answers
+        might not fit one message (every layer over ``k`` = 33, say) go as :meth:`run` sends
+        them, and the caller reads the hits.
+
+        >>> # results, hits = pool.recall(request, request.query.layers)
+        """
+        names = backend.check_call(request, layers, priority, timeout)
+        if set(names) != set(request.query.layers) or not fits_whole(len(names), request.depth):
+            return self.run(request, names, priority=priority, timeout=timeout), None
+        self.start()
+        tasks = self._core.enqueue(request, names, priority, whole=True)
+        results, hits = answers.gather_whole(self._core, tasks, timeout)
+        return dict(results), None if hits is None else unpack_hits(hits)
+
+    def _enqueue(self, request: SearchRequest, layers: Sequence[str], priority: int) -> list[Task]:
+        names = backend.check_call(request, layers, priority, 1.0)
+        self.start()
+        return self._core.enqueue(request, names, priority) if names else []
+
+
+class ProcessWorkerPool(PoolCalls):
     """A :class:`~athena.execution.backend.WorkerBackend` of local worker processes.
 
     Each worker opens its own read-only store on ``db_path`` and answers layer searches over
@@ -133,76 +216,6 @@ class ProcessWorkerPool:
     def saturated(self) -> bool:
         """The queue is half full, or it is not empty with max_workers all busy."""
         return self.load().saturated
-
-    def submit(
-        self, request: SearchRequest, layers: Sequence[str], *, priority: int = 5
-    ) -> dict[str, Future[LayerResult]]:
-        """Queue one task per layer; return their futures at once (beyond the Protocol).
-
-        >>> # futures = pool.submit(request, ["semantic", "graph"], priority=9)
-        """
-        return {task.layer: task.future for task in self._enqueue(request, layers, priority)}
-
-    def run(
-        self,
-        request: SearchRequest,
-        layers: Sequence[str],
-        *,
-        priority: int = 5,
-        timeout: float = 5.0,
-    ) -> dict[str, LayerResult]:
-        """Search ``layers`` on the workers; block at most ``timeout`` seconds.
-
-        >>> # results = pool.run(request, ["episodic", "semantic"], priority=8, timeout=2.0)
-        """
-        backend.check_call(request, layers, priority, timeout)
-        return answers.gather(self._core, self._enqueue(request, layers, priority), timeout)
-
-    async def arun(
-        self,
-        request: SearchRequest,
-        layers: Sequence[str],
-        *,
-        priority: int = 5,
-        timeout: float = 5.0,
-    ) -> dict[str, LayerResult]:
-        """:meth:`run` for an event loop: a lazy start runs on a thread, waiting is awaited.
-
-        >>> # results = await pool.arun(request, ["semantic"])
-        """
-        backend.check_call(request, layers, priority, timeout)
-        if self._core.state == "new":
-            await asyncio.to_thread(self.start)
-        tasks = self._enqueue(request, layers, priority)
-        return await answers.gather_async(self._core, tasks, timeout)
-
-    def recall(
-        self,
-        request: SearchRequest,
-        layers: Sequence[str],
-        *,
-        priority: int = 5,
-        timeout: float = 5.0,
-    ) -> backend.RemoteRecall:
-        """:meth:`run` by one worker, which also reads the hits (see
-        :meth:`~athena.execution.backend.WorkerBackend.recall`). Layers whose answers
-        might not fit one message (every layer over ``k`` = 33, say) go as :meth:`run` sends
-        them, and the caller reads the hits.
-
-        >>> # results, hits = pool.recall(request, request.query.layers)
-        """
-        names = backend.check_call(request, layers, priority, timeout)
-        if set(names) != set(request.query.layers) or not fits_whole(len(names), request.depth):
-            return self.run(request, names, priority=priority, timeout=timeout), None
-        self.start()
-        tasks = self._core.enqueue(request, names, priority, whole=True)
-        results, hits = answers.gather_whole(self._core, tasks, timeout)
-        return dict(results), None if hits is None else unpack_hits(hits)
-
-    def _enqueue(self, request: SearchRequest, layers: Sequence[str], priority: int) -> list[Task]:
-        names = backend.check_call(request, layers, priority, 1.0)
-        self.start()
-        return self._core.enqueue(request, names, priority) if names else []
 
     def load(self) -> PoolLoad:
         """Workers, busy, queue depth, available and saturated, under one lock (no stats).

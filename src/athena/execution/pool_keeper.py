@@ -12,15 +12,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from athena.errors import AthenaError, WorkerPoolUnavailable
+from athena.errors import WorkerPoolUnavailable
 from athena.execution.backend import PoolLoad, WorkerBackend
+from athena.execution.pool_warmth import WarmTenants
 from athena.layers.protocol import LayerResult, SearchRequest
 
 POOL_REBUILD_S: Final = 5.0  # the shortest gap between two rebuilds of a broken pool
-# Index rows a recall may apply (a catch-up after a few writes) and still teach its cost.
-BUILD_ROWS: Final = 256
-WARM_KEPT: Final = 4096  # tenants remembered as warm in the pool
-WARM_TIMEOUT_S: Final = 30.0
 
 
 class PoolKeeper:
@@ -39,8 +36,8 @@ class PoolKeeper:
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()  # held while the pool starts (seconds)
         self._rebuilding, self._rebuilt_at, self._closed = False, float("-inf"), False
-        self._warm: dict[str, None] = {}  # tenants whose last pool run built nothing
-        self._warming = False
+        self.tenants = WarmTenants(lambda: self.backend)  # warm in the pool's workers
+        self._warm = self.tenants.warm_set  # read on every adaptive recall: one lookup less
         if eager and factory is not None:
             threading.Thread(target=self.get, name="athena-pool-start", daemon=True).start()
 
@@ -96,68 +93,24 @@ class PoolKeeper:
         results: Mapping[str, LayerResult],
         backend: WorkerBackend | None = None,
     ) -> bool:
-        """Note a run of ``backend`` (the pool now, if None) for ``tenant``: warm if its
-        workers built nothing, and ignored if that pool has since been replaced. Returns
-        whether they built (loaded more than ``BUILD_ROWS`` index rows).
+        """:meth:`WarmTenants.served`: note a run for ``tenant``; whether its workers built.
 
         >>> keeper = PoolKeeper(None)
         >>> keeper.served("t", {}), keeper.is_warm("t")
         (False, True)
         """
-        built = sum(r.loaded for r in results.values()) > BUILD_ROWS
-        with self._lock:
-            if backend is not None and backend is not self.backend:
-                return built  # a run on a pool replaced since: its workers are gone
-            if built:
-                self._warm.pop(tenant, None)
-            else:
-                if len(self._warm) >= WARM_KEPT:
-                    self._warm.clear()
-                self._warm[tenant] = None
-        return built
+        return self.tenants.served(tenant, results, backend)
 
     def warm(self, tenant: str, request: SearchRequest, layers: Sequence[str]) -> bool:
-        """Run ``request`` on the pool in the background, at the lowest priority and with
-        its answer dropped, so the workers it lands on load ``tenant``'s indexes; one such
-        run at a time. Returns whether one started.
+        """:meth:`WarmTenants.warm`: warm ``tenant`` on the pool in the background.
 
         >>> # keeper.warm("t", pipeline.request(query, generations), ["episodic"])
         """
-        backend = self.backend
-        if backend is None or not backend.available:
-            return False
-        with self._lock:
-            if self._warming:
-                return False
-            self._warming = True
-        try:
-            threading.Thread(
-                target=self._warm_run,
-                args=(backend, tenant, request, tuple(layers)),
-                name="athena-pool-warm",
-                daemon=True,
-            ).start()
-        except RuntimeError:  # no thread to be had: a warm-up is never worth a recall
-            with self._lock:
-                self._warming = False
-            return False
-        return True
+        return self.tenants.warm(tenant, request, layers)
 
     @property
     def warming(self) -> bool:
-        return self._warming
-
-    def _warm_run(
-        self, backend: WorkerBackend, tenant: str, request: SearchRequest, layers: Sequence[str]
-    ) -> None:
-        try:
-            results = backend.run(request, layers, priority=0, timeout=WARM_TIMEOUT_S)
-            self.served(tenant, results, backend)
-        except AthenaError:
-            pass  # a warm-up that failed leaves the tenant cold; a later one may succeed
-        finally:
-            with self._lock:
-                self._warming = False
+        return self.tenants.warming
 
     def _rebuild(self, broken: WorkerBackend) -> None:
         now = time.monotonic()
@@ -203,8 +156,7 @@ def _replace(keeper: PoolKeeper, broken: WorkerBackend) -> None:
             swapped = keeper.backend is broken and not keeper._closed
             if swapped:
                 keeper.backend, keeper.rebuilds = fresh, keeper.rebuilds + 1
-                with keeper._lock:
-                    keeper._warm.clear()  # new workers hold no tenant yet
+                keeper.tenants.forget()  # new workers hold no tenant yet
         (broken if swapped else fresh).close()  # whichever pool is not in use
     finally:
         with keeper._lock:
