@@ -22,7 +22,7 @@ import math
 import threading
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import count
 from typing import Any, Final, Protocol
 
@@ -319,18 +319,8 @@ class LexicalIndex(LexicalPostings):
         the file (a compaction leaves every score as it was)."""
         if self._dead:
             self._compact()
-        terms = list(self._positions)
         try:
-            counts = np.fromiter((len(self._tfs[t]) // 2 for t in terms), np.int64, len(terms))
-            arrays: dict[str, npt.NDArray[Any]] = {
-                "ids": np.frombuffer(self._ids, np.int64),
-                "lengths": np.frombuffer(self._lengths, np.uint32),
-                "live": np.frombuffer(self._live, np.uint8),
-                "terms": np.frombuffer("\0".join(terms).encode(), np.uint8),
-                "counts": counts,
-                "positions": np.frombuffer(b"".join(self._positions.values()), np.uint32),
-                "tfs": np.frombuffer(b"".join(self._tfs.values()), np.uint16),
-            }
+            arrays = _postings_arrays(self)
         except Exception as exc:  # a snapshot is a cache: never a failed recall
             log.warning("the lexical index of %s/%s was not saved: %s", *self._scope()[1:3], exc)
             return
@@ -339,39 +329,8 @@ class LexicalIndex(LexicalPostings):
 
     def _restore(self, snaps: IndexSnapshots) -> bool:
         snap = snaps.load(*self._scope())
-        if snap is None:
+        if snap is None or not _load_postings(self, snap):
             return False
-        try:
-            ids, lengths, live = snap["ids"], snap["lengths"], snap["live"].astype(bool)
-            terms = bytes(snap["terms"]).decode().split("\0") if len(snap["counts"]) else []
-            ends = np.cumsum(snap["counts"]).tolist()
-            positions, tfs = snap["positions"].tobytes(), snap["tfs"].tobytes()
-            if len(terms) != len(ends) or not len(ids) == len(lengths) == len(live):
-                raise ValueError("its arrays disagree")
-            if ends and (ends[-1] * 4 != len(positions) or ends[-1] * 2 != len(tfs)):
-                raise ValueError("its postings are cut short")
-            held = snap["positions"]
-            if (len(held) and int(held.max()) >= len(ids)) or (snap["counts"] < 0).any():
-                raise ValueError("its postings point past its documents")
-            if len(set(terms)) != len(terms):
-                raise ValueError("it holds a term twice")
-        except Exception as exc:
-            log.warning("ignoring the lexical snapshot of %s/%s: %s", self.tenant, self.layer, exc)
-            return False
-        starts = [0, *ends[:-1]]
-        self._positions = {
-            t: bytearray(positions[4 * a : 4 * b])
-            for t, a, b in zip(terms, starts, ends, strict=True)
-        }
-        self._tfs = {
-            t: bytearray(tfs[2 * a : 2 * b]) for t, a, b in zip(terms, starts, ends, strict=True)
-        }
-        self._ids, self._lengths = array("q", ids.tobytes()), array("I", lengths.tobytes())
-        self._live = bytearray(live.astype(np.uint8).tobytes())
-        alive = np.nonzero(live)[0]
-        self._position = dict(zip(ids[alive].tolist(), alive.tolist(), strict=True))
-        self._total_length = int(lengths[alive].sum())
-        self._dead = len(ids) - len(alive)
         self._last_seq, self._unsaved, self._on_disk = snap["last_seq"], 0, True
         snaps.note_loaded()
         return True
@@ -420,6 +379,57 @@ def _top(
         candidates = np.arange(len(ids))
     order = np.lexsort((ids[candidates], -scores[candidates]))
     return candidates[order][:count]
+
+
+def _postings_arrays(index: LexicalPostings) -> dict[str, npt.NDArray[Any]]:
+    """The postings of ``index`` as a snapshot's arrays (what :func:`_load_postings` reads)."""
+    terms = list(index._positions)
+    counts = np.fromiter((len(index._tfs[t]) // 2 for t in terms), np.int64, len(terms))
+    return {
+        "ids": np.frombuffer(index._ids, np.int64),
+        "lengths": np.frombuffer(index._lengths, np.uint32),
+        "live": np.frombuffer(index._live, np.uint8),
+        "terms": np.frombuffer("\0".join(terms).encode(), np.uint8),
+        "counts": counts,
+        "positions": np.frombuffer(b"".join(index._positions.values()), np.uint32),
+        "tfs": np.frombuffer(b"".join(index._tfs.values()), np.uint16),
+    }
+
+
+def _load_postings(index: LexicalPostings, snap: Mapping[str, Any]) -> bool:
+    """Replace the postings of ``index`` with those of a snapshot, checked first; False
+    (with a warning, ``index`` unchanged) if they do not hold together."""
+    try:
+        ids, lengths, live = snap["ids"], snap["lengths"], snap["live"].astype(bool)
+        terms = bytes(snap["terms"]).decode().split("\0") if len(snap["counts"]) else []
+        ends = np.cumsum(snap["counts"]).tolist()
+        positions, tfs = snap["positions"].tobytes(), snap["tfs"].tobytes()
+        if len(terms) != len(ends) or not len(ids) == len(lengths) == len(live):
+            raise ValueError("its arrays disagree")
+        if ends and (ends[-1] * 4 != len(positions) or ends[-1] * 2 != len(tfs)):
+            raise ValueError("its postings are cut short")
+        held = snap["positions"]
+        if (len(held) and int(held.max()) >= len(ids)) or (snap["counts"] < 0).any():
+            raise ValueError("its postings point past its documents")
+        if len(set(terms)) != len(terms):
+            raise ValueError("it holds a term twice")
+    except Exception as exc:
+        log.warning("ignoring the lexical snapshot of %s/%s: %s", index.tenant, index.layer, exc)
+        return False
+    starts = [0, *ends[:-1]]
+    index._positions = {
+        t: bytearray(positions[4 * a : 4 * b]) for t, a, b in zip(terms, starts, ends, strict=True)
+    }
+    index._tfs = {
+        t: bytearray(tfs[2 * a : 2 * b]) for t, a, b in zip(terms, starts, ends, strict=True)
+    }
+    index._ids, index._lengths = array("q", ids.tobytes()), array("I", lengths.tobytes())
+    index._live = bytearray(live.astype(np.uint8).tobytes())
+    alive = np.nonzero(live)[0]
+    index._position = dict(zip(ids[alive].tolist(), alive.tolist(), strict=True))
+    index._total_length = int(lengths[alive].sum())
+    index._dead = len(ids) - len(alive)
+    return True
 
 
 class LexicalIndexes(IndexCollection[LexicalIndex]):
