@@ -167,10 +167,10 @@ class BatchingEmbedder:
                 size += len(batch[-1].texts)
         calls = 0
         try:
-            calls = self._answer(batch)
+            calls = _answer(self._lanes, batch, self._inner)
             if any(request.error is not None for request in batch) and len(batch) > 1:
                 # One caller's bad text must not fail the others: each alone, once more.
-                calls += sum(self._answer([request]) for request in batch)
+                calls += sum(_answer(self._lanes, [request], self._inner) for request in batch)
         except BaseException as exc:  # interrupted: nobody may be left waiting
             for request in batch:
                 if request.result is None and request.error is None:
@@ -188,22 +188,22 @@ class BatchingEmbedder:
             for request in batch:
                 request.done.set()
 
-    def _answer(self, batch: list[_Request]) -> int:
-        """One model call for ``batch``: each request gets its rows, or the error."""
-        texts = [text for request in batch for text in request.texts]
-        calls = 1
-        try:
-            vectors, calls = self._lanes.embed(texts)
-            if vectors.shape != (len(texts), self.dim):
-                raise EmbedderError(
-                    f"{self.name} returned shape {vectors.shape}, expected {(len(texts), self.dim)}"
-                )
-        except Exception as exc:
-            for request in batch:
-                request.result, request.error = None, exc
-            return calls
-        start = 0
+
+def _answer(lanes: Lanes, batch: list[_Request], inner: Embedder) -> int:
+    """One model call of ``inner`` (split over ``lanes``) for ``batch``: each request gets
+    its rows, or the error; returns the model calls made."""
+    texts = [text for request in batch for text in request.texts]
+    calls, expected = 1, (len(texts), inner.dim)
+    try:
+        vectors, calls = lanes.embed(texts)
+        if vectors.shape != expected:
+            raise EmbedderError(f"{inner.name} returned shape {vectors.shape}, expected {expected}")
+    except Exception as exc:
         for request in batch:
-            request.result, request.error = vectors[start : start + len(request.texts)], None
-            start += len(request.texts)
+            request.result, request.error = None, exc
         return calls
+    start = 0
+    for request in batch:
+        request.result, request.error = vectors[start : start + len(request.texts)], None
+        start += len(request.texts)
+    return calls
