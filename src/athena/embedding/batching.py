@@ -193,8 +193,9 @@ def _answer(lanes: Lanes, batch: list[_Request], inner: Embedder) -> int:
     """One model call of ``inner`` (split over ``lanes``) for ``batch``: each request gets
     its rows, or the error; returns the model calls made."""
     texts = [text for request in batch for text in request.texts]
-    calls, expected = 1, (len(texts), inner.dim)
+    calls = 1
     try:
+        expected = (len(texts), inner.dim)
         vectors, calls = lanes.embed(texts)
         if vectors.shape != expected:
             raise EmbedderError(f"{inner.name} returned shape {vectors.shape}, expected {expected}")
