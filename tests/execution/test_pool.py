@@ -728,3 +728,21 @@ def test_a_run_on_a_replaced_pool_marks_no_tenant_warm() -> None:
     assert not keeper.is_warm("t")  # its workers are gone
     keeper.served("t", {}, new)  # type: ignore[arg-type]
     assert keeper.is_warm("t")
+
+
+def test_a_keeper_dropped_without_close_is_freed_without_the_collector() -> None:
+    """Its warm tenants reach it by a weak reference: no cycle keeps it (and its pool's
+    workers) alive until a collector pass, which the settled heap makes rare."""
+    import gc
+    import weakref
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        keeper = PoolKeeper(None)
+        gone = weakref.ref(keeper)
+        del keeper
+        assert gone() is None
+    finally:
+        if was:
+            gc.enable()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -36,7 +37,10 @@ class PoolKeeper:
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()  # held while the pool starts (seconds)
         self._rebuilding, self._rebuilt_at, self._closed = False, float("-inf"), False
-        self.tenants = WarmTenants(lambda: self.backend)  # warm in the pool's workers
+        # Warm in the pool's workers. A weak reference: a keeper dropped without close()
+        # is freed at once, and its pool's finalizer stops the workers then.
+        keeper = weakref.ref(self)
+        self.tenants = WarmTenants(lambda: getattr(keeper(), "backend", None))
         self._warm = self.tenants.warm_set  # read on every adaptive recall: one lookup less
         if eager and factory is not None:
             threading.Thread(target=self.get, name="athena-pool-start", daemon=True).start()

@@ -60,7 +60,7 @@ class Cell:
         if not math.isfinite(value):
             return
         recent, ordered = self.recent, self.ordered
-        if len(recent) == WINDOW:  # the oldest leaves: any equal value is the same value
+        if len(recent) >= WINDOW:  # the oldest leaves: any equal value is the same value
             del ordered[bisect_left(ordered, recent.popleft())]
         recent.append(value)
         insort(ordered, value)

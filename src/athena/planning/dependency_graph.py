@@ -77,8 +77,8 @@ class _TypeStats:
         """These counts as plain JSON values (the form :meth:`from_dict` reads back)."""
         return {
             "queries": self.queries,
-            "used": dict(self.used),
-            "contributed": dict(self.contributed),
+            "used": dict(sorted(self.used.items())),
+            "contributed": dict(sorted(self.contributed.items())),
             "together": self.pairs(),
             "cache_hits": self.cache_hits,
             "result_size": self.result_size,
